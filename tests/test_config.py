@@ -25,3 +25,19 @@ def test_round_trip_through_json():
 def test_unknown_setting_is_a_clear_error():
     with pytest.raises(NeuralCodesError, match="unknown setting.*'train'.*lrr"):
         Config.from_dict({"train": {"lrr": 1}})
+
+
+def test_overrides_are_typed():
+    from neuralcodes.config import apply_override
+
+    cfg = Config()
+    apply_override(cfg, "train.lr=3e-4")
+    apply_override(cfg, "model.conv_widths=[8,8,8,8,8]")
+    apply_override(cfg, "train.max_epochs=2")
+    apply_override(cfg, "train.precision=bf16")
+    apply_override(cfg, "train.lr=1")  # an int where a float is expected is fine
+    assert cfg.train.lr == 1.0 and cfg.train.max_epochs == 2 and cfg.train.precision == "bf16"
+    assert cfg.model.conv_widths == (8, 8, 8, 8, 8)
+    for bad in ["train.max_epochs=two", "nosuch.x=1", "train.nosuch=1", "train.lr"]:
+        with pytest.raises(NeuralCodesError):
+            apply_override(cfg, bad)

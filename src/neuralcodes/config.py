@@ -7,6 +7,7 @@ whole object is written to ``runs/<name>/config.json``, so a run can always be r
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,3 +103,30 @@ def _build(section_cls: type, values: dict[str, Any], where: str) -> Any:
             value = tuple(value)
         kwargs[name] = value
     return section_cls(**kwargs)
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """Apply one ``section.key=value`` override (``value`` parsed as JSON, else as a string).
+
+    Examples: ``train.lr=3e-4``, ``model.conv_widths=[8,8,8,8,8]``, ``data.ood_wnids=["n1"]``.
+    """
+    key, sep, raw = assignment.partition("=")
+    section_name, _, name = key.strip().partition(".")
+    section = getattr(cfg, section_name, None)
+    if not sep or section is None or not dataclasses.is_dataclass(section) or not name:
+        raise NeuralCodesError(f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION one "
+                               f"of {[f.name for f in dataclasses.fields(cfg)]}")
+    if name not in {f.name for f in dataclasses.fields(section)}:
+        raise NeuralCodesError(f"--set {assignment!r}: '{section_name}' has no setting '{name}'")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    current = getattr(section, name)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and value is not None and type(value) is not type(current):
+        raise NeuralCodesError(f"--set {assignment!r}: expected a {type(current).__name__}")
+    setattr(section, name, value)

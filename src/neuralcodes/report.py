@@ -185,12 +185,15 @@ def _data_section(facts: dict[str, Any]) -> list[Block]:
 
 
 def _architecture_section(facts: dict[str, Any]) -> list[Block]:
+    import torch
+
     from neuralcodes.config import Config
     from neuralcodes.model import ConvNet, count_parameters, layer_table
 
     cfg = Config.from_dict(facts["saved"]["config"])
     n = facts["saved"].get("data", {}).get("num_classes", 190)
-    model = ConvNet(n, cfg.model)
+    with torch.device("meta"):  # shapes and counts only: allocate nothing
+        model = ConvNet(n, cfg.model)
     rows = [[r["layer"], "×".join(map(str, r["output"])), f"{r['parameters']:,}"]
             for r in layer_table(model)]
     total = count_parameters(model)

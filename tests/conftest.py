@@ -1,0 +1,56 @@
+"""Shared pytest setup: puts ``tests/`` on ``sys.path`` (so ``from helpers import ...`` works)
+and provides a small prepared image cache that every test file may use.
+
+Fixtures:
+
+- ``tiny_source`` (session): a generated dataset folder (``helpers.make_tiny_imagenet``:
+  6 learnable classes x 20 images, no extras). Read-only: do not modify it.
+- ``tiny_cache`` (session): the cache folder :func:`neuralcodes.data.prepare` built from
+  ``tiny_source`` (``Dataset.load(tiny_cache)`` works). Read-only as well.
+- ``tiny_data_config`` (per test): a fresh ``DataConfig`` pointing at ``tiny_source`` and the
+  prepared cache, with ``ood_classes=2``: ``load_data(cfg)`` then gives 4 in-domain classes
+  (80 images -> 64 / 8 / 8) and 2 ood classes (40 images) without decoding anything again.
+  Change it freely (it is yours), e.g. ``dataclasses.replace(cfg, seed=1)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from helpers import make_tiny_imagenet  # noqa: E402
+from neuralcodes.config import DataConfig  # noqa: E402
+from neuralcodes.data import prepare  # noqa: E402
+
+#: The shared 40-class real-image zip (never copied into the repo); tests skip without it.
+SHARED_ZIP = TESTS.parent.parent / "shared" / "data" / "tiny-imagenet-40.zip"
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 6-class x 20-image dataset folder in the official layout."""
+    return make_tiny_imagenet(tmp_path_factory.mktemp("tiny-source"), 6, 20)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache root (``--cache-dir``) holding the prepared ``tiny_source``."""
+    return tmp_path_factory.mktemp("tiny-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_source: Path, tiny_cache_root: Path) -> Path:
+    """The prepared cache folder of ``tiny_source``."""
+    return prepare(tiny_source, tiny_cache_root, progress=False)
+
+
+@pytest.fixture
+def tiny_data_config(tiny_source: Path, tiny_cache_root: Path, tiny_cache: Path) -> DataConfig:
+    """A DataConfig for the prepared tiny dataset: 4 in-domain + 2 ood classes."""
+    return DataConfig(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2)

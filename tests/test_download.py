@@ -1,0 +1,167 @@
+"""The downloader against a local stdlib HTTP server that honours Range and can cut connections."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_tiny_imagenet
+from neuralcodes.data import Dataset, fetch_official, prepare
+from neuralcodes.download import download, md5sum
+from neuralcodes.errors import NeuralCodesError
+
+
+@dataclass
+class Server:
+    """What the test server serves and how it misbehaves; it records every Range header."""
+
+    payload: bytes
+    url: str = ""
+    cut_at: list[int] = field(default_factory=list)  # per response: close after this many bytes
+    honour_range: bool = True
+    status: int = 200
+    ranges: list[str | None] = field(default_factory=list)
+
+
+def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # keep test output clean
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            rng = self.headers.get("Range")
+            server.ranges.append(rng)
+            if server.status != 200:
+                self.send_error(server.status)
+                return
+            data, start = server.payload, 0
+            if rng and server.honour_range:
+                start = int(rng.removeprefix("bytes=").split("-")[0])
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if server.cut_at:
+                self.wfile.write(body[: server.cut_at.pop(0)])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture
+def serve() -> Iterator[callable]:
+    started: list[http.server.ThreadingHTTPServer] = []
+
+    def start(payload: bytes, **kwargs: object) -> Server:
+        spec = Server(payload, **kwargs)
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(spec))
+        threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
+        started.append(httpd)
+        spec.url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny-imagenet-200.zip"
+        return spec
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+def test_full_download(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD)
+    dest = download(srv.url, tmp_path / "a.zip", MD5, progress=False)
+    assert dest.read_bytes() == PAYLOAD and md5sum(dest) == MD5
+    assert srv.ranges == [None] and not (tmp_path / "a.zip.part").exists()
+    assert download(srv.url, dest, MD5, progress=False) == dest and len(srv.ranges) == 1
+
+
+def test_resume_after_the_server_cuts_the_connection(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD, cut_at=[100_000, 50_000])
+    dest = download(srv.url, tmp_path / "a.zip", MD5, progress=False, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    assert srv.ranges == [None, "bytes=100000-", "bytes=150000-"]
+
+
+def test_resume_a_part_file_left_by_an_earlier_run(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD)
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:123_456])
+    download(srv.url, tmp_path / "a.zip", MD5, progress=False)
+    assert (tmp_path / "a.zip").read_bytes() == PAYLOAD and srv.ranges == ["bytes=123456-"]
+
+
+def test_complete_part_file_gets_416_and_is_checked(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD)
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD)
+    download(srv.url, tmp_path / "a.zip", MD5, progress=False)
+    assert (tmp_path / "a.zip").read_bytes() == PAYLOAD and srv.ranges == ["bytes=300000-"]
+
+
+def test_server_without_range_support_restarts(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD, cut_at=[100_000], honour_range=False)
+    download(srv.url, tmp_path / "a.zip", MD5, progress=False, backoff=0)
+    assert (tmp_path / "a.zip").read_bytes() == PAYLOAD
+    assert srv.ranges == [None, "bytes=100000-"]
+
+
+def test_md5_mismatch_is_an_error_and_caches_nothing(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD)
+    with pytest.raises(NeuralCodesError, match="md5 mismatch") as e:
+        download(srv.url, tmp_path / "a.zip", "0" * 32, progress=False)
+    assert MD5 in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gives_up_after_retries_keeping_the_part(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD, cut_at=[1000] + [0] * 10)
+    with pytest.raises(NeuralCodesError, match="run again to resume from 1,000 bytes"):
+        download(srv.url, tmp_path / "a.zip", MD5, progress=False, retries=2, backoff=0)
+    assert not (tmp_path / "a.zip").exists()
+    assert (tmp_path / "a.zip.part").read_bytes() == PAYLOAD[:1000]
+    assert len(srv.ranges) == 4  # the first try, then 3 tries without progress
+
+
+def test_http_error_and_unreachable_host(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = serve(PAYLOAD, status=404)
+    with pytest.raises(NeuralCodesError, match="HTTP 404"):
+        download(srv.url, tmp_path / "a.zip", MD5, progress=False)
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(NeuralCodesError, match="failed after 1 retries"):
+        download(f"http://127.0.0.1:{port}/x.zip", tmp_path / "b.zip", MD5, progress=False,
+                 retries=1, backoff=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_then_prepare_a_served_archive(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    archive = make_tiny_imagenet(tmp_path / "gen", 3, 4, zip_it=True).read_bytes()
+    srv = serve(archive, cut_at=[len(archive) // 2])
+    cache = tmp_path / "cache"
+    got = fetch_official(cache, progress=False, url=srv.url, md5=hashlib.md5(archive).hexdigest())
+    assert got == cache / "downloads" / "tiny-imagenet-200.zip" and got.read_bytes() == archive
+    ds = Dataset.load(prepare(got, cache, progress=False))
+    assert len(ds) == 12 and len(ds.wnids) == 3

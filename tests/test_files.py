@@ -23,3 +23,15 @@ def test_failed_first_write_creates_nothing(tmp_path):
         f.write("half")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_the_suffix_last(tmp_path):
+    import numpy as np
+
+    from neuralcodes.files import atomic_path
+
+    with atomic_path(tmp_path / "a.npy", suffix=".npy") as tmp:
+        assert tmp.name.endswith(".npy")
+        np.save(tmp, np.arange(3))
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]

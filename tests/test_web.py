@@ -1,0 +1,448 @@
+"""The web app's JSON API (FastAPI test client) on a tiny trained run.
+
+The run (a tiny ConvNet trained on the generated fixture: 4 in-domain classes, 2 ood classes of
+20 images) is built once per session by :func:`trained_web_run`; the browser test reuses it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuralcodes.cli import build_parser, main
+from neuralcodes.codes import load_codes, read_image
+from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
+from neuralcodes.data import Dataset, Splits, make_splits
+from neuralcodes.files import read_json, write_json
+from neuralcodes.rundir import RunDir
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+
+MAX_BYTES = 300_000  # the test app's upload limits: small, so tests can exceed them cheaply
+MAX_PIXELS = 1_000_000
+STATIC = Path(__file__).resolve().parents[1] / "src" / "neuralcodes" / "web_static"
+
+
+def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
+                    cache_root: Path) -> Path:
+    """A tiny ConvNet trained for two epochs on the shared tiny dataset (conftest's
+    ``tiny_source``: 4 in-domain + 2 ood classes), evaluated (eval.json, curves.png).
+
+    Built once per session (this module and the browser test share it). The high learning rate
+    makes its codes differ clearly between images: with the default 1e-4 the tiny net's codes
+    are nearly identical after two epochs, and rankings would hinge on float rounding.
+    """
+    from neuralcodes.train import evaluate, is_finished, train
+
+    out = tmp_path_factory.getbasetemp() / "web-run"
+    if not is_finished(out):
+        data = DataConfig(source=str(source), cache_dir=str(cache_root), ood_classes=2)
+        cfg = Config(data=data, model=ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16),
+                     train=TrainConfig(max_epochs=2, batch_size=16, lr=1e-2, device="cpu"))
+        train(cfg, out, progress=False)
+    if not RunDir(out).eval_json.is_file():
+        evaluate(out, progress=False, device="cpu")
+    return out
+
+
+def png(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    """Encode an image (array or PIL) in ``fmt``."""
+    im = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
+        tiny_cache: Path) -> Path:
+    run = trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)
+    shutil.rmtree(RunDir(run).root / "codes", ignore_errors=True)  # create_app computes them
+    return run
+
+
+@pytest.fixture(scope="module")
+def data(run: Path, tiny_cache: Path) -> tuple[Dataset, Splits]:
+    dataset = Dataset.load(tiny_cache)
+    cfg = Config.from_dict(read_json(RunDir(run).config)["config"])
+    return dataset, make_splits(dataset, cfg.data)
+
+
+@pytest.fixture(scope="module")
+def own_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A folder of "own" images of various sizes and formats, plus one unreadable file."""
+    folder = tmp_path_factory.mktemp("own-images")
+    rng = np.random.default_rng(7)
+    files = {}
+    for name, size, fmt in (("red.png", (90, 70), "PNG"), ("noise.jpg", (300, 200), "JPEG"),
+                            ("sub/blue.webp", (64, 64), "WEBP")):
+        path = folder / name
+        path.parent.mkdir(exist_ok=True)
+        arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        arr[..., 0 if "red" in name else 2] = 250
+        Image.fromarray(arr).save(path, format=fmt)
+        files[name] = path
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files["folder"] = folder
+    return files
+
+
+@pytest.fixture(scope="module")
+def index_file(run: Path, own_images: dict[str, Path]) -> Path:
+    from neuralcodes.retrieval import build_index
+
+    path, n, failed = build_index(own_images["folder"], run, device="cpu", progress=False)
+    assert n == 3 and [p.name for p, _ in failed] == ["broken.png"]
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(run: Path, index_file: Path) -> Iterator[object]:
+    from neuralcodes.web import create_app
+
+    assert not RunDir(run).codes("ood", False).exists()  # the app computes them
+    app = create_app(run, index_file, device="cpu", max_upload_bytes=MAX_BYTES,
+                     max_pixels=MAX_PIXELS)
+    with fastapi_testclient.TestClient(app) as c:
+        yield c
+
+
+def expected_ranking(codes: np.ndarray, labels: np.ndarray, q: int
+                     ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Independent reference: ids and scores of all other items by (score desc, id asc), and
+    the non-interpolated average precision of query ``q``."""
+    scores = codes @ codes[q]
+    others = np.array([j for j in range(len(codes)) if j != q])
+    order = others[np.lexsort((others, -scores[others]))]
+    relevant = labels[order] == labels[q]
+    precision_at = np.cumsum(relevant) / np.arange(1, len(order) + 1)
+    return order, scores[order], float(precision_at[relevant].mean())
+
+
+# --------------------------------------------------------------------------- pages, gallery
+
+
+def test_info_describes_the_run_and_its_databases(client, run, data):
+    dataset, splits = data
+    info = client.get("/api/info").json()
+    assert info["run"] == run.name
+    assert info["layers"] == ["5", "6", "7"]
+    assert info["relu"] is False and info["k"] == 5
+    assert info["gallery_size"] == len(splits.ood) == 40
+    assert [d["name"] for d in info["databases"]] == ["ood", "index"]
+    assert info["databases"][1]["size"] == 3
+    assert [c["wnid"] for c in info["classes"]] == [dataset.wnids[c] for c in splits.ood_classes]
+    assert info["max_upload_bytes"] == MAX_BYTES and info["max_pixels"] == MAX_PIXELS
+    assert RunDir(run).codes("ood", False).is_file()  # computed and saved by create_app
+
+
+def test_gallery_pages_through_every_ood_image(client, data):
+    dataset, splits = data
+    seen = []
+    for offset in range(0, 40, 15):
+        page = client.get(f"/api/gallery?offset={offset}&limit=15").json()
+        assert page["total"] == 40
+        seen += page["items"]
+    assert [it["id"] for it in seen] == list(range(40))
+    labels = dataset.labels[splits.ood]
+    assert [it["label"] for it in seen] == labels.tolist()
+    assert [it["class_name"] for it in seen] == [dataset.names[c] for c in labels]
+    assert client.get("/api/gallery?offset=100").json()["items"] == []
+    assert client.get("/api/gallery?limit=0").status_code == 422
+
+
+def test_image_is_the_cached_ood_image_as_lossless_png(client, data):
+    dataset, splits = data
+    for i in (0, 17, 39):
+        r = client.get(f"/api/image/{i}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        got = np.asarray(Image.open(io.BytesIO(r.content)))
+        np.testing.assert_array_equal(got, dataset.images[splits.ood[i]])
+
+
+@pytest.mark.parametrize("path", [
+    "/api/image/40", "/api/image/-1", "/api/image/abc", "/api/image/..%2Fconfig.json",
+    "/api/image/%2e%2e%2f%2e%2e%2fconfig.json", "/static/../config.json",
+    "/static/%2e%2e/web.py", "/static/..%2f..%2fpyproject.toml", "/api/index-image/3",
+    "/config.json", "/api/curves.png/../config.json",
+])
+def test_requests_name_images_by_id_only_and_never_reach_other_files(client, path):
+    r = client.get(path)
+    assert r.status_code in (404, 422), r.text
+    assert "conv_widths" not in r.text and "import" not in r.text
+
+
+# --------------------------------------------------------------------------- search by id
+
+
+def test_search_by_id_ranks_the_other_ood_images_with_marks_scores_and_ap(client, run):
+    codes = load_codes(RunDir(run).codes("ood", False))
+    for q in (0, 5, 38):
+        r = client.get(f"/api/search/{q}?k=7").json()
+        assert r["query"]["id"] == q and r["database_size"] == 39 and r["k"] == 7
+        assert [layer["layer"] for layer in r["layers"]] == ["5", "6", "7"]
+        for layer in r["layers"]:
+            order, scores, ap = expected_ranking(codes.layers[layer["layer"]], codes.labels, q)
+            hits = layer["hits"]
+            assert [h["id"] for h in hits] == order[:7].tolist()
+            assert q not in [h["id"] for h in hits]
+            assert [h["rank"] for h in hits] == list(range(1, 8))
+            np.testing.assert_allclose([h["score"] for h in hits], scores[:7], rtol=1e-5)
+            assert [h["same_class"] for h in hits] == \
+                (codes.labels[order[:7]] == codes.labels[q]).tolist()
+            assert layer["ap"] == pytest.approx(ap, rel=1e-9)
+
+
+def test_gallery_queries_average_to_the_map_and_p5_on_the_results_page(client):
+    aps: dict[str, list[float]] = {"5": [], "6": [], "7": []}
+    p5: dict[str, list[float]] = {"5": [], "6": [], "7": []}
+    for q in range(40):
+        for layer in client.get(f"/api/search/{q}?k=5").json()["layers"]:
+            aps[layer["layer"]].append(layer["ap"])
+            p5[layer["layer"]].append(np.mean([h["same_class"] for h in layer["hits"]]))
+    res = client.get("/api/results").json()
+    assert res["map_source"].startswith("computed")
+    assert {m["layer"]: m["map"] for m in res["map"]} == \
+        pytest.approx({k: float(np.mean(v)) for k, v in aps.items()})
+    assert {m["layer"]: m["p@5"] for m in res["map"]} == \
+        pytest.approx({k: float(np.mean(v)) for k, v in p5.items()})
+    assert all(m["n_queries"] == 40 and m["relu"] is False for m in res["map"])
+
+
+@pytest.mark.parametrize("query", ["k=0", "k=40", "k=abc"])
+def test_search_by_id_validates_k(client, query):
+    r = client.get(f"/api/search/3?{query}")
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def upload(client, data: bytes, name: str = "q.png", mime: str = "image/png", **form: str):
+    return client.post("/api/search", files={"file": (name, data, mime)}, data=form)
+
+
+def test_uploading_an_ood_image_finds_it_first_in_every_layer(client, data):
+    dataset, splits = data
+    r = upload(client, png(dataset.images[splits.ood[12]]), k="4")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["database"] == "ood" and body["database_size"] == 40
+    q = body["query"]
+    assert (q["format"], q["width"], q["height"], q["filename"]) == ("PNG", 64, 64, "q.png")
+    preview = Image.open(io.BytesIO(base64.b64decode(q["url"].split(",", 1)[1])))
+    np.testing.assert_array_equal(np.asarray(preview), dataset.images[splits.ood[12]])
+    for layer in body["layers"]:
+        assert len(layer["hits"]) == 4 and layer["ap"] is None
+        assert layer["hits"][0]["id"] == 12
+        assert layer["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+        assert all(h["same_class"] is None for h in layer["hits"])  # the query has no class
+        scores = [h["score"] for h in layer["hits"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("fmt,mime,size", [("JPEG", "image/jpeg", (640, 480)),
+                                           ("WEBP", "image/webp", (33, 120)),
+                                           ("PNG", "image/png", (200, 150))])
+def test_any_size_jpeg_png_or_webp_is_resized_to_64_and_searched(client, data, fmt, mime, size):
+    dataset, splits = data
+    big = Image.fromarray(dataset.images[splits.ood[3]]).resize(size, Image.Resampling.BICUBIC)
+    r = upload(client, png(big, fmt), f"big.{fmt.lower()}", mime, k="5")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["query"]["format"], body["query"]["width"], body["query"]["height"]) == \
+        (fmt, *size)
+    assert [len(layer["hits"]) for layer in body["layers"]] == [5, 5, 5]
+
+
+def test_upload_searches_the_index_built_by_neuralcodes_index(client, own_images):
+    data = own_images["noise.jpg"].read_bytes()
+    r = upload(client, data, "noise.jpg", "image/jpeg", k="3", database="index")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["database"] == "index" and body["database_size"] == 3
+    for layer in body["layers"]:
+        top = layer["hits"][0]
+        assert top["class_name"] == "noise.jpg"  # the file's name, never its folder
+        assert top["score"] == pytest.approx(1.0, abs=1e-5)
+        assert len(layer["hits"]) == 3
+    thumb = client.get(body["layers"][0]["hits"][0]["url"])
+    assert thumb.status_code == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(thumb.content))),
+                                  read_image(own_images["noise.jpg"]))
+
+
+def _bomb_png(side: int) -> bytes:
+    return png(Image.new("L", (side, side)), optimize=True)
+
+
+@pytest.mark.parametrize("case,status,words", [
+    ("text", 415, "not a JPEG, PNG or WebP"),
+    ("gif", 415, "not a JPEG, PNG or WebP"),
+    ("empty", 400, "empty"),
+    ("truncated_png", 400, "corrupt or truncated PNG"),
+    ("truncated_jpeg", 400, "corrupt or truncated JPEG"),
+    ("too_many_bytes", 413, "too large"),
+    ("too_many_pixels", 413, "1100x1000 pixels"),
+])
+def test_bad_uploads_get_a_clear_4xx_message(client, data, case, status, words):
+    dataset, splits = data
+    image = dataset.images[splits.ood[0]]
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    payload = {
+        "text": b"hello, I am not an image",
+        "gif": png(image, "GIF"),
+        "empty": b"",
+        "truncated_png": png(noise)[:5000],
+        "truncated_jpeg": png(noise, "JPEG")[:3000],
+        "too_many_bytes": png(noise),  # ~480 KB > MAX_BYTES
+        "too_many_pixels": png(Image.new("RGB", (1100, 1000))),  # a few KB, 1.1 Mpx
+    }[case]
+    r = upload(client, payload)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+@pytest.mark.parametrize("side", [150, 300])  # Pillow's warning range, then its error range
+def test_decompression_bombs_are_refused_by_pillows_guard_too(client, monkeypatch, side):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 128)  # below the app's own limit
+    r = upload(client, _bomb_png(side))
+    assert r.status_code == 413
+    assert "decompression bomb" in r.json()["detail"]
+
+
+def test_request_bodies_above_the_limit_are_refused_before_parsing(client):
+    big = b"x" * (MAX_BYTES + 100_000)
+    r = client.post("/api/search", content=big, headers={"content-type": "multipart/form-data; "
+                                                                         "boundary=zz"})
+    assert r.status_code == 413 and "request too large" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: streamed
+        for _ in range(10):
+            yield b"y" * 50_000
+
+    r = client.post("/api/search", content=chunks(),
+                    headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("form,status", [({"k": "0"}, 422), ({"k": "99"}, 422),
+                                         ({"database": "elsewhere"}, 400)])
+def test_upload_form_fields_are_validated(client, data, form, status):
+    dataset, splits = data
+    r = upload(client, png(dataset.images[splits.ood[0]]), **form)
+    assert r.status_code == status and r.json()["detail"]
+
+
+def test_without_an_index_the_index_database_is_refused(run, data):
+    from neuralcodes.web import create_app
+
+    dataset, splits = data
+    with fastapi_testclient.TestClient(create_app(run, device="cpu")) as c:
+        assert [d["name"] for d in c.get("/api/info").json()["databases"]] == ["ood"]
+        r = upload(c, png(dataset.images[splits.ood[0]]), database="index")
+        assert r.status_code == 400 and "no index is loaded" in r.json()["detail"]
+        assert c.get("/api/index-image/0").status_code == 404
+
+
+# --------------------------------------------------------------------------- results, schema
+
+
+def test_results_page_shows_eval_json_map_json_and_the_curves(client, run):
+    rd = RunDir(run)
+    res = client.get("/api/results").json()
+    assert res["eval"] == read_json(rd.eval_json)
+    assert set(res["eval"]["splits"]) == {"train", "val", "test"}
+    curves = client.get(res["curves_url"])
+    assert curves.status_code == 200 and curves.content == rd.curves.read_bytes()
+    saved = {"pre": {"5": {"map": 0.25, "p@5": 0.5, "n_queries": 40},
+                     "6": {"map": 0.5, "p@5": 0.6, "n_queries": 40}},
+             "post": {"7": {"map": 0.75, "p@5": 0.7, "n_queries": 40}}}
+    write_json(rd.retrieval / "map.json", saved)
+    try:
+        res = client.get("/api/results").json()
+    finally:
+        (rd.retrieval / "map.json").unlink()
+    assert res["map_source"] == f"{run.name}/retrieval/map.json"
+    assert [(m["layer"], m["relu"], m["map"], m["p@5"]) for m in res["map"]] == \
+        [("5", False, 0.25, 0.5), ("6", False, 0.5, 0.6), ("7", True, 0.75, 0.7)]
+
+
+def test_openapi_schema_documents_the_json_api(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path, method in [("/api/info", "get"), ("/api/gallery", "get"), ("/api/results", "get"),
+                         ("/api/image/{image_id}", "get"), ("/api/search/{image_id}", "get"),
+                         ("/api/search", "post"), ("/api/index-image/{image_id}", "get")]:
+        assert paths[path][method]["summary"], path
+    post = paths["/api/search"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"]
+    assert {"413", "415", "400"} <= set(post["responses"])
+    for op in (post, paths["/api/search/{image_id}"]["get"]):  # the response shape is described
+        ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok["$ref"].endswith("/SearchResult")
+    models = schema["components"]["schemas"]
+    assert {"rank", "score", "same_class", "url"} <= set(models["Hit"]["properties"])
+    assert {"layer", "ap", "hits"} <= set(models["LayerResult"]["properties"])
+    assert "p@5" in models["MapRow"]["properties"]
+
+
+def test_home_page_and_static_files_load_nothing_from_elsewhere(client):
+    home = client.get("/")
+    assert home.status_code == 200 and "static/app.js" in home.text
+    for name in ("app.js", "style.css"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and r.text == (STATIC / name).read_text()
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_serve_binds_localhost_by_default_and_passes_its_options(run, monkeypatch):
+    import uvicorn
+
+    args = build_parser().parse_args(["serve", str(run)])
+    assert (args.host, args.port, args.index) == ("127.0.0.1", 8000, None)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", str(run), "--port", "8765", "--device", "cpu",
+                 "--max-upload-mb", "1"]) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8765)
+    local = fastapi_testclient.TestClient(seen["app"], base_url="http://localhost:8765")
+    assert local.get("/api/info").json()["max_upload_bytes"] == 2**20
+    # a page elsewhere that rebinds its DNS name to 127.0.0.1 is not answered
+    rebound = fastapi_testclient.TestClient(seen["app"], base_url="http://evil.example:8765")
+    assert rebound.get("/api/info").status_code == 400
+
+
+def test_serve_refuses_a_port_in_use_before_loading_anything(run, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "loading" not in out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["serve", "{missing}"], "not a run directory"),
+    (["serve", "{run}", "--port", "0"], "--port must be between"),
+    (["serve", "{run}", "--index", "{missing}.npz"], "no codes file"),
+])
+def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, words):
+    argv = [a.format(run=run, missing=tmp_path / "nothing") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

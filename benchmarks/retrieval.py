@@ -1,0 +1,197 @@
+"""Benchmark retrieval: codes img/s, mAP time, single-query latency, approximate search at 1M.
+
+Usage: ``python benchmarks/retrieval.py [--sections codes,map,query,ann] [--ann-n 1000000]``.
+Prints one JSON object. Everything runs on generated data, so no trained run is needed:
+
+- ``codes``: neural codes per second of the full-size ConvNet (190 classes), fp32 and bf16.
+- ``map``: similarities + ranking + AP for 5,000 ood-like queries (10 classes x 500, each
+  querying the other 4,999) for layers 5 (16,384 dims), 6 and 7 (2,048): total time, the
+  similarity matrix alone, and the ranking-and-AP part alone (similarities precomputed).
+- ``query``: one image -> model -> layer-6 code -> top-5 from a 5,000-image exact index.
+- ``ann``: a 1,000,000 x 256 database (the size of PCA-compressed codes; clustered unit
+  vectors of low intrinsic dimension, see :func:`pca_like_codes`) in an IVF index: build time,
+  single-query and batched latency and recall@5 against exact search, for several ``nprobe``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuralcodes.codes import extract_codes, l2_normalize
+from neuralcodes.metrics import (
+    CHUNK_BYTES,
+    ranking_metrics_from_scores,
+    self_retrieval_metrics,
+)
+from neuralcodes.model import ConvNet
+from neuralcodes.retrieval import CodeIndex
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def clustered_codes(n: int, dim: int, n_classes: int, spread: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around ``n_classes`` random centres, ``n // n_classes`` per class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), -(-n // n_classes))[:n]
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x *= spread
+    x += rng.standard_normal((n_classes, dim), dtype=np.float32)[labels]
+    return l2_normalize(x), labels
+
+
+def bench_codes(n: int) -> dict[str, Any]:
+    model = ConvNet(190).eval()
+    images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    out: dict[str, Any] = {"images": n, "threads": torch.get_num_threads()}
+    for precision in ("fp32", "bf16"):
+        extract_codes(model, images[:50], precision=precision, batch_size=50, progress=False)
+        seconds = _best(lambda p=precision: extract_codes(model, images, precision=p,
+                                                          batch_size=100, progress=False), 1)
+        out[f"{precision}_img_per_s"] = round(n / seconds, 1)
+    return out
+
+
+def bench_map(repeat: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"queries": 5000, "database": 4999, "layers": {}}
+    total = 0.0
+    for layer, dim in (("5", 16384), ("6", 2048), ("7", 2048)):
+        codes, labels = clustered_codes(5000, dim, 10, 0.7 * dim**0.25, seed=int(layer))
+        seconds = _best(lambda c=codes, lab=labels: self_retrieval_metrics(c, lab, top_k=5),
+                        repeat)
+        sims_seconds = _best(lambda c=codes: c @ c.T, repeat)
+        sims = codes @ codes.T
+
+        def rank_all(s: np.ndarray = sims, lab: np.ndarray = labels,
+                     chunk: int = CHUNK_BYTES // (40 * 5000)) -> None:  # as in metrics.py
+            for a in range(0, 5000, chunk):
+                ranking_metrics_from_scores(s[a:a + chunk], lab[a:a + chunk], lab,
+                                            exclude=np.arange(a, min(a + chunk, 5000)), top_k=5)
+
+        ranking = _best(rank_all, repeat)
+        m = self_retrieval_metrics(codes, labels)
+        out["layers"][layer] = {"dims": dim, "seconds_total": round(seconds, 3),
+                                "seconds_similarities": round(sims_seconds, 3),
+                                "seconds_ranking_ap": round(ranking, 3), "map": round(m.map, 4)}
+        total += seconds
+    out["seconds_all_layers"] = round(total, 3)
+    return out
+
+
+def bench_query(repeat: int) -> dict[str, Any]:
+    model = ConvNet(190).eval()
+    db, _ = clustered_codes(5000, 2048, 10, 3.0, seed=0)
+    index = CodeIndex(2048).add(db)
+    image = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+
+    def one() -> None:
+        code = extract_codes(model, image, layers=("6",), progress=False)["6"]
+        index.search(code, 5)
+
+    one()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - start)
+    code = extract_codes(model, image, layers=("6",), progress=False)["6"]
+    search_only = _best(lambda: index.search(code, 5), repeat)
+    return {"database": 5000, "layer": "6", "median_ms": round(statistics.median(times) * 1e3, 2),
+            "best_ms": round(min(times) * 1e3, 2), "search_only_ms": round(search_only * 1e3, 3)}
+
+
+def _exact_truth(db: np.ndarray, queries: np.ndarray, out: dict[str, Any]) -> np.ndarray:
+    """Exact top-5 (the ground truth) and the exact index's latency, recorded in ``out``."""
+    exact = CodeIndex(db.shape[1]).add(db)
+    start = time.perf_counter()
+    _, truth = exact.search(queries, 5)
+    out["exact_batch_ms_per_query"] = round((time.perf_counter() - start) / len(queries) * 1e3, 3)
+    out["exact_single_ms"] = round(_best(lambda: exact.search(queries[:1], 5), 3) * 1e3, 2)
+    return truth
+
+
+def pca_like_codes(n: int, n_queries: int, dim: int = 256, latent: int = 32,
+                   n_clusters: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(database, queries) shaped like PCA-compressed codes: clusters in a low-dimensional
+    latent space embedded in ``dim`` dims with decaying variances, plus a little isotropic
+    noise; queries come from the same clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, latent), dtype=np.float32)
+    basis = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T.astype(np.float32)
+    basis *= np.linspace(1.0, 0.3, latent, dtype=np.float32)[:, None]
+
+    def draw(m: int) -> np.ndarray:
+        z = centres[rng.integers(0, n_clusters, m)]
+        z += 0.5 * rng.standard_normal((m, latent), dtype=np.float32)
+        x = z @ basis
+        x += 0.02 * rng.standard_normal((m, dim), dtype=np.float32)
+        return l2_normalize(x)
+
+    return draw(n), draw(n_queries)
+
+
+def bench_ann(n: int, n_queries: int, nlist: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    db, queries = pca_like_codes(n, n_queries)
+    out: dict[str, Any] = {"database": n, "dims": 256, "queries": n_queries, "kind": "ivf",
+                           "nlist": nlist, "data_seconds": round(time.perf_counter() - start, 1)}
+    truth = _exact_truth(db, queries, out)
+    start = time.perf_counter()
+    ivf = CodeIndex(256, "ivf", nlist=nlist).add(db)
+    out["build_seconds"] = round(time.perf_counter() - start, 1)
+    out["nprobe"] = {}
+    for nprobe in (4, 16, 64):
+        ivf.tune(nprobe=nprobe)
+        start = time.perf_counter()
+        _, ids = ivf.search(queries, 5)
+        batch = (time.perf_counter() - start) / n_queries
+        single = statistics.median(
+            _best(lambda i=i: ivf.search(queries[i:i + 1], 5), 1) for i in range(20))
+        recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, truth, strict=True)])
+        out["nprobe"][nprobe] = {"recall@5": round(float(recall), 4),
+                                 "single_ms": round(single * 1e3, 3),
+                                 "batch_ms_per_query": round(batch * 1e3, 4)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="codes,map,query,ann")
+    parser.add_argument("--codes-images", type=int, default=200)
+    parser.add_argument("--ann-n", type=int, default=1_000_000)
+    parser.add_argument("--ann-queries", type=int, default=200)
+    parser.add_argument("--nlist", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    result: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
+                              "torch_threads": torch.get_num_threads()}
+    if "codes" in sections:
+        result["codes"] = bench_codes(args.codes_images)
+    if "map" in sections:
+        result["map"] = bench_map(args.repeat)
+    if "query" in sections:
+        result["single_query"] = bench_query(max(args.repeat, 10))
+    if "ann" in sections:
+        result["ann"] = bench_ann(args.ann_n, args.ann_queries, args.nlist)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Figures of a run: learning curves (training) and retrieval figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralcodes.files import atomic_path
+
+
+def plot_learning_curves(metrics_rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Loss and accuracy per epoch, train vs validation, from metrics.jsonl rows, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in metrics_rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "acc", "top-1 accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in metrics_rows], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in metrics_rows], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if metrics_rows:
+        best = min(metrics_rows, key=lambda r: r["val_loss"])
+        ax_loss.axvline(best["epoch"], color="grey", ls="--", lw=1)
+        ax_loss.annotate(" best", (best["epoch"], best["val_loss"]), color="grey")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- retrieval figures
+
+SAME_COLOUR = "#1a9641"  # green frame: same class as the query
+OTHER_COLOUR = "#d7191c"  # red frame: another class
+NEUTRAL_COLOUR = "#888888"  # unknown relation (own images without classes)
+QUERY_COLOUR = "#2c7bb6"  # blue frame: the query
+
+
+@dataclass
+class Result:
+    """One retrieved image as shown in a figure."""
+
+    image: np.ndarray  # uint8 (H, W, 3)
+    score: float
+    label: str | None = None  # class name (or file name)
+    same: bool | None = None  # same class as the query; None: unknown
+
+
+@dataclass
+class RetrievalRow:
+    """A query and its results, most similar first."""
+
+    image: np.ndarray
+    label: str | None
+    results: list[Result]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling (each pixel becomes a scale x scale block)."""
+    return np.repeat(np.repeat(np.asarray(image), scale, axis=0), scale, axis=1)
+
+
+def _short(name: str | None, width: int = 16) -> str:
+    """The first synonym of a class name, cut to ``width`` characters."""
+    if not name:
+        return ""
+    name = name.split(",")[0].strip()
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+@dataclass
+class _Cell:
+    image: np.ndarray
+    frame: str  # hex colour
+    top: str
+    bottom: str = ""
+    bottom_colour: str = "black"
+
+
+def _rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+
+
+def _query_cell(row: RetrievalRow) -> _Cell:
+    return _Cell(row.image, QUERY_COLOUR, f"query: {_short(row.label)}")
+
+
+def _result_cell(r: Result, rank: int) -> _Cell:
+    mark = {True: " ✓", False: " ✗", None: ""}[r.same]
+    colour = {True: SAME_COLOUR, False: OTHER_COLOUR, None: NEUTRAL_COLOUR}[r.same]
+    return _Cell(r.image, colour, f"{rank}. {_short(r.label)}", f"sim {r.score:.3f}{mark}",
+                 colour if r.same is not None else "black")
+
+
+def _render(grid: Sequence[Sequence[_Cell | None]], path: str | Path, *, scale: int,
+            title: str = "", gaps: Sequence[int] = (), headers: Sequence[tuple[int, int, str]] = ()
+            ) -> Path:
+    """Paint all images with their frames into one pixel canvas (fast and exact: one axes, no
+    resampling) and put the labels on top as text; ``gaps``: columns followed by a wide gap,
+    ``headers``: (first column, last column, text) above the grid."""
+    plt = _pyplot()
+    frame, pad, gap, label_h, dpi = 4, 8, 40, 16, 100
+    side = 64 * scale + 2 * frame
+    n_cols = max(len(r) for r in grid)
+    xs, x = [], pad
+    for c in range(n_cols):
+        xs.append(x)
+        x += side + (gap if c in gaps else pad)
+    width = x
+    top = pad + (28 if title else 0) + (22 if headers else 0)
+    row_h = side + 2 * label_h + pad
+    height = top + len(grid) * row_h
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    texts: list[tuple[float, float, str, str, str, dict[str, Any]]] = []
+    for i, row in enumerate(grid):
+        y = top + i * row_h + label_h
+        for c, cell in enumerate(row):
+            if cell is None:
+                continue
+            x = xs[c]
+            canvas[y:y + side, x:x + side] = _rgb(cell.frame)
+            canvas[y + frame:y + side - frame, x + frame:x + side - frame] = _upscale(
+                cell.image[..., :3], scale)[:side - 2 * frame, :side - 2 * frame]
+            texts.append((x + side / 2, y - 2, cell.top, "black", "bottom", {}))
+            if cell.bottom:
+                texts.append((x + side / 2, y + side + 2, cell.bottom, cell.bottom_colour, "top",
+                              {}))
+    for first, last, text in headers:
+        texts.append(((xs[first] + xs[last] + side) / 2, top - 6, text, "black", "bottom",
+                      {"fontsize": 12, "weight": "bold"}))
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.axis("off")
+    for tx, ty, text, colour, va, kw in texts:
+        ax.text(tx, ty, text, ha="center", va=va, color=colour, **({"fontsize": 8} | kw))
+    if title:
+        ax.text(width / 2, pad, title, ha="center", va="top", fontsize=11)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_retrieval(rows: Sequence[RetrievalRow], path: str | Path, *, title: str = "",
+                   scale: int = 2) -> Path:
+    """The paper's Fig. 2/3: each query (left, blue frame) next to its results, sorted from
+    most to least similar, framed green ✓ (same class) or red ✗ (other class), as a PNG.
+    Images are upscaled ``scale`` times (nearest neighbour)."""
+    grid = [[_query_cell(row)] + [_result_cell(r, j + 1) for j, r in enumerate(row.results)]
+            for row in rows]
+    return _render(grid, path, scale=scale, title=title, gaps=(0,))
+
+
+def plot_retrieval_layers(rows_by_layer: dict[str, Sequence[RetrievalRow]], path: str | Path, *,
+                          scale: int = 2, title: str = "") -> Path:
+    """All layers side by side: per query, the query then the top-k of each layer."""
+    layers = list(rows_by_layer)
+    k = max(len(r.results) for rs in rows_by_layer.values() for r in rs)
+    grid: list[list[_Cell | None]] = []
+    for i, row in enumerate(rows_by_layer[layers[0]]):
+        cells: list[_Cell | None] = [_query_cell(row)]
+        for layer in layers:
+            results = rows_by_layer[layer][i].results
+            cells += [_result_cell(results[j], j + 1) if j < len(results) else None
+                      for j in range(k)]
+        grid.append(cells)
+    gaps = [0] + [li * k for li in range(1, len(layers))]
+    headers = [(1 + li * k, li * k + k, f"layer {layer}") for li, layer in enumerate(layers)]
+    return _render(grid, path, scale=scale, title=title, gaps=gaps, headers=headers)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def plot_pca(table: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """mAP against PCA dimensions per layer: solid = PCA, dashed = PCA-whitening, dotted
+    horizontal line = the uncompressed code."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    layers = sorted({row["layer"] for row in table})
+    for i, layer in enumerate(layers):
+        colour = f"C{i}"
+        for whiten, style in ((False, "o-"), (True, "s--")):
+            pts = sorted((row["dims"], row["map"]) for row in table if row["layer"] == layer
+                         and row["dims"] != "full" and bool(row.get("whiten")) == whiten)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour,
+                        label=f"layer {layer}" + (" whitened" if whiten else " PCA"))
+        full = [row["map"] for row in table if row["layer"] == layer and row["dims"] == "full"]
+        if full:
+            ax.axhline(full[0], color=colour, ls=":", lw=1.2, label=f"layer {layer} full")
+    ax.set_xscale("log", base=2)
+    dims = sorted({row["dims"] for row in table if row["dims"] != "full"})
+    if dims:
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.minorticks_off()
+    ax.set_xlabel("PCA dimensions")
+    ax.set_ylabel("mAP (ood)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(layers))
+    ax.set_title(title or "PCA-compressed neural codes")
+    fig.tight_layout()
+    return _save(fig, path)

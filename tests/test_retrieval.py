@@ -1,0 +1,269 @@
+"""Retrieval: the FAISS index, PCA study, layer evidence, and the study of a trained run
+(codes, figures, mAP, PCA) plus indexing and searching own images, on a tiny trained model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuralcodes.cli import main as cli
+from neuralcodes.codes import Codes, l2_normalize, load_codes
+from neuralcodes.config import Config, DataConfig, ModelConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.files import read_json
+from neuralcodes.metrics import self_retrieval_metrics
+from neuralcodes.retrieval import (
+    PCA,
+    CodeIndex,
+    Searcher,
+    build_index,
+    colour_histograms,
+    evaluate_codes,
+    evaluate_run,
+    exact_top_k,
+    layer_evidence,
+    pca_study,
+    search,
+)
+from neuralcodes.rundir import RunDir
+
+
+def clustered(n: int, dim: int, n_clusters: int, spread: float, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    labels = rng.integers(0, n_clusters, n)
+    return l2_normalize(centres[labels] + spread * rng.standard_normal((n, dim))), labels
+
+
+# --------------------------------------------------------------------------- index
+
+
+def test_exact_index_equals_numpy_ranking_and_excludes_by_id():
+    db, _ = clustered(500, 24, 5, 0.8)
+    queries = db[:40]
+    scores, ids = CodeIndex(24).add(db[:200]).add(db[200:]).search(queries, 7)
+    np.testing.assert_array_equal(ids, exact_top_k(queries, db, 7))
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ db.T, ids, 1), atol=1e-5)
+    _, ids_ex = CodeIndex(24).add(db).search(queries, 7, exclude=np.arange(40))
+    ref = exact_top_k(queries, db, 8)
+    for i in range(40):
+        np.testing.assert_array_equal(ids_ex[i], [j for j in ref[i] if j != i][:7])
+
+
+def test_exact_index_breaks_ties_by_id_and_pads_missing():
+    rng = np.random.default_rng(1)
+    base = l2_normalize(rng.standard_normal((3, 8)))
+    db = base[[2, 0, 1, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]]  # many exact duplicates
+    index = CodeIndex(8).add(db)
+    _, ids = index.search(base[:1], 12)
+    assert ids[0].tolist() == [1, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    _, ids = index.search(base[:1], 3, exclude=np.array([3]))  # query is item 3: a duplicate
+    assert ids[0].tolist() == [1, 5, 7]
+    scores, ids = CodeIndex(8).add(db[:2]).search(base[:1], 4)
+    assert ids[0].tolist() == [1, 0, -1, -1] and np.isneginf(scores[0, 2:]).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_find_most_true_neighbours(kind):
+    db, _ = clustered(4000, 16, 20, 0.3, seed=2)
+    queries, _ = clustered(100, 16, 20, 0.3, seed=3)
+    index = CodeIndex(16, kind, nprobe=8).add(db)
+    truth = exact_top_k(queries, db, 5)
+    recall = np.mean([len(set(a) & set(b)) / 5
+                      for a, b in zip(index.search(queries, 5)[1], truth, strict=True)])
+    assert recall > 0.9
+    if kind == "ivf":  # visiting every cell is an exhaustive search
+        index.tune(nprobe=10_000)
+        np.testing.assert_array_equal(index.search(queries, 5)[1], truth)
+
+
+def test_index_errors():
+    with pytest.raises(NeuralCodesError, match="unknown index kind"):
+        CodeIndex(4, "lsh")
+    with pytest.raises(NeuralCodesError, match="do not fit"):
+        CodeIndex(4).add(np.zeros((2, 5)))
+    with pytest.raises(NeuralCodesError, match="k must be positive"):
+        CodeIndex(4).add(np.eye(4)).search(np.eye(4), 0)
+
+
+# --------------------------------------------------------------------------- PCA, evidence
+
+
+def test_pca_matches_exact_svd_on_both_paths():
+    rng = np.random.default_rng(4)
+    scales = np.concatenate([[10, 8, 6, 5, 4], np.linspace(2, 0.1, 115)])
+    x = (rng.standard_normal((400, 120)) * scales).astype(np.float32)
+    exact = np.linalg.svd(x - x.mean(0), full_matrices=False)[2]
+    for k in (8, 80):  # 8: randomized svd_lowrank, 80: full SVD
+        pca = PCA.fit(x, k)
+        assert pca.components.shape == (k, 120)
+        np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(k), atol=1e-4)
+        cos = np.abs(np.sum(pca.components[:5] * exact[:5], axis=1))
+        assert (cos > 0.999).all()
+        assert (np.diff(pca.variances) <= 1e-9).all()
+        np.testing.assert_allclose(pca.variances[:3], scales[:3] ** 2, rtol=0.25)
+    y = pca.transform(x[:10], 16, whiten=True)
+    assert y.shape == (10, 16)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-5)
+    with pytest.raises(NeuralCodesError, match="only 80 components"):
+        pca.transform(x, 81)
+
+
+def test_pca_study_fits_on_the_training_codes_only():
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(4), 25)
+    ood = np.zeros((100, 6), np.float32)
+    ood[:, :2] = np.eye(4)[labels][:, :2] * 3 + np.eye(4)[labels][:, 2:3] * -3  # class: dims 0-1
+    ood[:, 2:] = rng.standard_normal((100, 4))  # noise: dims 2-5
+    codes = Codes({"6": l2_normalize(ood)}, np.arange(100), labels, False)
+    noise_train = np.zeros((300, 6), np.float32)
+    noise_train[:, 2:] = rng.standard_normal((300, 4)) * 5  # train variance only in noise dims
+    class_train = np.zeros((300, 6), np.float32)
+    class_train[:, :2] = rng.standard_normal((300, 2)) * 5
+    bad = pca_study({"6": l2_normalize(noise_train)}, codes, (2, 4, 16))
+    good = pca_study({"6": l2_normalize(class_train)}, codes, (2,))
+    assert {(r["dims"], r["whiten"]) for r in bad} == {("full", False), (2, False), (2, True),
+                                                       (4, False), (4, True)}  # 16 > 6: skipped
+    full = self_retrieval_metrics(codes.layers["6"], labels).map
+    assert bad[0]["map"] == pytest.approx(full)
+    pick = {(r["dims"], r["whiten"]): r["map"] for r in bad}
+    assert pick[(2, False)] < 0.45 < next(r["map"] for r in good if r["dims"] == 2)
+
+
+def test_colour_histograms_and_layer_evidence():
+    n = 40
+    labels = np.repeat(np.arange(4), 10)
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]])
+    images = np.broadcast_to(colours[labels][:, None, None, :], (n, 8, 8, 3)).astype(np.uint8)
+    hist = colour_histograms(images)
+    np.testing.assert_allclose(hist.sum(axis=1), 1)
+    assert hist.shape == (n, 64) and (hist.max(axis=1) == 1).all()
+    # layer "5" clusters by label (so by colour), layer "7" is unrelated to colour
+    by_colour = l2_normalize(np.eye(4)[labels] + 0.01 * np.random.default_rng(0).random((n, 4)))
+    random, _ = clustered(n, 12, 1, 1.0, seed=7)  # layer "7": unrelated to colour
+    codes = Codes({"5": by_colour, "7": random}, np.arange(n), labels, False)
+    ev = layer_evidence(codes, evaluate_codes(codes), images)
+    assert ev["per_layer"]["5"]["colour_similarity"] == pytest.approx(1.0)
+    assert ev["per_layer"]["7"]["colour_similarity"] < 0.6
+    assert ev["per_layer"]["5"]["p@5"] == 1.0 and ev["per_layer"]["5"]["dims"] == 4
+    assert ev["per_layer"]["5"]["sparsity"] == 0.0  # all positive
+    base = ev["colour_similarity_baseline"]
+    assert base["same_class_pairs"] == pytest.approx(1.0) and base["random_pairs"] < 0.5
+    assert 0 <= ev["top5_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
+
+
+# --------------------------------------------------------------------------- a trained run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_source: Path, tiny_cache_root: Path, tmp_path_factory) -> Path:
+    from neuralcodes.train import train
+
+    cfg = Config()
+    cfg.data = DataConfig(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2)
+    cfg.model = ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16)
+    cfg.train.max_epochs, cfg.train.batch_size, cfg.train.device = 2, 16, "cpu"
+    cfg.retrieval.pca_dims = (4, 16, 32)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, out, progress=False)
+    return out
+
+
+def test_codes_command_writes_both_variants(tiny_run, capsys):
+    from neuralcodes.train import load_trained
+
+    assert cli(["codes", str(tiny_run), "--quiet"]) == 0
+    assert "40 images (layer 5: 256, layer 6: 16, layer 7: 16)" in capsys.readouterr().out
+    rd = RunDir(tiny_run)
+    pre, post = load_codes(rd.codes("ood", False)), load_codes(rd.codes("ood", True))
+    _, _, dataset, splits = load_trained(tiny_run)
+    np.testing.assert_array_equal(pre.index, splits.ood)
+    np.testing.assert_array_equal(pre.labels, dataset.labels[splits.ood])
+    assert not pre.relu and post.relu and (post.layers["6"] >= 0).all()
+    assert set(pre.labels.tolist()) == set(splits.ood_classes)
+    with pytest.raises(SystemExit):
+        cli(["codes", str(tiny_run), "--split", "nope"])
+
+
+@pytest.mark.slow
+def test_evaluate_run_writes_every_output_once(tiny_run, capsys):
+    result = evaluate_run(tiny_run, progress=False)
+    out = RunDir(tiny_run).retrieval
+    names = {"map.json", "top5.json", "top5_layer5.png", "top5_layer6.png", "top5_layer7.png",
+             "top5_layers.png", "evidence.json", "pca.json", "pca.png"}
+    assert names <= {p.name for p in out.iterdir()}
+    maps = read_json(out / "map.json")
+    assert set(maps) == {"pre", "post"} and set(maps["pre"]) == {"5", "6", "7"}
+    pre = load_codes(RunDir(tiny_run).codes("ood", False))
+    for layer in ("5", "6", "7"):
+        m = self_retrieval_metrics(pre.layers[layer], pre.labels, ks=(5, 10))
+        assert maps["pre"][layer]["map"] == pytest.approx(m.map)
+        assert maps["pre"][layer]["p@10"] == pytest.approx(m.precision[10].mean())
+        assert maps["pre"][layer]["n_queries"] == 40
+    top5 = read_json(out / "top5.json")
+    assert len(top5["queries"]) == 10 and top5["relu"] is False
+    q0 = top5["queries"][0]["layers"]["6"]
+    assert len(q0) == 5 and all(r["position"] != 0 for r in q0)
+    assert [r["score"] for r in q0] == sorted((r["score"] for r in q0), reverse=True)
+    pca = read_json(out / "pca.json")
+    dims = {(r["layer"], r["dims"]) for r in pca["table"]}
+    assert ("5", 32) in dims and ("6", 16) in dims and ("6", 32) not in dims  # fc: 16 dims
+    assert pca["fit"] == {"split": "train", "images": 64}
+    assert result["evidence"]["per_layer"]["5"]["dims"] == 256
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli(["retrieval", str(tiny_run), "--quiet"]) == 0  # all exists: nothing is redone
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert "pre-ReLU layer 6: mAP" in capsys.readouterr().out
+    post = evaluate_run(tiny_run, relu=True, progress=False)  # other codes: redone for them
+    assert post["pca"]["relu"] is True and read_json(out / "top5.json")["relu"] is True
+    assert post["evidence"]["relu"] is True and read_json(out / "map.json") == maps
+
+
+def _save_png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_search_own_image_finds_its_ood_twin(tiny_run, tmp_path, capsys):
+    s = Searcher(tiny_run, device="cpu")
+    query = _save_png(tmp_path / "q.png", s.image(3))
+    hits = search(query, tiny_run, layer="5", k=4, figure=tmp_path / "fig.png", device="cpu")
+    assert [h.rank for h in hits] == [1, 2, 3, 4] and hits[0].position == 3
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4) and hits[0].label
+    assert (tmp_path / "fig.png").is_file()
+    assert cli(["search", str(query), "--run", str(tiny_run), "-k", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "1"
+    assert cli(["search", str(tmp_path / "missing.png"), "--run", str(tiny_run)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mine"
+    for i in range(5):
+        _save_png(folder / ("sub" if i % 2 else "") / f"img{i}.png",
+                  rng.integers(0, 256, (30 + 10 * i, 50, 3), dtype=np.uint8))
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    out = tmp_path / "mine.npz"
+    assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(out), "--quiet",
+                "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "broken.jpg" in text and "5 images indexed, 1 unreadable" in text
+    codes = load_codes(out)
+    assert len(codes) == 5 and len(codes.paths) == 5
+    query = folder / "sub" / "img3.png"
+    hits = search(query, tiny_run, index=out, layer="6", k=5, device="cpu")
+    assert hits[0].path == str(query) and len(hits) == 5
+    path, n, failed = build_index(folder, tiny_run, device="cpu", progress=False)
+    assert path == RunDir(tiny_run).retrieval / "index-mine.npz" and n == 5 and len(failed) == 1
+    os.remove(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NeuralCodesError, match="no readable images"):
+        build_index(tmp_path / "empty", tiny_run, progress=False)

@@ -39,15 +39,21 @@ def _same_padding(kernel: int, stride: int, size: int) -> tuple[int, int]:
 
 
 class SameConv2d(nn.Conv2d):
-    """A stride-1 convolution with Keras 'same' padding, also for even kernels (conv1 is 4x4)."""
+    """A stride-1 convolution with Keras 'same' padding, also for even kernels (conv1 is 4x4).
+
+    Odd kernels pad symmetrically inside the convolution (no copy); an even kernel pads one more
+    row/column at the bottom/right, which needs an explicit pad.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
-        super().__init__(in_channels, out_channels, kernel, stride=1, padding=0)
         before, after = _same_padding(kernel, 1, 0)  # stride 1: independent of size
-        self.pad = (before, after, before, after)
+        symmetric = before == after
+        super().__init__(in_channels, out_channels, kernel, stride=1,
+                         padding=before if symmetric else 0)
+        self.pad = None if symmetric else (before, after, before, after)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pad):
+        if self.pad is not None:
             x = F.pad(x, self.pad)
         return super().forward(x)
 
@@ -62,8 +68,11 @@ class SameMaxPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom = _same_padding(self.kernel, self.stride, x.shape[-2])
         left, right = _same_padding(self.kernel, self.stride, x.shape[-1])
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        if top == left == 0 and bottom <= 1 and right <= 1:
+            # One cell of padding at the bottom/right only (every even input size): ceil_mode
+            # lets the last window hang over the edge, which is the same and needs no copy.
+            return F.max_pool2d(x, self.kernel, self.stride, ceil_mode=True)
+        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
         return F.max_pool2d(x, self.kernel, self.stride)
 
 

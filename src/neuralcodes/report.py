@@ -223,7 +223,8 @@ def _training_section(facts: dict[str, Any]) -> list[Block]:
     stopped_early = bool(state.get("stopped_early", last["epoch"] < tcfg.get("max_epochs", 100)))
     seconds = sum(r.get("seconds", 0.0) for r in epochs)
     text = (
-        f"Adam (lr {tcfg.get('lr')}, amsgrad={tcfg.get('amsgrad')}), batch {tcfg.get('batch_size')}, "
+        f"Adam (lr {tcfg.get('lr')}, amsgrad={tcfg.get('amsgrad')}), "
+        f"batch {tcfg.get('batch_size')}, "
         f"cross-entropy, {tcfg.get('precision', 'fp32')} on {state.get('device', 'the CPU')}. "
         f"Training ran {len(epochs)} epoch{'s' * (len(epochs) != 1)} in {seconds / 60:.1f} min. ")
     if stopped_early:
@@ -321,7 +322,8 @@ def _retrieval_section(facts: dict[str, Any]) -> list[Block]:
 
 
 def _layer_differences(ev: dict[str, Any]) -> list[Block]:
-    out = [Block("p", "**What differs between the layers** (measured, see `retrieval/evidence.json`):")]
+    out = [Block("p", "**What differs between the layers** (measured, see "
+                      "`retrieval/evidence.json`):")]
     items = []
     per = ev.get("per_layer", {})
     if per:
@@ -430,8 +432,8 @@ def _comparison_section(facts: dict[str, Any]) -> list[Block]:
             "connected layers here, which suggests the fc layers of this small network are "
             "undertrained or over-specialised to the training classes.")
     if spread < 0.01:
-        verdict += (f" The layers differ by less than 0.01 mAP, so the ordering is weak "
-                    f"evidence either way.")
+        verdict += (" The layers differ by less than 0.01 mAP, so the ordering is weak "
+                    "evidence either way.")
     out.append(Block("p", verdict))
     pca = facts["retrieval"].get("pca")
     if pca:

@@ -101,7 +101,8 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         train.train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
     _stage("evaluate")
-    if rd.eval_json.is_file() and rd.eval_json.stat().st_mtime >= rd.best_checkpoint.stat().st_mtime:
+    best = rd.best_checkpoint.stat().st_mtime
+    if rd.eval_json.is_file() and rd.eval_json.stat().st_mtime >= best:
         print(f"skipped: {rd.eval_json} is up to date")
     else:
         train.evaluate(rd.root, progress=progress, device=cfg.train.device)

@@ -14,28 +14,22 @@ from neuralcodes.files import atomic_path
 
 def plot_learning_curves(metrics_rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Loss and accuracy per epoch, train vs validation, from metrics.jsonl rows, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     epochs = [r["epoch"] for r in metrics_rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    best = min(metrics_rows, key=lambda r: r["val_loss"]) if metrics_rows else None
     for ax, key, title in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "acc", "top-1 accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in metrics_rows], "o-", label="train")
         ax.plot(epochs, [r[f"val_{key}"] for r in metrics_rows], "s-", label="validation")
+        if best is not None:
+            ax.axvline(best["epoch"], color="grey", ls="--", lw=1,
+                       label=f"best (epoch {best['epoch']})")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    if metrics_rows:
-        best = min(metrics_rows, key=lambda r: r["val_loss"])
-        ax_loss.axvline(best["epoch"], color="grey", ls="--", lw=1)
-        ax_loss.annotate(" best", (best["epoch"], best["val_loss"]), color="grey")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------- retrieval figures

@@ -1,0 +1,330 @@
+"""Training: the early-stopping rule, an end-to-end tiny run, exact resume, Ctrl-C, NaN, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcodes import cli
+from neuralcodes import train as T
+from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.files import read_json
+from neuralcodes.rundir import RunDir
+
+TINY_MODEL = ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, dropout=0.0)
+#: With batch norm the tiny model learns the fixture reliably (100% within ~15 epochs, checked
+#: over several seeds); without it, patience-0 early stopping often fires on a plateau.
+LEARNER = dataclasses.replace(TINY_MODEL, batch_norm=True)
+
+
+def tiny_config(data: DataConfig, model: ModelConfig = TINY_MODEL, **train: object) -> Config:
+    """A tiny model on the tiny fixture (fast enough for many epochs on a CPU)."""
+    t = {"lr": 3e-3, "batch_size": 16, "max_epochs": 40, "device": "cpu", "threads": 1, **train}
+    return Config(data=data, model=model, train=TrainConfig(**t))
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def same_metrics(a: list[dict], b: list[dict]) -> bool:
+    timing = {"seconds", "img_per_s"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in a] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in b]
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_early_stopping_stops_at_first_rise_and_remembers_best():
+    es = T.EarlyStopping(patience=0)
+    assert [es.update(e, v) for e, v in enumerate([3.0, 2.5, 2.1], start=1)] == [True] * 3
+    assert not es.should_stop
+    assert es.update(4, 2.2) is False
+    assert es.should_stop and es.stopped_epoch == 4
+    assert (es.best_epoch, es.best_loss) == (3, 2.1)
+
+
+def test_early_stopping_patience_and_ties_and_nan():
+    es = T.EarlyStopping(patience=1)
+    script = [(1, 3.0, True), (2, 3.1, False), (3, 2.9, True), (4, 2.9, False), (5, 3.5, False)]
+    for epoch, loss, improved in script:
+        assert not es.should_stop
+        assert es.update(epoch, loss) is improved
+    # a tie is no improvement: epochs 4 and 5 are two bad epochs in a row -> stop at 5
+    assert es.should_stop and es.stopped_epoch == 5 and es.best_epoch == 3
+    nan = T.EarlyStopping(patience=0)
+    nan.update(1, 1.0)
+    assert nan.update(2, math.nan) is False and nan.should_stop
+
+
+def test_epoch_order_is_a_seeded_permutation_per_epoch():
+    a = T.epoch_order(42, 1, 50)
+    assert sorted(a.tolist()) == list(range(50))
+    assert np.array_equal(a, T.epoch_order(42, 1, 50))
+    assert not np.array_equal(a, T.epoch_order(42, 2, 50))
+    assert not np.array_equal(a, T.epoch_order(7, 1, 50))
+
+
+def test_augment_batch_flips_and_shifts_each_image():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
+    flipped_only = T.augment_batch(x, pad=0)
+    assert flipped_only.shape == x.shape and flipped_only.dtype == torch.uint8
+    same = (flipped_only == x).flatten(1).all(1)
+    mirrored = (flipped_only == x.flip(2)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 0 < int(same.sum()) < 64
+    shifted = T.augment_batch(x, pad=2)
+    assert shifted.shape == x.shape
+    # every output is a window of the (maybe mirrored) zero-padded input
+    for i in range(8):
+        found = False
+        for img in (x[i], x[i].flip(1)):
+            p = torch.nn.functional.pad(img, (0, 0, 2, 2, 2, 2))
+            found |= any(torch.equal(p[dy:dy + 8, dx:dx + 8], shifted[i])
+                         for dy in range(5) for dx in range(5))
+        assert found
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, tiny_data_config):
+    for bad in ({"batch_size": 0}, {"max_epochs": 0}, {"lr": -1.0}, {"patience": -1},
+                {"precision": "fp8"}):
+        with pytest.raises(NeuralCodesError):
+            T.train(tiny_config(tiny_data_config, **bad), tmp_path / "r", progress=False)
+    with pytest.raises(NeuralCodesError, match="not a run directory"):
+        T.evaluate(tmp_path / "nothing", progress=False)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_source, tiny_cache_root, tiny_cache) -> Path:
+    """One tiny run trained to early stopping (shared by the tests below)."""
+    data = DataConfig(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    T.train(tiny_config(data, LEARNER, lr=1e-3, batch_size=8), out, progress=False)
+    return out
+
+
+def test_end_to_end_trains_early_stops_and_keeps_best(trained):
+    run = RunDir(trained)
+    m = rows(trained)
+    state = read_json(T.train_state_path(run))
+    assert state["finished"] and state["stopped_early"]
+    val = [r["val_loss"] for r in m]
+    best = int(np.argmin(val)) + 1
+    # patience 0: it stops at the first epoch that is not a new best, and never before
+    assert state["stopped_epoch"] == len(m)
+    assert all(val[i] < min(val[:i]) for i in range(1, len(m) - 1))
+    assert val[-1] >= min(val[:-1])
+    assert state["best_epoch"] == best
+    assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] == best
+    assert torch.load(run.last_checkpoint, weights_only=True)["epoch"] == len(m)
+    saved = read_json(run.config)
+    assert saved["config"]["train"]["lr"] == 1e-3 and saved["config"]["model"]["batch_norm"]
+    assert saved["data"]["num_classes"] == 4 and saved["data"]["sizes"]["train"] == 64
+    assert saved["data"]["manifest_hash"] and saved["data"]["splits_hash"]
+    assert saved["versions"]["torch"] == torch.__version__
+    assert run.curves.stat().st_size > 1000 and run.log.read_text().count("epoch ") >= len(m)
+
+
+def test_evaluate_writes_table_above_chance(trained, capsys):
+    assert cli.main(["evaluate", str(trained), "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and all(s in out for s in ("train", "val", "test"))
+    run = RunDir(trained)
+    result = read_json(run.eval_json)
+    assert result["checkpoint"] == "best"
+    assert result["epoch"] == read_json(T.train_state_path(run))["best_epoch"]
+    splits = result["splits"]
+    assert [splits[s]["n"] for s in ("train", "val", "test")] == [64, 8, 8]
+    chance = 1 / 4
+    assert splits["train"]["top1"] >= 2 * chance and splits["test"]["top1"] >= 2 * chance
+    assert all(splits[s]["top5"] == 1.0 for s in splits)  # 4 classes: top-5 holds them all
+    # eval mode on the best weights reproduces the validation loss logged for the best epoch
+    best_row = min(rows(trained), key=lambda r: r["val_loss"])
+    assert splits["val"]["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
+    csv_lines = run.eval_csv.read_text().splitlines()
+    assert csv_lines[0] == "split,loss,top1,top5,n" and len(csv_lines) == 4
+    assert csv_lines[3].startswith("test,") and csv_lines[3].endswith(",8")
+
+
+def test_load_trained_gives_eval_mode_best_model(trained):
+    cfg, model, dataset, splits = T.load_trained(trained)
+    assert not model.training and cfg.model == LEARNER and len(splits.in_classes) == 4
+    data = T.SplitData.load(dataset, splits, "val", torch.device("cpu"))
+    m = T.evaluate_split(model, data, device=torch.device("cpu"))
+    best_row = min(rows(trained), key=lambda r: r["val_loss"])
+    assert m["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_config(trained, tiny_data_config):
+    cfg = tiny_config(tiny_data_config, LEARNER, lr=1e-3, batch_size=8)
+    with pytest.raises(NeuralCodesError, match="already holds a run"):
+        T.train(cfg, trained, progress=False)
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=5e-4))
+    with pytest.raises(NeuralCodesError, match="cannot change train.lr"):
+        T.train(changed, trained, resume=True, progress=False)
+    assert T.is_finished(trained)
+
+
+# ----------------------------------------------------------------------------- resume, Ctrl-C, NaN
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_runs_end_with_identical_weights(tmp_path, tiny_data_config):
+    # dropout and augmentation on: the RNG states must be restored too
+    model = dataclasses.replace(TINY_MODEL, dropout=0.5)
+    cfg = tiny_config(tiny_data_config, model, max_epochs=3, patience=5, augment=True)
+    T.train(cfg, tmp_path / "straight", progress=False)
+
+    # Ctrl-C in the middle of epoch 2 (after its 2nd step), then --resume
+    def ctrl_c(epoch: int, step: int) -> None:
+        if (epoch, step) == (2, 1):
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, tmp_path / "cut", progress=False, on_step=ctrl_c)
+    last = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)
+    assert (last["epoch"], last["step"]) == (1, 2)
+    assert not T.is_finished(tmp_path / "cut")
+    T.train(cfg, tmp_path / "cut", resume=True, progress=False)
+
+    # stopped by the epoch limit after epoch 1, then resumed with a larger limit (the CLI path)
+    short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=1))
+    T.train(short, tmp_path / "short", progress=False)
+    assert T.is_finished(tmp_path / "short")
+    assert cli.main(["train", "--resume", str(tmp_path / "short"), "--epochs", "3",
+                     "--no-progress"]) == 0
+
+    for other in ("cut", "short"):
+        for ckpt in ("last.pt", "best.pt"):
+            assert_same_weights(tmp_path / "straight/checkpoints" / ckpt,
+                                tmp_path / other / "checkpoints" / ckpt)
+        assert same_metrics(rows(tmp_path / "straight"), rows(tmp_path / other))
+    assert read_json(tmp_path / "short/config.json")["config"]["train"]["max_epochs"] == 3
+
+
+def test_ctrl_c_through_the_cli_saves_and_exits_130(tmp_path, tiny_data_config, monkeypatch):
+    calls = []
+    real_step = T.train_step
+
+    def step_then_ctrl_c(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(T, "train_step", step_then_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    run = tmp_path / "r"
+    argv = ["train", "--out", str(run), "--data", tiny_data_config.source, "--cache-dir",
+            tiny_data_config.cache_dir, "--ood-classes", "2", "--conv-widths", "8,8,8,8,8",
+            "--fc-width", "32", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+    assert cli.main(argv) == 130
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert (last["epoch"], last["step"]) == (0, 2)
+    assert "interrupted" in (run / "train.log").read_text()
+    assert signal.getsignal(signal.SIGINT) is handler  # our handler is gone again
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path, tiny_data_config,
+                                                            monkeypatch):
+    real_step = T.train_step
+
+    def poisoned(net, *args, **kwargs):
+        loss, correct = real_step(net, *args, **kwargs)
+        if poisoned.epoch >= 2:
+            loss = loss * math.nan
+        return loss, correct
+
+    def track(epoch: int, step: int) -> None:
+        poisoned.epoch = epoch
+
+    poisoned.epoch = 1
+    monkeypatch.setattr(T, "train_step", poisoned)
+    cfg = tiny_config(tiny_data_config, max_epochs=5, patience=5)
+    with pytest.raises(NeuralCodesError, match="NaN/inf at epoch 2.*best checkpoint \\(epoch 1\\)"):
+        T.train(cfg, tmp_path / "r", progress=False, on_step=track)
+    assert torch.load(tmp_path / "r/checkpoints/best.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_match_one_process(tmp_path, tiny_data_config):
+    """DDP with global batch 16 = 2 x 8 follows the single-process trajectory."""
+    cfg = tiny_config(tiny_data_config, max_epochs=2, patience=5)
+    T.train(cfg, tmp_path / "single", progress=False)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "neuralcodes", "train", "--config", str(cfg_file), "--out",
+           str(tmp_path / "ddp"), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert read_json(tmp_path / "ddp/config.json")["distributed"]["world_size"] == 2
+    a = weights(tmp_path / "single/checkpoints/last.pt")
+    b = weights(tmp_path / "ddp/checkpoints/last.pt")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, f"DDP weights differ from one process by up to {worst}"
+    ra, rb = rows(tmp_path / "single"), rows(tmp_path / "ddp")
+    assert [r["val_loss"] for r in ra] == pytest.approx([r["val_loss"] for r in rb], rel=1e-4)
+    assert [r["train_loss"] for r in ra] == pytest.approx([r["train_loss"] for r in rb], rel=1e-4)
+
+
+
+# ----------------------------------------------------------------------------- helpers, CLI
+
+
+def test_cli_flags_override_the_assignment_defaults():
+    argv = ["train", "--data", "x.zip", "--ood-classes", "3", "--max-per-class", "7",
+            "--conv-widths", "8,8,8,8,8", "--fc-width", "32", "--batch-norm", "--epochs", "5",
+            "--batch-size", "50", "--lr", "0.001", "--patience", "2", "--no-amsgrad",
+            "--precision", "bf16", "--no-channels-last", "--threads", "1"]
+    args = cli.build_parser(argv).parse_args(argv)
+    cfg = T.config_from_args(args)
+    assert (cfg.data.source, cfg.data.ood_classes, cfg.data.max_per_class) == ("x.zip", 3, 7)
+    assert cfg.model == ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, batch_norm=True)
+    t = cfg.train
+    assert (t.max_epochs, t.batch_size, t.lr, t.patience, t.amsgrad) == (5, 50, 1e-3, 2, False)
+    assert (t.precision, t.channels_last, t.threads, t.seed, t.augment) == ("bf16", False, 1, 42,
+                                                                            False)
+    defaults = T.config_from_args(cli.build_parser(["train"]).parse_args(["train"]))
+    assert defaults == Config()  # no flag: exactly the assignment's protocol
+    with pytest.raises(SystemExit):
+        cli.build_parser(["train"]).parse_args(["train", "--conv-widths", "8,x"])
+
+
+def test_measure_throughput_runs_real_steps_and_restores_threads():
+    before = torch.get_num_threads()
+    cfg = Config(model=TINY_MODEL, train=TrainConfig(batch_size=4, device="cpu", threads=1))
+    assert T.measure_throughput(cfg, 3, steps=2, warmup=1) > 0
+    assert torch.get_num_threads() == before

@@ -48,6 +48,11 @@ def _report_numbers_match_json(run):
             assert row, f"no mAP row for layer {layer} {variant}"
             assert [float(v) for v in row.groups()] == pytest.approx(
                 [m["map"], m["p@5"], m["p@10"]], abs=6e-4)
+    data = json.loads((run / "config.json").read_text())["data"]
+    assert len(data["ood_classes"]) == 2
+    for c in data["ood_classes"]:
+        assert f"{c['name']} (`{c['wnid']}`)" in md
+    assert f"checksum `{data['source_checksum']}`" in md
     best = max(maps["pre"], key=lambda k: (maps["pre"][k]["map"], -int(k)))
     assert re.search(rf"Our ranking is layer {best} >", md)
 

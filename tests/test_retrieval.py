@@ -177,7 +177,7 @@ def tiny_run(tiny_source: Path, tiny_cache_root: Path, tmp_path_factory) -> Path
 def test_codes_command_writes_both_variants(tiny_run, capsys):
     from neuralcodes.train import load_trained
 
-    assert cli(["codes", str(tiny_run), "--quiet"]) == 0
+    assert cli(["codes", str(tiny_run), "--no-progress"]) == 0
     assert "40 images (layer 5: 256, layer 6: 16, layer 7: 16)" in capsys.readouterr().out
     rd = RunDir(tiny_run)
     pre, post = load_codes(rd.codes("ood", False)), load_codes(rd.codes("ood", True))
@@ -216,7 +216,7 @@ def test_evaluate_run_writes_every_output_once(tiny_run, capsys):
     assert pca["fit"] == {"split": "train", "images": 64}
     assert result["evidence"]["per_layer"]["5"]["dims"] == 256
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert cli(["retrieval", str(tiny_run), "--quiet"]) == 0  # all exists: nothing is redone
+    assert cli(["retrieval", str(tiny_run), "--no-progress"]) == 0  # all exists: nothing is redone
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert "pre-ReLU layer 6: mAP" in capsys.readouterr().out
     post = evaluate_run(tiny_run, relu=True, progress=False)  # other codes: redone for them
@@ -252,7 +252,7 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
                   rng.integers(0, 256, (30 + 10 * i, 50, 3), dtype=np.uint8))
     (folder / "broken.jpg").write_bytes(b"garbage")
     out = tmp_path / "mine.npz"
-    assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(out), "--quiet",
+    assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(out), "--no-progress",
                 "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "broken.jpg" in text and "5 images indexed, 1 unreadable" in text

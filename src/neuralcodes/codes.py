@@ -234,7 +234,7 @@ def _cmd_codes(args: argparse.Namespace) -> int:
     relu = {"pre": False, "post": True, "both": None}[args.relu]
     paths = run_codes(args.run, args.split, relu, checkpoint=args.checkpoint, device=args.device,
                       precision=args.precision, batch_size=args.batch_size,
-                      progress=not args.quiet, force=args.force)
+                      progress=not args.no_progress, force=args.force)
     for path in paths.values():
         codes = load_codes(path)
         dims = ", ".join(f"layer {k}: {v.shape[1]:,}" for k, v in codes.layers.items())
@@ -258,5 +258,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--force", action="store_true", help="recompute existing codes files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_codes)

@@ -45,8 +45,8 @@ TECHNIQUES = {
         "Data augmentation (random crops and horizontal flips)",
         "Each epoch sees slightly shifted and mirrored versions of the training images, so the "
         "network cannot memorise pixels and must learn features that survive small changes. With "
-        "only 400 images per class and a 40-million-parameter model, overfitting is what stops "
-        "training early; augmentation delays it.",
+        "only {per_class} training images per class and a {params}-parameter model, overfitting "
+        "is what stops training early; augmentation delays it.",
     ),
     "batch_norm": (
         "Batch normalisation after every convolution",
@@ -276,11 +276,16 @@ def _techniques_section(facts: dict[str, Any]) -> list[Block]:
                 + ("" if diff is None else f", {diff:+.3f} against this run's {_fmt(base)}"))
         for t in run["techniques"]:
             measured[t].append(note)
+    sizes = facts["saved"].get("data", {}).get("sizes", {})
+    n_classes = facts["saved"].get("data", {}).get("num_classes") or 1
+    params = facts["saved"].get("model", {}).get("parameters")
+    numbers = {"per_class": f"{sizes.get('train', 0) // n_classes:,}",
+               "params": f"{params / 1e6:.1f}-million" if params else "large"}
     items = []
     for key, (name, why) in TECHNIQUES.items():
         status = ("; ".join(measured[key]) if measured[key]
                   else "not measured (run `neuralcodes run --preset improved` next to this run)")
-        items.append(f"**{name}.** {why} *Evidence:* {status}.")
+        items.append(f"**{name}.** {why.format(**numbers)} *Evidence:* {status}.")
     out.append(Block("list", items=items))
     return out
 
@@ -354,8 +359,10 @@ def _layer_differences(ev: dict[str, Any]) -> list[Block]:
                                      sorted(per.items()) if v.get("dims")) + ".")
     changed = ev.get("top5_changed")
     if changed:
-        items.append("Of the first 10 queries, the top-5 lists differ between layers for "
-                     + ", ".join(f"{k}: {v}" for k, v in changed.items()) + " queries.")
+        n = ev.get("first_queries", 10)
+        items.append(f"Of the first {n} queries, this many have a different top-5 list in two "
+                     "layers: " + ", ".join(f"layers {k.replace('-', ' and ')}: {v} of {n}"
+                                            for k, v in changed.items()) + ".")
     out.append(Block("list", items=items))
     return out
 
@@ -417,7 +424,8 @@ def _comparison_section(facts: dict[str, Any]) -> list[Block]:
         f"(best {ours[best]:.3f}, {ours[best] - ours[runner_up]:.3f} ahead of layer {runner_up}; "
         f"spread {spread:.3f}). ")
     if best == "6":
-        verdict += ("This confirms the paper's finding that layer 6 gives the best codes.")
+        verdict += ("This confirms the paper's finding that layer 6 gives the best codes "
+                    f"(the course's reference solution found layer {ref_best} best).")
     elif best == "7":
         verdict += (
             "This does not confirm the paper's ordering: here the deepest layer is best, as in the "
@@ -431,9 +439,9 @@ def _comparison_section(facts: dict[str, Any]) -> list[Block]:
             "This does not confirm the paper: the convolutional layer 5 beats the fully "
             "connected layers here, which suggests the fc layers of this small network are "
             "undertrained or over-specialised to the training classes.")
-    if spread < 0.01:
-        verdict += (" The layers differ by less than 0.01 mAP, so the ordering is weak "
-                    "evidence either way.")
+    if ours[best] - ours[runner_up] < 0.01:
+        verdict += (f" Layers {best} and {runner_up} are less than 0.01 mAP apart, so which of "
+                    "the two is best is weak evidence either way.")
     out.append(Block("p", verdict))
     pca = facts["retrieval"].get("pca")
     if pca:

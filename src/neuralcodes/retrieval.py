@@ -605,7 +605,7 @@ def _relu_arg(value: str | None) -> bool | None:
 
 def _cmd_retrieval(args: argparse.Namespace) -> int:
     relu = {"pre": False, "post": True, "both": None}[args.relu]
-    result = evaluate_run(args.run, relu=relu, progress=not args.quiet, device=args.device,
+    result = evaluate_run(args.run, relu=relu, progress=not args.no_progress, device=args.device,
                           precision=args.precision, pca_images=args.pca_images, force=args.force)
     for variant, layers in result["map"].items():
         for layer, m in sorted(layers.items()):
@@ -618,7 +618,7 @@ def _cmd_retrieval(args: argparse.Namespace) -> int:
 def _cmd_index(args: argparse.Namespace) -> int:
     path, n, failed = build_index(args.folder, args.run, out=args.out, relu=_relu_arg(args.relu),
                                   device=args.device, batch_size=args.batch_size,
-                                  progress=not args.quiet)
+                                  progress=not args.no_progress)
     for _, why in failed:
         print(f"skipped: {why}")
     print(f"{path}: {n:,} images indexed" + (f", {len(failed)} unreadable" if failed else ""))
@@ -649,7 +649,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pca-images", type=int, default=PCA_FIT_IMAGES,
                    help="training images the PCA is fitted on")
     p.add_argument("--force", action="store_true", help="redo every step")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_retrieval)
 
     p = subparsers.add_parser(
@@ -662,7 +662,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--relu", choices=("pre", "post"), help="default: the run's setting")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=codes_mod.DEFAULT_BATCH)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_index)
 
     p = subparsers.add_parser(

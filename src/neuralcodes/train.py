@@ -292,6 +292,20 @@ def _load(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the training loop
 
 
+def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
+    """What config.json records about the data: cache, checksums, split sizes, classes."""
+    source = dataset.manifest.get("source", {})
+    return {
+        "cache": str(dataset.root), "manifest_hash": dataset.manifest_hash,
+        "source": source.get("path"), "source_checksum": source.get("checksum"),
+        "splits_hash": splits.hash,
+        "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test", "ood")},
+        "num_classes": len(splits.in_classes),
+        "ood_classes": [{"wnid": dataset.wnids[c], "name": dataset.names[c]}
+                        for c in splits.ood_classes],
+    }
+
+
 def _versions() -> dict[str, str]:
     return {"neuralcodes": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
@@ -522,10 +536,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
         run.root.mkdir(parents=True, exist_ok=True)
         write_json(run.config, {
             "config": cfg.to_dict(),
-            "data": {"cache": str(dataset.root), "manifest_hash": dataset.manifest_hash,
-                     "splits_hash": splits.hash,
-                     "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test", "ood")},
-                     "num_classes": num_classes},
+            "data": _data_facts(dataset, splits),
             "model": {"parameters": count_parameters(model)},
             "distributed": {"world_size": dist.world},
             "versions": _versions(),

@@ -104,6 +104,17 @@ class ConvNet(nn.Module):
         self.drop7 = nn.Dropout(cfg.dropout)
         self.fc7 = nn.Linear(cfg.fc_width, cfg.fc_width)
         self.fc8 = nn.Linear(cfg.fc_width, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras' default initialisation, as in the course's reference solution: Glorot-uniform
+        weights and zero biases. PyTorch's default init is several times smaller for the large
+        fc6 and learns more slowly: on 5 real classes, 40 Adam steps (lr 1e-4, batch 25) took
+        the loss from 1.61 to 1.52 with it and to 1.38 with Glorot."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Layers 1-5 up to the last pool, before its ReLU: the pre-ReLU layer-5 map."""

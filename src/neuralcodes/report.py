@@ -418,6 +418,12 @@ def _comparison_section(facts: dict[str, Any]) -> list[Block]:
             for k in sorted(ours)]
     out.append(Block("table", header=["codes", "mAP (this run)", "mAP (course reference)"],
                      rows=rows))
+    sizes = facts["saved"].get("data", {})
+    n_ood, n_cls = sizes.get("sizes", {}).get("ood"), len(sizes.get("ood_classes") or [])
+    if n_ood and n_cls:
+        chance = (n_ood / n_cls - 1) / (n_ood - 1)
+        out.append(Block("p", f"For scale: with {n_cls} equally large ood classes a random "
+                              f"ranking scores an mAP of about {chance:.3f}."))
     order = " > ".join(f"layer {k}" for k in sorted(ours, key=lambda k: (-ours[k], k)))
     verdict = (
         f"**Do our mAP values confirm the paper?** Our ranking is {order} "

@@ -368,13 +368,11 @@ def _interrupt_flag() -> Iterator[dict[str, bool]]:
 
 
 @contextlib.contextmanager
-def _log_to(path: Path | None) -> Iterator[None]:
-    """Also append this module's log lines to ``path`` (rank 0 only)."""
-    if path is None:
+def _log_handler(handler: logging.Handler | None) -> Iterator[None]:
+    """Send this module's INFO lines to ``handler`` (if any) for the duration of the block."""
+    if handler is None:
         yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     old_level = log.level
     log.setLevel(logging.INFO)
@@ -384,6 +382,15 @@ def _log_to(path: Path | None) -> Iterator[None]:
         log.removeHandler(handler)
         log.setLevel(old_level)
         handler.close()
+
+
+def _log_to(path: Path | None) -> contextlib.AbstractContextManager[None]:
+    """Also append this module's log lines to ``path`` (rank 0 only; None: nowhere)."""
+    if path is None:
+        return _log_handler(None)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    return _log_handler(handler)
 
 
 class _NonFinite(Exception):
@@ -551,7 +558,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
 
     s = _Session(cfg, run, dist, device, model, net, optimizer, scaler, stopping, rows, progress,
                  on_step, flag)
-    console = _console_log() if progress else contextlib.nullcontext()
+    console = _console_log() if dist.main else contextlib.nullcontext()
     with _log_to(run.log if dist.main else None), console:
         train_data = SplitData.load(dataset, splits, "train", device)
         val_data = SplitData.load(dataset, splits, "val", device)
@@ -921,21 +928,11 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record))
 
 
-@contextlib.contextmanager
-def _console_log() -> Iterator[None]:
+def _console_log() -> contextlib.AbstractContextManager[None]:
     """Show this module's log lines on the console without breaking progress bars."""
     if any(isinstance(h, _TqdmHandler) for h in log.handlers):
-        yield
-        return
-    handler = _TqdmHandler()
-    log.addHandler(handler)
-    old_level = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(old_level)
+        return _log_handler(None)
+    return _log_handler(_TqdmHandler())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -146,3 +146,19 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path):
         read_image(tmp_path / "nope.png")
     with pytest.raises(NeuralCodesError, match="not a folder"):
         image_files(tmp_path / "nope")
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from neuralcodes.codes import read_image
+
+    im = Image.new("RGB", (128, 64), "white")
+    im.paste((255, 0, 0), (0, 0, 64, 64))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    arr = read_image(tmp_path / "phone.jpg")
+    # Displayed upright, the red half is on top.
+    assert arr[:16].mean(axis=(0, 1))[0] > 200 and arr[:16].mean(axis=(0, 1))[1] < 60
+    assert arr[-16:].mean() > 200

@@ -20,7 +20,7 @@ import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -141,8 +141,8 @@ def extract_codes(
 # --------------------------------------------------------------------------- images from disk
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file of any size and common format as uint8 (64, 64, 3) RGB."""
+def read_image(path: str | Path | BinaryIO) -> np.ndarray:
+    """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB."""
     try:
         with Image.open(path) as im:
             im.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))  # fast JPEG downscale, if any

@@ -25,6 +25,7 @@ def plot_learning_curves(metrics_rows: Sequence[dict[str, Any]], path: str | Pat
             ax.axvline(best["epoch"], color="grey", ls="--", lw=1,
                        label=f"best (epoch {best['epoch']})")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()

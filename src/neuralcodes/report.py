@@ -179,7 +179,7 @@ def _data_section(facts: dict[str, Any]) -> list[Block]:
                      rows=[[k, f"{v:,}"] for k, v in sizes.items()]))
     ood = data.get("ood_classes") or []
     if ood:
-        out.append(Block("p", "Out-of-domain classes: " + ", ".join(
+        out.append(Block("p", "Out-of-domain classes: " + "; ".join(
             f"{c['name']} (`{c['wnid']}`)" if isinstance(c, dict) else str(c) for c in ood) + "."))
     return out
 

@@ -93,7 +93,7 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np
                 raise UploadRejected(413, f"image too large: {width}x{height} pixels "
                                      f"(limit {max_pixels:,} pixels)")
             # decode and resize exactly as `neuralcodes index` does for files
-            image = read_image(io.BytesIO(data))  # type: ignore[arg-type]
+            image = read_image(io.BytesIO(data))
     except UploadRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -515,6 +515,9 @@ class Searcher:
             self.labels = self.run.class_names(self.codes.labels)
             self.source = "ood"
         else:
+            if not Path(index).is_file():
+                raise NeuralCodesError(f"{index}: no index file; build one with "
+                                       "`neuralcodes index FOLDER --run RUN`")
             self.codes = load_codes(index)
             if self.codes.paths is None:
                 raise NeuralCodesError(f"{index}: not a folder index (no paths); build one with "

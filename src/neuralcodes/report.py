@@ -52,7 +52,7 @@ TECHNIQUES = {
         "Batch normalisation after every convolution",
         "Normalising each convolution's output per batch keeps activations well scaled, which "
         "lets Adam make faster progress at the same learning rate and adds a mild regularising "
-        "noise; in practice it reaches a lower validation loss before early stopping fires.",
+        "noise; it usually reaches a lower validation loss before early stopping fires.",
     ),
 }
 
@@ -273,14 +273,17 @@ def _techniques_section(facts: dict[str, Any]) -> list[Block]:
         diff = None if base is None else top1 - base
         note = (f"measured in run `{run['name']}` (with {' + '.join(run['techniques'])}): "
                 f"test top-1 {_fmt(top1)}"
-                + ("" if diff is None else f", {diff:+.3f} against this run's {_fmt(base)}"))
+                + ("" if diff is None else f", {diff:+.3f} against this run's {_fmt(base)}")
+                + (" — the joint effect of both techniques, not this one alone"
+                   if len(run["techniques"]) > 1 else ""))
         for t in run["techniques"]:
             measured[t].append(note)
     sizes = facts["saved"].get("data", {}).get("sizes", {})
     n_classes = facts["saved"].get("data", {}).get("num_classes") or 1
     params = facts["saved"].get("model", {}).get("parameters")
     numbers = {"per_class": f"{sizes.get('train', 0) // n_classes:,}",
-               "params": f"{params / 1e6:.1f}-million" if params else "large"}
+               "params": (f"{params / 1e6:.1f}-million" if params and params >= 1e6
+                          else f"{params:,}" if params else "large")}
     items = []
     for key, (name, why) in TECHNIQUES.items():
         status = ("; ".join(measured[key]) if measured[key]

@@ -439,7 +439,7 @@ def test_serve_refuses_a_port_in_use_before_loading_anything(run, capsys):
 @pytest.mark.parametrize("argv,words", [
     (["serve", "{missing}"], "not a run directory"),
     (["serve", "{run}", "--port", "0"], "--port must be between"),
-    (["serve", "{run}", "--index", "{missing}.npz"], "no codes file"),
+    (["serve", "{run}", "--index", "{missing}.npz"], "no index file"),
 ])
 def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, words):
     argv = [a.format(run=run, missing=tmp_path / "nothing") for a in argv]

@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -924,8 +925,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 class _TqdmHandler(logging.Handler):
+    """Log lines on stderr (beside the progress bars), so stdout stays clean for JSON."""
+
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record))
+        tqdm.write(self.format(record), file=sys.stderr)
 
 
 def _console_log() -> contextlib.AbstractContextManager[None]:

@@ -92,7 +92,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
     _stage("prepare")
     dataset, splits = data.load_data(cfg.data, progress=progress)
-    _print_plan(cfg, rd, preset, len(splits.train), len(splits.in_classes), progress)
+    _print_plan(cfg, rd, preset, len(splits.train), len(splits.in_classes))
 
     _stage("train")
     if train.is_finished(rd.root):
@@ -117,8 +117,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     return md
 
 
-def _print_plan(cfg: Config, rd: RunDir, preset: str, n_train: int, n_classes: int,
-                progress: bool) -> None:
+def _print_plan(cfg: Config, rd: RunDir, preset: str, n_train: int, n_classes: int) -> None:
     """Say what will happen, with a time estimate from a short throughput probe."""
     from neuralcodes import train
 
@@ -130,11 +129,10 @@ def _print_plan(cfg: Config, rd: RunDir, preset: str, n_train: int, n_classes: i
         return
     ips = train.probe_throughput(cfg, n_classes)
     epoch_min = n_train / ips / 60
-    typical = min(cfg.train.max_epochs, 15)
-    print(f"Throughput probe: {ips:.0f} img/s -> about {epoch_min:.1f} min per epoch; "
-          f"early stopping typically fires within ~{typical} epochs (~{typical * epoch_min:.0f} "
-          f"min), at most {cfg.train.max_epochs} epochs "
-          f"(~{cfg.train.max_epochs * epoch_min:.0f} min).", flush=True)
+    most = cfg.train.max_epochs
+    print(f"Throughput probe: {ips:.0f} img/s -> about {epoch_min:.1f} min per epoch, at most "
+          f"{most} epochs (~{most * epoch_min:.0f} min); early stopping usually ends it sooner.",
+          flush=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,11 +3,13 @@
 Usage: ``python benchmarks/retrieval.py [--sections codes,map,query,ann] [--ann-n 1000000]``.
 Prints one JSON object. Everything runs on generated data, so no trained run is needed:
 
-- ``codes``: neural codes per second of the full-size ConvNet (190 classes), fp32 and bf16.
+- ``codes``: neural codes per second of the full-size ConvNet (190 classes): fp32 with oneDNN's
+  and with NNPACK's convolutions (see ``train.cpu_conv``), and bf16.
 - ``map``: similarities + ranking + AP for 5,000 ood-like queries (10 classes x 500, each
   querying the other 4,999) for layers 5 (16,384 dims), 6 and 7 (2,048): total time, the
   similarity matrix alone, and the ranking-and-AP part alone (similarities precomputed).
-- ``query``: one image -> model -> layer-6 code -> top-5 from a 5,000-image exact index.
+- ``query``: one image -> model -> layer-6 code -> top-5 from a 5,000-image exact index
+  (convolution kernels as ``cpu_conv=auto`` chooses them).
 - ``ann``: a 1,000,000 x 256 database (the size of PCA-compressed codes; clustered unit
   vectors of low intrinsic dimension, see :func:`pca_like_codes`) in an IVF index: build time,
   single-query and batched latency and recall@5 against exact search, for several ``nprobe``.
@@ -34,6 +36,7 @@ from neuralcodes.metrics import (
 )
 from neuralcodes.model import ConvNet
 from neuralcodes.retrieval import CodeIndex
+from neuralcodes.runtime import nnpack_enabled
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
@@ -59,13 +62,22 @@ def clustered_codes(n: int, dim: int, n_classes: int, spread: float, seed: int
 def bench_codes(n: int) -> dict[str, Any]:
     model = ConvNet(190).eval()
     images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-    out: dict[str, Any] = {"images": n, "threads": torch.get_num_threads()}
-    for precision in ("fp32", "bf16"):
+    out: dict[str, Any] = {"images": n, "threads": torch.get_num_threads(),
+                           "auto_cpu_conv": "nnpack" if _auto_nnpack() else "onednn"}
+    kernels = [("fp32_onednn", "fp32", False), ("bf16", "bf16", False)]
+    if torch.backends.nnpack.is_available():
+        kernels.insert(1, ("fp32_nnpack", "fp32", True))
+    for name, precision, nnpack in kernels:
+        model.use_nnpack(nnpack)
         extract_codes(model, images[:50], precision=precision, batch_size=50, progress=False)
         seconds = _best(lambda p=precision: extract_codes(model, images, precision=p,
                                                           batch_size=100, progress=False), 1)
-        out[f"{precision}_img_per_s"] = round(n / seconds, 1)
+        out[f"{name}_img_per_s"] = round(n / seconds, 1)
     return out
+
+
+def _auto_nnpack() -> bool:
+    return nnpack_enabled("auto", torch.device("cpu"))
 
 
 def bench_map(repeat: int) -> dict[str, Any]:
@@ -95,7 +107,7 @@ def bench_map(repeat: int) -> dict[str, Any]:
 
 
 def bench_query(repeat: int) -> dict[str, Any]:
-    model = ConvNet(190).eval()
+    model = ConvNet(190).eval().use_nnpack(_auto_nnpack())  # what `neuralcodes search` runs
     db, _ = clustered_codes(5000, 2048, 10, 3.0, seed=0)
     index = CodeIndex(2048).add(db)
     image = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)

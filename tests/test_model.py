@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from neuralcodes.config import ModelConfig
-from neuralcodes.model import CODE_LAYERS, ConvNet, SameConv2d, SameMaxPool2d, count_parameters
+from neuralcodes.model import (
+    CODE_LAYERS,
+    NNPACK_MIN_BATCH,
+    ConvNet,
+    SameConv2d,
+    SameMaxPool2d,
+    count_parameters,
+)
 
 TINY = ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16)
 
@@ -78,3 +85,68 @@ def test_codes_are_deterministic_in_train_mode_and_match_forward():
     assert set(model.codes(x, layers=("6",))) == {"6"}
     with pytest.raises(ValueError):
         model.codes(x, layers=("4",))
+
+
+# ----------------------------------------------------------------------------- NNPACK kernels
+
+needs_nnpack = pytest.mark.skipif(not torch.backends.nnpack.is_available(),
+                                  reason="this torch build has no NNPACK")
+
+
+@needs_nnpack
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nnpack_convolution_matches_the_direct_one_and_its_gradients(kernel, channels_last):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    direct, fast = SameConv2d(6, 10, kernel), SameConv2d(6, 10, kernel)
+    fast.load_state_dict(direct.state_dict())
+    fast.nnpack = True
+    x = torch.randn(NNPACK_MIN_BATCH, 6, 12, 12).contiguous(memory_format=fmt)
+    grad = torch.randn(NNPACK_MIN_BATCH, 10, 12, 12)
+    outs, grads = [], []
+    for conv in (direct, fast):
+        xi = x.clone().requires_grad_()
+        out = conv(xi)
+        out.backward(grad)
+        outs.append(out.detach())
+        grads.append([xi.grad, conv.weight.grad, conv.bias.grad])
+    assert outs[1].shape == (NNPACK_MIN_BATCH, 10, 12, 12)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    for g_fast, g_direct in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(g_fast, g_direct, rtol=1e-4, atol=1e-4)
+    # it really is another algorithm: Winograd/FFT round differently from a direct convolution
+    assert not torch.equal(outs[1], outs[0])
+
+
+@needs_nnpack
+def test_use_nnpack_switches_conv2_to_conv5_and_keeps_the_function():
+    torch.manual_seed(0)
+    model = ConvNet(5, ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=16, dropout=0.0))
+    x, y = torch.rand(NNPACK_MIN_BATCH, 3, 64, 64), torch.arange(NNPACK_MIN_BATCH) % 5
+
+    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    direct = logits_and_grads()
+    assert model.use_nnpack() is model
+    assert [c.nnpack for c in (model.conv1, model.conv2, model.conv3, model.conv4, model.conv5)] \
+        == [False, True, True, True, True]
+    fast, again = logits_and_grads(), logits_and_grads()
+    torch.testing.assert_close(fast[0], direct[0], rtol=1e-4, atol=1e-5)
+    for g_fast, g_direct in zip(fast[1], direct[1], strict=True):
+        torch.testing.assert_close(g_fast, g_direct, rtol=1e-3, atol=1e-6)
+    assert torch.equal(fast[0], again[0])  # deterministic: resumed runs stay bit-equal
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], again[1], strict=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # not fp32: the default kernels serve
+        assert model(x).dtype == torch.bfloat16
+    small = x[:NNPACK_MIN_BATCH - 1]
+    with torch.no_grad():
+        small_logits = model(small)
+    model.use_nnpack(False)
+    assert torch.equal(logits_and_grads()[0], direct[0])
+    with torch.no_grad():  # smaller batches stay with the default kernels
+        assert torch.equal(model(small), small_logits)

@@ -54,6 +54,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     compile: bool = False
     channels_last: bool = True
+    cpu_conv: str = "auto"  # auto | nnpack | onednn: fp32 CPU kernels of conv2-conv5
     threads: int | None = None  # torch intra-op threads; None: torch's default
 
 

@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 #: Settings that may change between an interrupted run and its continuation.
 RUNTIME_KEYS = {("train", "device"), ("train", "compile"), ("train", "threads"),
+                ("train", "cpu_conv"),
                 ("data", "cache_dir"), ("data", "source")}
 
 

@@ -41,6 +41,29 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+CPU_CONVS = ("auto", "nnpack", "onednn")
+
+
+def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
+                   compile: bool = False) -> bool:
+    """Whether conv2-conv5 run in NNPACK (:meth:`ConvNet.use_nnpack`) under ``setting``.
+
+    NNPACK only serves fp32 on a CPU, and not under torch.compile. ``auto`` uses it where torch's
+    CPU kernels top out at AVX2: NNPACK has no AVX-512 kernels, oneDNN's win there. On a 2-core
+    AVX2 EPYC it made training ~15% faster and inference ~40% (benchmarks/train_throughput.py,
+    benchmarks/retrieval.py). ``nnpack`` forces it on a CPU in fp32; ``onednn`` never uses it.
+    """
+    if setting not in CPU_CONVS:
+        raise NeuralCodesError(f"unknown cpu_conv '{setting}' (choose {', '.join(CPU_CONVS)})")
+    if setting == "onednn" or device.type != "cpu" or precision != "fp32" or compile:
+        return False
+    available = torch.backends.nnpack.is_available()
+    if setting == "nnpack" and not available:
+        raise NeuralCodesError("cpu_conv nnpack: this build of torch has no NNPACK")
+    return available and (setting == "nnpack"
+                          or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op thread count (None keeps torch's default)."""
     if threads:

@@ -56,7 +56,15 @@ from neuralcodes.files import atomic_path, read_json, write_json, write_text
 from neuralcodes.metrics import topk_correct
 from neuralcodes.model import ConvNet, count_parameters
 from neuralcodes.rundir import RunDir
-from neuralcodes.runtime import autocast, eval_mode, resolve_device, set_threads, to_input
+from neuralcodes.runtime import (
+    CPU_CONVS,
+    autocast,
+    eval_mode,
+    nnpack_enabled,
+    resolve_device,
+    set_threads,
+    to_input,
+)
 
 log = logging.getLogger("neuralcodes.train")
 
@@ -64,7 +72,7 @@ log = logging.getLogger("neuralcodes.train")
 #: (the data location may change: the splits hash guards the data itself).
 RESUMABLE_CHANGES: tuple[tuple[str, str], ...] = (
     ("train", "max_epochs"), ("train", "patience"), ("train", "device"), ("train", "precision"),
-    ("train", "compile"), ("train", "channels_last"), ("train", "threads"),
+    ("train", "compile"), ("train", "channels_last"), ("train", "threads"), ("train", "cpu_conv"),
     ("data", "source"), ("data", "cache_dir"))
 EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 EVAL_BATCH = 200
@@ -327,6 +335,8 @@ def _check_config(cfg: Config) -> None:
         raise NeuralCodesError(f"--lr must be positive, got {t.lr}")
     if t.patience < 0:
         raise NeuralCodesError(f"--patience must be >= 0, got {t.patience}")
+    if t.cpu_conv not in CPU_CONVS:
+        raise NeuralCodesError(f"unknown cpu_conv '{t.cpu_conv}' (choose {', '.join(CPU_CONVS)})")
     if t.precision not in ("fp32", "bf16", "fp16"):
         raise NeuralCodesError(f"unknown precision '{t.precision}' (choose fp32, bf16 or fp16)")
     if not 0 <= cfg.model.dropout < 1:
@@ -516,6 +526,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
                                "(data cache or split settings changed)")
 
     model = ConvNet(num_classes, cfg.model).to(device)
+    model.use_nnpack(nnpack_enabled(t.cpu_conv, device, t.precision, t.compile))
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
@@ -754,6 +765,7 @@ def _measure(cfg: Config, num_classes: int, steps: int, warmup: int, progress: b
     device = _device_for(t.device)
     gen = torch.Generator().manual_seed(0)
     model = ConvNet(num_classes, cfg.model).to(device)
+    model.use_nnpack(nnpack_enabled(t.cpu_conv, device, t.precision, t.compile))
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if t.compile else model
@@ -809,6 +821,7 @@ def _load_run(run: str | Path, checkpoint: str, device: str | torch.device
     model = ConvNet(len(splits.in_classes), cfg.model)
     model.load_state_dict(ckpt["model"])
     model = model.to(dev, memory_format=torch.channels_last).eval()
+    model.use_nnpack(nnpack_enabled(cfg.train.cpu_conv, dev))
     return cfg, model, dataset, splits, ckpt
 
 
@@ -880,6 +893,7 @@ _FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "augment": ("train", "augment"), "device": ("train", "device"),
     "precision": ("train", "precision"), "compile": ("train", "compile"),
     "channels_last": ("train", "channels_last"), "threads": ("train", "threads"),
+    "cpu_conv": ("train", "cpu_conv"),
 }
 
 
@@ -952,7 +966,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--out", metavar="DIR", help="the run directory itself (instead of --name)")
     where.add_argument("--resume", metavar="RUN", help="continue this run from its last.pt "
                        "(only --epochs, --patience, --device, --precision, --compile, "
-                       "--channels-last, --threads and the data location may change)")
+                       "--channels-last, --threads, --cpu-conv and the data location may change)")
     where.add_argument("--config", metavar="FILE",
                        help="start from this config.json (a run's, or a Config dict)")
     where.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -993,6 +1007,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="channels-last memory format (on)")
     tr.add_argument("--threads", type=int, metavar="N",
                     help="torch intra-op threads (torch's default)")
+    tr.add_argument("--cpu-conv", choices=CPU_CONVS,
+                    help="fp32 CPU kernels of conv2-conv5: nnpack (Winograd/FFT), onednn (torch's "
+                    "default), or auto: nnpack unless the CPU has AVX-512 (auto)")
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser(

@@ -1,0 +1,80 @@
+"""The CUDA paths: training in each precision with the dataset held on the GPU, evaluation, codes,
+torchrun with nccl and the throughput measurement. Skipped without a CUDA GPU.
+
+On a GPU machine: ``python -m pytest tests/test_cuda.py`` (``benchmarks/device_check.sh`` runs it
+with the CUDA throughput benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcodes import train as T
+from neuralcodes.codes import extract_codes
+from neuralcodes.config import Config, TrainConfig
+from neuralcodes.data import load_data
+from neuralcodes.files import read_json
+from test_train import LEARNER, TINY_MODEL, tiny_config, weights
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def test_the_whole_split_sits_on_the_gpu_as_uint8(tiny_data_config):
+    dataset, splits = load_data(tiny_data_config, progress=False)
+    data = T.SplitData.load(dataset, splits, "train", CUDA)
+    assert data.images.is_cuda and data.labels.is_cuda and data.images.dtype == torch.uint8
+    assert tuple(data.images.shape[1:]) == (64, 64, 3) and len(data) == len(splits.train)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_on_cuda_learns_in_each_precision(tmp_path, tiny_data_config, precision):
+    cfg = tiny_config(tiny_data_config, LEARNER, lr=1e-3, batch_size=8, device="cuda",
+                      precision=precision, threads=None)
+    run = T.train(cfg, tmp_path / precision, progress=False)
+    assert read_json(run.config)["config"]["train"]["precision"] == precision
+    result = T.evaluate(run.root, device="cuda", precision=precision, progress=False)
+    chance = 1 / 4
+    assert result["splits"]["train"]["top1"] >= 2 * chance
+    assert all(np.isfinite(result["splits"][s]["loss"]) for s in ("train", "val", "test"))
+
+
+def test_cuda_codes_match_cpu_codes(tmp_path, tiny_data_config):
+    run = T.train(tiny_config(tiny_data_config, max_epochs=1, device="cuda", threads=None),
+                  tmp_path / "run", progress=False)
+    images = None
+    codes = {}
+    for device in ("cpu", "cuda"):
+        _, model, dataset, splits = T.load_trained(run.root, device=device)
+        images = dataset.images[np.sort(splits.ood)] if images is None else images
+        codes[device] = extract_codes(model, images, device=device, progress=False)
+    for layer in codes["cpu"]:  # unit vectors: cosine of each image's two codes (TF32 on GPU)
+        cosine = (codes["cpu"][layer] * codes["cuda"][layer]).sum(axis=1)
+        assert cosine.min() > 0.999, layer
+
+
+def test_torchrun_with_nccl_on_one_gpu(tmp_path, tiny_data_config):
+    cfg = tiny_config(tiny_data_config, max_epochs=1, device="cuda", threads=None)
+    T.train(cfg, tmp_path / "single", progress=False)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           "-m", "neuralcodes", "train", "--config", str(cfg_file), "--out",
+           str(tmp_path / "ddp"), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    a = weights(tmp_path / "single/checkpoints/last.pt")
+    b = weights(tmp_path / "ddp/checkpoints/last.pt")
+    assert a.keys() == b.keys() and all(torch.isfinite(b[k]).all() for k in b)
+
+
+def test_measure_throughput_on_cuda():
+    cfg = Config(model=TINY_MODEL, train=TrainConfig(batch_size=8, device="cuda"))
+    assert T.measure_throughput(cfg, 3, steps=3, warmup=1) > 0

@@ -7,11 +7,6 @@ with the CUDA throughput benchmark).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +16,7 @@ from neuralcodes.codes import extract_codes
 from neuralcodes.config import Config, TrainConfig
 from neuralcodes.data import load_data
 from neuralcodes.files import read_json
-from test_train import LEARNER, TINY_MODEL, tiny_config, weights
+from test_train import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 CUDA = torch.device("cuda")
@@ -63,13 +58,8 @@ def test_cuda_codes_match_cpu_codes(tmp_path, tiny_data_config):
 def test_torchrun_with_nccl_on_one_gpu(tmp_path, tiny_data_config):
     cfg = tiny_config(tiny_data_config, max_epochs=1, device="cuda", threads=None)
     T.train(cfg, tmp_path / "single", progress=False)
-    cfg_file = tmp_path / "cfg.json"
-    cfg_file.write_text(json.dumps(cfg.to_dict()))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "-m", "neuralcodes", "train", "--config", str(cfg_file), "--out",
-           str(tmp_path / "ddp"), "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    torchrun_train(cfg, tmp_path / "ddp", 1)
+    assert read_json(tmp_path / "ddp/config.json")["distributed"]["world_size"] == 1
     a = weights(tmp_path / "single/checkpoints/last.pt")
     b = weights(tmp_path / "ddp/checkpoints/last.pt")
     assert a.keys() == b.keys() and all(torch.isfinite(b[k]).all() for k in b)

@@ -578,6 +578,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
             log.info(f"{'resuming' if resume else 'training'} {run.root}: {num_classes} classes, "
                      f"{len(train_data)} train / {len(val_data)} val images, "
                      f"{count_parameters(model):,} parameters, device {device}, {t.precision}"
+                     + (" (conv2-5 in NNPACK)" if model.conv2.nnpack else "")
                      + (f", {dist.world} processes" if dist.world > 1 else ""))
             warning = precision_warning(device, t.precision)
             if warning:

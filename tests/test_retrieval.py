@@ -190,6 +190,22 @@ def test_codes_command_writes_both_variants(tiny_run, capsys):
         cli(["codes", str(tiny_run), "--split", "nope"])
 
 
+def test_codes_that_cannot_fit_in_memory_are_refused_with_advice(tiny_run, monkeypatch):
+    from neuralcodes import codes as codes_module
+    from neuralcodes.codes import run_codes
+
+    # 64 train images: 64 x ((256 + 16 + 16) x 4 bytes x variants + 64 x 64 x 3 image bytes)
+    # = 912 KiB for both variants, 840 KiB for one; the limit is 90% of the available 970 KiB
+    monkeypatch.setattr(codes_module, "available_memory", lambda: 970 * 1024)
+    with pytest.raises(NeuralCodesError, match=r"64 train images .* one variant at a time"):
+        run_codes(tiny_run, "train", progress=False)
+    assert not RunDir(tiny_run).codes("train", False).exists()
+    paths = run_codes(tiny_run, "train", relu=False, progress=False)  # one variant fits
+    assert len(load_codes(paths[False])) == 64
+    monkeypatch.setattr(codes_module, "available_memory", lambda: None)  # unknown: no check
+    assert run_codes(tiny_run, "train", progress=False)[True].is_file()
+
+
 @pytest.mark.slow
 def test_evaluate_run_writes_every_output_once(tiny_run, capsys):
     result = evaluate_run(tiny_run, progress=False)

@@ -31,7 +31,13 @@ from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
 from neuralcodes.model import CODE_LAYERS
 from neuralcodes.rundir import RunDir
-from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
+from neuralcodes.runtime import (
+    autocast,
+    available_memory,
+    eval_mode,
+    resolve_device,
+    to_input,
+)
 
 SPLITS: tuple[str, ...] = ("ood", "train", "val", "test")
 DEFAULT_BATCH = 250
@@ -216,6 +222,7 @@ def run_codes(
             loaded = load_trained(rd.root, checkpoint, device)
         _, model, dataset, splits = loaded
         index = split_indices(splits, split)
+        _check_memory(model, len(index), split, len(todo))
         order = np.argsort(index)
         images = np.empty((len(index), *dataset.images.shape[1:]), dtype=np.uint8)
         images[order] = dataset.images[index[order]]  # sorted reads from the memory map
@@ -225,6 +232,20 @@ def run_codes(
         for v in todo:
             Codes(result[v], index, labels, v).save(paths[v])
     return paths
+
+
+def _check_memory(model: Any, n: int, split: str, variants: int) -> None:
+    """Refuse, with advice, codes that cannot fit in the memory available (instead of an OOM
+    kill): the assignment's train split, both variants, needs ~12 GiB."""
+    dims = int(np.prod(model.code5_shape)) + model.fc6.out_features + model.fc7.out_features
+    need = n * (dims * 4 * variants + model.image_size ** 2 * 3)
+    free = available_memory()
+    if free is not None and need > 0.9 * free:
+        advice = ("compute one variant at a time (--relu pre, then --relu post)" if variants > 1
+                  else "use a machine with more memory")
+        raise NeuralCodesError(f"the codes of {n:,} {split} images need about "
+                               f"{need / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB is "
+                               f"available; {advice}")
 
 
 # --------------------------------------------------------------------------- command line

@@ -64,6 +64,18 @@ def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
                           or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux' MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op thread count (None keeps torch's default)."""
     if threads:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, prepared for a session that is lent a CUDA machine (about 6-8 minutes on an H100):
+# The GPU check, prepared for a session that is lent a CUDA machine (untimed; a few minutes expected):
 # the CUDA tests, then training throughput per precision (with minutes per assignment epoch).
 # Needs torch with CUDA and this package installed (`pip install -e ".[dev]"`). Writes into $OUT
 # (default: ./device-check): pytest.log, throughput.json, nvidia-smi.txt.

@@ -44,6 +44,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 CPU_CONVS = ("auto", "nnpack", "onednn")
 
 
+def check_cpu_conv(setting: str) -> None:
+    """Raise a clear error for an unknown ``train.cpu_conv`` setting."""
+    if setting not in CPU_CONVS:
+        raise NeuralCodesError(f"unknown cpu_conv '{setting}' (choose {', '.join(CPU_CONVS)})")
+
+
 def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
                    compile: bool = False) -> bool:
     """Whether conv2-conv5 run in NNPACK (:meth:`ConvNet.use_nnpack`) under ``setting``.
@@ -53,8 +59,7 @@ def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
     AVX2 EPYC it made training ~15% faster and inference ~40% (benchmarks/train_throughput.py,
     benchmarks/retrieval.py). ``nnpack`` forces it on a CPU in fp32; ``onednn`` never uses it.
     """
-    if setting not in CPU_CONVS:
-        raise NeuralCodesError(f"unknown cpu_conv '{setting}' (choose {', '.join(CPU_CONVS)})")
+    check_cpu_conv(setting)
     if setting == "onednn" or device.type != "cpu" or precision != "fp32" or compile:
         return False
     available = torch.backends.nnpack.is_available()

@@ -59,6 +59,7 @@ from neuralcodes.rundir import RunDir
 from neuralcodes.runtime import (
     CPU_CONVS,
     autocast,
+    check_cpu_conv,
     eval_mode,
     nnpack_enabled,
     resolve_device,
@@ -335,8 +336,7 @@ def _check_config(cfg: Config) -> None:
         raise NeuralCodesError(f"--lr must be positive, got {t.lr}")
     if t.patience < 0:
         raise NeuralCodesError(f"--patience must be >= 0, got {t.patience}")
-    if t.cpu_conv not in CPU_CONVS:
-        raise NeuralCodesError(f"unknown cpu_conv '{t.cpu_conv}' (choose {', '.join(CPU_CONVS)})")
+    check_cpu_conv(t.cpu_conv)
     if t.precision not in ("fp32", "bf16", "fp16"):
         raise NeuralCodesError(f"unknown precision '{t.precision}' (choose fp32, bf16 or fp16)")
     if not 0 <= cfg.model.dropout < 1:
@@ -525,10 +525,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
         raise NeuralCodesError(f"the data splits differ from those {run.root} was trained on "
                                "(data cache or split settings changed)")
 
-    model = ConvNet(num_classes, cfg.model).to(device)
-    model.use_nnpack(nnpack_enabled(t.cpu_conv, device, t.precision, t.compile))
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg, num_classes, device)
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     stopping = EarlyStopping(t.patience)
@@ -624,6 +621,14 @@ def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: 
                else f"reached the epoch limit ({t.max_epochs})")
         log.info(f"done: {how}; best epoch {es.best_epoch} (val loss {es.best_loss:.4f}) "
                  f"kept in {s.run.best_checkpoint}")
+
+
+def build_model(cfg: Config, num_classes: int, device: torch.device) -> ConvNet:
+    """A fresh ConvNet on ``device`` with the training settings' kernels and memory format."""
+    t = cfg.train
+    model = ConvNet(num_classes, cfg.model).to(device)
+    model.use_nnpack(nnpack_enabled(t.cpu_conv, device, t.precision, t.compile))
+    return model.to(memory_format=torch.channels_last) if t.channels_last else model
 
 
 def make_optimizer(model: torch.nn.Module, t: Any) -> torch.optim.Optimizer:
@@ -765,10 +770,7 @@ def _measure(cfg: Config, num_classes: int, steps: int, warmup: int, progress: b
     t = cfg.train
     device = _device_for(t.device)
     gen = torch.Generator().manual_seed(0)
-    model = ConvNet(num_classes, cfg.model).to(device)
-    model.use_nnpack(nnpack_enabled(t.cpu_conv, device, t.precision, t.compile))
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg, num_classes, device)
     net = torch.compile(model) if t.compile else model
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")

@@ -16,6 +16,7 @@ from neuralcodes.codes import extract_codes
 from neuralcodes.config import Config, TrainConfig
 from neuralcodes.data import load_data
 from neuralcodes.files import read_json
+from neuralcodes.runs import TrainedRun
 from test_train import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -47,7 +48,8 @@ def test_cuda_codes_match_cpu_codes(tmp_path, tiny_data_config):
     images = None
     codes = {}
     for device in ("cpu", "cuda"):
-        _, model, dataset, splits = T.load_trained(run.root, device=device)
+        loaded = TrainedRun.load(run.root, device=device)
+        model, dataset, splits = loaded.model, loaded.dataset, loaded.splits
         images = dataset.images[np.sort(splits.ood)] if images is None else images
         codes[device] = extract_codes(model, images, device=device, progress=False)
     for layer in codes["cpu"]:  # unit vectors: cosine of each image's two codes (TF32 on GPU)

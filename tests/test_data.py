@@ -391,8 +391,8 @@ def test_ood_options_and_subsampling(tmp_path: Path) -> None:
     assert sorted(used.tolist()) == first_two
     with pytest.raises(NeuralCodesError, match="no in-domain"):
         make_splits(ds, DataConfig(ood_classes=12))
-    with pytest.raises(NeuralCodesError, match="fractions"):
-        make_splits(ds, DataConfig(fractions=(0.5, 0.1, 0.1)))
+    with pytest.raises(ValueError, match="fractions"):  # refused by the config itself
+        DataConfig(fractions=(0.5, 0.1, 0.1))
 
 
 # -- the real images ---------------------------------------------------------------------------

@@ -9,9 +9,13 @@ import re
 import pytest
 
 from neuralcodes import cli, retrieval
-from neuralcodes.config import Config
+from neuralcodes.config import Config, apply_overrides
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.pipeline import build_config, config_differences
+from neuralcodes.pipeline import preset_config
+
+
+def build_config(preset: str, overrides: list[str]) -> Config:
+    return Config.from_dict(apply_overrides(preset_config(preset), overrides))
 
 TINY = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
         "--set", "train.lr=0.01", "--set", "train.max_epochs=2", "--set", "data.ood_classes=2",
@@ -90,7 +94,7 @@ def test_quick_run_end_to_end_then_resume(argv, tmp_path, capsys, monkeypatch):
 def test_other_configuration_in_the_same_directory_is_refused(argv, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    saved = build_config("quick", [], None, None)
+    saved = build_config("quick", [])
     (run / "config.json").write_text(json.dumps({"config": saved.to_dict()}))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -98,14 +102,15 @@ def test_other_configuration_in_the_same_directory_is_refused(argv, tmp_path, ca
 
 
 def test_presets_and_differences():
-    quick = build_config("quick", ["train.max_epochs=1"], "x.zip", None)
+    quick = build_config("quick", ["train.max_epochs=1", "data.source=x.zip"])
     assert quick.data.max_classes == 20 and quick.train.max_epochs == 1
-    improved = build_config("improved", [], None, None)
+    improved = build_config("improved", [])
     assert improved.train.augment and improved.model.batch_norm
-    assert build_config("assignment", [], None, None) == Config()
-    diffs = config_differences(Config().to_dict(), improved)
+    assert build_config("assignment", []) == Config()
+    diffs = Config().differences(improved)
     assert sorted(d.split(":")[0] for d in diffs) == ["model.batch_norm", "train.augment"]
-    runtime_only = build_config("assignment", ["train.device=cpu", "train.threads=2"], "a", "b")
-    assert config_differences(Config().to_dict(), runtime_only) == []
+    runtime_only = build_config("assignment", ["train.device=cpu", "train.threads=2",
+                                               "data.source=a", "data.cache_dir=b"])
+    assert Config().differences(runtime_only) == []
     with pytest.raises(NeuralCodesError, match="unknown preset"):
-        build_config("fast", [], None, None)
+        build_config("fast", [])

@@ -29,7 +29,7 @@ from neuralcodes.retrieval import (
     pca_study,
     search,
 )
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 
 def clustered(n: int, dim: int, n_clusters: int, spread: float, seed: int = 0
@@ -175,13 +175,12 @@ def tiny_run(tiny_source: Path, tiny_cache_root: Path, tmp_path_factory) -> Path
 
 
 def test_codes_command_writes_both_variants(tiny_run, capsys):
-    from neuralcodes.train import load_trained
-
     assert cli(["codes", str(tiny_run), "--no-progress"]) == 0
     assert "40 images (layer 5: 256, layer 6: 16, layer 7: 16)" in capsys.readouterr().out
     rd = RunDir(tiny_run)
     pre, post = load_codes(rd.codes("ood", False)), load_codes(rd.codes("ood", True))
-    _, _, dataset, splits = load_trained(tiny_run)
+    loaded = TrainedRun.load(tiny_run)
+    dataset, splits = loaded.dataset, loaded.splits
     np.testing.assert_array_equal(pre.index, splits.ood)
     np.testing.assert_array_equal(pre.labels, dataset.labels[splits.ood])
     assert not pre.relu and post.relu and (post.layers["6"] >= 0).all()

@@ -22,7 +22,7 @@ from neuralcodes.codes import load_codes, read_image
 from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
 from neuralcodes.data import Dataset, Splits, make_splits
 from neuralcodes.files import read_json, write_json
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
 from neuralcodes.model import CODE_LAYERS
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import (
     autocast,
     available_memory,
@@ -203,12 +203,12 @@ def split_indices(splits: Any, split: str) -> np.ndarray:
 def run_codes(
     run: str | Path, split: str = "ood", relu: bool | None = None, *, checkpoint: str = "best",
     device: str = "auto", precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
-    progress: bool = True, force: bool = False, loaded: tuple[Any, ...] | None = None,
+    progress: bool = True, force: bool = False, trained: TrainedRun | None = None,
 ) -> dict[bool, Path]:
     """Compute and save the codes of one split of a trained run; ``relu`` None: both variants.
 
-    Files that already exist are kept unless ``force``. ``loaded`` may pass the result of
-    ``train.load_trained`` to avoid loading the run again. Returns ``{relu: path}``.
+    Files that already exist are kept unless ``force``. ``trained`` may pass the run already
+    loaded, to avoid loading it again. Returns ``{relu: path}``.
     """
     rd = RunDir.existing(run)
     variants = (False, True) if relu is None else (bool(relu),)
@@ -216,11 +216,9 @@ def run_codes(
     todo = [v for v in variants if force or not paths[v].is_file()]
     check_split(split)
     if todo:
-        if loaded is None:
-            from neuralcodes.train import load_trained
-
-            loaded = load_trained(rd.root, checkpoint, device)
-        _, model, dataset, splits = loaded
+        if trained is None:
+            trained = TrainedRun.load(rd.root, checkpoint=checkpoint, device=device)
+        model, dataset, splits = trained.model, trained.dataset, trained.splits
         index = split_indices(splits, split)
         _check_memory(model, len(index), split, len(todo))
         order = np.argsort(index)

@@ -1,133 +1,238 @@
-"""One configuration object holding the assignment's defaults; saved with every run.
+"""One configuration holding the assignment's defaults; validated in full, saved with every run.
 
-Every field can be overridden from the command line (see ``neuralcodes train --help``) and the
-whole object is written to ``runs/<name>/config.json``, so a run can always be reproduced.
+Each section is a pydantic dataclass: fields are typed (no silent coercion of a string into a
+list), ranges and choices are checked, unknown keys are refused, and cross-field rules (fractions
+summing to 1, ``retrieval.k`` within the database) run whenever a Config is built. The whole object
+is written to ``runs/<name>/config.json``, so a run can always be reproduced.
+
+Fields marked :data:`RESUMABLE` may differ between an interrupted run and its continuation (where
+the data lives, which device and kernels run it, how long it may go on); everything else must
+match the saved run.
+
+Settings reach a Config in one way: a dict of sections (from defaults, a preset, a ``--config``
+file) with ``SECTION.KEY=VALUE`` overrides applied, then :meth:`Config.from_dict`, which validates
+everything before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Any
+import re
+import typing
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from neuralcodes.errors import NeuralCodesError
 
 
-@dataclass
+class _Resumable:
+    """Marker in a field's ``Annotated`` metadata: the setting may change when resuming."""
+
+    def __repr__(self) -> str:
+        return "RESUMABLE"
+
+
+RESUMABLE = _Resumable()
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+CPU_CONVS: tuple[str, ...] = ("auto", "nnpack", "onednn")
+CODE_LAYERS: tuple[str, ...] = ("5", "6", "7")
+#: Images per class in Tiny ImageNet's training set (bounds the ood database when unlimited).
+IMAGES_PER_CLASS = 500
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(config=_STRICT)
 class DataConfig:
     """Where the images come from and how they are split (assignment: "Data")."""
 
-    source: str | None = None  # archive, folder, or None: download the official archive
-    cache_dir: str | None = None  # None: $NEURALCODES_CACHE or ~/.cache/neuralcodes
-    ood_classes: int = 10  # the last N classes in sorted wnid order are out-of-domain
-    ood_wnids: list[str] | None = None  # explicit out-of-domain wnids (overrides ood_classes)
+    # archive, folder, or None: download the official archive
+    source: Annotated[str | None, RESUMABLE] = None
+    # None: $NEURALCODES_CACHE or ~/.cache/neuralcodes
+    cache_dir: Annotated[str | None, RESUMABLE] = None
+    # the last N classes in sorted wnid order are out-of-domain
+    ood_classes: Annotated[int, Field(ge=1, strict=True)] = 10
+    # explicit out-of-domain wnids (overrides ood_classes)
+    ood_wnids: list[Annotated[str, Field(pattern=r"^\S+$")]] | None = None
     ood_random: bool = False  # draw the ood classes at random with `seed` instead of the last N
-    seed: int = 42  # shuffles the in-domain images before the 80/10/10 cut
+    seed: Annotated[int, Field(ge=0, strict=True)] = 42  # the in-domain shuffle (and ood order)
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
-    max_classes: int | None = None  # use only the first N classes (quick runs)
-    max_per_class: int | None = None  # use only the first N images of each class (quick runs)
+    max_classes: PositiveInt | None = None  # use only the first N classes (quick runs)
+    max_per_class: PositiveInt | None = None  # use only the first N images of each class
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"train/val/test fractions must be positive and sum to 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _classes(self) -> DataConfig:
+        n_ood = len(self.ood_wnids) if self.ood_wnids else self.ood_classes
+        if self.max_classes is not None and self.max_classes <= n_ood:
+            raise ValueError(f"max_classes ({self.max_classes}) must leave in-domain classes "
+                             f"beside the {n_ood} ood classes")
+        return self
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class ModelConfig:
     """The modified Babenko et al. ConvNet (assignment Task 1). Widths are the paper's."""
 
-    conv_widths: tuple[int, int, int, int, int] = (96, 192, 288, 288, 256)
-    fc_width: int = 2048  # layers 6 and 7 (the paper: 4096)
-    dropout: float = 0.5  # before layers 6 and 7
+    conv_widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (
+        96, 192, 288, 288, 256)
+    fc_width: PositiveInt = 2048  # layers 6 and 7 (the paper: 4096)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5  # before layers 6 and 7
     batch_norm: bool = False  # an "improved" technique, off in the assignment protocol
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class TrainConfig:
     """The training protocol (assignment Task 2)."""
 
-    lr: float = 1e-4
+    lr: Annotated[float, Field(gt=0)] = 1e-4
     amsgrad: bool = True
-    batch_size: int = 100
-    max_epochs: int = 100
-    patience: int = 0  # stop at the first epoch whose val loss is above the best so far
-    seed: int = 42
+    batch_size: PositiveInt = 100
+    max_epochs: Annotated[int, Field(ge=1, strict=True), RESUMABLE] = 100
+    # stop at the first epoch whose val loss is above the best so far
+    patience: Annotated[int, Field(ge=0, strict=True), RESUMABLE] = 0
+    seed: Annotated[int, Field(ge=0, strict=True)] = 42
     augment: bool = False  # random crops and flips: an "improved" technique
-    device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    compile: bool = False
-    channels_last: bool = True
-    cpu_conv: str = "auto"  # auto | nnpack | onednn: fp32 CPU kernels of conv2-conv5
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    # auto | cpu | cuda | cuda:N | mps
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"), RESUMABLE] = "auto"
+    precision: Annotated[Precision, RESUMABLE] = "fp32"
+    compile: Annotated[bool, RESUMABLE] = False
+    channels_last: Annotated[bool, RESUMABLE] = True
+    # fp32 CPU kernels of conv2-conv5: auto | nnpack | onednn
+    cpu_conv: Annotated[Literal["auto", "nnpack", "onednn"], RESUMABLE] = "auto"
+    threads: Annotated[PositiveInt | None, RESUMABLE] = None  # torch intra-op threads
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class RetrievalConfig:
     """Neural-code retrieval (assignment Task 3)."""
 
-    layers: tuple[str, ...] = ("5", "6", "7")
+    layers: tuple[Literal["5", "6", "7"], ...] = CODE_LAYERS
     relu: bool = False  # False: pre-ReLU codes, as the course's reference solution used
-    k: int = 5  # results shown per query
-    figure_queries: int = 10  # "the first 10 images in the ood set"
-    pca_dims: tuple[int, ...] = (16, 32, 64, 128, 256)
+    k: PositiveInt = 5  # results shown per query
+    figure_queries: PositiveInt = 10  # "the first 10 images in the ood set"
+    pca_dims: tuple[PositiveInt, ...] = (16, 32, 64, 128, 256)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"layers must be distinct and among {CODE_LAYERS}, got {v}")
+        return v
 
 
-@dataclass
+@dataclass(config=_STRICT)
 class Config:
     """Everything that defines a run."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        d, r = self.data, self.retrieval
+        n_ood = len(d.ood_wnids) if d.ood_wnids else d.ood_classes
+        database = n_ood * (d.max_per_class or IMAGES_PER_CLASS) - 1
+        if r.k > database:
+            raise ValueError(f"retrieval.k ({r.k}) exceeds the ood database ({database} images)")
+        if r.figure_queries > database + 1:
+            raise ValueError(f"retrieval.figure_queries ({r.figure_queries}) exceeds the "
+                             f"{database + 1} ood images")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
-        return dataclasses.asdict(self)
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        """Rebuild a Config from :meth:`to_dict` output; unknown keys are an error."""
-        sections = {}
-        for f in dataclasses.fields(cls):
-            section_cls = type(getattr(cls(), f.name))
-            sections[f.name] = _build(section_cls, d.get(f.name, {}), f.name)
-        return cls(**sections)
+        """Build and validate a Config from :meth:`to_dict`-shaped data (missing keys default)."""
+        try:
+            return _ADAPTER.validate_python(d)
+        except pydantic.ValidationError as e:
+            raise NeuralCodesError(_describe(e)) from None
+
+    def differences(self, other: Config, *, ignore_resumable: bool = True) -> list[str]:
+        """``section.key: old -> new`` for each setting where ``other`` differs from this one."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}"
+                for s in a for k in a[s]
+                if a[s][k] != b[s][k] and not (ignore_resumable and (s, k) in resumable_settings())]
 
 
-def _build(section_cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(section_cls)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise NeuralCodesError(f"unknown setting(s) in config section '{where}': {sorted(unknown)}")
-    default = section_cls()
-    kwargs = {}
-    for name, value in values.items():
-        if isinstance(getattr(default, name), tuple) and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return section_cls(**kwargs)
+_ADAPTER = TypeAdapter(Config)
 
 
-def apply_override(cfg: Config, assignment: str) -> None:
-    """Apply one ``section.key=value`` override (``value`` parsed as JSON, else as a string).
+def resumable_settings() -> frozenset[tuple[str, str]]:
+    """``(section, key)`` of every field marked :data:`RESUMABLE`."""
+    found = set()
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(section.default_factory, include_extras=True)
+        for key, hint in hints.items():
+            if any(m is RESUMABLE for m in getattr(hint, "__metadata__", ())):
+                found.add((section.name, key))
+    return frozenset(found)
+
+
+def _describe(e: pydantic.ValidationError) -> str:
+    """One line naming each bad setting, e.g. ``train.lr: Input should be greater than 0``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        msg = err["msg"].removeprefix("Value error, ")
+        unknown = err["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        if unknown:
+            msg = "unknown setting"
+        got = "" if unknown or err["type"] == "value_error" else f" (got {err.get('input')!r})"
+        parts.append(f"{loc or 'config'}: {msg}{got}")
+    return "invalid setting " + "; ".join(dict.fromkeys(parts))
+
+
+def parse_override(assignment: str) -> tuple[str, str, Any]:
+    """``SECTION.KEY=VALUE`` -> (section, key, value); VALUE is JSON if it parses, else a string.
 
     Examples: ``train.lr=3e-4``, ``model.conv_widths=[8,8,8,8,8]``, ``data.ood_wnids=["n1"]``.
     """
     key, sep, raw = assignment.partition("=")
-    section_name, _, name = key.strip().partition(".")
-    section = getattr(cfg, section_name, None)
-    if not sep or section is None or not dataclasses.is_dataclass(section) or not name:
+    section, _, name = key.strip().partition(".")
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if not sep or section not in sections or not re.fullmatch(r"\w+", name):
         raise NeuralCodesError(f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION one "
-                               f"of {[f.name for f in dataclasses.fields(cfg)]}")
-    if name not in {f.name for f in dataclasses.fields(section)}:
-        raise NeuralCodesError(f"--set {assignment!r}: '{section_name}' has no setting '{name}'")
+                               f"of {sections}")
+    section_cls = next(f.default_factory for f in dataclasses.fields(Config) if f.name == section)
+    if name not in {f.name for f in dataclasses.fields(section_cls)}:
+        raise NeuralCodesError(f"--set {assignment!r}: '{section}' has no setting '{name}'")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    current = getattr(section, name)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if current is not None and value is not None and type(value) is not type(current):
-        raise NeuralCodesError(f"--set {assignment!r}: expected a {type(current).__name__}")
-    setattr(section, name, value)
+    return section, name, value
+
+
+def apply_overrides(d: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """A copy of the config dict ``d`` with each ``SECTION.KEY=VALUE`` applied (not validated)."""
+    out = {k: dict(v) for k, v in d.items()}
+    for item in assignments:
+        section, name, value = parse_override(item)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def apply_override(cfg: Config, assignment: str) -> Config:
+    """``cfg`` with one ``SECTION.KEY=VALUE`` applied and the whole config validated again."""
+    return Config.from_dict(apply_overrides(cfg.to_dict(), [assignment]))

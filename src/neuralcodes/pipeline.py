@@ -9,15 +9,13 @@ configuration is refused rather than silently mixed.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
 
-from neuralcodes.config import Config, apply_override
+from neuralcodes.config import Config
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.files import read_json
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir
 
 #: Presets: overrides of the assignment's defaults.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -28,7 +26,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "data": {"max_classes": 20, "max_per_class": 100, "ood_classes": 5},
         "train": {"max_epochs": 3},
-        "retrieval": {"pca_dims": (16, 32, 64, 128)},
+        "retrieval": {"pca_dims": [16, 32, 64, 128]},
     },
     # The assignment's model plus the two techniques the report proposes.
     "improved": {
@@ -37,40 +35,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: Settings that may change between an interrupted run and its continuation.
-RUNTIME_KEYS = {("train", "device"), ("train", "compile"), ("train", "threads"),
-                ("train", "cpu_conv"),
-                ("data", "cache_dir"), ("data", "source")}
-
-
-def build_config(preset: str, overrides: list[str], source: str | None,
-                 cache_dir: str | None) -> Config:
-    """The configuration for a preset, with ``--set`` overrides and the data location applied."""
+def preset_config(preset: str) -> dict[str, Any]:
+    """The config dict of a preset: the assignment's settings with the preset's changes."""
     if preset not in PRESETS:
         raise NeuralCodesError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    cfg = Config()
-    for section, values in PRESETS[preset].items():
-        for key, value in values.items():
-            setattr(getattr(cfg, section), key, value)
-    for item in overrides:
-        apply_override(cfg, item)
-    cfg.data.source = source
-    cfg.data.cache_dir = cache_dir
-    return cfg
-
-
-def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Settings in which ``cfg`` differs from a saved config (runtime-only settings ignored)."""
-    new = Config.from_dict(saved).to_dict()
-    cur = cfg.to_dict()
-    diffs = []
-    for section, values in cur.items():
-        for key, value in values.items():
-            if (section, key) in RUNTIME_KEYS:
-                continue
-            if new[section].get(key) != value:
-                diffs.append(f"{section}.{key}: {new[section].get(key)!r} -> {value!r}")
-    return diffs
+    d = Config().to_dict()
+    return {s: {**v, **PRESETS[preset].get(s, {})} for s, v in d.items()}
 
 
 def _stage(name: str) -> None:
@@ -85,7 +55,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
     rd = RunDir(Path(out))
     if rd.config.is_file():
-        diffs = config_differences(read_json(rd.config)["config"], cfg)
+        diffs = rd.read_config().differences(cfg)
         if diffs:
             raise NeuralCodesError(f"{rd.root} holds a run with another configuration ("
                                    + "; ".join(diffs) + "); choose another --out")
@@ -134,35 +104,3 @@ def _print_plan(cfg: Config, rd: RunDir, preset: str, n_train: int, n_classes: i
     print(f"Throughput probe: {ips:.0f} img/s -> about {epoch_min:.1f} min per epoch, at most "
           f"{most} epochs (~{most * epoch_min:.0f} min); early stopping usually ends it sooner.",
           flush=True)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``run`` subcommand."""
-    p = sub.add_parser(
-        "run", help="run the whole study: prepare, train, evaluate, retrieve, report",
-        description="Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
-        "PCA -> report). Finished stages are skipped, so the same command continues an "
-        "interrupted run.")
-    p.add_argument("--data", metavar="PATH", default=None,
-                   help="Tiny ImageNet zip or extracted folder (default: download the official "
-                        "archive)")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="run directory (default: runs/<preset>)")
-    p.add_argument("--preset", choices=list(PRESETS), default="assignment",
-                   help="assignment: the exact protocol (default); quick: a CPU smoke run that "
-                        "still makes every artifact; improved: + augmentation and batch norm")
-    p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where the decoded image cache lives (default: $NEURALCODES_CACHE or "
-                        "~/.cache/neuralcodes)")
-    p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append",
-                   default=[], help="override any setting, e.g. --set train.precision=bf16 "
-                                    "(repeatable; see config.py for all settings)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    cfg = build_config(args.preset, args.overrides, args.data, args.cache_dir)
-    run(cfg, args.out or Path("runs") / args.preset, preset=args.preset,
-        progress=not args.no_progress)
-    return 0

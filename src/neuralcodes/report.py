@@ -21,7 +21,7 @@ from typing import Any
 
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json, write_text
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir
 
 #: The course's reference solution, given as context (assignment notebook results).
 COURSE_REFERENCE = {

@@ -44,12 +44,12 @@ import torch
 
 from neuralcodes import codes as codes_mod
 from neuralcodes.codes import Codes, l2_normalize, load_codes
-from neuralcodes.config import Config
+from neuralcodes.data import Dataset, Splits, load_data
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json, write_json
 from neuralcodes.metrics import RankingMetrics, rank_order, self_retrieval_metrics
 from neuralcodes.model import CODE_LAYERS
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw")
 VARIANT = {False: "pre", True: "post"}
@@ -315,33 +315,30 @@ class _Run:
     def __init__(self, run: str | Path, device: str = "auto", precision: str = "fp32",
                  progress: bool = True) -> None:
         self.rd = RunDir.existing(run)
-        self.cfg = Config.from_dict(read_json(self.rd.config)["config"])
+        self.cfg = self.rd.read_config()
         self.device, self.precision, self.progress = device, precision, progress
 
     @functools.cached_property
-    def loaded(self) -> tuple[Any, ...]:
-        from neuralcodes.train import load_trained
-
-        return load_trained(self.rd.root, "best", self.device)
+    def trained(self) -> TrainedRun:
+        return TrainedRun.load(self.rd.root, device=self.device)
 
     @functools.cached_property
-    def data(self) -> tuple[Any, Any]:
-        if "loaded" in self.__dict__:
-            return self.loaded[2], self.loaded[3]
-        from neuralcodes.data import load_data
-
+    def data(self) -> tuple[Dataset, Splits]:
+        """The dataset and splits, without loading the model unless it is loaded already."""
+        if "trained" in self.__dict__:
+            return self.trained.dataset, self.trained.splits
         return load_data(self.cfg.data, progress=False)
 
     @property
     def model(self) -> torch.nn.Module:
-        return self.loaded[1]
+        return self.trained.model
 
     def ood_codes(self, relu: bool) -> Codes:
         path = self.rd.codes("ood", relu)
         if not path.is_file():
             codes_mod.run_codes(self.rd.root, "ood", None, device=self.device,
                                 precision=self.precision, progress=self.progress,
-                                loaded=self.loaded)
+                                trained=self.trained)
         return load_codes(path)
 
     def images(self, index: np.ndarray) -> np.ndarray:
@@ -437,7 +434,7 @@ def _done(path: Path, relu: bool) -> bool:
 
 def _train_codes(run: _Run, relu: bool, n_images: int) -> dict[str, np.ndarray]:
     """Codes of up to ``n_images`` in-domain training images (a fixed random sample)."""
-    _, model, dataset, splits = run.loaded
+    model, dataset, splits = run.trained.model, run.trained.dataset, run.trained.splits
     train = np.asarray(splits.train)
     pick = np.sort(np.random.default_rng(0).choice(len(train), min(n_images, len(train)),
                                                    replace=False))

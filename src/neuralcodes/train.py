@@ -22,7 +22,6 @@ batch size stays ``batch_size``. Only rank 0 writes files.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -34,7 +33,6 @@ import os
 import platform
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,35 +47,27 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from neuralcodes import __version__
-from neuralcodes.config import Config
-from neuralcodes.data import Dataset, Splits, load_data, make_splits
+from neuralcodes.config import Config, resumable_settings
+from neuralcodes.data import Dataset, Splits, load_data
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.files import atomic_path, read_json, write_json, write_text
+from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.metrics import topk_correct
 from neuralcodes.model import ConvNet, count_parameters
-from neuralcodes.rundir import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import (
-    CPU_CONVS,
     autocast,
-    check_cpu_conv,
     eval_mode,
     nnpack_enabled,
     resolve_device,
     set_threads,
     to_input,
 )
+from neuralcodes.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("neuralcodes.train")
 
-#: Settings that may change when a run is resumed; everything else must match the saved config
-#: (the data location may change: the splits hash guards the data itself).
-RESUMABLE_CHANGES: tuple[tuple[str, str], ...] = (
-    ("train", "max_epochs"), ("train", "patience"), ("train", "device"), ("train", "precision"),
-    ("train", "compile"), ("train", "channels_last"), ("train", "threads"), ("train", "cpu_conv"),
-    ("data", "source"), ("data", "cache_dir"))
 EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 EVAL_BATCH = 200
-CHECKPOINT_FORMAT = 1
 #: Learning curves are redrawn after an epoch if this long has passed since the last drawing (and
 #: always at the end): every epoch of a real run, without slowing down tiny test runs.
 PLOT_INTERVAL_S = 20.0
@@ -285,18 +275,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise NeuralCodesError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise NeuralCodesError(f"{path}: not a readable neuralcodes checkpoint ({e})") from e
 
 
 # --------------------------------------------------------------------------- the training loop
@@ -321,41 +299,13 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def _plain(d: Any) -> Any:
-    """JSON-normalised copy (tuples become lists) for comparisons."""
-    return json.loads(json.dumps(d))
-
-
-def _check_config(cfg: Config) -> None:
-    t = cfg.train
-    if t.batch_size < 1:
-        raise NeuralCodesError(f"--batch-size must be positive, got {t.batch_size}")
-    if t.max_epochs < 1:
-        raise NeuralCodesError(f"--epochs must be at least 1, got {t.max_epochs}")
-    if not t.lr > 0:
-        raise NeuralCodesError(f"--lr must be positive, got {t.lr}")
-    if t.patience < 0:
-        raise NeuralCodesError(f"--patience must be >= 0, got {t.patience}")
-    check_cpu_conv(t.cpu_conv)
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        raise NeuralCodesError(f"unknown precision '{t.precision}' (choose fp32, bf16 or fp16)")
-    if not 0 <= cfg.model.dropout < 1:
-        raise NeuralCodesError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
-    if len(cfg.model.conv_widths) != 5 or min(cfg.model.conv_widths) < 1 or cfg.model.fc_width < 1:
-        raise NeuralCodesError("--conv-widths needs 5 positive integers and --fc-width a positive "
-                               "integer")
-
-
 def _check_resumable(saved: Config, cfg: Config) -> None:
-    """A resumed run may only change the settings in RESUMABLE_CHANGES."""
-    a, b = _plain(saved.to_dict()), _plain(cfg.to_dict())
-    for section in ("data", "model", "train"):
-        for key, value in a[section].items():
-            if b[section][key] != value and (section, key) not in RESUMABLE_CHANGES:
-                raise NeuralCodesError(
-                    f"cannot change {section}.{key} when resuming ({value!r} -> "
-                    f"{b[section][key]!r}); only "
-                    f"{', '.join(f'{a}.{k}' for a, k in RESUMABLE_CHANGES)} may change")
+    """A resumed run may only change the settings marked resumable in the config."""
+    diffs = saved.differences(cfg)
+    if diffs:
+        allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
+        raise NeuralCodesError(f"cannot change {diffs[0]} when resuming; only {allowed} may "
+                               "change")
 
 
 @contextlib.contextmanager
@@ -439,7 +389,7 @@ class _Session:
     def save_last(self, epoch: int, step: int, partial: torch.Tensor) -> None:
         state = self.state(epoch, step, partial)
         if self.dist.main:
-            _save(self.run.last_checkpoint, state)
+            save_checkpoint(self.run.last_checkpoint, state)
 
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool = True,
@@ -447,12 +397,12 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
     """Train a ConvNet with ``cfg`` into run directory ``out``; returns the :class:`RunDir`.
 
     ``resume=True`` continues ``out`` from ``checkpoints/last.pt``; ``cfg`` must then equal the
-    saved config except for the settings in :data:`RESUMABLE_CHANGES`. ``on_step(epoch, step)``
-    is called after every optimizer step (tests use it to simulate a Ctrl-C). Ctrl-C saves
-    ``last.pt`` (with the position inside the epoch) and re-raises ``KeyboardInterrupt``.
+    saved config except for the settings marked resumable in ``neuralcodes.config``.
+    ``on_step(epoch, step)`` is called after every optimizer step (tests use it to simulate a
+    Ctrl-C). Ctrl-C saves ``last.pt`` (with the position inside the epoch) and re-raises
+    ``KeyboardInterrupt``.
     Under ``torchrun`` this trains with DistributedDataParallel.
     """
-    _check_config(cfg)
     device = _device_for(cfg.train.device)
     dist = _Dist.from_env(device)
     try:
@@ -502,7 +452,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
         run = RunDir.existing(run.root)
         saved = read_json(run.config)
         _check_resumable(Config.from_dict(saved["config"]), cfg)
-        checkpoint = _load(run.last_checkpoint)
+        checkpoint = load_checkpoint(run.last_checkpoint)
     elif run.last_checkpoint.exists() or run.best_checkpoint.exists():
         raise NeuralCodesError(f"{run.root} already holds a run; continue it with "
                                f"`neuralcodes train --resume {run.root}` or choose another --name")
@@ -567,8 +517,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
 
     s = _Session(cfg, run, dist, device, model, net, optimizer, scaler, stopping, rows, progress,
                  on_step, flag)
-    console = _console_log() if dist.main else contextlib.nullcontext()
-    with _log_to(run.log if dist.main else None), console:
+    with _log_to(run.log if dist.main else None):
         train_data = SplitData.load(dataset, splits, "train", device)
         val_data = SplitData.load(dataset, splits, "val", device)
         if dist.main:
@@ -602,7 +551,7 @@ def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: 
                "seconds": round(time.perf_counter() - seconds, 2), "img_per_s": round(img_per_s, 1)}
         s.rows.append(row)
         if s.dist.main and improved:
-            _save(s.run.best_checkpoint, {"format": CHECKPOINT_FORMAT,
+            save_checkpoint(s.run.best_checkpoint, {"format": CHECKPOINT_FORMAT,
                                           "model": s.model.state_dict(), "epoch": epoch,
                                           "val_loss": val["loss"]})
         s.save_last(epoch, 0, partial)
@@ -735,7 +684,7 @@ def _write_progress(s: _Session, finished: bool) -> None:
         plot_learning_curves(s.rows, s.run.curves)
         s.plotted = now
     es = s.stopping
-    write_json(train_state_path(s.run), {
+    write_json(s.run.train_state, {
         "epochs_completed": s.rows[-1]["epoch"] if s.rows else 0,
         "best_epoch": es.best_epoch, "best_val_loss": es.best_loss,
         "stopped_epoch": es.stopped_epoch, "stopped_early": es.stopped_epoch is not None,
@@ -743,14 +692,9 @@ def _write_progress(s: _Session, finished: bool) -> None:
     })
 
 
-def train_state_path(run: RunDir) -> Path:
-    """Where the early-stopping outcome (best and stopped epoch) is recorded."""
-    return run.root / "train_state.json"
-
-
 def is_finished(run: str | Path) -> bool:
     """True when ``run`` holds a training run that ended (early-stopped or at the epoch limit)."""
-    path = train_state_path(RunDir(Path(run)))
+    path = RunDir(Path(run)).train_state
     return path.is_file() and bool(read_json(path).get("finished"))
 
 
@@ -761,7 +705,6 @@ def measure_throughput(cfg: Config, num_classes: int = 190, *, steps: int = 5, w
     Times ``steps`` real training steps (gather, convert, forward, backward, Adam) at
     ``cfg.train.batch_size`` after ``warmup`` untimed ones (compilation happens there).
     """
-    _check_config(cfg)
     with _threads(cfg.train.threads):
         return _measure(cfg, num_classes, steps, warmup, progress)
 
@@ -803,38 +746,6 @@ def probe_throughput(cfg: Config, num_classes: int) -> float:
 # --------------------------------------------------------------------------- using a trained run
 
 
-def _load_run(run: str | Path, checkpoint: str, device: str | torch.device
-              ) -> tuple[Config, ConvNet, Dataset, Splits, dict[str, Any]]:
-    rd = RunDir.existing(run)
-    if checkpoint not in ("best", "last"):
-        raise NeuralCodesError(f"unknown checkpoint '{checkpoint}' (choose best or last)")
-    saved = read_json(rd.config)
-    cfg = Config.from_dict(saved["config"])
-    ckpt = _load(rd.best_checkpoint if checkpoint == "best" else rd.last_checkpoint)
-    cache = Path(saved["data"]["cache"])
-    if cache.is_dir():  # the cache the run was trained on: no need to find the source again
-        dataset = Dataset.load(cache)
-        splits = make_splits(dataset, cfg.data)
-    else:
-        dataset, splits = load_data(cfg.data, progress=False)
-    if splits.hash != saved["data"]["splits_hash"]:
-        raise NeuralCodesError(f"the data splits differ from those {rd.root} was trained on "
-                               "(data cache or split settings changed)")
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model = ConvNet(len(splits.in_classes), cfg.model)
-    model.load_state_dict(ckpt["model"])
-    model = model.to(dev, memory_format=torch.channels_last).eval()
-    model.use_nnpack(nnpack_enabled(cfg.train.cpu_conv, dev))
-    return cfg, model, dataset, splits, ckpt
-
-
-def load_trained(run: str | Path, checkpoint: str = "best", device: str = "cpu"
-                 ) -> tuple[Config, ConvNet, Dataset, Splits]:
-    """The config, the trained model (eval mode, on ``device``), the dataset and its splits."""
-    cfg, model, dataset, splits, _ = _load_run(run, checkpoint, device)
-    return cfg, model, dataset, splits
-
-
 def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
              checkpoint: str = "best", precision: str = "fp32",
              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
@@ -845,9 +756,9 @@ def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
     if batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {batch_size}")
     dev = resolve_device(device)
-    cfg, model, dataset, splits, ckpt = _load_run(run, checkpoint, dev)
-    rd = RunDir(Path(run))
-    result: dict[str, Any] = {"checkpoint": checkpoint, "epoch": int(ckpt["epoch"]), "splits": {}}
+    trained = TrainedRun.load(run, checkpoint=checkpoint, device=dev)
+    model, dataset, splits, rd = trained.model, trained.dataset, trained.splits, trained.dir
+    result: dict[str, Any] = {"checkpoint": checkpoint, "epoch": trained.epoch, "splits": {}}
     for name in EVAL_SPLITS:
         data = SplitData.load(dataset, splits, name, dev)
         result["splits"][name] = evaluate_split(model, data, device=dev, precision=precision,
@@ -871,160 +782,3 @@ def format_eval_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<6} {m['loss']:>13.4f} {m['top1']:>8.2%} {m['top5']:>8.2%} "
                      f"{m['n']:>8d}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'"
-                                         ) from None
-
-
-#: CLI flag destination -> (config section, field).
-_FLAG_FIELDS: dict[str, tuple[str, str]] = {
-    "source": ("data", "source"), "cache_dir": ("data", "cache_dir"),
-    "ood_classes": ("data", "ood_classes"), "max_classes": ("data", "max_classes"),
-    "max_per_class": ("data", "max_per_class"), "split_seed": ("data", "seed"),
-    "conv_widths": ("model", "conv_widths"), "fc_width": ("model", "fc_width"),
-    "dropout": ("model", "dropout"), "batch_norm": ("model", "batch_norm"),
-    "epochs": ("train", "max_epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "amsgrad": ("train", "amsgrad"), "patience": ("train", "patience"), "seed": ("train", "seed"),
-    "augment": ("train", "augment"), "device": ("train", "device"),
-    "precision": ("train", "precision"), "compile": ("train", "compile"),
-    "channels_last": ("train", "channels_last"), "threads": ("train", "threads"),
-    "cpu_conv": ("train", "cpu_conv"),
-}
-
-
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """``base`` (default: the assignment's Config) with every flag the user gave applied."""
-    d = (base or Config()).to_dict()
-    for dest, (section, name) in _FLAG_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            d[section][name] = value
-    return Config.from_dict(d)
-
-
-def _base_config(args: argparse.Namespace) -> Config | None:
-    if args.resume:
-        return Config.from_dict(read_json(RunDir.existing(args.resume).config)["config"])
-    if args.config:
-        d = read_json(args.config)
-        return Config.from_dict(d.get("config", d))
-    return None
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args, _base_config(args))
-    if args.resume:
-        out = Path(args.resume)
-    elif args.out:
-        out = Path(args.out)
-    else:
-        out = Path(args.runs_dir) / (args.name or time.strftime("convnet-%Y%m%d-%H%M%S"))
-    with _console_log():
-        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
-    print(run.root)
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    result = evaluate(args.run, progress=not args.no_progress, device=args.device,
-                      checkpoint=args.checkpoint, precision=args.precision,
-                      batch_size=args.batch_size)
-    print(format_eval_table(result))
-    return 0
-
-
-class _TqdmHandler(logging.Handler):
-    """Log lines on stderr (beside the progress bars), so stdout stays clean for JSON."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def _console_log() -> contextlib.AbstractContextManager[None]:
-    """Show this module's log lines on the console without breaking progress bars."""
-    if any(isinstance(h, _TqdmHandler) for h in log.handlers):
-        return _log_handler(None)
-    return _log_handler(_TqdmHandler())
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` and ``evaluate`` subcommands."""
-    p = subparsers.add_parser(
-        "train", help="train the ConvNet (assignment Task 2)",
-        description="Train the ConvNet with the assignment's protocol (every setting can be "
-        "overridden) into runs/<name>/. Under torchrun it trains with DistributedDataParallel.")
-    where = p.add_argument_group("run directory")
-    where.add_argument("--name", help="run name: the run goes to <runs-dir>/<name> "
-                       "(default: convnet-<date>-<time>)")
-    where.add_argument("--runs-dir", default="runs", metavar="DIR",
-                       help="parent of named runs (default: runs)")
-    where.add_argument("--out", metavar="DIR", help="the run directory itself (instead of --name)")
-    where.add_argument("--resume", metavar="RUN", help="continue this run from its last.pt "
-                       "(only --epochs, --patience, --device, --precision, --compile, "
-                       "--channels-last, --threads, --cpu-conv and the data location may change)")
-    where.add_argument("--config", metavar="FILE",
-                       help="start from this config.json (a run's, or a Config dict)")
-    where.add_argument("--no-progress", action="store_true", help="no progress bars")
-    data = p.add_argument_group("data")
-    data.add_argument("--data", "--source", dest="source", metavar="PATH",
-                      help="Tiny ImageNet archive or folder (default: download the official one)")
-    data.add_argument("--cache-dir", metavar="DIR", help="where the prepared uint8 cache lives")
-    data.add_argument("--ood-classes", type=int, metavar="N",
-                      help="number of out-of-domain classes (10)")
-    data.add_argument("--max-classes", type=int, metavar="N", help="use only the first N classes")
-    data.add_argument("--max-per-class", type=int, metavar="N", help="use only N images per class")
-    data.add_argument("--split-seed", type=int, metavar="N", help="seed of the 80/10/10 split (42)")
-    model = p.add_argument_group("model")
-    model.add_argument("--conv-widths", type=_ints, metavar="W1,...,W5",
-                       help="5 conv widths (96,192,288,288,256)")
-    model.add_argument("--fc-width", type=int, metavar="N", help="width of layers 6 and 7 (2048)")
-    model.add_argument("--dropout", type=float, metavar="P",
-                       help="dropout before layers 6 and 7 (0.5)")
-    model.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
-                       help="batch normalisation after each conv (off)")
-    tr = p.add_argument_group("training")
-    tr.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs (100)")
-    tr.add_argument("--batch-size", type=int, metavar="N", help="global batch size (100)")
-    tr.add_argument("--lr", type=float, help="Adam learning rate (1e-4)")
-    tr.add_argument("--amsgrad", action=argparse.BooleanOptionalAction, default=None,
-                    help="Adam's amsgrad flag (on)")
-    tr.add_argument("--patience", type=int, metavar="N",
-                    help="epochs without improvement tolerated (0)")
-    tr.add_argument("--seed", type=int, metavar="N",
-                    help="seed of initial weights, shuffling, dropout (42)")
-    tr.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                    help="random flips and translations (off)")
-    tr.add_argument("--device", help="auto, cpu, cuda or mps (auto)")
-    tr.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="(fp32)")
-    tr.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="torch.compile the model (off)")
-    tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                    help="channels-last memory format (on)")
-    tr.add_argument("--threads", type=int, metavar="N",
-                    help="torch intra-op threads (torch's default)")
-    tr.add_argument("--cpu-conv", choices=CPU_CONVS,
-                    help="fp32 CPU kernels of conv2-conv5: nnpack (Winograd/FFT), onednn (torch's "
-                    "default), or auto: nnpack unless the CPU has AVX-512 (auto)")
-    p.set_defaults(func=_cmd_train)
-
-    e = subparsers.add_parser(
-        "evaluate", help="cross-entropy, top-1 and top-5 on train/val/test",
-        description="Evaluate a trained run (eval mode) on train, val and test; print a table and "
-        "write eval.json and eval.csv into the run directory.")
-    e.add_argument("run", help="the run directory (runs/<name>)")
-    e.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which weights (default: best)")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (auto)")
-    e.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    e.add_argument("--batch-size", type=int, default=EVAL_BATCH, metavar="N",
-                   help=f"images per forward pass (default: {EVAL_BATCH})")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    e.set_defaults(func=_cmd_evaluate)

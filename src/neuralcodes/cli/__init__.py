@@ -22,14 +22,14 @@ from neuralcodes.errors import NeuralCodesError
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("neuralcodes.data",
                 "download Tiny ImageNet (or read --source) and build the image cache"),
-    "train": ("neuralcodes.train", "train the ConvNet (assignment Task 2)"),
-    "evaluate": ("neuralcodes.train", "cross-entropy, top-1 and top-5 on train/val/test"),
+    "train": ("neuralcodes.cli.train", "train the ConvNet (assignment Task 2)"),
+    "evaluate": ("neuralcodes.cli.evaluate", "cross-entropy, top-1 and top-5 on train/val/test"),
     "codes": ("neuralcodes.codes", "compute the unit-length neural codes of a trained run"),
     "retrieval": ("neuralcodes.retrieval",
                   "ood retrieval study: figures, mAP, PCA study, layer evidence"),
     "index": ("neuralcodes.retrieval", "index a folder of your own images for `search`"),
     "search": ("neuralcodes.retrieval", "find the images most similar to IMAGE"),
-    "run": ("neuralcodes.pipeline",
+    "run": ("neuralcodes.cli.run",
             "run the whole study: prepare, train, evaluate, retrieve, report"),
     "serve": ("neuralcodes.web", "a local web app: browse the ood images and search"),
 }

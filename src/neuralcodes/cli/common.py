@@ -1,0 +1,120 @@
+"""What every command shares: ``--config``/``--set`` and their short aliases, console logging.
+
+Settings reach a command in one way: a base (the assignment's defaults, a preset, or a trained
+run's saved config), then ``--config FILE``, then the short aliases (``--data``, ``--epochs``,
+``--device``, ...), then each ``--set SECTION.KEY=VALUE`` in order; the result is validated in full
+(:meth:`Config.from_dict`) before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from neuralcodes.config import Config, apply_overrides, resumable_settings
+from neuralcodes.errors import NeuralCodesError
+
+#: Short aliases: flag -> (section, key, help); values stay strings except ``--epochs``.
+ALIASES: dict[str, tuple[str, str, str]] = {
+    "--data": ("data", "source", "Tiny ImageNet zip or extracted folder (default: download the "
+               "official archive)"),
+    "--cache-dir": ("data", "cache_dir", "where the decoded image cache lives (default: "
+                    "$NEURALCODES_CACHE or ~/.cache/neuralcodes)"),
+    "--epochs": ("train", "max_epochs", "maximum number of epochs (100)"),
+    "--device": ("train", "device", "auto, cpu, cuda, cuda:N or mps (auto)"),
+    "--precision": ("train", "precision", "fp32, bf16 or fp16 (fp32)"),
+}
+
+
+def add_config_options(p: argparse.ArgumentParser, *aliases: str) -> None:
+    """``--config``, ``--set`` and the named short ``aliases`` (keys of :data:`ALIASES`)."""
+    g = p.add_argument_group("settings (see `src/neuralcodes/config.py` for all of them)")
+    g.add_argument("--config", metavar="FILE",
+                   help="start from this JSON file: a run's config.json or a dict of sections")
+    g.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append",
+                   default=[], help="change one setting, e.g. --set train.lr=3e-4 (repeatable; "
+                   "VALUE is JSON, else a string)")
+    for flag in aliases:
+        section, key, text = ALIASES[flag]
+        g.add_argument(flag, dest=f"alias_{section}_{key}", metavar="N" if flag == "--epochs"
+                       else "VALUE", type=int if flag == "--epochs" else str,
+                       help=f"{text}; same as --set {section}.{key}=...")
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The sections of a ``--config`` file: a run's config.json or a bare dict of sections."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise NeuralCodesError(f"{path}: not valid JSON ({e})") from None
+    d = d.get("config", d) if isinstance(d, dict) else d
+    if not isinstance(d, dict):
+        raise NeuralCodesError(f"{path}: expected a JSON object of config sections")
+    return d
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
+    """``base`` (default: the assignment's settings) with ``--config``, aliases and ``--set``
+    applied in that order, validated in full."""
+    d = base if base is not None else Config().to_dict()
+    if getattr(args, "config", None):
+        for section, values in read_config_file(args.config).items():
+            if not isinstance(values, dict):
+                raise NeuralCodesError(f"{args.config}: section '{section}' is not an object")
+            d = {**d, section: {**d.get(section, {}), **values}}
+    for section, key, _ in ALIASES.values():
+        value = getattr(args, f"alias_{section}_{key}", None)
+        if value is not None:  # aliases are typed by argparse: no JSON guessing for paths
+            d = {**d, section: {**d.get(section, {}), key: value}}
+    return Config.from_dict(apply_overrides(d, list(getattr(args, "overrides", []))))
+
+
+def run_config(args: argparse.Namespace, saved: Config) -> Config:
+    """A trained run's config with the command's settings applied; settings that define the
+    trained model or its data are refused (they would not describe the weights any more)."""
+    cfg = config_from_args(args, saved.to_dict())
+    changed = [d for d in saved.differences(cfg)
+               if not d.startswith("retrieval.")]
+    if changed:
+        allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
+        raise NeuralCodesError(f"cannot change {changed[0]} for a trained run; only retrieval.* "
+                               f"and {allowed} may change")
+    return cfg
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines on stderr beside the progress bars, so stdout stays clean for results."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def console_logging(level: int = logging.INFO) -> Iterator[None]:
+    """Show the library's log lines (logger ``neuralcodes``) on the console."""
+    logger = logging.getLogger("neuralcodes")
+    if any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        yield
+        return
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, old_level or level))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

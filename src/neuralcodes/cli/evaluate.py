@@ -1,0 +1,39 @@
+"""``neuralcodes evaluate``: loss, top-1 and top-5 of a trained run on train/val/test."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralcodes.cli.common import add_config_options, add_progress_option, run_config
+
+EVAL_BATCH = 200
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="cross-entropy, top-1 and top-5 on train/val/test",
+        description="Evaluate a trained run (eval mode, in the run's precision) on train, val "
+        "and test; print a table and write eval.json and eval.csv into the run directory.")
+    p.add_argument("run", help="the run directory (runs/<name>)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which weights (default: best)")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH, metavar="N",
+                   help=f"images per forward pass (default: {EVAL_BATCH})")
+    add_progress_option(p)
+    add_config_options(p, "--device", "--precision")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.runs import RunDir
+    from neuralcodes.train import evaluate, format_eval_table
+
+    if args.batch_size < 1:
+        raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")
+    cfg = run_config(args, RunDir.existing(args.run).read_config())
+    result = evaluate(args.run, progress=not args.no_progress, device=cfg.train.device,
+                      checkpoint=args.checkpoint, precision=cfg.train.precision,
+                      batch_size=args.batch_size)
+    print(format_eval_table(result))
+    return 0

@@ -1,0 +1,37 @@
+"""``neuralcodes run``: the whole study in one command (see :mod:`neuralcodes.pipeline`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from neuralcodes.cli.common import add_config_options, add_progress_option, config_from_args
+
+PRESET_NAMES = ("assignment", "quick", "improved")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run the whole study: prepare, train, evaluate, retrieve, report",
+        description="Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
+        "PCA -> report). Finished stages are skipped, so the same command continues an "
+        "interrupted run.")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="run directory (default: runs/<preset>)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="assignment",
+                   help="assignment: the exact protocol (default); quick: a CPU smoke run that "
+                        "still makes every artifact; improved: + augmentation and batch norm")
+    add_progress_option(p)
+    add_config_options(p, "--data", "--cache-dir", "--epochs", "--device", "--precision")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuralcodes.cli.common import console_logging
+    from neuralcodes.pipeline import preset_config, run
+
+    cfg = config_from_args(args, preset_config(args.preset))
+    with console_logging():
+        run(cfg, args.out or Path("runs") / args.preset, preset=args.preset,
+            progress=not args.no_progress)
+    return 0

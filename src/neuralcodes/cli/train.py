@@ -1,0 +1,51 @@
+"""``neuralcodes train``: train the ConvNet into a run directory (or continue one)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from neuralcodes.cli.common import (
+    add_config_options,
+    add_progress_option,
+    config_from_args,
+    console_logging,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the ConvNet (assignment Task 2)",
+        description="Train the ConvNet with the assignment's protocol into runs/<name>/ (any "
+        "setting can be changed with --set). Under torchrun it trains with "
+        "DistributedDataParallel.")
+    where = p.add_argument_group("run directory")
+    where.add_argument("--name", help="run name: the run goes to <runs-dir>/<name> "
+                       "(default: convnet-<date>-<time>)")
+    where.add_argument("--runs-dir", default="runs", metavar="DIR",
+                       help="parent of named runs (default: runs)")
+    where.add_argument("--out", metavar="DIR", help="the run directory itself (instead of --name)")
+    where.add_argument("--resume", metavar="RUN", help="continue this run from its last.pt (only "
+                       "the settings marked resumable in config.py may change)")
+    add_progress_option(p)
+    add_config_options(p, "--data", "--cache-dir", "--epochs", "--device", "--precision")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuralcodes.runs import RunDir
+    from neuralcodes.train import train
+
+    base = RunDir.existing(args.resume).saved()["config"] if args.resume else None
+    cfg = config_from_args(args, base)
+    if args.resume:
+        out = Path(args.resume)
+    elif args.out:
+        out = Path(args.out)
+    else:
+        out = Path(args.runs_dir) / (args.name or time.strftime("convnet-%Y%m%d-%H%M%S"))
+    with console_logging():
+        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+    print(run.root)
+    return 0

@@ -1,0 +1,211 @@
+"""A run directory ``runs/<name>/``: :class:`RunDir` names every artifact, :class:`TrainedRun`
+is a trained run loaded for use (config, model, data).
+
+    config.json            every setting, data facts, versions
+    splits.csv             the partition: split, position, file name, wnid
+    checkpoints/last.pt    model, optimizer, epoch, RNG and early-stopping state
+    checkpoints/best.pt    the weights of the best epoch (lowest val loss)
+    metrics.jsonl          one line per epoch
+    train_state.json       best and stopped epoch, whether training finished
+    train.log              the training log
+    curves.png             learning curves
+    eval.json, eval.csv    cross-entropy, top-1, top-5 on train/val/test
+    codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
+    retrieval/             figures, mAP, PCA study, layer evidence, indexes of your images
+    report.md, report.html
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from neuralcodes.config import Config
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.files import read_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from neuralcodes.data import Dataset, Splits
+    from neuralcodes.model import ConvNet
+
+CHECKPOINTS: tuple[str, ...] = ("best", "last")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run's artifacts: the only place that spells their names."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunDir:
+        """A run directory that must already hold a ``config.json``."""
+        run = cls(Path(path))
+        if not run.config.is_file():
+            raise NeuralCodesError(f"{path}: not a run directory (no config.json); "
+                                   "train one with `neuralcodes train`")
+        return run
+
+    def saved(self) -> dict[str, Any]:
+        """The parsed ``config.json`` (settings, data facts, versions); one line if it is bad."""
+        try:
+            saved = read_json(self.config)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise NeuralCodesError(f"{self.config}: not valid JSON ({e}); restore it or start the "
+                                   "run again") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise NeuralCodesError(f"{self.config}: not a neuralcodes run config")
+        return saved
+
+    def read_config(self) -> Config:
+        """The run's validated :class:`Config`."""
+        return Config.from_dict(self.saved()["config"])
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def splits_csv(self) -> Path:
+        return self.root / "splits.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, which: str) -> Path:
+        """``best`` or ``last``."""
+        if which not in CHECKPOINTS:
+            raise NeuralCodesError(f"unknown checkpoint '{which}' (choose best or last)")
+        return self.checkpoints / f"{which}.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint("last")
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint("best")
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def train_state(self) -> Path:
+        return self.root / "train_state.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def eval_csv(self) -> Path:
+        return self.root / "eval.csv"
+
+    def codes(self, split: str = "ood", relu: bool = False) -> Path:
+        return self.root / "codes" / f"{split}-{'post' if relu else 'pre'}relu.npz"
+
+    @property
+    def retrieval(self) -> Path:
+        return self.root / "retrieval"
+
+    @property
+    def map_json(self) -> Path:
+        return self.retrieval / "map.json"
+
+    @property
+    def top_json(self) -> Path:
+        return self.retrieval / "top5.json"
+
+    def top_figure(self, layer: str | None = None) -> Path:
+        """The top-k figure of one layer, or of all layers side by side (``layer=None``)."""
+        return self.retrieval / (f"top5_layer{layer}.png" if layer else "top5_layers.png")
+
+    @property
+    def evidence_json(self) -> Path:
+        return self.retrieval / "evidence.json"
+
+    @property
+    def pca_json(self) -> Path:
+        return self.retrieval / "pca.json"
+
+    @property
+    def pca_plot(self) -> Path:
+        return self.retrieval / "pca.png"
+
+    def index(self, name: str) -> Path:
+        """Where ``neuralcodes index`` puts the codes of a folder of the user's images."""
+        return self.retrieval / f"index-{name}.npz"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+
+@dataclass
+class TrainedRun:
+    """A trained run loaded for use: its config, model (eval mode), dataset and splits."""
+
+    dir: RunDir
+    config: Config
+    saved: dict[str, Any]
+    model: ConvNet
+    dataset: Dataset
+    splits: Splits
+    epoch: int
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: str | Path, *, checkpoint: str = "best",
+             device: str | torch.device = "auto") -> TrainedRun:
+        """Load ``checkpoint`` (best or last) of the run at ``path`` onto ``device``."""
+        import torch
+
+        from neuralcodes.data import Dataset, load_data, make_splits
+        from neuralcodes.model import ConvNet
+        from neuralcodes.runtime import nnpack_enabled, resolve_device
+        from neuralcodes.training.checkpoint import load_checkpoint
+
+        rd = RunDir.existing(path)
+        saved = rd.saved()
+        cfg = Config.from_dict(saved["config"])
+        ckpt = load_checkpoint(rd.checkpoint(checkpoint))
+        cache = Path(saved["data"]["cache"])
+        if cache.is_dir():  # the cache the run was trained on: no need to find the source again
+            dataset = Dataset.load(cache)
+            splits = make_splits(dataset, cfg.data)
+        else:
+            dataset, splits = load_data(cfg.data, progress=False)
+        if splits.hash != saved["data"]["splits_hash"]:
+            raise NeuralCodesError(f"the data splits differ from those {rd.root} was trained on "
+                                   "(data cache or split settings changed)")
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        model = ConvNet(len(splits.in_classes), cfg.model)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (KeyError, RuntimeError) as e:
+            raise NeuralCodesError(f"{rd.checkpoint(checkpoint)}: weights do not fit this run's "
+                                   f"model ({str(e).splitlines()[0]})") from None
+        model = model.to(dev, memory_format=torch.channels_last).eval()
+        model.use_nnpack(nnpack_enabled(cfg.train.cpu_conv, dev))
+        return cls(rd, cfg, saved, model, dataset, splits, int(ckpt.get("epoch", 0)), dev)

@@ -1,0 +1,1 @@
+"""Training the ConvNet: the loop, checkpoints, distributed training, throughput."""

@@ -1,5 +1,5 @@
-"""Shared pytest setup: puts ``tests/`` on ``sys.path`` (so ``from helpers import ...`` works)
-and provides a small prepared image cache that every test file may use.
+"""Shared fixtures: a small prepared image cache that every test file may use (``tests/`` is on
+the import path through ``pythonpath`` in pyproject.toml, so ``from helpers import ...`` works).
 
 Fixtures:
 
@@ -15,21 +15,13 @@ Fixtures:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from helpers import make_tiny_imagenet  # noqa: E402
-from neuralcodes.config import DataConfig  # noqa: E402
-from neuralcodes.data import prepare  # noqa: E402
-
-#: The shared 40-class real-image zip (never copied into the repo); tests skip without it.
-SHARED_ZIP = TESTS.parent.parent / "shared" / "data" / "tiny-imagenet-40.zip"
+from helpers import make_tiny_imagenet
+from neuralcodes.config import DataConfig
+from neuralcodes.data import prepare
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 from neuralcodes import train as T
 from neuralcodes.codes import extract_codes
 from neuralcodes.config import Config, TrainConfig
 from neuralcodes.data import load_data
 from neuralcodes.files import read_json
 from neuralcodes.runs import TrainedRun
-from test_train import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 CUDA = torch.device("cuda")

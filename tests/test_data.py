@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_ZIP
-from helpers import extras_paths, fixture_wnids, make_tiny_imagenet
+from helpers import SHARED_ZIP, extras_paths, fixture_wnids, make_tiny_imagenet
 from neuralcodes import data
 from neuralcodes.cli import main
 from neuralcodes.config import DataConfig

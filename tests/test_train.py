@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 from neuralcodes import cli
 from neuralcodes import train as T
 from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -23,24 +21,9 @@ from neuralcodes.files import read_json
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import nnpack_enabled
 
-TINY_MODEL = ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, dropout=0.0)
-#: With batch norm the tiny model learns the fixture reliably (100% within ~15 epochs, checked
-#: over several seeds); without it, patience-0 early stopping often fires on a plateau.
-LEARNER = dataclasses.replace(TINY_MODEL, batch_norm=True)
-
-
-def tiny_config(data: DataConfig, model: ModelConfig = TINY_MODEL, **train: object) -> Config:
-    """A tiny model on the tiny fixture (fast enough for many epochs on a CPU)."""
-    t = {"lr": 3e-3, "batch_size": 16, "max_epochs": 40, "device": "cpu", "threads": 1, **train}
-    return Config(data=data, model=model, train=TrainConfig(**t))
-
 
 def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -48,18 +31,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-
-
-def torchrun_train(cfg: Config, out: Path, processes: int, **env: str) -> None:
-    """``neuralcodes train`` with ``cfg`` into ``out`` under torchrun; asserts it succeeds."""
-    cfg_file = out.with_name(out.name + "-config.json")
-    cfg_file.write_text(json.dumps(cfg.to_dict()))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(processes), "-m", "neuralcodes", "train", "--config", str(cfg_file), "--out",
-           str(out), "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
 
 
 def same_metrics(a: list[dict], b: list[dict]) -> bool:

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import trained_web_run
 from neuralcodes.cli import build_parser, main
 from neuralcodes.codes import load_codes, read_image
-from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
+from neuralcodes.config import Config
 from neuralcodes.data import Dataset, Splits, make_splits
 from neuralcodes.files import read_json, write_json
 from neuralcodes.runs import RunDir
@@ -29,28 +30,6 @@ fastapi_testclient = pytest.importorskip("fastapi.testclient")
 MAX_BYTES = 300_000  # the test app's upload limits: small, so tests can exceed them cheaply
 MAX_PIXELS = 1_000_000
 STATIC = Path(__file__).resolve().parents[1] / "src" / "neuralcodes" / "web_static"
-
-
-def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
-                    cache_root: Path) -> Path:
-    """A tiny ConvNet trained for two epochs on the shared tiny dataset (conftest's
-    ``tiny_source``: 4 in-domain + 2 ood classes), evaluated (eval.json, curves.png).
-
-    Built once per session (this module and the browser test share it). The high learning rate
-    makes its codes differ clearly between images: with the default 1e-4 the tiny net's codes
-    are nearly identical after two epochs, and rankings would hinge on float rounding.
-    """
-    from neuralcodes.train import evaluate, is_finished, train
-
-    out = tmp_path_factory.getbasetemp() / "web-run"
-    if not is_finished(out):
-        data = DataConfig(source=str(source), cache_dir=str(cache_root), ood_classes=2)
-        cfg = Config(data=data, model=ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16),
-                     train=TrainConfig(max_epochs=2, batch_size=16, lr=1e-2, device="cpu"))
-        train(cfg, out, progress=False)
-    if not RunDir(out).eval_json.is_file():
-        evaluate(out, progress=False, device="cpu")
-    return out
 
 
 def png(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:

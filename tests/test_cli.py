@@ -64,3 +64,44 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "neuralcodes", "--version"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith("neuralcodes ")
+
+
+def test_a_bug_is_one_line_unless_debugging(monkeypatch, capsys):
+    def bug(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "build_parser", lambda argv=None: _parser_with(bug))
+    monkeypatch.delenv("NEURALCODES_DEBUG", raising=False)
+    assert cli.main(["boom"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (ZeroDivisionError: division by zero)" in err
+    monkeypatch.setenv("NEURALCODES_DEBUG", "1")
+    try:
+        cli.main(["boom"])
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("NEURALCODES_DEBUG=1 should let the traceback through")
+
+
+def test_second_writer_of_a_run_gets_one_line_naming_the_holder(tmp_path, capsys):
+    import textwrap
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from neuralcodes.runs import RunDir
+        with RunDir(sys.argv[1]).lock("train"):
+            print("locked", flush=True)
+            time.sleep(60)
+        """), str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = ["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "none"),
+                "--no-progress"]
+        assert cli.main(argv) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"(pid {holder.pid} on " in err and "`train`" in err
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -2,18 +2,38 @@
 
 Everything that neuralcodes writes goes to a temporary file in the same directory first and is
 renamed into place only when complete, so an interrupt or crash never leaves a half-written file
-that looks finished.
+that looks finished, and the previous version stays whole until the rename. A failed write (disk
+full, I/O error, torch's serialisation error) becomes one :class:`NeuralCodesError` line naming
+the path and, for space, how much is needed. Temporary names start with ``.`` and contain
+``.tmp``: :func:`remove_stale_temps` clears those a killed process left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from neuralcodes.errors import NeuralCodesError
+
+TEMP_MARK = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of every file written here: what ``open()`` would give (0o666 less the umask), rather than
+#: mkstemp's private 0o600, so all of a run's files share one mode.
+FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -25,14 +45,51 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_MARK + suffix,
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as e:
+        raise write_error(path, tmp_path, e) from e
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def write_error(path: Path, tmp: Path, e: BaseException) -> NeuralCodesError:
+    """One line for a failed write of ``path``; ``tmp`` is the partial file (its size tells how
+    far the write got). torch reports a full disk as a RuntimeError, so free space decides."""
+    written = tmp.stat().st_size if tmp.exists() else 0
+    previous = path.stat().st_size if path.exists() else 0
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
+    need = max(written, previous)
+    no_space = getattr(e, "errno", None) == errno.ENOSPC or (
+        isinstance(e, RuntimeError) and free is not None and free < max(need, 1 << 20))
+    if no_space:
+        amount = f"about {_mb(need)} MB" if need else "more space"
+        return NeuralCodesError(f"could not write {path}: no space left on device (it needs "
+                                f"{amount}; {_mb(free or 0)} MB free); the previous version, "
+                                "if any, is unchanged")
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    return NeuralCodesError(f"could not write {path}: {reason}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f}" if n >= 2**20 else f"{n / 2**20:.1f}"
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of interrupted writes under ``folder`` (call only while no
+    other process writes there, e.g. holding the run's lock); returns what was removed."""
+    removed = []
+    for p in Path(folder).rglob(f".*{TEMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -52,9 +109,12 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """Read a JSON file; a corrupt one is a one-line error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NeuralCodesError(f"{path}: not valid JSON ({e})") from None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

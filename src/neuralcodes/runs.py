@@ -13,18 +13,25 @@ is a trained run loaded for use (config, model, data).
     codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
     retrieval/             figures, mAP, PCA study, layer evidence, indexes of your images
     report.md, report.html
+    .lock                  held (flock) by the one process writing the run; names it
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuralcodes.config import Config
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.files import read_json
+from neuralcodes.files import read_json, remove_stale_temps
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
     from neuralcodes.model import ConvNet
 
 CHECKPOINTS: tuple[str, ...] = ("best", "last")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,13 +62,40 @@ class RunDir:
                                    "train one with `neuralcodes train`")
         return run
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the run's exclusive write lock for the block (one writer per run directory).
+
+        A second writer gets a one-line error naming the holder. The lock is an ``flock`` on
+        ``.lock``, released by the kernel when its process dies, so a lock left by a killed
+        process is simply taken over; temporary files that process left are removed then.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+                raise NeuralCodesError(f"{self.root} is in use by another neuralcodes process "
+                                       f"({holder}); wait for it to finish or stop it") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()}, `{command}` since "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode(), 0)
+            for p in remove_stale_temps(self.root):
+                log.warning(f"removed {p.name}, left by an interrupted write")
+            yield
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing releases the flock
+
     def saved(self) -> dict[str, Any]:
         """The parsed ``config.json`` (settings, data facts, versions); one line if it is bad."""
-        try:
-            saved = read_json(self.config)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise NeuralCodesError(f"{self.config}: not valid JSON ({e}); restore it or start the "
-                                   "run again") from None
+        saved = read_json(self.config)
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
             raise NeuralCodesError(f"{self.config}: not a neuralcodes run config")
         return saved

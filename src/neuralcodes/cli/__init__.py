@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -78,11 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.errno == errno.ENOSPC:
             print("neuralcodes: error: no space left on device"
                   + (f" while writing {e.filename}" if e.filename else ""), file=sys.stderr)
-            return 2
-        if e.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOTDIR, errno.EROFS):
-            print(f"neuralcodes: error: {e.strerror}: {e.filename}", file=sys.stderr)
-            return 2
-        raise
+        else:
+            where = f": {e.filename}" if e.filename else ""
+            print(f"neuralcodes: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line, the traceback only on request
+        if os.environ.get("NEURALCODES_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"neuralcodes: error: internal error ({type(e).__name__}: {first}); "
+              "NEURALCODES_DEBUG=1 shows the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,16 @@ def run_config(args: argparse.Namespace, saved: Config) -> Config:
         raise NeuralCodesError(f"cannot change {changed[0]} for a trained run; only retrieval.* "
                                f"and {allowed} may change")
     return cfg
+
+
+def run_lock(run: str | Path, command: str) -> contextlib.AbstractContextManager[None]:
+    """The run directory's write lock (see :meth:`RunDir.lock`); under torchrun only rank 0
+    takes it, since the other ranks write nothing."""
+    from neuralcodes.runs import RunDir
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return RunDir(Path(run)).lock(command)
 
 
 class _TqdmHandler(logging.Handler):

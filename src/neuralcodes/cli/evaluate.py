@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from neuralcodes.cli.common import add_config_options, add_progress_option, run_config
+from neuralcodes.cli.common import add_config_options, add_progress_option, run_config, run_lock
 
 EVAL_BATCH = 200
 
@@ -32,8 +32,9 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    result = evaluate(args.run, progress=not args.no_progress, device=cfg.train.device,
-                      checkpoint=args.checkpoint, precision=cfg.train.precision,
-                      batch_size=args.batch_size)
+    with run_lock(args.run, "evaluate"):
+        result = evaluate(args.run, progress=not args.no_progress, device=cfg.train.device,
+                          checkpoint=args.checkpoint, precision=cfg.train.precision,
+                          batch_size=args.batch_size)
     print(format_eval_table(result))
     return 0

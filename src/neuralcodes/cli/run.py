@@ -27,11 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.cli.common import console_logging
+    from neuralcodes.cli.common import console_logging, run_lock
     from neuralcodes.pipeline import preset_config, run
 
     cfg = config_from_args(args, preset_config(args.preset))
-    with console_logging():
-        run(cfg, args.out or Path("runs") / args.preset, preset=args.preset,
-            progress=not args.no_progress)
+    out = args.out or Path("runs") / args.preset
+    with console_logging(), run_lock(out, "run"):
+        run(cfg, out, preset=args.preset, progress=not args.no_progress)
     return 0

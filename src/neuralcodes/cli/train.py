@@ -11,6 +11,7 @@ from neuralcodes.cli.common import (
     add_progress_option,
     config_from_args,
     console_logging,
+    run_lock,
 )
 
 
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out)
     else:
         out = Path(args.runs_dir) / (args.name or time.strftime("convnet-%Y%m%d-%H%M%S"))
-    with console_logging():
+    with console_logging(), run_lock(out, "train"):
         run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
     print(run.root)
     return 0

@@ -3,6 +3,7 @@ numbers equal to the saved JSON, and an interrupted run that continues where it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -114,3 +115,44 @@ def test_presets_and_differences():
     assert Config().differences(runtime_only) == []
     with pytest.raises(NeuralCodesError, match="unknown preset"):
         build_config("fast", [])
+
+
+@pytest.mark.slow
+def test_plan_estimates_the_training_time_of_a_small_run(tmp_path, capsys):
+    """The plan's per-epoch estimate (a short probe) against the epochs the run then takes."""
+    from helpers import make_tiny_imagenet
+
+    source = make_tiny_imagenet(tmp_path / "src", 6, 100)  # 320 training images
+    argv = ["run", "--preset", "quick", "--data", str(source), "--cache-dir",
+            str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--no-progress",
+            "--set", "model.conv_widths=[16,16,16,16,16]", "--set", "model.fc_width=64",
+            "--set", "train.max_epochs=4", "--set", "train.patience=9", "--set",
+            "data.ood_classes=2", "--set", "retrieval.pca_dims=[4,8]"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  train +~ *[0-9.]+ (s|min|h) +\(.* s per epoch at \d+ img/s", out, re.M)
+    assert re.search(r"^  evaluate +~", out, re.M) and re.search(r"^  retrieval +~", out, re.M)
+    timings = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert set(timings["actual"]) == {"train", "evaluate", "retrieval"}
+    epochs = [json.loads(line)["seconds"]
+              for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    actual = sorted(epochs[1:])[len(epochs[1:]) // 2]  # median, the warm-up epoch left out
+    assert 0.5 <= actual / timings["estimate"]["train_epoch"] <= 2.0, (epochs, timings)
+
+
+def test_plan_states_the_measured_bf16_gain_only_where_it_was_measured():
+    from neuralcodes.estimate import Speeds, estimate_stages, format_duration, plan_lines
+
+    cfg = Config()
+    sizes = {"train": 76_000, "val": 9_500, "test": 9_500, "ood": 5_000}
+    fp32 = Speeds(train_ips=40.0, infer_ips=200.0, ranking_s=0.05, checkpoint_s=2.0)
+    stages = estimate_stages(cfg, sizes, fp32)
+    epoch = 76_000 / 40 + 9_500 / 200 + 1.25 * 2.0
+    assert stages[0].seconds == pytest.approx(100 * epoch)
+    assert stages[1].seconds == pytest.approx(95_000 / 200)
+    assert not any("bf16" in line for line in plan_lines(cfg, stages, fp32))
+    both = dataclasses.replace(fp32, bf16_train_ips=90.0)
+    assert plan_lines(cfg, stages, both)[-1].startswith(
+        "This CPU has native bf16: --set train.precision=bf16 trains 2.2x as fast here")
+    assert (format_duration(42), format_duration(750), format_duration(4 * 3600)) == (
+        "42 s", "12.5 min", "4.0 h")

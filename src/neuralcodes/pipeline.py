@@ -9,12 +9,22 @@ configuration is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from neuralcodes.config import Config
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.estimate import (
+    estimate_stages,
+    plan_lines,
+    probe_speeds,
+    seconds_per_epoch,
+)
+from neuralcodes.files import read_json, write_json
 from neuralcodes.runs import RunDir
 
 #: Presets: overrides of the assignment's defaults.
@@ -60,26 +70,31 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
             raise NeuralCodesError(f"{rd.root} holds a run with another configuration ("
                                    + "; ".join(diffs) + "); choose another --out")
     start = time.perf_counter()
+    timings = _Timings(rd)
 
     _stage("prepare")
     dataset, splits = data.load_data(cfg.data, progress=progress)
-    _print_plan(cfg, rd, preset, len(splits.train), len(splits.in_classes))
+    _print_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
     _stage("train")
     if train.is_finished(rd.root):
         print(f"skipped: {rd.root} already holds a finished training run")
     else:
-        train.train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
+        with timings.stage("train"):
+            train.train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
     _stage("evaluate")
     best = rd.best_checkpoint.stat().st_mtime
     if rd.eval_json.is_file() and rd.eval_json.stat().st_mtime >= best:
         print(f"skipped: {rd.eval_json} is up to date")
     else:
-        train.evaluate(rd.root, progress=progress, device=cfg.train.device)
+        with timings.stage("evaluate"):
+            train.evaluate(rd.root, progress=progress, device=cfg.train.device,
+                           precision=cfg.train.precision)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
-    retrieval.evaluate_run(rd.root, progress=progress)
+    with timings.stage("retrieval"):
+        retrieval.evaluate_run(rd.root, progress=progress, precision=cfg.train.precision)
 
     _stage("report")
     md, html = write_report(rd.root)
@@ -88,19 +103,43 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     return md
 
 
-def _print_plan(cfg: Config, rd: RunDir, preset: str, n_train: int, n_classes: int) -> None:
-    """Say what will happen, with a time estimate from a short throughput probe."""
+class _Timings:
+    """``timings.json``: each stage's estimated and measured seconds (the plan, checked)."""
+
+    def __init__(self, rd: RunDir) -> None:
+        self.path = rd.timings
+        self.data = read_json(self.path) if self.path.is_file() else {"estimate": {},
+                                                                        "actual": {}}
+
+    def estimated(self, speeds: dict[str, Any], stages: dict[str, float]) -> None:
+        self.data["probe"] = speeds
+        self.data["estimate"] = stages
+        write_json(self.path, self.data)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        self.data["actual"][name] = round(time.perf_counter() - began, 2)
+        write_json(self.path, self.data)
+
+
+def _print_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
+                timings: _Timings) -> None:
+    """Say what will happen, with the expected time of each stage from a short probe."""
     from neuralcodes import train
 
-    print(f"Preset '{preset}': {n_classes} in-domain classes, {n_train:,} training images, "
-          f"batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with early "
-          f"stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
+    print(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
+          f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "
+          f"early stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
           f"output in {rd.root}/")
     if train.is_finished(rd.root):
         return
-    ips = train.probe_throughput(cfg, n_classes)
-    epoch_min = n_train / ips / 60
-    most = cfg.train.max_epochs
-    print(f"Throughput probe: {ips:.0f} img/s -> about {epoch_min:.1f} min per epoch, at most "
-          f"{most} epochs (~{most * epoch_min:.0f} min); early stopping usually ends it sooner.",
-          flush=True)
+    speeds = probe_speeds(cfg, n_classes, rd.root)
+    stages = estimate_stages(cfg, sizes, speeds)
+    print("Expected time on this machine (measured by a short probe):", flush=True)
+    for line in plan_lines(cfg, stages, speeds):
+        print(line, flush=True)
+    timings.estimated(dataclasses.asdict(speeds),
+                      {e.name: round(e.seconds, 2) for e in stages}
+                      | {"train_epoch": round(seconds_per_epoch(stages, cfg), 3)})

@@ -7,6 +7,7 @@ is a trained run loaded for use (config, model, data).
     checkpoints/best.pt    the weights of the best epoch (lowest val loss)
     metrics.jsonl          one line per epoch
     train_state.json       best and stopped epoch, whether training finished
+    timings.json           `run`: each stage's estimated and measured seconds
     train.log              the training log
     curves.png             learning curves
     eval.json, eval.csv    cross-entropy, top-1, top-5 on train/val/test
@@ -137,6 +138,10 @@ class RunDir:
     @property
     def train_state(self) -> Path:
         return self.root / "train_state.json"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
 
     @property
     def log(self) -> Path:

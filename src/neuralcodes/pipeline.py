@@ -50,8 +50,10 @@ def _stage(name: str) -> None:
 def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         progress: bool = True) -> Path:
     """Run (or continue) the whole study into ``out``; returns the path of the report."""
-    from neuralcodes import data, retrieval, train
+    from neuralcodes import data, retrieval
+    from neuralcodes.evaluation import evaluate
     from neuralcodes.report import write_report
+    from neuralcodes.training.loop import is_finished, train
 
     rd = RunDir(Path(out))
     if rd.config.is_file():
@@ -66,17 +68,17 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _print_plan(cfg, rd, preset, len(splits.train), len(splits.in_classes))
 
     _stage("train")
-    if train.is_finished(rd.root):
+    if is_finished(rd.root):
         print(f"skipped: {rd.root} already holds a finished training run")
     else:
-        train.train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
+        train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
     _stage("evaluate")
     best = rd.best_checkpoint.stat().st_mtime
     if rd.eval_json.is_file() and rd.eval_json.stat().st_mtime >= best:
         print(f"skipped: {rd.eval_json} is up to date")
     else:
-        train.evaluate(rd.root, progress=progress, device=cfg.train.device)
+        evaluate(rd.root, progress=progress, device=cfg.train.device)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
     retrieval.evaluate_run(rd.root, progress=progress)
@@ -90,15 +92,16 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
 def _print_plan(cfg: Config, rd: RunDir, preset: str, n_train: int, n_classes: int) -> None:
     """Say what will happen, with a time estimate from a short throughput probe."""
-    from neuralcodes import train
+    from neuralcodes.training.loop import is_finished
+    from neuralcodes.training.throughput import probe_throughput
 
     print(f"Preset '{preset}': {n_classes} in-domain classes, {n_train:,} training images, "
           f"batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with early "
           f"stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
           f"output in {rd.root}/")
-    if train.is_finished(rd.root):
+    if is_finished(rd.root):
         return
-    ips = train.probe_throughput(cfg, n_classes)
+    ips = probe_throughput(cfg, n_classes)
     epoch_min = n_train / ips / 60
     most = cfg.train.max_epochs
     print(f"Throughput probe: {ips:.0f} img/s -> about {epoch_min:.1f} min per epoch, at most "

@@ -14,7 +14,7 @@ import torch
 
 from helpers import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 from neuralcodes import cli
-from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
+from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig, resumable_settings
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.evaluation import evaluate, evaluate_split
 from neuralcodes.files import read_json
@@ -24,6 +24,7 @@ from neuralcodes.training import loop
 from neuralcodes.training.batches import SplitData, augment_batch, epoch_order
 from neuralcodes.training.early_stopping import EarlyStopping
 from neuralcodes.training.loop import is_finished, train
+from neuralcodes.training.step import make_optimizer
 from neuralcodes.training.throughput import measure_throughput
 
 
@@ -144,6 +145,7 @@ def test_end_to_end_trains_early_stops_and_keeps_best(trained):
     assert state["best_epoch"] == best
     assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] == best
     assert torch.load(run.last_checkpoint, weights_only=True)["epoch"] == len(m)
+    assert state["kept"] == "best"
     saved = read_json(run.config)
     assert saved["config"]["train"]["lr"] == 1e-3 and saved["config"]["model"]["batch_norm"]
     assert saved["data"]["num_classes"] == 4 and saved["data"]["sizes"]["train"] == 64
@@ -187,6 +189,41 @@ def test_trained_run_loads_the_eval_mode_best_model(trained):
     m = evaluate_split(model, data, device=torch.device("cpu"))
     best_row = min(rows(trained), key=lambda r: r["val_loss"])
     assert m["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
+
+
+def test_restore_best_false_keeps_the_last_weights_as_the_course_did(trained, tmp_path,
+                                                                     tiny_data_config):
+    cfg = tiny_config(tiny_data_config, LEARNER, lr=1e-3, batch_size=8, restore_best=False)
+    out = train(cfg, tmp_path / "last", progress=False).root
+    state, reference = read_json(RunDir(out).train_state), read_json(RunDir(trained).train_state)
+    assert same_metrics(rows(out), rows(trained))  # the same trajectory and early stop
+    assert (state["kept"], reference["kept"]) == ("last", "best")
+    assert state["best_epoch"] == reference["best_epoch"] < state["stopped_epoch"]
+    kept = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    assert (kept["epoch"], kept["kept"]) == (state["stopped_epoch"], "last")
+    assert_same_weights(out / "checkpoints/best.pt", out / "checkpoints/last.pt")
+    assert_same_weights(trained / "checkpoints/last.pt", out / "checkpoints/best.pt")
+    # evaluation and codes (TrainedRun) use the kept, i.e. last, weights
+    assert TrainedRun.load(out, device="cpu").epoch == state["stopped_epoch"]
+    result = evaluate(out, progress=False, device="cpu")
+    assert result["epoch"] == state["stopped_epoch"]
+    assert result["splits"]["val"]["loss"] == pytest.approx(rows(out)[-1]["val_loss"], rel=1e-5)
+    assert "the last epoch's weights are kept" in RunDir(out).log.read_text()
+
+
+def test_adam_uses_keras_epsilon_by_default():
+    assert TrainConfig().adam_eps == 1e-7 and ("train", "adam_eps") not in resumable_settings()
+    assert ("train", "restore_best") not in resumable_settings()
+    model = torch.nn.Linear(3, 2)
+    assert make_optimizer(model, TrainConfig()).param_groups[0]["eps"] == 1e-7
+    opt = make_optimizer(model, TrainConfig(adam_eps=1e-3, amsgrad=False, lr=0.1))
+    assert opt.param_groups[0]["eps"] == 1e-3 and not opt.param_groups[0]["amsgrad"]
+    # one step from zero moments: p -= lr * g / (|g| + eps), with g = 1e-3 -> lr / 2
+    before = model.weight.detach().clone()
+    model.weight.grad = torch.full_like(model.weight, 1e-3)
+    model.bias.grad = torch.zeros_like(model.bias)
+    opt.step()
+    torch.testing.assert_close(model.weight.detach(), before - 0.05)
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_config(trained, tiny_data_config):

@@ -25,13 +25,12 @@ from neuralcodes.training.batches import SplitData
 from neuralcodes.training.loop import train
 from neuralcodes.training.throughput import measure_throughput
 
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+CUDA = torch.device("cuda")
+
 
 def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-CUDA = torch.device("cuda")
 
 
 def test_the_whole_split_sits_on_the_gpu_as_uint8(tiny_data_config):

@@ -38,9 +38,9 @@ inside the epoch. The batch order of an epoch is a pure function of ``(seed, epo
 run on the CPU in fp32 ends with exactly the weights of an uninterrupted one.
 
 Distributed: under ``torchrun`` the same code trains with DistributedDataParallel (gloo on CPU,
-nccl on CUDA; also with one process). Every rank draws the same global batch order and takes its share of each global
-batch, and the loss is scaled so that the averaged gradient is that of the global batch: the global
-batch size stays ``batch_size``. Only rank 0 writes files.
+nccl on CUDA; also with one process). Every rank draws the same global batch order and takes its
+share of each global batch, and the loss is scaled so that the averaged gradient is that of the
+global batch: the global batch size stays ``batch_size``. Only rank 0 writes files.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from neuralcodes.codes import extract_codes, l2_normalize
+from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack
 from neuralcodes.metrics import (
     CHUNK_BYTES,
     ranking_metrics_from_scores,
@@ -36,7 +37,6 @@ from neuralcodes.metrics import (
 )
 from neuralcodes.model import ConvNet
 from neuralcodes.retrieval import CodeIndex
-from neuralcodes.runtime import nnpack_enabled
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
@@ -68,7 +68,7 @@ def bench_codes(n: int) -> dict[str, Any]:
     if torch.backends.nnpack.is_available():
         kernels.insert(1, ("fp32_nnpack", "fp32", True))
     for name, precision, nnpack in kernels:
-        model.use_nnpack(nnpack)
+        use_nnpack(model, nnpack)
         extract_codes(model, images[:50], precision=precision, batch_size=50, progress=False)
         seconds = _best(lambda p=precision: extract_codes(model, images, precision=p,
                                                           batch_size=100, progress=False), 1)
@@ -107,7 +107,7 @@ def bench_map(repeat: int) -> dict[str, Any]:
 
 
 def bench_query(repeat: int) -> dict[str, Any]:
-    model = ConvNet(190).eval().use_nnpack(_auto_nnpack())  # what `neuralcodes search` runs
+    model = use_nnpack(ConvNet(190).eval(), _auto_nnpack())  # what `neuralcodes search` runs
     db, _ = clustered_codes(5000, 2048, 10, 3.0, seed=0)
     index = CodeIndex(2048).add(db)
     image = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)

@@ -23,8 +23,8 @@ import sys
 import torch
 
 from neuralcodes.config import Config, TrainConfig
-from neuralcodes.runtime import nnpack_enabled
-from neuralcodes.train import measure_throughput, precision_warning
+from neuralcodes.kernels.nnpack import nnpack_enabled
+from neuralcodes.training.throughput import measure_throughput, precision_warning
 
 #: Training images per epoch under the assignment's protocol (190 classes x 500 x 80%).
 ASSIGNMENT_TRAIN_IMAGES = 76_000

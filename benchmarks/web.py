@@ -36,7 +36,8 @@ def build_run(root: Path) -> Path:
     from helpers import make_tiny_imagenet
     from neuralcodes.config import Config, DataConfig, TrainConfig
     from neuralcodes.data import prepare
-    from neuralcodes.train import evaluate, train
+    from neuralcodes.evaluation import evaluate
+    from neuralcodes.training.loop import train
 
     source = make_tiny_imagenet(root / "source", n_classes=12, per_class=500)
     prepare(source, root / "cache", progress=False)

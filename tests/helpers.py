@@ -174,7 +174,8 @@ def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
     makes its codes differ clearly between images: with the default 1e-4 the tiny net's codes
     are nearly identical after two epochs, and rankings would hinge on float rounding.
     """
-    from neuralcodes.train import evaluate, is_finished, train
+    from neuralcodes.evaluation import evaluate
+    from neuralcodes.training.loop import is_finished, train
 
     out = tmp_path_factory.getbasetemp() / "web-run"
     if not is_finished(out):

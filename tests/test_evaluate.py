@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neuralcodes import train as T
 from neuralcodes.config import ModelConfig
+from neuralcodes.evaluation import evaluate_split, format_eval_table
 from neuralcodes.metrics import topk_correct
 from neuralcodes.model import ConvNet
+from neuralcodes.training.batches import SplitData
 
 
 def test_topk_correct_matches_a_hand_computed_example():
@@ -32,7 +33,7 @@ def test_evaluate_split_is_eval_mode_cross_entropy_and_topk():
     images = torch.randint(0, 256, (10, 64, 64, 3), dtype=torch.uint8)
     labels = torch.randint(0, 7, (10,))
     model.train()
-    m = T.evaluate_split(model, T.SplitData(images, labels), device=torch.device("cpu"),
+    m = evaluate_split(model, SplitData(images, labels), device=torch.device("cpu"),
                          batch_size=3)
     assert model.training  # mode restored
     model.eval()
@@ -50,7 +51,7 @@ def test_eval_table_lists_every_split():
     result = {"checkpoint": "best", "epoch": 7, "splits": {
         "train": {"loss": 1.23456, "top1": 0.5, "top5": 0.875, "n": 64},
         "val": {"loss": 2.0, "top1": 0.25, "top5": 0.75, "n": 8}}}
-    lines = T.format_eval_table(result).splitlines()
+    lines = format_eval_table(result).splitlines()
     assert lines[0] == "checkpoint: best (epoch 7)"
     assert lines[2].split() == ["train", "1.2346", "50.00%", "87.50%", "64"]
     assert lines[3].split() == ["val", "2.0000", "25.00%", "75.00%", "8"]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from neuralcodes.config import ModelConfig
 from neuralcodes.model import (
     CODE_LAYERS,
-    NNPACK_MIN_BATCH,
     ConvNet,
-    SameConv2d,
+    PaddedConv2d,
     SameMaxPool2d,
     count_parameters,
+    same_conv2d,
 )
 
 TINY = ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16)
@@ -44,7 +45,7 @@ def test_full_model_output_and_code_shapes(full):
 
 
 def test_conv_same_padding_puts_the_extra_row_bottom_right():
-    conv = SameConv2d(1, 1, 4)  # 4x4 kernel: Keras pads 1 before and 2 after
+    conv = same_conv2d(1, 1, 4)  # 4x4 kernel: Keras pads 1 before and 2 after
     with torch.no_grad():
         conv.weight.fill_(1.0)
         conv.bias.zero_()
@@ -87,66 +88,21 @@ def test_codes_are_deterministic_in_train_mode_and_match_forward():
         model.codes(x, layers=("4",))
 
 
-# ----------------------------------------------------------------------------- NNPACK kernels
-
-needs_nnpack = pytest.mark.skipif(not torch.backends.nnpack.is_available(),
-                                  reason="this torch build has no NNPACK")
-
-
-@needs_nnpack
-@pytest.mark.parametrize("kernel", [3, 5])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_nnpack_convolution_matches_the_direct_one_and_its_gradients(kernel, channels_last):
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("kernel", [3, 4, 5])
+def test_torch_same_padding_equals_the_explicit_keras_pad(kernel):
+    """nn.Conv2d(padding="same") puts the extra row/column bottom/right too: bit-equal outputs
+    and gradients (for an even kernel torch warns about its copy; same_conv2d pads explicitly)."""
     torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    direct, fast = SameConv2d(6, 10, kernel), SameConv2d(6, 10, kernel)
-    fast.load_state_dict(direct.state_dict())
-    fast.nnpack = True
-    x = torch.randn(NNPACK_MIN_BATCH, 6, 12, 12).contiguous(memory_format=fmt)
-    grad = torch.randn(NNPACK_MIN_BATCH, 10, 12, 12)
-    outs, grads = [], []
-    for conv in (direct, fast):
+    ours, torchs = same_conv2d(3, 8, kernel), nn.Conv2d(3, 8, kernel, padding="same")
+    torchs.load_state_dict(ours.state_dict())
+    assert isinstance(ours, PaddedConv2d) == (kernel % 2 == 0)
+    x = torch.randn(2, 3, 13, 13)
+    grads = []
+    for conv in (ours, torchs):
         xi = x.clone().requires_grad_()
         out = conv(xi)
-        out.backward(grad)
-        outs.append(out.detach())
-        grads.append([xi.grad, conv.weight.grad, conv.bias.grad])
-    assert outs[1].shape == (NNPACK_MIN_BATCH, 10, 12, 12)
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
-    for g_fast, g_direct in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(g_fast, g_direct, rtol=1e-4, atol=1e-4)
-    # it really is another algorithm: Winograd/FFT round differently from a direct convolution
-    assert not torch.equal(outs[1], outs[0])
-
-
-@needs_nnpack
-def test_use_nnpack_switches_conv2_to_conv5_and_keeps_the_function():
-    torch.manual_seed(0)
-    model = ConvNet(5, ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=16, dropout=0.0))
-    x, y = torch.rand(NNPACK_MIN_BATCH, 3, 64, 64), torch.arange(NNPACK_MIN_BATCH) % 5
-
-    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        logits = model(x)
-        F.cross_entropy(logits, y).backward()
-        return logits.detach(), [p.grad.clone() for p in model.parameters()]
-
-    direct = logits_and_grads()
-    assert model.use_nnpack() is model
-    assert [c.nnpack for c in (model.conv1, model.conv2, model.conv3, model.conv4, model.conv5)] \
-        == [False, True, True, True, True]
-    fast, again = logits_and_grads(), logits_and_grads()
-    torch.testing.assert_close(fast[0], direct[0], rtol=1e-4, atol=1e-5)
-    for g_fast, g_direct in zip(fast[1], direct[1], strict=True):
-        torch.testing.assert_close(g_fast, g_direct, rtol=1e-3, atol=1e-6)
-    assert torch.equal(fast[0], again[0])  # deterministic: resumed runs stay bit-equal
-    assert all(torch.equal(a, b) for a, b in zip(fast[1], again[1], strict=True))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # not fp32: the default kernels serve
-        assert model(x).dtype == torch.bfloat16
-    small = x[:NNPACK_MIN_BATCH - 1]
-    with torch.no_grad():
-        small_logits = model(small)
-    model.use_nnpack(False)
-    assert torch.equal(logits_and_grads()[0], direct[0])
-    with torch.no_grad():  # smaller batches stay with the default kernels
-        assert torch.equal(model(small), small_logits)
+        out.backward(torch.ones_like(out))
+        grads.append((out.detach(), xi.grad, conv.weight.grad))
+    assert grads[0][0].shape == (2, 8, 13, 13)
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

@@ -162,7 +162,7 @@ def test_colour_histograms_and_layer_evidence():
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_source: Path, tiny_cache_root: Path, tmp_path_factory) -> Path:
-    from neuralcodes.train import train
+    from neuralcodes.training.loop import train
 
     cfg = Config()
     cfg.data = DataConfig(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2)

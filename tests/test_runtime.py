@@ -1,38 +1,29 @@
-"""Where and how tensors are computed: the choice of CPU convolution kernels."""
+"""Where and how tensors are computed: precisions, threads."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from neuralcodes.config import PRECISIONS
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.runtime import nnpack_enabled
+from neuralcodes.runtime import AUTOCAST_DTYPES, autocast, threads
 
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-
-
-def test_nnpack_only_for_fp32_cpu_without_compile(monkeypatch):
-    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: True)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert nnpack_enabled("auto", CPU) and nnpack_enabled("nnpack", CPU)
-    assert not nnpack_enabled("onednn", CPU)
-    for setting in ("auto", "nnpack"):
-        assert not nnpack_enabled(setting, CUDA)
-        assert not nnpack_enabled(setting, CPU, precision="bf16")
-        assert not nnpack_enabled(setting, CPU, compile=True)
+CPU = torch.device("cpu")
 
 
-def test_auto_leaves_avx512_cpus_to_onednn(monkeypatch):
-    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: True)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert not nnpack_enabled("auto", CPU)
-    assert nnpack_enabled("nnpack", CPU)
+def test_every_precision_has_an_autocast_dtype_and_others_are_refused():
+    assert tuple(AUTOCAST_DTYPES) == PRECISIONS and AUTOCAST_DTYPES["fp32"] is None
+    with autocast(CPU, "bf16"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(NeuralCodesError, match="unknown precision 'fp8'"):
+        autocast(CPU, "fp8")
 
 
-def test_missing_nnpack_and_bad_settings_are_clear_errors(monkeypatch):
-    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)
-    assert not nnpack_enabled("auto", CPU)
-    with pytest.raises(NeuralCodesError, match="no NNPACK"):
-        nnpack_enabled("nnpack", CPU)
-    with pytest.raises(NeuralCodesError, match="unknown cpu_conv 'winograd'"):
-        nnpack_enabled("winograd", CPU)
+def test_threads_sets_and_restores_the_count():
+    before = torch.get_num_threads()
+    with threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with threads(None):
+        assert torch.get_num_threads() == before

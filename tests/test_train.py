@@ -14,12 +14,18 @@ import torch
 
 from helpers import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 from neuralcodes import cli
-from neuralcodes import train as T
-from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
+from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig, resumable_settings
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.evaluation import evaluate, evaluate_split
 from neuralcodes.files import read_json
+from neuralcodes.kernels.nnpack import nnpack_enabled, nnpack_layers
 from neuralcodes.runs import RunDir, TrainedRun
-from neuralcodes.runtime import nnpack_enabled
+from neuralcodes.training import loop
+from neuralcodes.training.batches import SplitData, augment_batch, epoch_order
+from neuralcodes.training.early_stopping import EarlyStopping
+from neuralcodes.training.loop import is_finished, train
+from neuralcodes.training.step import make_optimizer
+from neuralcodes.training.throughput import measure_throughput
 
 
 def rows(run: Path) -> list[dict]:
@@ -43,7 +49,7 @@ def same_metrics(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_early_stopping_stops_at_first_rise_and_remembers_best():
-    es = T.EarlyStopping(patience=0)
+    es = EarlyStopping(patience=0)
     assert [es.update(e, v) for e, v in enumerate([3.0, 2.5, 2.1], start=1)] == [True] * 3
     assert not es.should_stop
     assert es.update(4, 2.2) is False
@@ -52,35 +58,35 @@ def test_early_stopping_stops_at_first_rise_and_remembers_best():
 
 
 def test_early_stopping_patience_and_ties_and_nan():
-    es = T.EarlyStopping(patience=1)
+    es = EarlyStopping(patience=1)
     script = [(1, 3.0, True), (2, 3.1, False), (3, 2.9, True), (4, 2.9, False), (5, 3.5, False)]
     for epoch, loss, improved in script:
         assert not es.should_stop
         assert es.update(epoch, loss) is improved
     # a tie is no improvement: epochs 4 and 5 are two bad epochs in a row -> stop at 5
     assert es.should_stop and es.stopped_epoch == 5 and es.best_epoch == 3
-    nan = T.EarlyStopping(patience=0)
+    nan = EarlyStopping(patience=0)
     nan.update(1, 1.0)
     assert nan.update(2, math.nan) is False and nan.should_stop
 
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
-    a = T.epoch_order(42, 1, 50)
+    a = epoch_order(42, 1, 50)
     assert sorted(a.tolist()) == list(range(50))
-    assert np.array_equal(a, T.epoch_order(42, 1, 50))
-    assert not np.array_equal(a, T.epoch_order(42, 2, 50))
-    assert not np.array_equal(a, T.epoch_order(7, 1, 50))
+    assert np.array_equal(a, epoch_order(42, 1, 50))
+    assert not np.array_equal(a, epoch_order(42, 2, 50))
+    assert not np.array_equal(a, epoch_order(7, 1, 50))
 
 
 def test_augment_batch_flips_and_shifts_each_image():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
-    flipped_only = T.augment_batch(x, pad=0)
+    flipped_only = augment_batch(x, pad=0)
     assert flipped_only.shape == x.shape and flipped_only.dtype == torch.uint8
     same = (flipped_only == x).flatten(1).all(1)
     mirrored = (flipped_only == x.flip(2)).flatten(1).all(1)
     assert bool((same | mirrored).all()) and 0 < int(same.sum()) < 64
-    shifted = T.augment_batch(x, pad=2)
+    shifted = augment_batch(x, pad=2)
     assert shifted.shape == x.shape
     # every output is a window of the (maybe mirrored) zero-padded input
     for i in range(8):
@@ -110,7 +116,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, tiny_data_config, capsys, b
 
 def test_evaluate_needs_a_run_directory(tmp_path):
     with pytest.raises(NeuralCodesError, match="not a run directory"):
-        T.evaluate(tmp_path / "nothing", progress=False)
+        evaluate(tmp_path / "nothing", progress=False)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -121,7 +127,7 @@ def trained(tmp_path_factory, tiny_source, tiny_cache_root, tiny_cache) -> Path:
     """One tiny run trained to early stopping (shared by the tests below)."""
     data = DataConfig(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2)
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    T.train(tiny_config(data, LEARNER, lr=1e-3, batch_size=8), out, progress=False)
+    train(tiny_config(data, LEARNER, lr=1e-3, batch_size=8), out, progress=False)
     return out
 
 
@@ -139,6 +145,7 @@ def test_end_to_end_trains_early_stops_and_keeps_best(trained):
     assert state["best_epoch"] == best
     assert torch.load(run.best_checkpoint, weights_only=True)["epoch"] == best
     assert torch.load(run.last_checkpoint, weights_only=True)["epoch"] == len(m)
+    assert state["kept"] == "best"
     saved = read_json(run.config)
     assert saved["config"]["train"]["lr"] == 1e-3 and saved["config"]["model"]["batch_norm"]
     assert saved["data"]["num_classes"] == 4 and saved["data"]["sizes"]["train"] == 64
@@ -176,21 +183,57 @@ def test_trained_run_loads_the_eval_mode_best_model(trained):
     assert not model.training and run.config.model == LEARNER and len(splits.in_classes) == 4
     assert run.epoch == read_json(RunDir(trained).train_state)["best_epoch"]
     # the run's cpu_conv setting (auto) chooses the kernels of the loaded model too
-    assert model.conv2.nnpack == nnpack_enabled("auto", torch.device("cpu"))
-    data = T.SplitData.load(dataset, splits, "val", torch.device("cpu"))
-    m = T.evaluate_split(model, data, device=torch.device("cpu"))
+    assert nnpack_layers(model) == (["conv2", "conv3", "conv4", "conv5"]
+                                    if nnpack_enabled("auto", torch.device("cpu")) else [])
+    data = SplitData.load(dataset, splits, "val", torch.device("cpu"))
+    m = evaluate_split(model, data, device=torch.device("cpu"))
     best_row = min(rows(trained), key=lambda r: r["val_loss"])
     assert m["loss"] == pytest.approx(best_row["val_loss"], rel=1e-5)
+
+
+def test_restore_best_false_keeps_the_last_weights_as_the_course_did(trained, tmp_path,
+                                                                     tiny_data_config):
+    cfg = tiny_config(tiny_data_config, LEARNER, lr=1e-3, batch_size=8, restore_best=False)
+    out = train(cfg, tmp_path / "last", progress=False).root
+    state, reference = read_json(RunDir(out).train_state), read_json(RunDir(trained).train_state)
+    assert same_metrics(rows(out), rows(trained))  # the same trajectory and early stop
+    assert (state["kept"], reference["kept"]) == ("last", "best")
+    assert state["best_epoch"] == reference["best_epoch"] < state["stopped_epoch"]
+    kept = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    assert (kept["epoch"], kept["kept"]) == (state["stopped_epoch"], "last")
+    assert_same_weights(out / "checkpoints/best.pt", out / "checkpoints/last.pt")
+    assert_same_weights(trained / "checkpoints/last.pt", out / "checkpoints/best.pt")
+    # evaluation and codes (TrainedRun) use the kept, i.e. last, weights
+    assert TrainedRun.load(out, device="cpu").epoch == state["stopped_epoch"]
+    result = evaluate(out, progress=False, device="cpu")
+    assert result["epoch"] == state["stopped_epoch"]
+    assert result["splits"]["val"]["loss"] == pytest.approx(rows(out)[-1]["val_loss"], rel=1e-5)
+    assert "the last epoch's weights are kept" in RunDir(out).log.read_text()
+
+
+def test_adam_uses_keras_epsilon_by_default():
+    assert TrainConfig().adam_eps == 1e-7 and ("train", "adam_eps") not in resumable_settings()
+    assert ("train", "restore_best") not in resumable_settings()
+    model = torch.nn.Linear(3, 2)
+    assert make_optimizer(model, TrainConfig()).param_groups[0]["eps"] == 1e-7
+    opt = make_optimizer(model, TrainConfig(adam_eps=1e-3, amsgrad=False, lr=0.1))
+    assert opt.param_groups[0]["eps"] == 1e-3 and not opt.param_groups[0]["amsgrad"]
+    # one step from zero moments: p -= lr * g / (|g| + eps), with g = 1e-3 -> lr / 2
+    before = model.weight.detach().clone()
+    model.weight.grad = torch.full_like(model.weight, 1e-3)
+    model.bias.grad = torch.zeros_like(model.bias)
+    opt.step()
+    torch.testing.assert_close(model.weight.detach(), before - 0.05)
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_config(trained, tiny_data_config):
     cfg = tiny_config(tiny_data_config, LEARNER, lr=1e-3, batch_size=8)
     with pytest.raises(NeuralCodesError, match="already holds a run"):
-        T.train(cfg, trained, progress=False)
+        train(cfg, trained, progress=False)
     changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=5e-4))
     with pytest.raises(NeuralCodesError, match="cannot change train.lr"):
-        T.train(changed, trained, resume=True, progress=False)
-    assert T.is_finished(trained)
+        train(changed, trained, resume=True, progress=False)
+    assert is_finished(trained)
 
 
 # ----------------------------------------------------------------------------- resume, Ctrl-C, NaN
@@ -201,7 +244,7 @@ def test_interrupted_and_resumed_runs_end_with_identical_weights(tmp_path, tiny_
     # dropout and augmentation on: the RNG states must be restored too
     model = dataclasses.replace(TINY_MODEL, dropout=0.5)
     cfg = tiny_config(tiny_data_config, model, max_epochs=3, patience=5, augment=True)
-    T.train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
 
     # Ctrl-C in the middle of epoch 2 (after its 2nd step), then --resume
     def ctrl_c(epoch: int, step: int) -> None:
@@ -209,16 +252,16 @@ def test_interrupted_and_resumed_runs_end_with_identical_weights(tmp_path, tiny_
             signal.raise_signal(signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, tmp_path / "cut", progress=False, on_step=ctrl_c)
+        train(cfg, tmp_path / "cut", progress=False, on_step=ctrl_c)
     last = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)
     assert (last["epoch"], last["step"]) == (1, 2)
-    assert not T.is_finished(tmp_path / "cut")
-    T.train(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert not is_finished(tmp_path / "cut")
+    train(cfg, tmp_path / "cut", resume=True, progress=False)
 
     # stopped by the epoch limit after epoch 1, then resumed with a larger limit (the CLI path)
     short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=1))
-    T.train(short, tmp_path / "short", progress=False)
-    assert T.is_finished(tmp_path / "short")
+    train(short, tmp_path / "short", progress=False)
+    assert is_finished(tmp_path / "short")
     assert cli.main(["train", "--resume", str(tmp_path / "short"), "--epochs", "3",
                      "--no-progress"]) == 0
 
@@ -232,7 +275,7 @@ def test_interrupted_and_resumed_runs_end_with_identical_weights(tmp_path, tiny_
 
 def test_ctrl_c_through_the_cli_saves_and_exits_130(tmp_path, tiny_data_config, monkeypatch):
     calls = []
-    real_step = T.train_step
+    real_step = loop.train_step
 
     def step_then_ctrl_c(*args, **kwargs):
         out = real_step(*args, **kwargs)
@@ -241,7 +284,7 @@ def test_ctrl_c_through_the_cli_saves_and_exits_130(tmp_path, tiny_data_config, 
             signal.raise_signal(signal.SIGINT)
         return out
 
-    monkeypatch.setattr(T, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
     handler = signal.getsignal(signal.SIGINT)
     run = tmp_path / "r"
     argv = ["train", "--out", str(run), "--data", tiny_data_config.source, "--cache-dir",
@@ -257,7 +300,7 @@ def test_ctrl_c_through_the_cli_saves_and_exits_130(tmp_path, tiny_data_config, 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path, tiny_data_config,
                                                             monkeypatch):
-    real_step = T.train_step
+    real_step = loop.train_step
 
     def poisoned(net, *args, **kwargs):
         loss, correct = real_step(net, *args, **kwargs)
@@ -269,10 +312,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path, tiny_data_
         poisoned.epoch = epoch
 
     poisoned.epoch = 1
-    monkeypatch.setattr(T, "train_step", poisoned)
+    monkeypatch.setattr(loop, "train_step", poisoned)
     cfg = tiny_config(tiny_data_config, max_epochs=5, patience=5)
     with pytest.raises(NeuralCodesError, match="NaN/inf at epoch 2.*best checkpoint \\(epoch 1\\)"):
-        T.train(cfg, tmp_path / "r", progress=False, on_step=track)
+        train(cfg, tmp_path / "r", progress=False, on_step=track)
     assert torch.load(tmp_path / "r/checkpoints/best.pt", weights_only=True)["epoch"] == 1
     assert torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)["epoch"] == 1
 
@@ -286,9 +329,10 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, tiny_data_confi
     # 16 per process: the convolution kernels are the same as at 32 (NNPACK, where it is used,
     # only serves batches of 16 or more; and Adam makes rounding differences visible at 1e-2)
     cfg = tiny_config(tiny_data_config, max_epochs=2, patience=5, batch_size=32)
-    T.train(cfg, tmp_path / "single", progress=False)
+    train(cfg, tmp_path / "single", progress=False)
     torchrun_train(cfg, tmp_path / "ddp", 2, OMP_NUM_THREADS="1")
-    assert read_json(tmp_path / "ddp/config.json")["distributed"]["world_size"] == 2
+    assert read_json(tmp_path / "ddp/config.json")["distributed"] == {"world_size": 2,
+                                                                    "backend": "gloo"}
     a = weights(tmp_path / "single/checkpoints/last.pt")
     b = weights(tmp_path / "ddp/checkpoints/last.pt")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -326,5 +370,5 @@ def test_cli_settings_override_the_assignment_defaults(tmp_path):
 def test_measure_throughput_runs_real_steps_and_restores_threads():
     before = torch.get_num_threads()
     cfg = Config(model=TINY_MODEL, train=TrainConfig(batch_size=4, device="cpu", threads=1))
-    assert T.measure_throughput(cfg, 3, steps=2, warmup=1) > 0
+    assert measure_throughput(cfg, 3, steps=2, warmup=1) > 0
     assert torch.get_num_threads() == before

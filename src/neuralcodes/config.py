@@ -100,10 +100,13 @@ class TrainConfig:
 
     lr: Annotated[float, Field(gt=0)] = 1e-4
     amsgrad: bool = True
+    adam_eps: Annotated[float, Field(gt=0)] = 1e-7  # Keras' Adam default (torch's is 1e-8)
     batch_size: PositiveInt = 100
     max_epochs: Annotated[int, Field(ge=1, strict=True), RESUMABLE] = 100
     # stop at the first epoch whose val loss is above the best so far
     patience: Annotated[int, Field(ge=0, strict=True), RESUMABLE] = 0
+    # keep the best epoch's weights; false keeps the last epoch's, as the course's solution did
+    restore_best: bool = True
     seed: Annotated[int, Field(ge=0, strict=True)] = 42
     augment: bool = False  # random crops and flips: an "improved" technique
     # auto | cpu | cuda | cuda:N | mps

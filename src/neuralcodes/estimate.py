@@ -22,6 +22,8 @@ import torch
 from neuralcodes.config import Config
 from neuralcodes.metrics import self_retrieval_metrics
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
+from neuralcodes.training.step import build_model
+from neuralcodes.training.throughput import measure_throughput
 
 #: Forward-pass batch of the inference probe, and images it times.
 PROBE_BATCH = 50
@@ -60,11 +62,9 @@ def native_bf16() -> bool:
 def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
     """Time training, inference, ranking and a checkpoint write briefly with ``cfg``'s model and
     settings (the checkpoint goes to a temporary file in ``folder``, then is removed)."""
-    from neuralcodes.train import build_model, measure_throughput
-
     train_ips = measure_throughput(cfg, num_classes, steps=2, warmup=1)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg, num_classes, device)
+    model = build_model(cfg, num_classes, device, inference=True)
     images = torch.randint(0, 256, (PROBE_BATCH, model.image_size, model.image_size, 3),
                            dtype=torch.uint8)
     with eval_mode(model), autocast(device, cfg.train.precision):

@@ -60,8 +60,10 @@ def _stage(name: str) -> None:
 def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         progress: bool = True) -> Path:
     """Run (or continue) the whole study into ``out``; returns the path of the report."""
-    from neuralcodes import data, retrieval, train
+    from neuralcodes import data, retrieval
+    from neuralcodes.evaluation import evaluate
     from neuralcodes.report import write_report
+    from neuralcodes.training.loop import is_finished, train
 
     rd = RunDir(Path(out))
     if rd.config.is_file():
@@ -77,11 +79,11 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _print_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
     _stage("train")
-    if train.is_finished(rd.root):
+    if is_finished(rd.root):
         print(f"skipped: {rd.root} already holds a finished training run")
     else:
         with timings.stage("train"):
-            train.train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
+            train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
     _stage("evaluate")
     best = rd.best_checkpoint.stat().st_mtime
@@ -89,8 +91,8 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         print(f"skipped: {rd.eval_json} is up to date")
     else:
         with timings.stage("evaluate"):
-            train.evaluate(rd.root, progress=progress, device=cfg.train.device,
-                           precision=cfg.train.precision)
+            evaluate(rd.root, progress=progress, device=cfg.train.device,
+                     precision=cfg.train.precision)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
     with timings.stage("retrieval"):
@@ -127,13 +129,13 @@ class _Timings:
 def _print_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
                 timings: _Timings) -> None:
     """Say what will happen, with the expected time of each stage from a short probe."""
-    from neuralcodes import train
+    from neuralcodes.training.loop import is_finished
 
     print(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
           f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "
           f"early stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
           f"output in {rd.root}/")
-    if train.is_finished(rd.root):
+    if is_finished(rd.root):
         return
     speeds = probe_speeds(cfg, n_classes, rd.root)
     stages = estimate_stages(cfg, sizes, speeds)

@@ -4,7 +4,7 @@ is a trained run loaded for use (config, model, data).
     config.json            every setting, data facts, versions
     splits.csv             the partition: split, position, file name, wnid
     checkpoints/last.pt    model, optimizer, epoch, RNG and early-stopping state
-    checkpoints/best.pt    the weights of the best epoch (lowest val loss)
+    checkpoints/best.pt    the kept weights: the best epoch's (or the last's: train.restore_best)
     metrics.jsonl          one line per epoch
     train_state.json       best and stopped epoch, whether training finished
     timings.json           `run`: each stage's estimated and measured seconds
@@ -223,9 +223,9 @@ class TrainedRun:
         import torch
 
         from neuralcodes.data import Dataset, load_data, make_splits
-        from neuralcodes.model import ConvNet
-        from neuralcodes.runtime import nnpack_enabled, resolve_device
+        from neuralcodes.runtime import resolve_device
         from neuralcodes.training.checkpoint import load_checkpoint
+        from neuralcodes.training.step import build_model
 
         rd = RunDir.existing(path)
         saved = rd.saved()
@@ -241,12 +241,10 @@ class TrainedRun:
             raise NeuralCodesError(f"the data splits differ from those {rd.root} was trained on "
                                    "(data cache or split settings changed)")
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        model = ConvNet(len(splits.in_classes), cfg.model)
         try:
-            model.load_state_dict(ckpt["model"])
+            model = build_model(cfg, len(splits.in_classes), dev, weights=ckpt["model"],
+                                inference=True)
         except (KeyError, RuntimeError) as e:
             raise NeuralCodesError(f"{rd.checkpoint(checkpoint)}: weights do not fit this run's "
                                    f"model ({str(e).splitlines()[0]})") from None
-        model = model.to(dev, memory_format=torch.channels_last).eval()
-        model.use_nnpack(nnpack_enabled(cfg.train.cpu_conv, dev))
         return cls(rd, cfg, saved, model, dataset, splits, int(ckpt.get("epoch", 0)), dev)

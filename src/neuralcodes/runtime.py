@@ -1,4 +1,6 @@
-"""Where and how tensors are computed: device choice, mixed precision, threads, input conversion."""
+"""Where and how tensors are computed: device choice, mixed precision, threads, input conversion.
+
+The choice of CPU convolution kernels lives in :mod:`neuralcodes.kernels`."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from neuralcodes.config import PRECISIONS
 from neuralcodes.errors import NeuralCodesError
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The autocast dtype of each precision (fp32: no autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = dict(
+    zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -33,40 +38,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
     """An autocast context for ``precision`` (fp32: no autocast)."""
-    if precision not in PRECISIONS:
-        raise NeuralCodesError(f"unknown precision '{precision}' (choose fp32, bf16 or fp16)")
-    dtype = PRECISIONS[precision]
+    if precision not in AUTOCAST_DTYPES:
+        raise NeuralCodesError(f"unknown precision '{precision}' (choose {', '.join(PRECISIONS)})")
+    dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-CPU_CONVS = ("auto", "nnpack", "onednn")
-
-
-def check_cpu_conv(setting: str) -> None:
-    """Raise a clear error for an unknown ``train.cpu_conv`` setting."""
-    if setting not in CPU_CONVS:
-        raise NeuralCodesError(f"unknown cpu_conv '{setting}' (choose {', '.join(CPU_CONVS)})")
-
-
-def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
-                   compile: bool = False) -> bool:
-    """Whether conv2-conv5 run in NNPACK (:meth:`ConvNet.use_nnpack`) under ``setting``.
-
-    NNPACK only serves fp32 on a CPU, and not under torch.compile. ``auto`` uses it where torch's
-    CPU kernels top out at AVX2: NNPACK has no AVX-512 kernels, oneDNN's win there. On a 2-core
-    AVX2 EPYC it made training ~15% faster and inference ~40% (benchmarks/train_throughput.py,
-    benchmarks/retrieval.py). ``nnpack`` forces it on a CPU in fp32; ``onednn`` never uses it.
-    """
-    check_cpu_conv(setting)
-    if setting == "onednn" or device.type != "cpu" or precision != "fp32" or compile:
-        return False
-    available = torch.backends.nnpack.is_available()
-    if setting == "nnpack" and not available:
-        raise NeuralCodesError("cpu_conv nnpack: this build of torch has no NNPACK")
-    return available and (setting == "nnpack"
-                          or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
 
 def available_memory() -> int | None:
@@ -81,10 +58,16 @@ def available_memory() -> int | None:
     return None
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count (None keeps torch's default)."""
-    if threads:
-        torch.set_num_threads(threads)
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch intra-op threads inside the block (None: unchanged), restoring the count."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def to_input(

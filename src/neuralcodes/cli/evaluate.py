@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.evaluation import evaluate, format_eval_table
     from neuralcodes.runs import RunDir
-    from neuralcodes.train import evaluate, format_eval_table
 
     if args.batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.runs import RunDir
-    from neuralcodes.train import train
+    from neuralcodes.training.loop import train
 
     base = RunDir.existing(args.resume).saved()["config"] if args.resume else None
     cfg = config_from_args(args, base)

@@ -1,10 +1,13 @@
-"""Checkpoint files: written atomically, read back with one clear error for a bad file."""
+"""Checkpoint files: written atomically, read back with one clear error for a bad file; the RNG
+states a checkpoint holds."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from neuralcodes.errors import NeuralCodesError
@@ -28,3 +31,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         raise NeuralCodesError(f"{path}: not a readable neuralcodes checkpoint ({e})") from e
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG state this process draws from (torch, CUDA, numpy, Python), checkpointable."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached": cached},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])

@@ -1,0 +1,94 @@
+"""Loss, top-1 and top-5 accuracy of the ConvNet on the splits (assignment Task 2), in eval mode;
+``eval.json`` and ``eval.csv`` of a trained run."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.files import write_json, write_text
+from neuralcodes.metrics import topk_correct
+from neuralcodes.runs import TrainedRun
+from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
+from neuralcodes.training.batches import SplitData
+from neuralcodes.training.distributed import Dist
+
+EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
+EVAL_BATCH = 200
+
+
+def evaluate_split(
+    model: torch.nn.Module, data: SplitData, *, device: torch.device, precision: str = "fp32",
+    channels_last: bool = True, batch_size: int = EVAL_BATCH, progress: bool = False,
+    desc: str = "eval", dist: Dist | None = None,
+) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy of ``model`` on ``data`` in eval mode.
+
+    Under distributed training each rank evaluates a contiguous shard and the sums are combined.
+    """
+    dist = dist or Dist()
+    lo, hi = dist.shard(len(data))
+    sums = torch.zeros(4, dtype=torch.float64)
+    with eval_mode(model), tqdm(total=hi - lo, unit="img", desc=desc, disable=not progress,
+                                leave=False, dynamic_ncols=True) as bar:
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            x = to_input(data.images[start:stop], device, channels_last)
+            y = data.labels[start:stop]
+            with autocast(device, precision):
+                logits = model(x)
+            logits = logits.float()
+            hits = topk_correct(logits, y, (1, 5))
+            loss = F.cross_entropy(logits, y, reduction="sum").item()
+            sums += torch.tensor([loss, hits[1], hits[5], stop - start], dtype=torch.float64)
+            bar.update(stop - start)
+    loss, top1, top5, n = dist.sum(sums).tolist()
+    n = max(n, 1)
+    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "n": int(n)}
+
+
+def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
+             checkpoint: str = "best", precision: str = "fp32",
+             batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    """Cross-entropy, top-1 and top-5 accuracy on train/val/test (eval mode: no dropout).
+
+    ``checkpoint="best"`` evaluates the weights the run kept (``train.restore_best``: the best
+    epoch's, or the last epoch's). Writes ``eval.json`` and ``eval.csv`` into the run directory
+    and returns the eval.json dict.
+    """
+    if batch_size < 1:
+        raise NeuralCodesError(f"--batch-size must be positive, got {batch_size}")
+    dev = resolve_device(device)
+    trained = TrainedRun.load(run, checkpoint=checkpoint, device=dev)
+    model, dataset, splits, rd = trained.model, trained.dataset, trained.splits, trained.dir
+    result: dict[str, Any] = {"checkpoint": checkpoint, "epoch": trained.epoch, "splits": {}}
+    for name in EVAL_SPLITS:
+        data = SplitData.load(dataset, splits, name, dev)
+        result["splits"][name] = evaluate_split(model, data, device=dev, precision=precision,
+                                                batch_size=batch_size, progress=progress,
+                                                desc=name)
+    write_json(rd.eval_json, result)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["split", "loss", "top1", "top5", "n"])
+    for name, m in result["splits"].items():
+        writer.writerow([name, f"{m['loss']:.6f}", f"{m['top1']:.6f}", f"{m['top5']:.6f}", m["n"]])
+    write_text(rd.eval_csv, buf.getvalue())
+    return result
+
+
+def format_eval_table(result: dict[str, Any]) -> str:
+    """The eval.json dict as a fixed-width text table."""
+    lines = [f"checkpoint: {result['checkpoint']} (epoch {result['epoch']})",
+             f"{'split':<6} {'cross-entropy':>13} {'top-1':>8} {'top-5':>8} {'images':>8}"]
+    for name, m in result["splits"].items():
+        lines.append(f"{name:<6} {m['loss']:>13.4f} {m['top1']:>8.2%} {m['top5']:>8.2%} "
+                     f"{m['n']:>8d}")
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.metrics import (
+from neuralcodes.retrieval.metrics import (
     rank_order,
     ranking_metrics,
     ranking_metrics_from_scores,
@@ -155,7 +155,7 @@ def test_bad_inputs_are_clear_errors():
 
 
 def test_both_self_retrieval_paths_agree(monkeypatch):
-    from neuralcodes import metrics
+    from neuralcodes.retrieval import metrics
 
     rng = np.random.default_rng(6)
     codes = rng.standard_normal((70, 12)).astype(np.float32)

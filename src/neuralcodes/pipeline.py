@@ -79,7 +79,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         train.evaluate(rd.root, progress=progress, device=cfg.train.device)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
-    retrieval.evaluate_run(rd.root, progress=progress)
+    retrieval.run_study(rd.root, progress=progress)
 
     _stage("report")
     md, html = write_report(rd.root)

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from neuralcodes.codes import extract_codes, l2_normalize
-from neuralcodes.metrics import (
+from neuralcodes.model import ConvNet
+from neuralcodes.retrieval import CodeIndex
+from neuralcodes.retrieval.metrics import (
     CHUNK_BYTES,
     ranking_metrics_from_scores,
     self_retrieval_metrics,
 )
-from neuralcodes.model import ConvNet
-from neuralcodes.retrieval import CodeIndex
 from neuralcodes.runtime import nnpack_enabled
 
 

@@ -342,3 +342,46 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuralCodesError, match="no readable images"):
         build_index(tmp_path / "empty", tiny_run, progress=False)
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["retrieval", "{run}", "--set", "retrieval.k=0"], "retrieval.k"),
+    (["retrieval", "{run}", "--set", "retrieval.pca_dims=[0]"], "pca_dims"),
+    (["retrieval", "{run}", "--set", "data.max_per_class=10"],
+     "cannot change data.max_per_class"),
+    (["retrieval", "{run}", "--pca-images", "1"], "--pca-images"),
+    (["codes", "{run}", "--batch-size", "0"], "--batch-size"),
+    (["codes", "{run}", "--set", "model.fc_width=8"], "cannot change model.fc_width"),
+    (["index", "{run}", "--run", "{run}", "--batch-size", "0"], "--batch-size"),
+    (["search", "x.png", "--run", "{run}", "-k", "0"], "-k must be positive"),
+    (["search", "x.png", "--run", "{run}", "--set", "retrieval.k=0"], "retrieval.k"),
+])
+def test_bad_settings_fail_in_one_line_before_any_work(tiny_run, capsys, argv, message):
+    before = _snapshot(tiny_run)
+    assert cli([a.replace("{run}", str(tiny_run)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neuralcodes: error:") and message in err and "\n" not in err
+    assert _snapshot(tiny_run) == before  # nothing was computed or written
+
+
+def test_study_of_a_database_smaller_than_10_has_no_precision_at_10(tiny_source, tiny_cache_root,
+                                                                    tmp_path, capsys):
+    from neuralcodes.train import train
+
+    d = Config().to_dict()
+    d["data"].update(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2,
+                     max_per_class=3)  # 6 ood images: each query ranks 5, 2 of them relevant
+    d["model"].update(conv_widths=[4] * 5, fc_width=16)
+    d["train"].update(max_epochs=1, batch_size=16, device="cpu")
+    d["retrieval"].update(figure_queries=6, pca_dims=[4])
+    train(Config.from_dict(d), tmp_path / "small", progress=False)
+    assert cli(["retrieval", str(tmp_path / "small"), "--no-progress"]) == 0
+    assert "P@10 —" in capsys.readouterr().out
+    maps = read_json(RunDir(tmp_path / "small").map_json)
+    assert maps["pre"]["6"]["p@10"] is None and maps["chance_p@10"] is None
+    assert maps["pre"]["6"]["p@5"] is not None and maps["pre"]["6"]["n_queries"] == 6
+    assert maps["chance_map"] == pytest.approx(chance_average_precision(5, 2))

@@ -164,9 +164,7 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
         for v in todo:
             m = metrics_of(v)
             if VARIANT[v] not in maps:
-                maps[VARIANT[v]] = {layer: {"p@5": None, "p@10": None, **x.summary(),
-                                            "seconds": round(seconds[v], 3)}
-                                    for layer, x in m.items()}
+                maps[VARIANT[v]] = {layer: _map_row(x, seconds[v]) for layer, x in m.items()}
             pairs, best = layer_comparisons(m)
             maps.setdefault("pairs", {})[VARIANT[v]] = pairs
             maps.setdefault("best_layer", {})[VARIANT[v]] = best
@@ -199,6 +197,13 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
         plot_pca(result["pca"]["table"], run.dir.pca_plot,
                  title=f"PCA-compressed {VARIANT[main]}-ReLU codes (fitted on train)")
     return result
+
+
+def _map_row(m: RankingMetrics, seconds: float) -> dict[str, Any]:
+    """One layer's map.json entry; p@k is null when the database is smaller than k."""
+    precision = {f"p@{k}": float(m.precision[k].mean()) if k in m.precision else None
+                 for k in PRECISION_KS}
+    return {"map": m.map, **precision, "n_queries": len(m.ap), "seconds": round(seconds, 3)}
 
 
 def _done(path: Path, relu: bool) -> bool:

@@ -185,6 +185,22 @@ def test_colour_histograms_and_layer_evidence():
     base = ev["colour_similarity_baseline"]
     assert base["same_class_pairs"] == pytest.approx(1.0) and base["random_pairs"] < 0.5
     assert 0 <= ev["top5_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
+    for layer in ("5", "7"):  # the baselines stand beside every layer's value
+        assert ev["per_layer"][layer]["colour_similarity_random_pairs"] == base["random_pairs"]
+        assert ev["per_layer"][layer]["colour_similarity_same_class_pairs"] == pytest.approx(1.0)
+    assert ev["top_k"] == 5 and ev["baseline_pairs_per_query"] == 5
+
+
+def test_same_class_baseline_pairs_are_other_members_of_the_class():
+    from neuralcodes.retrieval.evidence import _same_class_partners
+
+    labels = np.array([3, 1, 3, 2, 1, 3, 1, 3, 9])  # classes 2 and 9: one member, no partner
+    partners, has = _same_class_partners(labels, 50, np.random.default_rng(0))
+    assert has.tolist() == [True, True, True, False, True, True, True, True, False]
+    for i in np.flatnonzero(has):
+        assert (labels[partners[i]] == labels[i]).all() and i not in partners[i]
+        members = set(np.flatnonzero(labels == labels[i])) - {i}
+        assert set(partners[i].tolist()) == members  # every other member gets drawn
 
 
 # --------------------------------------------------------------------------- a trained run

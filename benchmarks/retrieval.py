@@ -28,15 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralcodes.codes import extract_codes, l2_normalize
 from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack
-from neuralcodes.metrics import (
+from neuralcodes.model import ConvNet
+from neuralcodes.retrieval import CodeIndex, extract_codes, l2_normalize
+from neuralcodes.retrieval.metrics import (
     CHUNK_BYTES,
     ranking_metrics_from_scores,
     self_retrieval_metrics,
 )
-from neuralcodes.model import ConvNet
-from neuralcodes.retrieval import CodeIndex
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:

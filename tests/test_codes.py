@@ -9,8 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from neuralcodes.codes import (
-    Codes,
+from neuralcodes.config import ModelConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.model import ConvNet
+from neuralcodes.retrieval import (
+    CodeSet,
     extract_code_variants,
     extract_codes,
     image_files,
@@ -19,9 +22,6 @@ from neuralcodes.codes import (
     read_image,
     read_images,
 )
-from neuralcodes.config import ModelConfig
-from neuralcodes.errors import NeuralCodesError
-from neuralcodes.model import ConvNet
 from neuralcodes.runtime import to_input
 
 
@@ -93,7 +93,7 @@ def test_l2_normalize_keeps_zero_rows_zero():
 def test_codes_file_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     layers = {k: l2_normalize(rng.standard_normal((4, d))) for k, d in (("5", 8), ("6", 3))}
-    codes = Codes(layers, np.array([7, 3, 9, 1]), np.array([0, 1, 1, 2]), True, list("abcd"))
+    codes = CodeSet(layers, np.array([7, 3, 9, 1]), np.array([0, 1, 1, 2]), True, list("abcd"))
     path = codes.save(tmp_path / "codes" / "ood-postrelu.npz")
     back = load_codes(path)
     assert back.relu is True and back.paths == list("abcd") and len(back) == 4
@@ -104,7 +104,7 @@ def test_codes_file_round_trip(tmp_path):
     with np.load(path) as f:  # the contract's keys
         assert {"code5", "code6", "index", "labels", "relu"} <= set(f.files)
     assert not list(tmp_path.glob("codes/.*"))  # no temporary left behind
-    Codes(layers, codes.index, codes.labels, False).save(tmp_path / "plain.npz")
+    CodeSet(layers, codes.index, codes.labels, False).save(tmp_path / "plain.npz")
     assert load_codes(tmp_path / "plain.npz").paths is None
 
 
@@ -151,7 +151,7 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path):
 def test_read_image_applies_exif_orientation(tmp_path):
     from PIL import Image
 
-    from neuralcodes.codes import read_image
+    from neuralcodes.retrieval import read_image
 
     im = Image.new("RGB", (128, 64), "white")
     im.paste((255, 0, 0), (0, 0, 64, 64))  # left half red

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from helpers import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
-from neuralcodes.codes import extract_codes
 from neuralcodes.config import Config, TrainConfig
 from neuralcodes.data import load_data
 from neuralcodes.evaluation import evaluate
 from neuralcodes.files import read_json
+from neuralcodes.retrieval import extract_codes
 from neuralcodes.runs import TrainedRun
 from neuralcodes.training.batches import SplitData
 from neuralcodes.training.loop import train

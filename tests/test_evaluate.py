@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from neuralcodes.config import ModelConfig
 from neuralcodes.evaluation import evaluate_split, format_eval_table
-from neuralcodes.metrics import topk_correct
 from neuralcodes.model import ConvNet
+from neuralcodes.retrieval.metrics import topk_correct
 from neuralcodes.training.batches import SplitData
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from neuralcodes.figures import (
@@ -68,9 +69,35 @@ def test_combined_layers_figure_is_wider_than_one_layer(tmp_path):
     assert not list(tmp_path.glob(".*"))  # atomic writes leave no temporaries
 
 
-def test_pca_plot(tmp_path):
-    table = [{"layer": layer, "dims": d, "whiten": w, "map": 0.1 + 0.01 * i}
-             for layer in ("5", "6") for i, (d, w) in enumerate(
-                 [(16, False), (32, False), (16, True), (32, True), ("full", False)])]
+def test_pca_plot_draws_the_table(tmp_path, monkeypatch):
+    from neuralcodes import figures
+
+    dims = [16, 32, 64, 128]
+    table = [{"layer": "5", "dims": d, "whiten": w, "map": 0.5 + 0.1 * i + (0.02 if w else 0)}
+             for i, d in enumerate(dims) for w in (False, True)]
+    table += [{"layer": "6", "dims": d, "whiten": w, "map": 0.1 + 0.01 * i}
+              for i, d in enumerate(dims) for w in (False, True)]
+    table += [{"layer": "5", "dims": "full", "whiten": False, "map": 0.95},
+              {"layer": "6", "dims": "full", "whiten": False, "map": 0.15}]
+    figs = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
     png = np.asarray(Image.open(plot_pca(table, tmp_path / "pca.png")))
     assert png.shape[0] > 200 and png.shape[1] > 300
+    # the plotted points are the table's: one curve per (layer, whiten), the full code flat
+    ax = figs[0].axes[0]
+    curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+              for line in ax.get_lines()}
+    assert curves["layer 5 PCA"] == (dims, pytest.approx([0.5, 0.6, 0.7, 0.8]))
+    assert curves["layer 5 whitened"][1] == pytest.approx([0.52, 0.62, 0.72, 0.82])
+    assert curves["layer 6 PCA"] == (dims, pytest.approx([0.1, 0.11, 0.12, 0.13]))
+    assert list(curves["layer 5 full"][1]) == [0.95, 0.95]
+    assert curves["layer 6 full"][0] == [0, 1]  # axhline: across the whole axes
+    # and they are in the image: layer 5 (C0, blue) above layer 6 (C1, orange), rising
+    rows = {c: np.nonzero(np.abs(png[..., :3].astype(int) - rgb).sum(-1) < 40)
+            for c, rgb in (("C0", (31, 119, 180)), ("C1", (255, 127, 14)))}
+    assert len(rows["C0"][0]) > 200 and len(rows["C1"][0]) > 200
+    assert np.median(rows["C0"][0]) < np.median(rows["C1"][0])
+    y, x = rows["C0"]
+    left, right = x < np.quantile(x, 0.2), x > np.quantile(x, 0.8)
+    assert np.median(y[left]) > np.median(y[right])  # higher mAP to the right: rising curve

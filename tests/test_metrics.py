@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.metrics import (
+from neuralcodes.retrieval.metrics import (
+    chance_average_precision,
+    chance_map,
+    chance_precision,
+    paired_bootstrap,
     rank_order,
     ranking_metrics,
     ranking_metrics_from_scores,
@@ -155,7 +161,7 @@ def test_bad_inputs_are_clear_errors():
 
 
 def test_both_self_retrieval_paths_agree(monkeypatch):
-    from neuralcodes import metrics
+    from neuralcodes.retrieval import metrics
 
     rng = np.random.default_rng(6)
     codes = rng.standard_normal((70, 12)).astype(np.float32)
@@ -165,3 +171,70 @@ def test_both_self_retrieval_paths_agree(monkeypatch):
     chunked = self_retrieval_metrics(codes, labels, top_k=5, chunk_size=9)
     np.testing.assert_allclose(whole.ap, chunked.ap, rtol=1e-12)
     np.testing.assert_array_equal(whole.top, chunked.top)
+
+
+# --------------------------------------------------------------------------- honest statistics
+
+
+def simulated_random_ap(n_database: int, n_relevant: int, n_queries: int, seed: int
+                        ) -> np.ndarray:
+    """AP of uniformly random rankings, simulated (plain NumPy, independent of the library):
+    the relevant items take ``n_relevant`` random distinct ranks."""
+    rng = np.random.default_rng(seed)
+    ranks = np.sort(rng.random((n_queries, n_database)).argsort(axis=1)[:, :n_relevant],
+                    axis=1) + 1
+    return (np.arange(1, n_relevant + 1) / ranks).mean(axis=1)
+
+
+@pytest.mark.parametrize("n, classes, expected", [(5000, 10, 0.101), (500, 5, 0.208)])
+def test_chance_map_matches_a_monte_carlo_simulation(n, classes, expected):
+    labels = np.repeat(np.arange(classes), n // classes)  # each query against the other n - 1
+    exact = chance_map(labels)
+    sim = simulated_random_ap(n - 1, n // classes - 1, 4000 if n < 1000 else 1000, seed=0)
+    se = sim.std(ddof=1) / np.sqrt(len(sim))
+    assert abs(exact - sim.mean()) < 4 * se  # se is about 0.0006 and 0.0004 here
+    assert exact == pytest.approx(expected, abs=0.001)
+    assert exact > (n // classes - 1) / (n - 1)  # not the share of relevant items
+
+
+def test_chance_ap_equals_the_mean_over_every_placement():
+    for n, r in [(1, 1), (4, 1), (6, 2), (7, 3), (5, 5)]:
+        aps = [np.mean([(i + 1) / (p + 1) for i, p in enumerate(sorted(pos))])
+               for pos in itertools.combinations(range(n), r)]
+        assert chance_average_precision(n, r) == pytest.approx(np.mean(aps), rel=1e-12)
+    assert np.isnan(chance_average_precision(4, 0))
+
+
+def test_chance_levels_average_over_queries_with_unequal_classes():
+    labels = np.array([0] * 6 + [1] * 3 + [2])  # class 2 alone: no relevant item, no AP
+    per_query = [chance_average_precision(9, 5)] * 6 + [chance_average_precision(9, 2)] * 3
+    assert chance_map(labels) == pytest.approx(np.mean(per_query))
+    assert chance_precision(labels, 5) == pytest.approx((6 * 5 / 9 + 3 * 2 / 9 + 0) / 10)
+    # a separate database: N and R counted in it, queries of absent classes left out of mAP
+    db = np.array([0, 0, 1, 1, 1, 2])
+    assert chance_map(np.array([0, 1, 7]), db) == pytest.approx(np.mean(
+        [chance_average_precision(6, 2), chance_average_precision(6, 3)]))
+    with pytest.raises(NeuralCodesError, match="mAP undefined"):
+        chance_map(np.array([0, 1, 2]))
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    a = rng.random(2000)
+    same = paired_bootstrap(a, a)
+    assert (same.diff, same.low, same.high, same.significant) == (0, 0, 0, False)
+    b = a - rng.normal(0.02, 0.1, 2000)  # a is better by 0.02 +- 0.1 per query
+    d = paired_bootstrap(a, b)
+    assert d.diff == pytest.approx(np.mean(a - b)) and d.low < d.diff < d.high
+    half = 1.96 * np.std(a - b, ddof=1) / np.sqrt(2000)  # the normal approximation
+    assert (d.high - d.low) / 2 == pytest.approx(half, rel=0.1)
+    assert d.significant and d.low > 0
+    assert paired_bootstrap(a, b) == d  # fixed seed: reproducible
+    assert not paired_bootstrap(a, a + rng.normal(0, 0.1, 2000)).significant
+    a_nan = a.copy()
+    a_nan[:10] = np.nan  # queries without relevant items are left out, as in mAP
+    assert paired_bootstrap(a_nan, b).diff == pytest.approx(np.mean((a - b)[10:]))
+    assert paired_bootstrap(a, b).to_json() == {"diff": d.diff, "ci95": [d.low, d.high],
+                                                "significant": True}
+    with pytest.raises(NeuralCodesError, match="paired"):
+        paired_bootstrap(a, b[:5])

@@ -66,17 +66,17 @@ def _report_numbers_match_json(run):
 def test_quick_run_end_to_end_then_resume(argv, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     # Interrupted in the retrieval stage: exit 130, training and evaluation are kept.
-    real = retrieval.evaluate_run
+    real = retrieval.run_study
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(retrieval, "evaluate_run", interrupted)
+    monkeypatch.setattr(retrieval, "run_study", interrupted)
     assert cli.main(argv) == 130
     assert (run / "eval.json").is_file() and not (run / "report.md").exists()
     capsys.readouterr()
 
-    monkeypatch.setattr(retrieval, "evaluate_run", real)
+    monkeypatch.setattr(retrieval, "run_study", real)
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "skipped: " in out.split("== train ==")[1].split("==")[0]

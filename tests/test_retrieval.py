@@ -11,23 +11,26 @@ import pytest
 from PIL import Image
 
 from neuralcodes.cli import main as cli
-from neuralcodes.codes import Codes, l2_normalize, load_codes
 from neuralcodes.config import Config, DataConfig, ModelConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json
-from neuralcodes.metrics import self_retrieval_metrics
 from neuralcodes.retrieval import (
     PCA,
     CodeIndex,
+    CodeSet,
     Searcher,
     build_index,
+    chance_average_precision,
     colour_histograms,
     evaluate_codes,
-    evaluate_run,
     exact_top_k,
+    l2_normalize,
     layer_evidence,
+    load_codes,
     pca_study,
+    run_study,
     search,
+    self_retrieval_metrics,
 )
 from neuralcodes.runs import RunDir, TrainedRun
 
@@ -43,16 +46,43 @@ def clustered(n: int, dim: int, n_clusters: int, spread: float, seed: int = 0
 # --------------------------------------------------------------------------- index
 
 
+def reference_top_k(queries: np.ndarray, db: np.ndarray, k: int) -> np.ndarray:
+    """Plain NumPy: full lexsort of each row by (score desc, id asc)."""
+    scores = queries @ db.T
+    return np.array([np.lexsort((np.arange(len(db)), -row))[:k] for row in scores])
+
+
 def test_exact_index_equals_numpy_ranking_and_excludes_by_id():
     db, _ = clustered(500, 24, 5, 0.8)
     queries = db[:40]
     scores, ids = CodeIndex(24).add(db[:200]).add(db[200:]).search(queries, 7)
-    np.testing.assert_array_equal(ids, exact_top_k(queries, db, 7))
+    np.testing.assert_array_equal(ids, reference_top_k(queries, db, 7))
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ db.T, ids, 1), atol=1e-5)
     _, ids_ex = CodeIndex(24).add(db).search(queries, 7, exclude=np.arange(40))
-    ref = exact_top_k(queries, db, 8)
+    ref = reference_top_k(queries, db, 8)
     for i in range(40):
         np.testing.assert_array_equal(ids_ex[i], [j for j in ref[i] if j != i][:7])
+
+
+def test_exact_top_k_is_the_index_path_and_handles_small_databases(monkeypatch):
+    from neuralcodes.retrieval import metrics
+
+    db, _ = clustered(60, 8, 3, 0.5, seed=9)
+    queries = db[:5]
+    scores, ids = exact_top_k(queries, db, 6, exclude=np.array([0, 1, -1, 3, 4]))
+    np.testing.assert_array_equal(ids, CodeIndex(8).add(db).search(
+        queries, 6, exclude=np.array([0, 1, -1, 3, 4]))[1])
+    assert ids[2, 0] == 2 and 0 not in ids[0] and 3 not in ids[3]  # -1: nothing excluded
+    monkeypatch.setattr(metrics, "CHUNK_BYTES", 1)  # one query per chunk: same result
+    from neuralcodes.retrieval import index as index_module
+
+    monkeypatch.setattr(index_module, "CHUNK_BYTES", 1)
+    np.testing.assert_array_equal(exact_top_k(queries, db, 6, exclude=np.array([0, 1, -1, 3,
+                                                                                 4]))[1], ids)
+    # all of a 3-item database, the query excluded: two results, then padding
+    scores, ids = exact_top_k(db[:1], db[:3], 4, exclude=np.array([0]))
+    assert ids[0, 2:].tolist() == [-1, -1] and 0 not in ids[0] and set(ids[0, :2]) == {1, 2}
+    assert np.isneginf(scores[0, 2:]).all() and np.isfinite(scores[0, :2]).all()
 
 
 def test_exact_index_breaks_ties_by_id_and_pads_missing():
@@ -73,7 +103,7 @@ def test_approximate_indexes_find_most_true_neighbours(kind):
     db, _ = clustered(4000, 16, 20, 0.3, seed=2)
     queries, _ = clustered(100, 16, 20, 0.3, seed=3)
     index = CodeIndex(16, kind, nprobe=8).add(db)
-    truth = exact_top_k(queries, db, 5)
+    truth = reference_top_k(queries, db, 5)
     recall = np.mean([len(set(a) & set(b)) / 5
                       for a, b in zip(index.search(queries, 5)[1], truth, strict=True)])
     assert recall > 0.9
@@ -120,7 +150,7 @@ def test_pca_study_fits_on_the_training_codes_only():
     ood = np.zeros((100, 6), np.float32)
     ood[:, :2] = np.eye(4)[labels][:, :2] * 3 + np.eye(4)[labels][:, 2:3] * -3  # class: dims 0-1
     ood[:, 2:] = rng.standard_normal((100, 4))  # noise: dims 2-5
-    codes = Codes({"6": l2_normalize(ood)}, np.arange(100), labels, False)
+    codes = CodeSet({"6": l2_normalize(ood)}, np.arange(100), labels, False)
     noise_train = np.zeros((300, 6), np.float32)
     noise_train[:, 2:] = rng.standard_normal((300, 4)) * 5  # train variance only in noise dims
     class_train = np.zeros((300, 6), np.float32)
@@ -146,7 +176,7 @@ def test_colour_histograms_and_layer_evidence():
     # layer "5" clusters by label (so by colour), layer "7" is unrelated to colour
     by_colour = l2_normalize(np.eye(4)[labels] + 0.01 * np.random.default_rng(0).random((n, 4)))
     random, _ = clustered(n, 12, 1, 1.0, seed=7)  # layer "7": unrelated to colour
-    codes = Codes({"5": by_colour, "7": random}, np.arange(n), labels, False)
+    codes = CodeSet({"5": by_colour, "7": random}, np.arange(n), labels, False)
     ev = layer_evidence(codes, evaluate_codes(codes), images)
     assert ev["per_layer"]["5"]["colour_similarity"] == pytest.approx(1.0)
     assert ev["per_layer"]["7"]["colour_similarity"] < 0.6
@@ -155,6 +185,22 @@ def test_colour_histograms_and_layer_evidence():
     base = ev["colour_similarity_baseline"]
     assert base["same_class_pairs"] == pytest.approx(1.0) and base["random_pairs"] < 0.5
     assert 0 <= ev["top5_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
+    for layer in ("5", "7"):  # the baselines stand beside every layer's value
+        assert ev["per_layer"][layer]["colour_similarity_random_pairs"] == base["random_pairs"]
+        assert ev["per_layer"][layer]["colour_similarity_same_class_pairs"] == pytest.approx(1.0)
+    assert ev["top_k"] == 5 and ev["baseline_pairs_per_query"] == 5
+
+
+def test_same_class_baseline_pairs_are_other_members_of_the_class():
+    from neuralcodes.retrieval.evidence import _same_class_partners
+
+    labels = np.array([3, 1, 3, 2, 1, 3, 1, 3, 9])  # classes 2 and 9: one member, no partner
+    partners, has = _same_class_partners(labels, 50, np.random.default_rng(0))
+    assert has.tolist() == [True, True, True, False, True, True, True, True, False]
+    for i in np.flatnonzero(has):
+        assert (labels[partners[i]] == labels[i]).all() and i not in partners[i]
+        members = set(np.flatnonzero(labels == labels[i])) - {i}
+        assert set(partners[i].tolist()) == members  # every other member gets drawn
 
 
 # --------------------------------------------------------------------------- a trained run
@@ -190,8 +236,8 @@ def test_codes_command_writes_both_variants(tiny_run, capsys):
 
 
 def test_codes_that_cannot_fit_in_memory_are_refused_with_advice(tiny_run, monkeypatch):
-    from neuralcodes import codes as codes_module
-    from neuralcodes.codes import run_codes
+    from neuralcodes.retrieval import codes as codes_module
+    from neuralcodes.retrieval import run_codes
 
     # 64 train images: 64 x ((256 + 16 + 16) x 4 bytes x variants + 64 x 64 x 3 image bytes)
     # = 912 KiB for both variants, 840 KiB for one; the limit is 90% of the available 970 KiB
@@ -206,15 +252,32 @@ def test_codes_that_cannot_fit_in_memory_are_refused_with_advice(tiny_run, monke
 
 
 @pytest.mark.slow
-def test_evaluate_run_writes_every_output_once(tiny_run, capsys):
-    result = evaluate_run(tiny_run, progress=False)
+def test_run_study_writes_every_output_once(tiny_run, capsys):
+    result = run_study(tiny_run, progress=False)
     out = RunDir(tiny_run).retrieval
     names = {"map.json", "top5.json", "top5_layer5.png", "top5_layer6.png", "top5_layer7.png",
              "top5_layers.png", "evidence.json", "pca.json", "pca.png"}
     assert names <= {p.name for p in out.iterdir()}
     maps = read_json(out / "map.json")
-    assert set(maps) == {"pre", "post"} and set(maps["pre"]) == {"5", "6", "7"}
+    assert {"pre", "post"} <= set(maps) and set(maps["pre"]) == {"5", "6", "7"}
     pre = load_codes(RunDir(tiny_run).codes("ood", False))
+    # chance level: 2 ood classes of 20, each query against the other 39 (19 relevant)
+    assert maps["chance_map"] == pytest.approx(chance_average_precision(39, 19))
+    assert maps["chance_p@5"] == pytest.approx(19 / 39)
+    for variant in ("pre", "post"):
+        pairs = maps["pairs"][variant]
+        assert [(p["a"], p["b"]) for p in pairs] == [("5", "6"), ("5", "7"), ("6", "7")]
+        for p in pairs:
+            assert p["diff"] == pytest.approx(maps[variant][p["a"]]["map"]
+                                              - maps[variant][p["b"]]["map"])
+            lo, hi = p["ci95"]
+            assert lo <= p["diff"] <= hi and p["significant"] == (lo > 0 or hi < 0)
+        best = maps["best_layer"][variant]
+        if best is not None:  # it beats both others significantly
+            assert all(p["significant"] and (p["diff"] > 0) == (p["a"] == best)
+                       for p in pairs if best in (p["a"], p["b"]))
+    assert maps["bootstrap"] == {"resamples": 2000, "seed": 0, "confidence": 0.95,
+                                 "unit": "query"}
     for layer in ("5", "6", "7"):
         m = self_retrieval_metrics(pre.layers[layer], pre.labels, ks=(5, 10))
         assert maps["pre"][layer]["map"] == pytest.approx(m.map)
@@ -229,12 +292,25 @@ def test_evaluate_run_writes_every_output_once(tiny_run, capsys):
     dims = {(r["layer"], r["dims"]) for r in pca["table"]}
     assert ("5", 32) in dims and ("6", 16) in dims and ("6", 32) not in dims  # fc: 16 dims
     assert pca["fit"] == {"split": "train", "images": 64}
+    full = {r["layer"]: r["map"] for r in pca["table"] if r["dims"] == "full"}
+    for r in pca["table"]:
+        if r["dims"] == "full":
+            assert r["diff_vs_full"] is None and r["ci95"] is None
+        else:
+            assert r["diff_vs_full"] == pytest.approx(r["map"] - full[r["layer"]])
+            assert r["ci95"][0] <= r["diff_vs_full"] <= r["ci95"][1]
+    ev = read_json(out / "evidence.json")
+    for layer in ("5", "6", "7"):
+        assert ev["per_layer"][layer]["colour_similarity_random_pairs"] == pytest.approx(
+            ev["colour_similarity_baseline"]["random_pairs"])
+        assert ev["per_layer"][layer]["colour_similarity_same_class_pairs"] == pytest.approx(
+            ev["colour_similarity_baseline"]["same_class_pairs"])
     assert result["evidence"]["per_layer"]["5"]["dims"] == 256
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert cli(["retrieval", str(tiny_run), "--no-progress"]) == 0  # all exists: nothing is redone
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert "pre-ReLU layer 6: mAP" in capsys.readouterr().out
-    post = evaluate_run(tiny_run, relu=True, progress=False)  # other codes: redone for them
+    post = run_study(tiny_run, relu=True, progress=False)  # other codes: redone for them
     assert post["pca"]["relu"] is True and read_json(out / "top5.json")["relu"] is True
     assert post["evidence"]["relu"] is True and read_json(out / "map.json") == maps
 
@@ -282,3 +358,46 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuralCodesError, match="no readable images"):
         build_index(tmp_path / "empty", tiny_run, progress=False)
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["retrieval", "{run}", "--set", "retrieval.k=0"], "retrieval.k"),
+    (["retrieval", "{run}", "--set", "retrieval.pca_dims=[0]"], "pca_dims"),
+    (["retrieval", "{run}", "--set", "data.max_per_class=10"],
+     "cannot change data.max_per_class"),
+    (["retrieval", "{run}", "--pca-images", "1"], "--pca-images"),
+    (["codes", "{run}", "--batch-size", "0"], "--batch-size"),
+    (["codes", "{run}", "--set", "model.fc_width=8"], "cannot change model.fc_width"),
+    (["index", "{run}", "--run", "{run}", "--batch-size", "0"], "--batch-size"),
+    (["search", "x.png", "--run", "{run}", "-k", "0"], "-k must be positive"),
+    (["search", "x.png", "--run", "{run}", "--set", "retrieval.k=0"], "retrieval.k"),
+])
+def test_bad_settings_fail_in_one_line_before_any_work(tiny_run, capsys, argv, message):
+    before = _snapshot(tiny_run)
+    assert cli([a.replace("{run}", str(tiny_run)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neuralcodes: error:") and message in err and "\n" not in err
+    assert _snapshot(tiny_run) == before  # nothing was computed or written
+
+
+def test_study_of_a_database_smaller_than_10_has_no_precision_at_10(tiny_source, tiny_cache_root,
+                                                                    tmp_path, capsys):
+    from neuralcodes.training.loop import train
+
+    d = Config().to_dict()
+    d["data"].update(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2,
+                     max_per_class=3)  # 6 ood images: each query ranks 5, 2 of them relevant
+    d["model"].update(conv_widths=[4] * 5, fc_width=16)
+    d["train"].update(max_epochs=1, batch_size=16, device="cpu")
+    d["retrieval"].update(figure_queries=6, pca_dims=[4])
+    train(Config.from_dict(d), tmp_path / "small", progress=False)
+    assert cli(["retrieval", str(tmp_path / "small"), "--no-progress"]) == 0
+    assert "P@10 —" in capsys.readouterr().out
+    maps = read_json(RunDir(tmp_path / "small").map_json)
+    assert maps["pre"]["6"]["p@10"] is None and maps["chance_p@10"] is None
+    assert maps["pre"]["6"]["p@5"] is not None and maps["pre"]["6"]["n_queries"] == 6
+    assert maps["chance_map"] == pytest.approx(chance_average_precision(5, 2))

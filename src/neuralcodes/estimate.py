@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from neuralcodes.config import Config
-from neuralcodes.metrics import self_retrieval_metrics
+from neuralcodes.retrieval.metrics import self_retrieval_metrics
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.step import build_model
 from neuralcodes.training.throughput import measure_throughput

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import write_json, write_text
-from neuralcodes.metrics import topk_correct
+from neuralcodes.retrieval.metrics import topk_correct
 from neuralcodes.runs import TrainedRun
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.batches import SplitData

@@ -96,7 +96,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
     _stage("retrieval: codes, figures, mAP, PCA study")
     with timings.stage("retrieval"):
-        retrieval.evaluate_run(rd.root, progress=progress, precision=cfg.train.precision)
+        retrieval.run_study(rd.root, progress=progress)
 
     _stage("report")
     md, html = write_report(rd.root)

@@ -303,11 +303,11 @@ class Retrieval:
 
         self.ood = Searcher(run_dir, device=device, progress=progress)
         self.index = None if index is None else Searcher(run_dir, index=index, device=device)
-        self.run = self.ood.run.rd
-        cfg = self.ood.run.cfg.retrieval
+        self.run = self.ood.run.dir
+        cfg = self.ood.run.config.retrieval
         self.layers = tuple(cfg.layers)
         self.k = int(cfg.k)
-        self.dataset, splits = self.ood.run.data
+        self.dataset, splits = self.ood.run.dataset, self.ood.run.splits
         self.ood_classes = list(splits.ood_classes)
         codes = self.ood.codes
         if not np.array_equal(codes.index, splits.ood):
@@ -397,8 +397,8 @@ class Retrieval:
         for layer in self.layers:
             q = query[layer]
             if database == "ood":  # the NumPy reference ranking: no copy of the ood codes
-                ids = exact_top_k(q, searcher.codes.layers[layer], k)[0]
-                scores = (searcher.codes.layers[layer][ids] @ q[0]).tolist()
+                score_rows, id_rows = exact_top_k(q, searcher.codes.layers[layer], k)
+                ids, scores = id_rows[0][id_rows[0] >= 0], score_rows[0][id_rows[0] >= 0].tolist()
                 items = [self.item(int(j)) for j in ids]
             else:  # the index's own (FAISS) search
                 score_rows, id_rows = searcher.index(layer).search(q, k)
@@ -435,7 +435,7 @@ class Retrieval:
         rows = [{"layer": layer, "relu": variant == "post", "map": m["map"],
                  "p@5": m.get("p@5"), "n_queries": m.get("n_queries", len(self))}
                 for variant, layers in sorted(read_json(path).items(), reverse=True)
-                for layer, m in sorted(layers.items())]
+                if variant in ("pre", "post") for layer, m in sorted(layers.items())]
         return (rows or None), f"{self.run.root.name}/retrieval/map.json"
 
     def _computed_map(self) -> list[dict[str, Any]]:

@@ -1,0 +1,48 @@
+"""``neuralcodes codes``: the unit-length neural codes of one split of a trained run."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralcodes.cli.common import add_config_options, add_progress_option, run_config
+
+SPLITS = ("ood", "train", "val", "test")  # as neuralcodes.retrieval.codes.SPLITS
+RELU = {"pre": False, "post": True, "both": None}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "codes", help="compute the unit-length neural codes of a trained run",
+        description="Compute layer 5/6/7 neural codes (eval mode, L2-normalised) of one split "
+        "of a trained run and save them to RUN/codes/<split>-<pre|post>relu.npz.")
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--split", default="ood", choices=SPLITS, help="which images (default: ood)")
+    p.add_argument("--relu", default="both", choices=tuple(RELU),
+                   help="pre-ReLU, post-ReLU or both (default: both; pre-ReLU is the study's "
+                   "default code)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--batch-size", type=int, default=250, metavar="N",
+                   help="images per forward pass (default: 250)")
+    p.add_argument("--force", action="store_true", help="recompute existing codes files")
+    add_progress_option(p)
+    add_config_options(p, "--device", "--precision")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.retrieval import CodeSet, run_codes
+    from neuralcodes.runs import RunDir
+
+    if args.batch_size < 1:
+        raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")
+    cfg = run_config(args, RunDir.existing(args.run).read_config())
+    paths = run_codes(args.run, args.split, RELU[args.relu], checkpoint=args.checkpoint,
+                      device=cfg.train.device, precision=cfg.train.precision,
+                      batch_size=args.batch_size, progress=not args.no_progress,
+                      force=args.force)
+    for path in paths.values():
+        code_set = CodeSet.load(path)
+        dims = ", ".join(f"layer {k}: {v.shape[1]:,}" for k, v in code_set.layers.items())
+        print(f"{path}: {len(code_set):,} images ({dims})")
+    return 0

@@ -1,0 +1,59 @@
+"""``neuralcodes retrieval``: the ood retrieval study of a trained run (figures, mAP with
+chance level and intervals, PCA study, layer evidence)."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralcodes.cli.common import (
+    add_config_options,
+    add_progress_option,
+    console_logging,
+    run_config,
+)
+
+PCA_FIT_IMAGES = 5000  # as neuralcodes.retrieval.study.PCA_FIT_IMAGES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "retrieval", help="ood retrieval study: figures, mAP, PCA study, layer evidence",
+        description="Run the retrieval study of a trained run into RUN/retrieval/ (steps whose "
+        "output exists are skipped). Retrieval settings can be changed with --set retrieval."
+        "KEY=VALUE (k, figure_queries, pca_dims, layers, relu).")
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--relu", default="both", choices=("pre", "post", "both"),
+                   help="codes to study (both: mAP for both, the rest for the run's default)")
+    p.add_argument("--pca-images", type=int, default=PCA_FIT_IMAGES, metavar="N",
+                   help=f"training images the PCA is fitted on (default: {PCA_FIT_IMAGES})")
+    p.add_argument("--force", action="store_true", help="redo every step")
+    add_progress_option(p)
+    add_config_options(p, "--device", "--precision")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.retrieval import run_study
+    from neuralcodes.runs import RunDir
+
+    if args.pca_images < 2:
+        raise NeuralCodesError(f"--pca-images must be at least 2, got {args.pca_images}")
+    rd = RunDir.existing(args.run)
+    cfg = run_config(args, rd.read_config())
+    relu = {"pre": False, "post": True, "both": None}[args.relu]
+    with console_logging():
+        result = run_study(rd.root, config=cfg, relu=relu, progress=not args.no_progress,
+                           pca_images=args.pca_images, force=args.force)
+    maps = result["map"]
+    for variant in ("pre", "post"):
+        for layer, m in sorted(maps.get(variant, {}).items()):
+            p10 = "—" if m.get("p@10") is None else f"{m['p@10']:.4f}"
+            p5 = "—" if m.get("p@5") is None else f"{m['p@5']:.4f}"
+            print(f"{variant}-ReLU layer {layer}: mAP {m['map']:.4f}  P@5 {p5}  P@10 {p10}")
+    print(f"chance level (random ranking): mAP {maps['chance_map']:.4f}")
+    for variant, best in maps.get("best_layer", {}).items():
+        print(f"{variant}-ReLU best layer: "
+              + (best or "none significantly better than the others (95% bootstrap)"))
+    print(f"written to {rd.retrieval}")
+    return 0

@@ -1,0 +1,42 @@
+"""``neuralcodes search``: the images most similar to IMAGE (ood set or a folder index)."""
+
+from __future__ import annotations
+
+import argparse
+
+from neuralcodes.cli.common import add_config_options, run_config
+
+LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="find the images most similar to IMAGE",
+        description="Rank the ood set (or an index from `neuralcodes index`) by cosine "
+        "similarity of neural codes to IMAGE and print paths and scores.")
+    p.add_argument("image")
+    p.add_argument("--run", required=True, help="trained run directory")
+    p.add_argument("--index", help="folder index file (default: the run's ood set)")
+    p.add_argument("--layer", default="6", choices=LAYERS)
+    p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
+    p.add_argument("--figure", help="also save the query and its results as a PNG")
+    add_config_options(p, "--device")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.retrieval import search
+    from neuralcodes.runs import RunDir
+
+    cfg = run_config(args, RunDir.existing(args.run).read_config())
+    k = cfg.retrieval.k if args.k is None else args.k
+    if k < 1:
+        raise NeuralCodesError(f"-k must be positive, got {k}")
+    hits = search(args.image, args.run, index=args.index, layer=args.layer, k=k,
+                  figure=args.figure, device=cfg.train.device)
+    for h in hits:
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.path}" + (f"  ({h.label})" if h.label else ""))
+    if args.figure:
+        print(f"figure: {args.figure}")
+    return 0

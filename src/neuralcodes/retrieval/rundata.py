@@ -1,0 +1,98 @@
+"""A trained run opened for retrieval: its directory and config at once, the dataset and the
+model (a :class:`~neuralcodes.runs.TrainedRun`) each loaded on first use, at most once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from neuralcodes.config import Config
+from neuralcodes.retrieval.codes import CodeSet, gather_images, run_codes
+from neuralcodes.runs import RunDir, TrainedRun
+
+if TYPE_CHECKING:
+    import torch
+
+    from neuralcodes.data import Dataset, Splits
+
+
+@dataclass
+class RunData:
+    """A run directory with its (possibly overridden) config; data and model load lazily.
+
+    ``config`` defaults to the run's saved one; only its ``retrieval`` section and the
+    device/precision may differ from it (the CLI's ``run_config`` enforces that).
+    """
+
+    dir: RunDir
+    config: Config
+    device: str = "auto"
+    precision: str = "fp32"
+    progress: bool = True
+    _trained: TrainedRun | None = field(default=None, repr=False)
+    _dataset: Dataset | None = field(default=None, repr=False)
+    _splits: Splits | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, run: str | Path, config: Config | None = None, *, device: str | None = None,
+             precision: str | None = None, progress: bool = True) -> RunData:
+        """Open ``run``; ``device``/``precision`` None: those of ``config`` (its ``train``)."""
+        rd = RunDir.existing(run)
+        cfg = config if config is not None else rd.read_config()
+        return cls(rd, cfg, device or cfg.train.device, precision or cfg.train.precision,
+                   progress)
+
+    @property
+    def trained(self) -> TrainedRun:
+        """The model with its dataset and splits (loaded on first use)."""
+        if self._trained is None:
+            self._trained = TrainedRun.load(self.dir.root, device=self.device)
+            self._dataset, self._splits = self._trained.dataset, self._trained.splits
+        return self._trained
+
+    def _load_data(self) -> None:
+        if self._dataset is None:
+            from neuralcodes.data import load_data
+
+            self._dataset, self._splits = load_data(self.config.data, progress=False)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The dataset, without loading the model."""
+        self._load_data()
+        assert self._dataset is not None
+        return self._dataset
+
+    @property
+    def splits(self) -> Splits:
+        self._load_data()
+        assert self._splits is not None
+        return self._splits
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.trained.model
+
+    def relu(self, relu: bool | None = None) -> bool:
+        """``relu``, or the run's default codes (``retrieval.relu``) when None."""
+        return self.config.retrieval.relu if relu is None else bool(relu)
+
+    def ood_codes(self, relu: bool) -> CodeSet:
+        """The ood codes of one variant (both variants are computed when missing)."""
+        path = self.dir.codes("ood", relu)
+        if not path.is_file():
+            run_codes(self.dir.root, "ood", None, device=self.device, precision=self.precision,
+                      progress=self.progress, trained=self.trained)
+        return CodeSet.load(path)
+
+    def images(self, index: np.ndarray) -> np.ndarray:
+        """The dataset images at ``index`` (in that order)."""
+        return gather_images(self.dataset.images, index)
+
+    def class_names(self, labels: np.ndarray) -> list[str]:
+        """Class names of dataset labels ("" for -1)."""
+        names = self.dataset.names
+        return [names[int(i)] if i >= 0 else "" for i in labels]

@@ -1,0 +1,136 @@
+"""Search with a trained run's neural codes: the ood set or an index of the user's own images.
+
+``neuralcodes index FOLDER --run RUN`` (:func:`build_index`) saves the codes of every image
+under FOLDER (``RUN/retrieval/index-<folder>.npz`` unless ``--out``); ``neuralcodes search IMAGE
+--run RUN`` (:func:`search`) ranks the ood set (default) or such an index. :class:`Searcher` is
+the API both (and the web app) use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
+from neuralcodes.model import CODE_LAYERS
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract_codes
+from neuralcodes.retrieval.images import image_files, read_image, read_images
+from neuralcodes.retrieval.index import CodeIndex
+from neuralcodes.retrieval.rundata import RunData
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    rank: int
+    score: float
+    position: int  # row in the database
+    path: str  # the image's path (dataset-relative for the ood set)
+    label: str  # class name ("" when unknown)
+
+
+class Searcher:
+    """A trained run's model plus a database of codes (the ood set, or a folder index)."""
+
+    def __init__(self, run: str | Path, *, index: str | Path | None = None,
+                 relu: bool | None = None, device: str = "auto", kind: str = "exact",
+                 progress: bool = False) -> None:
+        self.run = RunData.open(run, device=device, precision="fp32", progress=progress)
+        self.kind = kind
+        if index is None:
+            self.relu = self.run.relu(relu)
+            self.codes = self.run.ood_codes(self.relu)
+            self.paths = [self.run.dataset.paths[int(i)] for i in self.codes.index]
+            self.labels = self.run.class_names(self.codes.labels)
+            self.source = "ood"
+        else:
+            if not Path(index).is_file():
+                raise NeuralCodesError(f"{index}: no index file; build one with "
+                                       "`neuralcodes index FOLDER --run RUN`")
+            self.codes = CodeSet.load(index)
+            if self.codes.paths is None:
+                raise NeuralCodesError(f"{index}: not a folder index (no paths); build one with "
+                                       "`neuralcodes index FOLDER --run RUN`")
+            if relu is not None and bool(relu) != self.codes.relu:
+                raise NeuralCodesError(f"{index} holds {VARIANT[self.codes.relu]}-ReLU codes")
+            self.relu, self.paths = self.codes.relu, list(self.codes.paths)
+            self.labels = [""] * len(self.paths)
+            self.source = str(index)
+        self._indexes: dict[str, CodeIndex] = {}
+
+    def index(self, layer: str) -> CodeIndex:
+        """The search index of one layer (built on first use)."""
+        if layer not in self.codes.layers:
+            raise NeuralCodesError(f"unknown layer '{layer}' (choose from "
+                                   f"{', '.join(self.codes.layers)})")
+        if layer not in self._indexes:
+            x = self.codes.layers[layer]
+            self._indexes[layer] = CodeIndex(x.shape[1], self.kind).add(x)
+        return self._indexes[layer]
+
+    def query_codes(self, images: np.ndarray, layer: str) -> np.ndarray:
+        """Unit codes of uint8 images (N, 64, 64, 3) for ``layer``."""
+        return extract_codes(self.run.model, images, (layer,), self.relu, device=None,
+                             progress=False)[layer]
+
+    def search_images(self, images: np.ndarray, layer: str = "6", k: int = 5
+                      ) -> list[list[Hit]]:
+        """The top-``k`` database images for each query image."""
+        index = self.index(layer)
+        scores, ids = index.search(self.query_codes(images, layer), k)
+        return [[Hit(r + 1, float(s), int(i), self.paths[i], self.labels[i])
+                 for r, (s, i) in enumerate(zip(srow, irow, strict=True)) if i >= 0]
+                for srow, irow in zip(scores, ids, strict=True)]
+
+    def image(self, position: int) -> np.ndarray:
+        """The 64x64 image of a database entry."""
+        if self.source == "ood":
+            return self.run.images(self.codes.index[[position]])[0]
+        return read_image(self.paths[position])
+
+
+def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None = None,
+                relu: bool | None = None, device: str = "auto",
+                batch_size: int = DEFAULT_BATCH, progress: bool = True
+                ) -> tuple[Path, int, list[tuple[Path, str]]]:
+    """Codes of every image under ``folder``: (index file, images indexed, [(path, why)] of
+    the files that could not be read)."""
+    if batch_size < 1:
+        raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
+    r = RunData.open(run, device=device, precision="fp32", progress=progress)
+    folder = Path(folder)
+    files = image_files(folder)
+    images, ok, failed = read_images(files, progress)
+    if not ok:
+        raise NeuralCodesError(f"{folder}: no readable images found"
+                               + (f" ({len(failed)} unreadable)" if failed else ""))
+    use_relu = r.relu(relu)
+    layers = extract_codes(r.model, images, CODE_LAYERS, use_relu, batch_size, None, "fp32",
+                           progress)
+    path = Path(out) if out else r.dir.index(folder.resolve().name)
+    CodeSet(layers, np.arange(len(ok)), np.full(len(ok), -1), use_relu,
+            [str(p) for p in ok]).save(path)
+    return path, len(ok), failed
+
+
+def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path | None = None,
+           layer: str = "6", k: int = 5, figure: str | Path | None = None,
+           device: str = "auto") -> list[Hit]:
+    """Rank the database (ood set by default, or a folder index) for one query image."""
+    if k < 1:
+        raise NeuralCodesError(f"k must be positive, got {k}")
+    if layer not in CODE_LAYERS:
+        raise NeuralCodesError(f"unknown layer '{layer}' (choose from {', '.join(CODE_LAYERS)})")
+    query = image if isinstance(image, np.ndarray) else read_image(image)
+    s = Searcher(run, index=index, device=device)
+    hits = s.search_images(query[None], layer, k)[0]
+    if figure:
+        row = RetrievalRow(query, Path(image).name if not isinstance(image, np.ndarray) else "",
+                           [Result(s.image(h.position), h.score, h.label or Path(h.path).name)
+                            for h in hits])
+        plot_retrieval([row], figure, title=f"layer {layer}, {s.source} database")
+    return hits

@@ -1,0 +1,261 @@
+"""The ood retrieval study of a trained run (assignment Task 3): mAP, figures, layer evidence
+and the PCA study, with chance levels and bootstrap intervals.
+
+Protocol: every ood image queries the other ood images (its own entry is excluded by index,
+not by assuming it ranks first: Tiny ImageNet has duplicates). Similarity is the dot product of
+unit-length codes (cosine); ties are broken by database index (lowest first). Average precision
+is computed over the full ranking (see :mod:`neuralcodes.retrieval.metrics`).
+
+Outputs of :func:`run_study` in ``runs/<name>/retrieval/`` (each step is skipped when its
+output exists; ``force=True`` redoes it). Layers are ``retrieval.layers`` of the config.
+
+``map.json``::
+
+    {"pre" | "post": {layer: {"map", "p@5", "p@10", "n_queries", "seconds"}},
+     "chance_map": float,      # E[mAP] of uniformly random rankings (same labels, same protocol)
+     "chance_p@5": float, "chance_p@10": float,   # E[precision@k] of random rankings
+     "pairs": {"pre" | "post": [{"a": "5", "b": "6", "diff": mAP_a - mAP_b,
+                                 "ci95": [lo, hi], "significant": bool}, ...]},
+     "best_layer": {"pre" | "post": layer or null},   # null: no layer beats all the others
+                                                      # significantly
+     "bootstrap": {"resamples": 2000, "seed": 0, "confidence": 0.95, "unit": "query"}}
+
+    ``p@k`` (and ``chance_p@k``) is null when the ood database has fewer than k images.
+    Intervals: paired percentile bootstrap over the queries (the same resampled queries for
+    both layers); ``significant``: the interval excludes 0.
+
+``top5.json``: the first ``figure_queries`` queries and their top-k per layer (ids, classes,
+scores). ``top5_layer<L>.png`` per layer and ``top5_layers.png``: query + top-k figures.
+
+``evidence.json`` (:func:`~neuralcodes.retrieval.evidence.layer_evidence`)::
+
+    {"relu", "n_queries", "first_queries", "top_k", "baseline_pairs_per_query",
+     "per_layer": {layer: {"dims", "map", "p@5", "colour_similarity",
+                           "colour_similarity_random_pairs",
+                           "colour_similarity_same_class_pairs", "sparsity"}},
+     "colour_similarity_baseline": {"random_pairs", "same_class_pairs"},
+     "top5_changed": {"5-6": n, ...}, "top5_overlap": {"5-6": mean, ...}}
+
+``pca.json``, ``pca.png``: mAP of PCA / PCA-whitened codes (fitted on in-domain train codes)::
+
+    {"relu", "fit": {"split": "train", "images": n},
+     "table": [{"layer", "dims" (int or "full"), "whiten", "map", "p@5",
+                "diff_vs_full", "ci95", "significant"}]}   # the last three null on "full" rows
+
+Figures, top5.json, evidence and PCA use the run's default codes (``retrieval.relu`` in its
+config, pre-ReLU by default) unless ``relu`` is given; map.json has both variants.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralcodes.config import Config
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.figures import (
+    Result,
+    RetrievalRow,
+    plot_pca,
+    plot_retrieval,
+    plot_retrieval_layers,
+)
+from neuralcodes.files import read_json, write_json
+from neuralcodes.model import CODE_LAYERS
+from neuralcodes.retrieval.codes import VARIANT, CodeSet, extract_codes, gather_images
+from neuralcodes.retrieval.evidence import layer_evidence
+from neuralcodes.retrieval.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    RankingMetrics,
+    chance_map,
+    chance_precision,
+    paired_bootstrap,
+    self_retrieval_metrics,
+)
+from neuralcodes.retrieval.pca import pca_study
+from neuralcodes.retrieval.rundata import RunData
+
+log = logging.getLogger(__name__)
+
+PCA_FIT_IMAGES = 5000  # in-domain training images the PCA is fitted on
+PRECISION_KS = (5, 10)
+
+
+def evaluate_codes(codes: CodeSet, ks: Sequence[int] = PRECISION_KS, top_k: int = 5,
+                   progress: bool = False, layers: Sequence[str] | None = None
+                   ) -> dict[str, RankingMetrics]:
+    """Self-retrieval metrics (each image queries the others) per layer (default: all);
+    precision@k only for the ``ks`` the database (N - 1 images) can provide."""
+    usable = tuple(k for k in ks if k <= len(codes) - 1)
+    if usable != tuple(ks):
+        log.warning("precision@%s not measured: the database has only %d images",
+                    ", ".join(str(k) for k in ks if k not in usable), len(codes) - 1)
+    return {layer: self_retrieval_metrics(x, codes.labels, ks=usable, top_k=top_k,
+                                          progress=progress, desc=f"mAP layer {layer}")
+            for layer, x in codes.layers.items() if layers is None or layer in layers}
+
+
+def layer_comparisons(metrics: dict[str, RankingMetrics]) -> tuple[list[dict[str, Any]],
+                                                                    str | None]:
+    """mAP difference of every pair of layers with its paired bootstrap interval, and the best
+    layer: the one with the highest mAP when it beats every other layer significantly."""
+    pairs, diffs = [], {}
+    for a, b in itertools.combinations(metrics, 2):
+        d = paired_bootstrap(metrics[a].ap, metrics[b].ap)
+        diffs[a, b], diffs[b, a] = d.significant, d.significant
+        pairs.append({"a": a, "b": b, **d.to_json()})
+    top = max(metrics, key=lambda layer: metrics[layer].map)
+    beats_all = all(diffs[top, other] for other in metrics if other != top)
+    return pairs, (top if beats_all and len(metrics) > 1 else None)
+
+
+def map_statistics(codes: CodeSet) -> dict[str, Any]:
+    """Chance levels of mAP and precision@k for the labels of ``codes`` (self-retrieval)."""
+    out: dict[str, Any] = {"chance_map": chance_map(codes.labels)}
+    for k in PRECISION_KS:
+        out[f"chance_p@{k}"] = (chance_precision(codes.labels, k) if k <= len(codes) - 1
+                                else None)
+    return out
+
+
+def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool | None = None,
+              progress: bool = True, device: str | None = None, precision: str | None = None,
+              pca_images: int = PCA_FIT_IMAGES, force: bool = False) -> dict[str, Any]:
+    """The whole retrieval study of a trained run (see the module docstring for the files).
+
+    ``config``: the run's config with retrieval settings changed (default: the saved one);
+    ``device``/``precision`` None: the config's ``train`` ones. ``relu`` None: mAP for both
+    pre- and post-ReLU codes, everything else for the run's default; True/False: only that
+    variant. Returns the contents of the JSON files written.
+    """
+    if pca_images < 2:
+        raise NeuralCodesError(f"the PCA needs at least 2 training images, got {pca_images}")
+    run = RunData.open(run_dir, config, device=device, precision=precision, progress=progress)
+    variants = (False, True) if relu is None else (bool(relu),)
+    main = run.relu(relu)
+    cfg = run.config.retrieval
+    result: dict[str, Any] = {}
+    metrics: dict[bool, dict[str, RankingMetrics]] = {}
+    seconds: dict[bool, float] = {}
+
+    def metrics_of(v: bool) -> dict[str, RankingMetrics]:
+        if v not in metrics:
+            codes = run.ood_codes(v)
+            start = time.perf_counter()
+            metrics[v] = evaluate_codes(codes, PRECISION_KS, cfg.k, progress, cfg.layers)
+            seconds[v] = (time.perf_counter() - start) / len(metrics[v])
+        return metrics[v]
+
+    map_path = run.dir.map_json
+    maps = read_json(map_path) if map_path.is_file() and not force else {}
+    todo = [v for v in variants if VARIANT[v] not in maps or "chance_map" not in maps
+            or VARIANT[v] not in maps.get("pairs", {})]
+    if todo:
+        maps.update(map_statistics(run.ood_codes(todo[0])))
+        maps["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
+                             "confidence": 0.95, "unit": "query"}
+        for v in todo:
+            m = metrics_of(v)
+            if VARIANT[v] not in maps:
+                maps[VARIANT[v]] = {layer: _map_row(x, seconds[v]) for layer, x in m.items()}
+            pairs, best = layer_comparisons(m)
+            maps.setdefault("pairs", {})[VARIANT[v]] = pairs
+            maps.setdefault("best_layer", {})[VARIANT[v]] = best
+        write_json(map_path, maps)
+    result["map"] = maps
+
+    codes = run.ood_codes(main)
+    first = np.arange(min(cfg.figure_queries, len(codes)))
+    layers = [layer for layer in codes.layers if layer in cfg.layers]
+    figure_paths = [run.dir.top_figure(layer) for layer in layers] + [run.dir.top_figure()]
+    if force or not all(p.is_file() for p in figure_paths) or not _done(run.dir.top_json, main):
+        result["top5"] = _write_figures(run, codes, metrics_of(main), first)
+    else:
+        result["top5"] = read_json(run.dir.top_json)
+    result["figures"] = [str(p) for p in figure_paths]
+
+    if force or not _done(run.dir.evidence_json, main):
+        evidence = layer_evidence(codes, metrics_of(main), run.images(codes.index), len(first))
+        write_json(run.dir.evidence_json, evidence)
+    result["evidence"] = read_json(run.dir.evidence_json)
+
+    redo_pca = force or not _done(run.dir.pca_json, main)
+    if redo_pca:
+        train = _train_codes(run, main, pca_images, layers)
+        table = pca_study(train, codes, cfg.pca_dims, progress)
+        write_json(run.dir.pca_json, {"relu": main, "fit": {
+            "split": "train", "images": len(next(iter(train.values())))}, "table": table})
+    result["pca"] = read_json(run.dir.pca_json)
+    if redo_pca or not run.dir.pca_plot.is_file():
+        plot_pca(result["pca"]["table"], run.dir.pca_plot,
+                 title=f"PCA-compressed {VARIANT[main]}-ReLU codes (fitted on train)")
+    return result
+
+
+def _map_row(m: RankingMetrics, seconds: float) -> dict[str, Any]:
+    """One layer's map.json entry; p@k is null when the database is smaller than k."""
+    precision = {f"p@{k}": float(m.precision[k].mean()) if k in m.precision else None
+                 for k in PRECISION_KS}
+    return {"map": m.map, **precision, "n_queries": len(m.ap), "seconds": round(seconds, 3)}
+
+
+def _done(path: Path, relu: bool) -> bool:
+    """``path`` exists and was computed from codes of the same ReLU variant."""
+    return path.is_file() and read_json(path).get("relu") == relu
+
+
+def _train_codes(run: RunData, relu: bool, n_images: int, layers: Sequence[str] = CODE_LAYERS
+                 ) -> dict[str, np.ndarray]:
+    """Codes of up to ``n_images`` in-domain training images (a fixed random sample)."""
+    trained = run.trained
+    train = np.asarray(trained.splits.train)
+    if len(train) < 2:
+        raise NeuralCodesError(f"the PCA needs at least 2 training images; the run has "
+                               f"{len(train)}")
+    pick = np.random.default_rng(0).choice(len(train), min(n_images, len(train)), replace=False)
+    images = gather_images(trained.dataset.images, np.sort(train[pick]))
+    return extract_codes(trained.model, images, tuple(layers), relu, device=run.device,
+                         precision=run.precision, progress=run.progress)
+
+
+def _rows(run: RunData, codes: CodeSet, m: RankingMetrics, first: np.ndarray
+          ) -> list[RetrievalRow]:
+    ids = np.concatenate([first, m.top[first].ravel()])
+    images = dict(zip(ids.tolist(), run.images(codes.index[ids]), strict=True))
+    names = run.class_names(codes.labels)
+    rows = []
+    for q in first:
+        results = [Result(images[int(j)], float(s), names[j], bool(codes.labels[j]
+                                                                    == codes.labels[q]))
+                   for j, s in zip(m.top[q], m.top_scores[q], strict=True)]
+        rows.append(RetrievalRow(images[int(q)], names[q], results))
+    return rows
+
+
+def _write_figures(run: RunData, codes: CodeSet, metrics: dict[str, RankingMetrics],
+                   first: np.ndarray) -> dict[str, Any]:
+    variant = f"{VARIANT[codes.relu]}-ReLU"
+    rows = {layer: _rows(run, codes, m, first) for layer, m in metrics.items()}
+    for layer, r in rows.items():
+        plot_retrieval(r, run.dir.top_figure(layer),
+                       title=f"Layer {layer} ({variant} codes): top-5 for the first "
+                             f"{len(first)} ood queries")
+    plot_retrieval_layers(rows, run.dir.top_figure())
+    names = run.class_names(codes.labels)
+    data = {"relu": codes.relu, "queries": [
+        {"position": int(q), "dataset_index": int(codes.index[q]), "class": names[q],
+         "layers": {layer: [{"position": int(j), "dataset_index": int(codes.index[j]),
+                             "class": names[j], "score": float(s),
+                             "same_class": bool(codes.labels[j] == codes.labels[q])}
+                            for j, s in zip(m.top[q], m.top_scores[q], strict=True)]
+                    for layer, m in metrics.items()}}
+        for q in first]}
+    write_json(run.dir.top_json, data)
+    return data

@@ -323,3 +323,17 @@ def test_templates_and_reference_ship_as_package_data():
     package = root / "src" / "neuralcodes" / "report"
     assert package / "templates" / "report.md.j2" in shipped
     assert package / "course_reference.json" in shipped
+
+
+def test_train_test_gap_is_called_overfitting_only_beyond_noise(tmp_path):
+    run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25})  # 100 images per split
+    md = write_report(run)[0].read_text()
+    assert "Train top-1 exceeds test top-1 by 0.100, less than twice its standard error" in md
+    assert "shows how much the model" not in md
+    ev = json.loads((run / "eval.json").read_text())
+    for m in ev["splits"].values():
+        m["n"] = 9500
+    write_json(run / "eval.json", ev)
+    md = write_report(run)[0].read_text()
+    assert ("Train top-1 exceeds test top-1 by 0.100, more than twice its standard error of\n"
+            "0.007: the train-test gap shows how much the model overfits.") in md

@@ -14,6 +14,8 @@ from typing import Any
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
 PAPER_BEST_LAYER = "6"
+#: Colour similarities (means without recorded intervals) closer than this count as equal.
+COLOUR_TIE = 0.01
 
 
 def _variant(facts: dict[str, Any]) -> str:
@@ -82,7 +84,8 @@ def course_curves(facts: dict[str, Any]) -> dict[str, Any] | None:
     train_n = data.get("sizes", {}).get("train")
     steps = math.ceil(train_n / tcfg["batch_size"]) if train_n and tcfg.get("batch_size") else None
     if steps is not None and steps != ref["steps_per_epoch"]:
-        setup.append(f"{steps:,} steps per epoch instead of {ref['steps_per_epoch']}")
+        setup.append(f"{steps:,} step{'s' * (steps != 1)} per epoch instead of "
+                     f"{ref['steps_per_epoch']}")
     return {"rows": rows, "n": len(rows), "mean": mean, "setup_differences": setup,
             "run_epochs": len(facts["epochs"]), "course_epochs": len(course)}
 
@@ -104,12 +107,18 @@ def results(facts: dict[str, Any]) -> dict[str, Any] | None:
         se = math.sqrt(chance1 * (1 - chance1) / max(1, m.get("n") or 1))
         at_chance[split] = m["top1"] <= chance1 + 2 * se
     train, test = splits.get("train"), splits.get("test")
-    gap = train["top1"] - test["top1"] if train and test else None
+    gap = gap_se = None
+    if train and test:
+        gap = train["top1"] - test["top1"]
+        # Standard error of a difference of two proportions (independent samples).
+        gap_se = math.sqrt(sum(m["top1"] * (1 - m["top1"]) / max(1, m.get("n") or 1)
+                               for m in (train, test)))
     course = facts["course"]["evaluation"]
     side = [{"split": s, "run": splits.get(s), "course": course[s]} for s in course]
     return {"splits": splits, "epoch": ev.get("epoch"), "checkpoint": ev.get("checkpoint"),
             "chance_top1": chance1, "chance_top5": chance5, "at_chance": at_chance,
-            "test": test, "train": train, "gap": gap, "side_by_side": side}
+            "test": test, "train": train, "gap": gap, "gap_se": gap_se,
+            "gap_significant": gap is not None and gap > 2 * gap_se, "side_by_side": side}
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -173,14 +182,15 @@ def evidence(facts: dict[str, Any]) -> dict[str, Any] | None:
     base = ev.get("colour_similarity_baseline") or {}
     random_pairs, same_class = base.get("random_pairs"), base.get("same_class_pairs")
     most = max(colour, key=colour.get) if colour else None
+    order = sorted(colour)
     return {
         "relu": ev.get("relu"), "colour": colour, "most_colour": most,
-        "lowest_most_colour": most is not None and most == min(colour),
-        "decreasing": bool(colour) and all(colour[a] >= colour[b] for a, b in
-                                           itertools.pairwise(sorted(colour))),
+        "tie": COLOUR_TIE,
+        "decreasing": len(order) > 1 and all(colour[a] - colour[b] >= COLOUR_TIE
+                                             for a, b in itertools.pairwise(order)),
         "random_pairs": random_pairs, "same_class_pairs": same_class,
         "above_same_class": [k for k, v in colour.items()
-                             if same_class is not None and v > same_class],
+                             if same_class is not None and v - same_class >= COLOUR_TIE],
         "p5": {k: v["p@5"] for k, v in sorted(per.items()) if v.get("p@5") is not None},
         "sparsity": {k: v["sparsity"] for k, v in sorted(per.items())
                      if v.get("sparsity") is not None},

@@ -218,7 +218,8 @@ def test_report_states_the_exact_chance_map(tmp_path):
     run2 = _fake_run(tmp_path / "r2", {"5": 0.2, "6": 0.3, "7": 0.25},
                      extra_map={"chance_map": 0.10127})
     md2 = write_report(run2)[0].read_text()
-    assert "expected mAP of 0.1013 here\n(the exact expectation for this ood set" in md2
+    assert ("expected mAP of 0.1013 here\n(the exact expectation for this ood set, from "
+            "`retrieval/map.json`)") in md2
 
 
 # --------------------------------------------------------------------------- honest wording

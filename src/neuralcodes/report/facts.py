@@ -90,6 +90,10 @@ def collect(run: str | Path) -> dict[str, Any]:
         "retrieval": _retrieval_facts(rd),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
+        # How the text names the artifacts it cites (relative to the run directory).
+        "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
+            ("map", rd.map_json), ("pca", rd.pca_json), ("evidence", rd.evidence_json),
+            ("train_state", rd.train_state), ("eval", rd.eval_json))},
     }
     facts["chance"] = _chance(facts["retrieval"]["map"], saved.get("data", {}))
     return facts
@@ -134,7 +138,7 @@ def _chance(maps: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]
         with contextlib.suppress(ValueError):  # no class of two or more images
             out.update(map=chance_map(sizes), source="computed")
     if maps and isinstance(maps.get("chance_map"), int | float):
-        out.update(map=float(maps["chance_map"]), source="map.json")
+        out.update(map=float(maps["chance_map"]), source="map")
     return out if out["map"] is not None or out["precision"] is not None else None
 
 

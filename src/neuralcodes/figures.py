@@ -12,23 +12,38 @@ import numpy as np
 from neuralcodes.files import atomic_path
 
 
-def plot_learning_curves(metrics_rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Loss and accuracy per epoch, train vs validation, from metrics.jsonl rows, as a PNG."""
+def plot_learning_curves(metrics_rows: Sequence[dict[str, Any]], path: str | Path,
+                         reference: Sequence[dict[str, Any]] | None = None,
+                         reference_label: str = "course (Keras)") -> None:
+    """Loss and accuracy per epoch, train vs validation, from metrics.jsonl rows, as a PNG.
+
+    ``reference``: rows with the same keys (e.g. ``course_reference()["epochs"]``), drawn as
+    dashed lines of the same colours and labelled ``reference_label``.
+    """
     plt = _pyplot()
     epochs = [r["epoch"] for r in metrics_rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     best = min(metrics_rows, key=lambda r: r["val_loss"]) if metrics_rows else None
     for ax, key, title in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "acc", "top-1 accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in metrics_rows], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in metrics_rows], "s-", label="validation")
+        train_line, = ax.plot(epochs, [r[f"train_{key}"] for r in metrics_rows], "o-",
+                              label="train")
+        val_line, = ax.plot(epochs, [r[f"val_{key}"] for r in metrics_rows], "s-",
+                            label="validation")
+        if reference:
+            ref_epochs = [r["epoch"] for r in reference]
+            ax.plot(ref_epochs, [r[f"train_{key}"] for r in reference], "--",
+                    color=train_line.get_color(), alpha=0.7, label=f"train, {reference_label}")
+            ax.plot(ref_epochs, [r[f"val_{key}"] for r in reference], "--",
+                    color=val_line.get_color(), alpha=0.7,
+                    label=f"validation, {reference_label}")
         if best is not None:
-            ax.axvline(best["epoch"], color="grey", ls="--", lw=1,
+            ax.axvline(best["epoch"], color="grey", ls=":", lw=1,
                        label=f"best (epoch {best['epoch']})")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neuralcodes.course import course_reference
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import write_text
-from neuralcodes.report.facts import chance_map, collect, expected_random_ap
-from neuralcodes.report.reference import course_reference
+from neuralcodes.report.facts import chance_map_of_sizes, collect
 from neuralcodes.report.render import render, to_html
 from neuralcodes.runs import RunDir
 
-__all__ = ["chance_map", "collect", "course_reference", "expected_random_ap", "render", "to_html",
+__all__ = ["chance_map_of_sizes", "collect", "course_reference", "render", "to_html",
            "write_report"]
 
 

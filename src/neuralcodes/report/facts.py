@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from neuralcodes.course import course_reference
+from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json
-from neuralcodes.report.reference import course_reference
+from neuralcodes.retrieval.metrics import chance_map
 from neuralcodes.runs import RunDir
 
 #: The layers whose codes are studied.
@@ -26,35 +29,15 @@ LAYERS: tuple[str, ...] = ("5", "6", "7")
 # --------------------------------------------------------------------------- statistics
 
 
-def expected_random_ap(n_database: int, n_relevant: int) -> float:
-    """Exact expected average precision of a uniformly random ranking.
-
-    ``n_database`` items are ranked, ``n_relevant`` of them relevant. The item at rank k is
-    relevant with probability R/N, and given that, the expected precision@k is
-    (1 + (R-1)(k-1)/(N-1)) / k, so E[AP] = (1/N) sum_{k=1..N} (1 + (R-1)(k-1)/(N-1)) / k
-    = (H_N + (R-1)/(N-1) (N - H_N)) / N with H_N the N-th harmonic number.
-    """
-    n, r = int(n_database), int(n_relevant)
-    if not 0 < r <= n:
-        raise ValueError(f"need 0 < relevant <= database size, got {r} of {n}")
-    if n == 1:
-        return 1.0
-    harmonic = math.fsum(1.0 / k for k in range(1, n + 1))
-    return (harmonic + (r - 1) / (n - 1) * (n - harmonic)) / n
-
-
-def chance_map(class_sizes: Iterable[int]) -> float:
-    """Expected mAP of random rankings when every image queries all the others.
-
-    A query of a class with ``s`` images has ``s - 1`` relevant items among ``total - 1``;
-    queries without a relevant item (classes of one image) are left out, as in the mAP itself.
-    """
+def chance_map_of_sizes(class_sizes: Iterable[int]) -> float:
+    """Expected mAP of random rankings when every image of classes of these sizes queries all
+    the others (:func:`neuralcodes.retrieval.metrics.chance_map` on labels of those sizes)."""
     sizes = [int(s) for s in class_sizes]
-    total = sum(sizes)
-    terms = [(s, expected_random_ap(total - 1, s - 1)) for s in sizes if s > 1]
-    if not terms:
-        raise ValueError("no class has two or more images: mAP undefined")
-    return math.fsum(s * ap for s, ap in terms) / sum(s for s, _ in terms)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    try:
+        return chance_map(labels)
+    except NeuralCodesError as e:
+        raise ValueError(str(e)) from None
 
 
 def equal_class_sizes(n_images: int, n_classes: int) -> list[int]:
@@ -136,7 +119,7 @@ def _chance(maps: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]
         sizes = equal_class_sizes(n_ood, n_cls)
         out["precision"] = sum(s * (s - 1) for s in sizes) / (n_ood * (n_ood - 1))
         with contextlib.suppress(ValueError):  # no class of two or more images
-            out.update(map=chance_map(sizes), source="computed")
+            out.update(map=chance_map_of_sizes(sizes), source="computed")
     if maps and isinstance(maps.get("chance_map"), int | float):
         out.update(map=float(maps["chance_map"]), source="map")
     return out if out["map"] is not None or out["precision"] is not None else None

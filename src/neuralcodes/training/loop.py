@@ -61,6 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcodes.config import Config, resumable_settings
+from neuralcodes.course import course_reference
 from neuralcodes.data import Dataset, Splits, load_data
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.evaluation import evaluate_split
@@ -353,12 +354,12 @@ def _interrupted(s: _Session, epoch: int, step: int) -> None:
 
 def _write_progress(s: _Session, finished: bool) -> None:
     """metrics.jsonl, curves.png and train_state.json, rewritten atomically each epoch."""
-    from neuralcodes.figures import plot_learning_curves
+    from neuralcodes.figures import plot_learning_curves  # matplotlib: only when drawing
 
     write_text(s.run.metrics, "".join(json.dumps(r) + "\n" for r in s.rows))
     now = time.monotonic()
     if finished or now - s.plotted >= PLOT_INTERVAL_S:  # every epoch of a real run
-        plot_learning_curves(s.rows, s.run.curves)
+        plot_learning_curves(s.rows, s.run.curves, reference=course_reference()["epochs"])
         s.plotted = now
     es = s.stopping
     write_json(s.run.train_state, {

@@ -29,7 +29,7 @@ fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 MAX_BYTES = 300_000  # the test app's upload limits: small, so tests can exceed them cheaply
 MAX_PIXELS = 1_000_000
-STATIC = Path(__file__).resolve().parents[1] / "src" / "neuralcodes" / "web_static"
+STATIC = Path(__file__).resolve().parents[1] / "src" / "neuralcodes" / "web" / "static"
 
 
 def png(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
@@ -369,7 +369,7 @@ def test_openapi_schema_documents_the_json_api(client):
         ok = op["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok["$ref"].endswith("/SearchResult")
     models = schema["components"]["schemas"]
-    assert {"rank", "score", "same_class", "url"} <= set(models["Hit"]["properties"])
+    assert {"rank", "score", "same_class", "url"} <= set(models["HitOut"]["properties"])
     assert {"layer", "ap", "hits"} <= set(models["LayerResult"]["properties"])
     assert "p@5" in models["MapRow"]["properties"]
 
@@ -396,10 +396,11 @@ def test_serve_binds_localhost_by_default_and_passes_its_options(run, monkeypatc
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     assert main(["serve", str(run), "--port", "8765", "--device", "cpu",
-                 "--max-upload-mb", "1"]) == 0
+                 "--max-upload-mb", "1", "--set", "retrieval.k=7"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8765)
     local = fastapi_testclient.TestClient(seen["app"], base_url="http://localhost:8765")
-    assert local.get("/api/info").json()["max_upload_bytes"] == 2**20
+    info = local.get("/api/info").json()
+    assert info["max_upload_bytes"] == 2**20 and info["k"] == 7  # --set reaches the app
     # a page elsewhere that rebinds its DNS name to 127.0.0.1 is not answered
     rebound = fastapi_testclient.TestClient(seen["app"], base_url="http://evil.example:8765")
     assert rebound.get("/api/info").status_code == 400
@@ -419,6 +420,7 @@ def test_serve_refuses_a_port_in_use_before_loading_anything(run, capsys):
     (["serve", "{missing}"], "not a run directory"),
     (["serve", "{run}", "--port", "0"], "--port must be between"),
     (["serve", "{run}", "--index", "{missing}.npz"], "no index file"),
+    (["serve", "{run}", "--set", "model.fc_width=3"], "cannot change model.fc_width"),
 ])
 def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, words):
     argv = [a.format(run=run, missing=tmp_path / "nothing") for a in argv]

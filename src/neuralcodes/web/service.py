@@ -1,0 +1,184 @@
+"""What the web app serves, loaded once: a trained run's model and ood codes, and an index."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralcodes.config import RetrievalConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.files import read_json
+from neuralcodes.web.uploads import UploadRejected, png_bytes
+
+#: The largest k the API answers (capped further by the database size).
+MAX_K = 50
+
+
+
+class ServedRun:
+    """What the app serves, loaded once: the run's model and ood codes, and an optional index.
+
+    Built on :class:`neuralcodes.retrieval.Searcher` (one for the ood set, one for the index).
+    Gallery ids are positions in the run's ood codes (the ood split's order); index ids are
+    positions in the index file.
+    """
+
+    def __init__(self, run_dir: str | Path, index: str | Path | None = None, *,
+                 device: str = "auto", settings: RetrievalConfig | None = None,
+                 progress: bool = False) -> None:
+        from neuralcodes.retrieval import Searcher
+
+        relu = None if settings is None else settings.relu
+        self.ood = Searcher(run_dir, relu=relu, device=device, progress=progress)
+        self.index = None if index is None else Searcher(run_dir, index=index, device=device)
+        self.run = self.ood.run.rd
+        cfg = self.ood.run.cfg.retrieval if settings is None else settings
+        self.layers = tuple(cfg.layers)
+        self.k = int(cfg.k)
+        self.dataset, splits = self.ood.run.data
+        self.ood_classes = list(splits.ood_classes)
+        codes = self.ood.codes
+        if not np.array_equal(codes.index, splits.ood):
+            raise NeuralCodesError(f"{self.run.codes('ood', codes.relu)} does not match the run's "
+                                   "ood split; recompute it with `neuralcodes codes --force`")
+        for name, searcher in (("ood codes", self.ood), ("index", self.index)):
+            missing = [x for x in self.layers if searcher and x not in searcher.codes.layers]
+            if missing:
+                raise NeuralCodesError(f"the {name} has no codes for layer(s) "
+                                       f"{', '.join(missing)}")
+        self.labels = np.asarray(codes.labels, dtype=np.int64)
+        self._model_lock = threading.Lock()
+        self._map_lock = threading.Lock()
+        self._map: list[dict[str, Any]] | None = None
+
+    # -- descriptions ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ood.codes)
+
+    def item(self, i: int) -> dict[str, Any]:
+        """Ood image ``i`` as the API describes it."""
+        label = int(self.labels[i])
+        return {"id": i, "label": label, "wnid": self.dataset.wnids[label],
+                "class_name": self.dataset.names[label], "url": f"api/image/{i}"}
+
+    def index_item(self, i: int) -> dict[str, Any]:
+        """Entry ``i`` of the index as the API describes it (file name only, not its folder)."""
+        assert self.index is not None
+        return {"id": i, "label": None, "wnid": None,
+                "class_name": Path(self.index.paths[i]).name, "url": f"api/index-image/{i}"}
+
+    def databases(self) -> list[dict[str, Any]]:
+        """The databases an uploaded image can be searched in."""
+        out = [{"name": "ood", "size": len(self), "description": "the out-of-domain images"}]
+        if self.index is not None:
+            out.append({"name": "index", "size": len(self.index.codes),
+                        "description": Path(self.index.source).name})
+        return out
+
+    @functools.lru_cache(maxsize=8192)  # noqa: B019  (one Retrieval per app, lives as long)
+    def thumbnail(self, database: str, i: int) -> bytes:
+        """The 64x64 PNG of entry ``i`` of ``database`` (index images are re-read and resized
+        from the path stored in the index, never from a path in a request)."""
+        searcher = self.ood if database == "ood" else self.index
+        assert searcher is not None
+        try:
+            return png_bytes(searcher.image(i))
+        except NeuralCodesError as e:
+            raise UploadRejected(404, f"index image {i} is no longer readable ({e})") from None
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search_ood_item(self, i: int, k: int) -> dict[str, Any]:
+        """Ood image ``i`` against the other ood images: top ``k`` and AP per layer."""
+        from neuralcodes.metrics import ranking_metrics
+
+        query_label = int(self.labels[i])
+        layers = []
+        for layer in self.layers:
+            db = self.ood.codes.layers[layer]
+            m = ranking_metrics(db[i:i + 1], db, self.labels[i:i + 1], self.labels,
+                                exclude=np.array([i]), ks=(), top_k=k)
+            ap = float(m.ap[0])
+            hits = [self._hit(self.item(int(j)), rank, float(s), query_label)
+                    for rank, (j, s) in enumerate(zip(m.top[0], m.top_scores[0], strict=True), 1)]
+            layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits})
+        return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
+                "database_size": len(self) - 1, "k": k, "layers": layers}
+
+    def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
+        """A 64x64 uint8 image against ``database`` ("ood" or "index"): top ``k`` per layer."""
+        from neuralcodes.codes import extract_code_variants
+        from neuralcodes.retrieval import exact_top_k
+
+        if database not in ("ood", "index"):
+            raise UploadRejected(400, f"unknown database '{database}' (choose ood or index)")
+        searcher = self.ood if database == "ood" else self.index
+        if searcher is None:
+            raise UploadRejected(400, "no index is loaded (start `neuralcodes serve` with "
+                                 "--index to search one)")
+        with self._model_lock:  # one forward pass at a time
+            query = extract_code_variants(self.ood.run.model, np.array(image)[None], self.layers,
+                                          (searcher.relu,), device=None,
+                                          progress=False)[searcher.relu]
+        layers = []
+        for layer in self.layers:
+            q = query[layer]
+            if database == "ood":  # the NumPy reference ranking: no copy of the ood codes
+                ids = exact_top_k(q, searcher.codes.layers[layer], k)[0]
+                scores = (searcher.codes.layers[layer][ids] @ q[0]).tolist()
+                items = [self.item(int(j)) for j in ids]
+            else:  # the index's own (FAISS) search
+                score_rows, id_rows = searcher.index(layer).search(q, k)
+                keep = id_rows[0] >= 0
+                scores = score_rows[0][keep].tolist()
+                items = [self.index_item(int(j)) for j in id_rows[0][keep]]
+            hits = [self._hit(item, rank, s, None)
+                    for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
+            layers.append({"layer": layer, "ap": None, "hits": hits})
+        return {"query": {"id": None, "source": "upload"}, "database": database,
+                "database_size": len(searcher.codes), "k": k, "layers": layers}
+
+    def _hit(self, item: dict[str, Any], rank: int, score: float, query_label: int | None
+             ) -> dict[str, Any]:
+        same = None if query_label is None else item["label"] == query_label
+        return {**item, "rank": rank, "score": score, "same_class": same}
+
+    # -- results --------------------------------------------------------------------------------
+
+    def results(self) -> dict[str, Any]:
+        """The run's evaluation table, mAP per layer and whether learning curves exist."""
+        eval_ = read_json(self.run.eval_json) if self.run.eval_json.is_file() else None
+        maps, source = self._saved_map()
+        if maps is None:
+            maps, source = self._computed_map(), "computed by the server from the ood codes"
+        return {"run": self.run.root.name, "eval": eval_, "map": maps, "map_source": source,
+                "curves_url": "api/curves.png" if self.run.curves.is_file() else None}
+
+    def _saved_map(self) -> tuple[list[dict[str, Any]] | None, str]:
+        """mAP rows from ``retrieval/map.json`` (``{"pre"|"post": {layer: {"map", ...}}}``)."""
+        path = self.run.retrieval / "map.json"
+        if not path.is_file():
+            return None, ""
+        rows = [{"layer": layer, "relu": variant == "post", "map": m["map"],
+                 "p@5": m.get("p@5"), "n_queries": m.get("n_queries", len(self))}
+                for variant, layers in sorted(read_json(path).items(), reverse=True)
+                for layer, m in sorted(layers.items())]
+        return (rows or None), f"{self.run.root.name}/retrieval/map.json"
+
+    def _computed_map(self) -> list[dict[str, Any]]:
+        from neuralcodes.retrieval import evaluate_codes
+
+        with self._map_lock:  # computed once, on first request
+            if self._map is None:
+                ks = (5,) if len(self) > 5 else ()
+                metrics = evaluate_codes(self.ood.codes, ks=ks, top_k=0)
+                self._map = [{"layer": layer, "relu": self.ood.relu, "map": m.map,
+                              "p@5": float(m.precision[5].mean()) if ks else None,
+                              "n_queries": len(self)}
+                             for layer, m in metrics.items() if layer in self.layers]
+        return self._map

@@ -381,7 +381,7 @@ def test_home_page_and_static_files_load_nothing_from_elsewhere(client):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and r.text == (STATIC / name).read_text()
     for path in STATIC.iterdir():
-        text = path.read_text()
+        text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
 
 
@@ -427,3 +427,113 @@ def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, wo
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- issue 13: API side
+
+
+def test_docs_and_redoc_work_offline_with_local_assets(client):
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and "openapi.json" in r.text
+        assets = [a for a in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+                  if a in r.text]
+        assert assets and "cdn" not in r.text.lower() and "https://" not in r.text.split(
+            "<body>")[0].replace("https://fastapi.tiangolo.com", "")
+        for asset in assets:
+            assert client.get(f"/static-docs/{asset}").status_code == 200
+    assert client.get("/favicon.ico").status_code == 200
+    assert client.get("/static/favicon.svg").headers["content-type"].startswith("image/svg")
+
+
+def test_gallery_filters_by_class(client, data):
+    dataset, splits = data
+    label = splits.ood_classes[1]
+    page = client.get(f"/api/gallery?label={label}&limit=7").json()
+    assert page["total"] == 20 and page["label"] == label and len(page["items"]) == 7
+    ids = np.flatnonzero(dataset.labels[splits.ood] == label)
+    assert [it["id"] for it in page["items"]] == ids[:7].tolist()
+    assert client.get("/api/gallery?label=99").status_code == 422
+
+
+def test_transparent_png_is_composited_on_white_and_tiny_images_say_upscaled(client):
+    rgba = np.zeros((64, 64, 4), np.uint8)  # fully transparent black: a viewer shows white
+    rgba[:32, :, :3] = (200, 30, 30)
+    rgba[:32, :, 3] = 255
+    body = upload(client, png(rgba)).json()
+    q = body["query"]
+    assert q["transparent"] is True and q["upscaled"] is False
+    preview = np.asarray(Image.open(io.BytesIO(base64.b64decode(q["url"].split(",", 1)[1]))))
+    assert (preview[40:, :] == 255).all() and (preview[:20, :, 0] == 200).all()
+    tiny = upload(client, png(np.full((10, 10, 3), 90, np.uint8))).json()["query"]
+    assert tiny["upscaled"] is True and tiny["transparent"] is False
+    assert (tiny["width"], tiny["height"]) == (10, 10)
+
+
+def test_an_upload_can_be_searched_again_by_its_id(client, data):
+    dataset, splits = data
+    first = upload(client, png(dataset.images[splits.ood[12]]), k="3").json()
+    uid = first["query"]["upload_id"]
+    again = client.get(f"/api/upload/{uid}?k=6")
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["k"] == 6 and body["query"]["upload_id"] == uid
+    assert body["query"]["url"] == first["query"]["url"]
+    assert [h["id"] for h in body["layers"][0]["hits"][:3]] == \
+        [h["id"] for h in first["layers"][0]["hits"]]
+    assert client.get(f"/api/upload/{uid}?database=index").json()["database"] == "index"
+    gone = client.get("/api/upload/0123456789abcdef")
+    assert gone.status_code == 404 and "choose the image again" in gone.json()["detail"]
+    assert client.get("/api/upload/..%2Fconfig.json").status_code in (404, 422)
+
+
+def test_chance_level_is_the_expected_ap_of_a_random_ranking(client):
+    from itertools import combinations
+
+    from neuralcodes.web.service import random_ap
+
+    n, r = 9, 3  # exact: every placement of the relevant items is equally likely
+    aps = []
+    for pos in combinations(range(n), r):
+        aps.append(np.mean([(i + 1) / (p + 1) for i, p in enumerate(pos)]))
+    assert random_ap(r, n) == pytest.approx(np.mean(aps))
+    body = client.get("/api/search/4").json()
+    assert body["relevant"] == 19 and body["chance_ap"] == pytest.approx(random_ap(19, 39))
+    assert body["relu"] is False
+
+
+def test_results_give_chance_levels_p10_figures_and_the_course_reference(client, run,
+                                                                       monkeypatch):
+    import sys
+    import types
+
+    from neuralcodes.web.service import random_ap
+
+    res = client.get("/api/results").json()
+    assert res["reference"] is None  # no reference module yet: omitted, not an error
+    assert res["chance"] == {"top1": 0.25, "top5": 1.0} and res["n_classes"] == 4
+    assert all(m["p@10"] is not None and m["chance_map"] == pytest.approx(random_ap(19, 39))
+               for m in res["map"])
+    assert [f["name"] for f in res["figures"]] == ["curves"]
+    assert client.get("/api/figure/curves.png").content == RunDir(run).curves.read_bytes()
+    assert client.get("/api/figure/config.png").status_code == 404
+    assert res["report_url"] is None and client.get("/report.html").status_code == 404
+    ref = types.ModuleType("neuralcodes.report.reference")
+    ref.course_reference = lambda: {"map": {"5": 0.28695, "6": 0.31776, "7": 0.34487},
+                                    "test_top1": 0.35, "test_top5": 0.6134}
+    monkeypatch.setitem(sys.modules, "neuralcodes.report.reference", ref)
+    RunDir(run).report_html.write_text("<html><title>report</title></html>")
+    try:
+        res = client.get("/api/results").json()
+        assert client.get(res["report_url"]).text.startswith("<html>")
+    finally:
+        RunDir(run).report_html.unlink()
+    assert res["reference"]["map"] == {"5": 0.28695, "6": 0.31776, "7": 0.34487}
+    assert (res["reference"]["top1"], res["reference"]["top5"]) == (0.35, 0.6134)
+
+
+def test_size_limits_read_the_same_in_the_page_and_the_error(client):
+    info = client.get("/api/info").json()
+    assert info["max_upload_text"] == "293 KiB"
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    assert "293 KiB" in upload(client, png(noise)).json()["detail"]

@@ -29,6 +29,7 @@ from typing import Any
 
 from neuralcodes.config import RetrievalConfig
 from neuralcodes.web.middleware import MULTIPART_OVERHEAD, BodyLimit, add_host_check
+from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
 from neuralcodes.web.service import MAX_K, ServedRun
 from neuralcodes.web.uploads import (
@@ -36,6 +37,7 @@ from neuralcodes.web.uploads import (
     DEFAULT_MAX_UPLOAD_BYTES,
     UPLOAD_FORMATS,
     UploadRejected,
+    UploadStore,
     decode_upload,
     format_bytes,
     png_bytes,
@@ -52,10 +54,11 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     any); ``serve`` on a loopback address allows only local names, so that a web page cannot
     reach the app through DNS rebinding. ``settings``: the retrieval settings to serve with
     (layers, k, pre/post-ReLU; default: the run's own)."""
-    from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+    from fastapi import File, Form, HTTPException, Query, UploadFile
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
 
     from neuralcodes import __version__
 
@@ -64,8 +67,11 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     n = len(retrieval)
     max_k = max(1, min(MAX_K, n - 1))
     static = resources.files("neuralcodes.web") / "static"
-    app = FastAPI(
-        title="neuralcodes", version=__version__, docs_url=None, redoc_url=None,
+    uploads = UploadStore()
+    # /docs and /redoc with their scripts served from the fastapi-offline package (no CDN)
+    app = FastAPIOffline(
+        title="neuralcodes", version=__version__, static_url="/static-docs",
+        favicon_url="/static/favicon.svg",
         description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
         f"of the trained run `{retrieval.run.root.name}`. Images are addressed by their "
         "integer id in the out-of-domain set.")
@@ -82,6 +88,16 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     def home() -> FileResponse:
         return FileResponse(str(static / "index.html"), media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(str(static / "favicon.svg"), media_type="image/svg+xml")
+
+    @app.get("/report.html", include_in_schema=False)
+    def report() -> FileResponse:
+        if not retrieval.run.report_html.is_file():
+            raise HTTPException(404, "this run has no report.html yet: run `neuralcodes report`")
+        return FileResponse(retrieval.run.report_html, media_type="text/html")
+
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.get("/api/info", summary="The run, its layers and the searchable databases",
@@ -94,14 +110,17 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
                              "class_name": retrieval.dataset.names[c]}
                             for c in retrieval.ood_classes],
                 "upload_formats": sorted(UPLOAD_FORMATS.values()),
-                "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+                "max_upload_bytes": max_upload_bytes,
+                "max_upload_text": format_bytes(max_upload_bytes), "max_pixels": max_pixels}
 
     @app.get("/api/gallery", summary="A page of the out-of-domain images",
              response_model=Gallery)
-    def gallery(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
-                ) -> dict[str, Any]:
-        items = [retrieval.item(i) for i in range(offset, min(offset + limit, n))]
-        return {"total": n, "offset": offset, "limit": limit, "items": items}
+    def gallery(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                label: int | None = Query(None, description="only this class (a label of "
+                                          "/api/info's classes)")) -> dict[str, Any]:
+        if label is not None and label not in retrieval.ood_classes:
+            raise HTTPException(422, f"no ood class has label {label}")
+        return retrieval.gallery(offset, limit, label)
 
     @app.get("/api/image/{image_id}", summary="An ood image as a 64x64 PNG",
              response_class=Response,
@@ -147,14 +166,39 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
             result = retrieval.search_image(image, k, database)
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None
-        preview = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
-        result["query"].update(meta, filename=file.filename, url=preview)
+        meta = {**meta, "filename": file.filename,
+                "url": "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()}
+        meta["upload_id"] = uploads.add(image, meta)
+        result["query"].update(meta)
+        return result
+
+    @app.get("/api/upload/{upload_id}", summary="Search again with an earlier upload",
+             response_model=SearchResult,
+             responses={404: {"description": "not among the latest uploads (send it again)"}})
+    def search_again(upload_id: str = PathParam(pattern="^[0-9a-f]{16}$"), k: int = K,
+                     database: str = Query("ood", description="ood, or index")
+                     ) -> dict[str, Any]:
+        try:
+            image, meta = uploads.get(upload_id)
+            result = retrieval.search_image(image, k, database)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+        result["query"].update(meta)
         return result
 
     @app.get("/api/results", summary="Evaluation table, mAP per layer, learning curves",
              response_model=Results)
     def results() -> dict[str, Any]:
-        return retrieval.results()
+        return run_results(retrieval)
+
+    @app.get("/api/figure/{name}.png", summary="One of the run's figures (see /api/results)",
+             response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "none"}})
+    def figure(name: str) -> FileResponse:
+        path = figure_path(retrieval.run, name)
+        if path is None:
+            raise HTTPException(404, f"this run has no figure '{name}'")
+        return FileResponse(path, media_type="image/png")
 
     @app.get("/api/curves.png", summary="The learning curves of the run", response_class=Response,
              responses={200: {"content": {"image/png": {}}}, 404: {"description": "none yet"}})

@@ -49,6 +49,11 @@ class QueryInfo(BaseModel):
     format: str | None = None
     width: int | None = None
     height: int | None = None
+    upload_id: str | None = Field(None, description="upload: its id for GET /api/upload/{id} "
+                                  "(the server keeps the latest uploads in memory)")
+    upscaled: bool | None = Field(None, description="upload: smaller than 64x64, so enlarged")
+    transparent: bool | None = Field(None, description="upload: had transparent areas, shown "
+                                     "to the model on white")
 
 
 class SearchResult(BaseModel):
@@ -58,15 +63,20 @@ class SearchResult(BaseModel):
     database: Literal["ood", "index"]
     database_size: int = Field(description="images ranked (the query itself excluded)")
     k: int
+    relu: bool = Field(description="the codes searched: post-ReLU (True) or pre-ReLU (False)")
     layers: list[LayerResult]
+    relevant: int | None = Field(None, description="ood query: other images of its class")
+    chance_ap: float | None = Field(None, description="ood query: the expected AP of a random "
+                                    "ranking (the chance level of AP)")
 
 
 class Gallery(BaseModel):
     """A page of the ood images."""
 
-    total: int
+    total: int = Field(description="images in the gallery (of the class, if filtered)")
     offset: int
     limit: int
+    label: int | None = Field(None, description="the class filter, if any")
     items: list[ImageItem]
 
 
@@ -95,6 +105,7 @@ class Info(BaseModel):
     classes: list[OodClass] = Field(description="the out-of-domain classes")
     upload_formats: list[str]
     max_upload_bytes: int
+    max_upload_text: str = Field(description="the upload limit as people read it, e.g. 20 MiB")
     max_pixels: int
 
 
@@ -107,7 +118,32 @@ class MapRow(BaseModel):
     relu: bool
     map: float
     p_at_5: float | None = Field(None, alias="p@5", description="mean precision@5")
+    p_at_10: float | None = Field(None, alias="p@10", description="mean precision@10")
     n_queries: int
+    chance_map: float | None = Field(None, description="mAP of a random ranking")
+    chance_p: float | None = Field(None, description="precision@k of a random ranking")
+
+
+class Chance(BaseModel):
+    """Accuracy of guessing a class uniformly at random."""
+
+    top1: float
+    top5: float
+
+
+class Reference(BaseModel):
+    """The course's reference numbers (when the package knows them)."""
+
+    map: dict[str, float] = Field(description="mAP per layer")
+    top1: float | None = Field(description="test top-1 accuracy")
+    top5: float | None = Field(description="test top-5 accuracy")
+    source: str
+
+
+class Figure(BaseModel):
+    name: str
+    title: str
+    url: str
 
 
 class Results(BaseModel):
@@ -118,4 +154,10 @@ class Results(BaseModel):
                                         "(None before `neuralcodes evaluate`)")
     map: list[MapRow]
     map_source: str = Field(description="retrieval/map.json, or computed by the server")
+    relu: bool = Field(description="the code variant the app searches")
+    n_classes: int = Field(description="in-domain classes the network was trained on")
+    chance: Chance
+    reference: Reference | None = Field(description="the course's numbers, if known")
     curves_url: str | None = Field(description="the learning curves PNG, if the run has one")
+    figures: list[Figure] = Field(description="the run's figures that exist")
+    report_url: str | None = Field(description="the run's report.html, if written")

@@ -11,7 +11,6 @@ import numpy as np
 
 from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.files import read_json
 from neuralcodes.web.uploads import UploadRejected, png_bytes
 
 #: The largest k the API answers (capped further by the database size).
@@ -51,9 +50,9 @@ class ServedRun:
                 raise NeuralCodesError(f"the {name} has no codes for layer(s) "
                                        f"{', '.join(missing)}")
         self.labels = np.asarray(codes.labels, dtype=np.int64)
+        self.in_classes = list(splits.in_classes)
         self._model_lock = threading.Lock()
-        self._map_lock = threading.Lock()
-        self._map: list[dict[str, Any]] | None = None
+        self.computed_map: list[dict[str, Any]] | None = None  # see web.results
 
     # -- descriptions ---------------------------------------------------------------------------
 
@@ -71,6 +70,17 @@ class ServedRun:
         assert self.index is not None
         return {"id": i, "label": None, "wnid": None,
                 "class_name": Path(self.index.paths[i]).name, "url": f"api/index-image/{i}"}
+
+    def gallery(self, offset: int, limit: int, label: int | None = None) -> dict[str, Any]:
+        """A page of the ood images, of one class if ``label`` is given (ids stay global)."""
+        ids = np.arange(len(self)) if label is None else np.flatnonzero(self.labels == label)
+        items = [self.item(int(i)) for i in ids[offset:offset + limit]]
+        return {"total": len(ids), "offset": offset, "limit": limit, "label": label,
+                "items": items}
+
+    def relevant(self, i: int) -> int:
+        """How many other ood images share image ``i``'s class."""
+        return int(np.count_nonzero(self.labels == self.labels[i])) - 1
 
     def databases(self) -> list[dict[str, Any]]:
         """The databases an uploaded image can be searched in."""
@@ -107,8 +117,10 @@ class ServedRun:
             hits = [self._hit(self.item(int(j)), rank, float(s), query_label)
                     for rank, (j, s) in enumerate(zip(m.top[0], m.top_scores[0], strict=True), 1)]
             layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits})
+        relevant = self.relevant(i)
         return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
-                "database_size": len(self) - 1, "k": k, "layers": layers}
+                "database_size": len(self) - 1, "k": k, "relu": self.ood.relu, "layers": layers,
+                "relevant": relevant, "chance_ap": random_ap(relevant, len(self) - 1)}
 
     def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
         """A 64x64 uint8 image against ``database`` ("ood" or "index"): top ``k`` per layer."""
@@ -141,44 +153,21 @@ class ServedRun:
                     for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
             layers.append({"layer": layer, "ap": None, "hits": hits})
         return {"query": {"id": None, "source": "upload"}, "database": database,
-                "database_size": len(searcher.codes), "k": k, "layers": layers}
+                "database_size": len(searcher.codes), "k": k, "relu": searcher.relu,
+                "layers": layers}
 
     def _hit(self, item: dict[str, Any], rank: int, score: float, query_label: int | None
              ) -> dict[str, Any]:
         same = None if query_label is None else item["label"] == query_label
         return {**item, "rank": rank, "score": score, "same_class": same}
 
-    # -- results --------------------------------------------------------------------------------
 
-    def results(self) -> dict[str, Any]:
-        """The run's evaluation table, mAP per layer and whether learning curves exist."""
-        eval_ = read_json(self.run.eval_json) if self.run.eval_json.is_file() else None
-        maps, source = self._saved_map()
-        if maps is None:
-            maps, source = self._computed_map(), "computed by the server from the ood codes"
-        return {"run": self.run.root.name, "eval": eval_, "map": maps, "map_source": source,
-                "curves_url": "api/curves.png" if self.run.curves.is_file() else None}
-
-    def _saved_map(self) -> tuple[list[dict[str, Any]] | None, str]:
-        """mAP rows from ``retrieval/map.json`` (``{"pre"|"post": {layer: {"map", ...}}}``)."""
-        path = self.run.retrieval / "map.json"
-        if not path.is_file():
-            return None, ""
-        rows = [{"layer": layer, "relu": variant == "post", "map": m["map"],
-                 "p@5": m.get("p@5"), "n_queries": m.get("n_queries", len(self))}
-                for variant, layers in sorted(read_json(path).items(), reverse=True)
-                for layer, m in sorted(layers.items())]
-        return (rows or None), f"{self.run.root.name}/retrieval/map.json"
-
-    def _computed_map(self) -> list[dict[str, Any]]:
-        from neuralcodes.retrieval import evaluate_codes
-
-        with self._map_lock:  # computed once, on first request
-            if self._map is None:
-                ks = (5,) if len(self) > 5 else ()
-                metrics = evaluate_codes(self.ood.codes, ks=ks, top_k=0)
-                self._map = [{"layer": layer, "relu": self.ood.relu, "map": m.map,
-                              "p@5": float(m.precision[5].mean()) if ks else None,
-                              "n_queries": len(self)}
-                             for layer, m in metrics.items() if layer in self.layers]
-        return self._map
+def random_ap(relevant: int, n: int) -> float | None:
+    """The expected average precision of a random ranking of ``n`` items of which ``relevant``
+    are relevant (the chance level of AP; about ``relevant / n``). None without relevant items."""
+    if relevant <= 0 or n <= 0:
+        return None
+    if n == 1:
+        return 1.0
+    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
+    return (relevant - 1) / (n - 1) + harmonic * (n - relevant) / (n * (n - 1))

@@ -56,7 +56,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     (layers, k, pre/post-ReLU; default: the run's own)."""
     from fastapi import File, Form, HTTPException, Query, UploadFile
     from fastapi import Path as PathParam
-    from fastapi.responses import FileResponse, Response
+    from fastapi.responses import FileResponse, RedirectResponse, Response
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
 
@@ -68,9 +68,10 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     max_k = max(1, min(MAX_K, n - 1))
     static = resources.files("neuralcodes.web") / "static"
     uploads = UploadStore()
-    # /docs and /redoc with their scripts served from the fastapi-offline package (no CDN)
+    # /docs with its scripts served from the fastapi-offline package (no CDN); /redoc leads
+    # there (the bundled ReDoc still fetches its logo from a CDN)
     app = FastAPIOffline(
-        title="neuralcodes", version=__version__, static_url="/static-docs",
+        title="neuralcodes", version=__version__, static_url="/static-docs", redoc_url=None,
         favicon_url="/static/favicon.svg",
         description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
         f"of the trained run `{retrieval.run.root.name}`. Images are addressed by their "
@@ -87,6 +88,10 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     @app.get("/", include_in_schema=False)
     def home() -> FileResponse:
         return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> RedirectResponse:
+        return RedirectResponse("docs")
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:

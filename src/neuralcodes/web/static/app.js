@@ -591,7 +591,7 @@ function startUpload(file) {
 // ---------------------------------------------------------------- results page
 
 function table(testid, head, rows, foot = []) {
-  return el("div", { class: "table-wrap" }, el("table", { "data-testid": testid },
+  return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `${testid.replace("-", " ")}` }, el("table", { "data-testid": testid },
     el("thead", {}, el("tr", {}, ...head.map((t) => el("th", { scope: "col", text: t })))),
     el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c, i) => el(i ? "td" : "th", { scope: i ? null : "row", text: c }))))),
     foot.length ? el("tfoot", {}, ...foot.map((r) => el("tr", {}, ...r.map((c, i) => el(i ? "td" : "th", { scope: i ? null : "row", text: c }))))) : null));
@@ -652,7 +652,7 @@ async function renderResults() {
     : el("p", { class: "empty", text: "No report yet: run `neuralcodes report` on this run." }));
   const curves = el("div", { id: "curves" });
   const figs = r.figures.map((f) => el("figure", { class: "figure", "data-name": f.name },
-    el("div", { class: "scroll" }, el("img", { src: f.url, alt: f.title })),
+    el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": f.title }, el("img", { src: f.url, alt: f.title })),
     el("figcaption", {}, f.title, " · ", el("a", { href: f.url, text: "open full size" }))));
   const curveFig = figs.find((f) => f.dataset.name === "curves");
   if (curveFig) curves.append(curveFig);
@@ -713,6 +713,7 @@ async function start() {
   buildControls("upload");
   setupUpload(info);
   window.addEventListener("hashchange", route);
+  state.keepFocus = true; // a page load leaves focus alone, so Tab reaches the skip link first
   await route();
 }
 

@@ -363,7 +363,9 @@ async function renderQuery(arg, params) {
   const id = /^\d+$/.test(arg) ? Number(arg) : NaN;
   show("query", Number.isInteger(id) ? `Image #${id}: similar images` : "Image not found");
   syncControls("query", k, layer);
-  if (!Number.isInteger(id) || id >= info.gallery_size) {
+  const valid = Number.isInteger(id) && id < info.gallery_size;
+  document.querySelector(".controls[data-for=query]").hidden = !valid;
+  if (!valid) {
     begin();
     image.hidden = true;
     image.removeAttribute("src");

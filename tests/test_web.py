@@ -19,17 +19,18 @@ from PIL import Image
 
 from helpers import trained_web_run
 from neuralcodes.cli import build_parser, main
-from neuralcodes.codes import load_codes, read_image
 from neuralcodes.config import Config
 from neuralcodes.data import Dataset, Splits, make_splits
 from neuralcodes.files import read_json, write_json
+from neuralcodes.retrieval import load_codes, read_image
+from neuralcodes.retrieval.metrics import chance_average_precision
 from neuralcodes.runs import RunDir
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 MAX_BYTES = 300_000  # the test app's upload limits: small, so tests can exceed them cheaply
 MAX_PIXELS = 1_000_000
-STATIC = Path(__file__).resolve().parents[1] / "src" / "neuralcodes" / "web_static"
+STATIC = Path(__file__).resolve().parents[1] / "src" / "neuralcodes" / "web" / "static"
 
 
 def png(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
@@ -369,7 +370,7 @@ def test_openapi_schema_documents_the_json_api(client):
         ok = op["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok["$ref"].endswith("/SearchResult")
     models = schema["components"]["schemas"]
-    assert {"rank", "score", "same_class", "url"} <= set(models["Hit"]["properties"])
+    assert {"rank", "score", "same_class", "url"} <= set(models["HitOut"]["properties"])
     assert {"layer", "ap", "hits"} <= set(models["LayerResult"]["properties"])
     assert "p@5" in models["MapRow"]["properties"]
 
@@ -381,7 +382,7 @@ def test_home_page_and_static_files_load_nothing_from_elsewhere(client):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and r.text == (STATIC / name).read_text()
     for path in STATIC.iterdir():
-        text = path.read_text()
+        text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
 
 
@@ -396,10 +397,11 @@ def test_serve_binds_localhost_by_default_and_passes_its_options(run, monkeypatc
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     assert main(["serve", str(run), "--port", "8765", "--device", "cpu",
-                 "--max-upload-mb", "1"]) == 0
+                 "--max-upload-mb", "1", "--set", "retrieval.k=7"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8765)
     local = fastapi_testclient.TestClient(seen["app"], base_url="http://localhost:8765")
-    assert local.get("/api/info").json()["max_upload_bytes"] == 2**20
+    info = local.get("/api/info").json()
+    assert info["max_upload_bytes"] == 2**20 and info["k"] == 7  # --set reaches the app
     # a page elsewhere that rebinds its DNS name to 127.0.0.1 is not answered
     rebound = fastapi_testclient.TestClient(seen["app"], base_url="http://evil.example:8765")
     assert rebound.get("/api/info").status_code == 400
@@ -419,9 +421,110 @@ def test_serve_refuses_a_port_in_use_before_loading_anything(run, capsys):
     (["serve", "{missing}"], "not a run directory"),
     (["serve", "{run}", "--port", "0"], "--port must be between"),
     (["serve", "{run}", "--index", "{missing}.npz"], "no index file"),
+    (["serve", "{run}", "--set", "model.fc_width=3"], "cannot change model.fc_width"),
 ])
 def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, words):
     argv = [a.format(run=run, missing=tmp_path / "nothing") for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- issue 13: API side
+
+
+def test_docs_and_redoc_work_offline_with_local_assets(client):
+    assert client.get("/redoc", follow_redirects=False).headers["location"] == "docs"
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and "openapi.json" in r.text
+        assets = [a for a in ("swagger-ui-bundle.js", "swagger-ui.css") if a in r.text]
+        assert assets and "cdn" not in r.text.lower() and "https://" not in r.text.split(
+            "<body>")[0].replace("https://fastapi.tiangolo.com", "")
+        for asset in assets:
+            assert client.get(f"/static-docs/{asset}").status_code == 200
+    assert client.get("/favicon.ico").status_code == 200
+    assert client.get("/static/favicon.svg").headers["content-type"].startswith("image/svg")
+
+
+def test_gallery_filters_by_class(client, data):
+    dataset, splits = data
+    label = splits.ood_classes[1]
+    page = client.get(f"/api/gallery?label={label}&limit=7").json()
+    assert page["total"] == 20 and page["label"] == label and len(page["items"]) == 7
+    ids = np.flatnonzero(dataset.labels[splits.ood] == label)
+    assert [it["id"] for it in page["items"]] == ids[:7].tolist()
+    assert client.get("/api/gallery?label=99").status_code == 422
+
+
+def test_transparent_png_is_composited_on_white_and_tiny_images_say_upscaled(client):
+    rgba = np.zeros((64, 64, 4), np.uint8)  # fully transparent black: a viewer shows white
+    rgba[:32, :, :3] = (200, 30, 30)
+    rgba[:32, :, 3] = 255
+    body = upload(client, png(rgba)).json()
+    q = body["query"]
+    assert q["transparent"] is True and q["upscaled"] is False
+    preview = np.asarray(Image.open(io.BytesIO(base64.b64decode(q["url"].split(",", 1)[1]))))
+    assert (preview[40:, :] == 255).all() and (preview[:20, :, 0] == 200).all()
+    tiny = upload(client, png(np.full((10, 10, 3), 90, np.uint8))).json()["query"]
+    assert tiny["upscaled"] is True and tiny["transparent"] is False
+    assert (tiny["width"], tiny["height"]) == (10, 10)
+
+
+def test_an_upload_can_be_searched_again_by_its_id(client, data):
+    dataset, splits = data
+    first = upload(client, png(dataset.images[splits.ood[12]]), k="3").json()
+    uid = first["query"]["upload_id"]
+    again = client.get(f"/api/upload/{uid}?k=6")
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["k"] == 6 and body["query"]["upload_id"] == uid
+    assert body["query"]["url"] == first["query"]["url"]
+    assert [h["id"] for h in body["layers"][0]["hits"][:3]] == \
+        [h["id"] for h in first["layers"][0]["hits"]]
+    assert client.get(f"/api/upload/{uid}?database=index").json()["database"] == "index"
+    gone = client.get("/api/upload/0123456789abcdef")
+    assert gone.status_code == 404 and "choose the image again" in gone.json()["detail"]
+    assert client.get("/api/upload/..%2Fconfig.json").status_code in (404, 422)
+
+
+def test_chance_level_is_the_expected_ap_of_a_random_ranking(client):
+    from itertools import combinations
+
+    n, r = 9, 3  # exact: every placement of the relevant items is equally likely
+    aps = []
+    for pos in combinations(range(n), r):
+        aps.append(np.mean([(i + 1) / (p + 1) for i, p in enumerate(pos)]))
+    assert chance_average_precision(n, r) == pytest.approx(np.mean(aps))
+    body = client.get("/api/search/4").json()
+    chance = chance_average_precision(39, 19)
+    assert body["relevant"] == 19 and body["chance_ap"] == pytest.approx(chance)
+    assert body["relu"] is False
+
+
+def test_results_give_chance_levels_p10_figures_and_the_course_reference(client, run,
+                                                                       monkeypatch):
+    res = client.get("/api/results").json()
+    assert res["chance"] == {"top1": 0.25, "top5": 1.0} and res["n_classes"] == 4
+    chance = chance_average_precision(39, 19)
+    assert all(m["p@10"] is not None and m["chance_map"] == pytest.approx(chance)
+               for m in res["map"])
+    assert [f["name"] for f in res["figures"]] == ["curves"]
+    assert client.get("/api/figure/curves.png").content == RunDir(run).curves.read_bytes()
+    assert client.get("/api/figure/config.png").status_code == 404
+    assert res["report_url"] is None and client.get("/report.html").status_code == 404
+    RunDir(run).report_html.write_text("<html><title>report</title></html>")
+    try:
+        res = client.get("/api/results").json()
+        assert client.get(res["report_url"]).text.startswith("<html>")
+    finally:
+        RunDir(run).report_html.unlink()
+    assert res["reference"]["map"] == {"5": 0.28695, "6": 0.31776, "7": 0.34487}
+    assert (res["reference"]["top1"], res["reference"]["top5"]) == (0.35, 0.6134)
+
+
+def test_size_limits_read_the_same_in_the_page_and_the_error(client):
+    info = client.get("/api/info").json()
+    assert info["max_upload_text"] == "293 KiB"
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    assert "293 KiB" in upload(client, png(noise)).json()["detail"]

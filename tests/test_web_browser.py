@@ -1,16 +1,22 @@
 """End to end in a real browser: Playwright drives Debian's Chromium against ``neuralcodes serve``.
 
 Playwright cannot download its own browser here, so the system Chromium is used
-(``apt-get install chromium``; ``.ci/run`` installs it). The test skips when it is absent.
-Screenshots go to ``test-artifacts/`` (git-ignored).
+(``apt-get install chromium``; ``.ci/run`` installs it). The tests skip when it is absent. One
+server and one browser serve the whole module; each test gets a fresh page, and fails on any
+page error, console error or failed request that normal use would not cause. The numbers in
+the test names are the points of issue 13. Screenshots go to ``test-artifacts/`` (ignored).
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +26,15 @@ import pytest
 from PIL import Image
 
 from helpers import trained_web_run
+from neuralcodes.runs import RunDir
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+VIEWS = ["#/gallery", "#/query/2", "#/upload", "#/results", "#/api", "#/nowhere"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -36,14 +46,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
-           tiny_cache: Path) -> Iterator[str]:
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
+        tiny_cache: Path) -> Path:
+    return trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)
+
+
+@pytest.fixture(scope="module")
+def server(run: Path) -> Iterator[str]:
     """``neuralcodes serve``'s app under uvicorn in a thread, on a free localhost port."""
     import uvicorn
 
     from neuralcodes.web import create_app
 
-    run = trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
     app = create_app(run, device="cpu")
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(),
                                         log_level="warning"))
@@ -61,101 +77,501 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cac
 
 
 @pytest.fixture(scope="module")
-def page(server: str) -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+def browser(server: str) -> Iterator[object]:
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            pg = browser.new_page(viewport={"width": 1280, "height": 900})
-            pg.set_default_timeout(15_000)
-            yield pg
+            yield b
         finally:
-            browser.close()
+            b.close()
 
 
-def _png(seed: int, size: tuple[int, int] = (123, 77)) -> bytes:
+class Page:
+    """A fresh page that records page errors, console errors and failed requests."""
+
+    def __init__(self, browser: object, base: str, viewport: dict[str, int]) -> None:
+        self.pg = browser.new_page(viewport=viewport)
+        self.pg.set_default_timeout(15_000)
+        self.base = base
+        self.problems: list[str] = []
+        self.expected_status: set[int] = set()
+        self.requests: list[str] = []
+        self.pg.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.pg.on("console", lambda m: m.type == "error" and not self._expected(m.text)
+                   and self.problems.append(f"console: {m.text}"))
+        self.pg.on("requestfailed", lambda r: "ERR_ABORTED" not in (r.failure or "")
+                   and self.problems.append(f"failed: {r.url} {r.failure}"))
+        self.pg.on("response", lambda r: r.status >= 400 and r.status not in self.expected_status
+                   and self.problems.append(f"HTTP {r.status}: {r.url}"))
+        self.pg.on("request", lambda r: self.requests.append(f"{r.method} {r.url}"))
+
+    def _expected(self, text: str) -> bool:
+        return any(f"status of {s}" in text for s in self.expected_status)
+
+    def open(self, hash_: str = "") -> None:
+        self.pg.goto("about:blank")
+        self.pg.goto(self.base + hash_)
+        self.settle()
+
+    def go(self, hash_: str) -> None:
+        self.pg.evaluate("h => { location.hash = h; }", hash_)
+        self.settle()
+
+    def settle(self) -> None:
+        self.pg.wait_for_function("() => document.querySelector('#run-name').textContent && "
+                                  "!document.querySelector('.busy')")
+
+
+@pytest.fixture
+def page(browser: object, server: str) -> Iterator[Page]:
+    p = Page(browser, server, DESKTOP)
+    yield p
+    p.pg.close()
+    assert not p.problems, p.problems
+
+
+@pytest.fixture
+def phone(browser: object, server: str) -> Iterator[Page]:
+    p = Page(browser, server, PHONE)
+    yield p
+    p.pg.close()
+    assert not p.problems, p.problems
+
+
+def _png(seed: int = 1, size: tuple[int, int] = (123, 77), alpha: bool = False) -> bytes:
     rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    arr = rng.integers(0, 256, (size[1], size[0], 4 if alpha else 3), dtype=np.uint8)
+    if alpha:
+        arr[..., 3] = 255
+        arr[: size[1] // 2, :, 3] = 0  # the top half transparent
+        arr[: size[1] // 2, :, :3] = 0
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
 
 
+def _file(name: str, data: bytes, mime: str = "image/png") -> list[dict]:
+    return [{"name": name, "mimeType": mime, "buffer": data}]
+
+
+def _hits(p: Page, view: str = "query") -> object:
+    return p.pg.locator(f"[data-testid={view}-results] [data-testid=hit]")
+
+
+# --------------------------------------------------------------------------- the core flows
+
+
 def test_gallery_click_shows_three_layers_of_marked_results(page, server):
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
-    thumbs = page.locator("#gallery button")
-    thumbs.nth(39).wait_for()
+    page.open()
+    thumbs = page.pg.locator("#gallery a")
     assert thumbs.count() == 40
-    assert page.locator("#gallery img").first.evaluate("img => img.complete && "
-                                                       "img.naturalWidth === 64")
+    assert page.pg.locator("#gallery img").first.evaluate("img => img.complete && "
+                                                          "img.naturalWidth === 64")
     thumbs.nth(2).click()
-    page.wait_for_url("**#/query/2")
-    hits = page.locator("[data-testid=query-results] [data-testid=hit]")
-    hits.nth(14).wait_for()
+    page.pg.wait_for_url("**#/query/2")
+    page.settle()
+    hits = _hits(page)
     assert hits.count() == 3 * 5
     expected = httpx.get(f"{server}api/search/2").json()
-    layers = page.locator("[data-testid=query-results] .layer")
+    layers = page.pg.locator("[data-testid=query-results] .layer")
     assert layers.count() == 3
     for li, layer in enumerate(expected["layers"]):
         box = layers.nth(li)
-        assert box.locator("h3").inner_text().startswith(f"Layer {layer['layer']}")
-        assert box.get_by_test_id("ap").inner_text() == f"AP {layer['ap']:.3f}"
+        assert box.locator("h3").inner_text() == f"Layer {layer['layer']}"
+        assert box.get_by_test_id("ap").inner_text() == f"AP {100 * layer['ap']:.1f}%"
         for hi, hit in enumerate(layer["hits"]):
             card = box.get_by_test_id("hit").nth(hi)
             mark = "✓" if hit["same_class"] else "✗"
             assert card.get_by_test_id("mark").inner_text() == mark
             assert card.get_attribute("class") == ("hit same" if hit["same_class"] else "hit diff")
-            assert f"{hit['score']:.3f}" in card.inner_text()
+            shown = card.locator(".score").inner_text()
+            assert float(shown) == pytest.approx(hit["score"], abs=0.6 * 10 ** -(len(shown) - 2))
             assert card.locator("img").get_attribute("src") == hit["url"]
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
+    page.pg.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
     # 20 results among 39 others of which 19 share the query's class: both marks must show
-    page.select_option("#query-k", "20")
-    hits.nth(59).wait_for()
+    page.pg.select_option("#query-k", "20")
+    page.pg.wait_for_url("**k=20*")
+    page.settle()
     assert hits.count() == 3 * 20
     for box in layers.all():
         assert box.locator(".hit.same .mark").all_inner_texts().count("✓") >= 1
         assert set(box.locator(".hit.diff .mark").all_inner_texts()) == {"✗"}
     for cls, colour in (("same", "rgb(26, 127, 55)"), ("diff", "rgb(207, 34, 46)")):
-        frame = page.locator(f"[data-testid=query-results] .hit.{cls}").first
+        frame = page.pg.locator(f"[data-testid=query-results] .hit.{cls} > a").first
         assert frame.evaluate("e => getComputedStyle(e).borderTopColor") == colour
-    assert not errors
 
 
-def test_upload_shows_results_and_bad_files_show_the_message(page, server):
-    page.goto(f"{server}#/upload")
-    page.locator("#upload-database option").first.wait_for(state="attached")
-    page.set_input_files("#upload-file", files=[{"name": "generated.png",
-                                                 "mimeType": "image/png", "buffer": _png(1)}])
-    page.click("#upload-submit")
-    hits = page.locator("[data-testid=upload-results] [data-testid=hit]")
-    hits.nth(14).wait_for()
-    assert hits.count() == 3 * 5
-    assert page.locator("#upload-caption").inner_text().startswith("generated.png (123×77 PNG)")
-    assert page.locator("#upload-preview").get_attribute("src").startswith("data:image/png")
-    assert page.locator("#error").is_hidden()
-    page.screenshot(path=str(ARTIFACTS / "web-upload.png"), full_page=True)
+def test_results_page_shows_the_tables_and_the_curves(page):
+    page.open("#/results")
+    rows = page.pg.locator("[data-testid=eval-table] tbody tr")
+    assert [rows.nth(i).locator("th").inner_text() for i in range(3)] == ["train", "val", "test"]
+    assert page.pg.locator("[data-testid=map-table] tbody tr").count() == 3
+    page.pg.wait_for_function("() => document.querySelector('#curves img').naturalWidth > 0")
+    page.pg.screenshot(path=str(ARTIFACTS / "web-results.png"), full_page=True)
 
-    page.set_input_files("#upload-file", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                 "buffer": b"not an image"}])
-    page.click("#upload-submit")
-    error = page.locator("#error")
+
+# --------------------------------------------------------------------------- issue 13, 1-2
+
+
+def test_1_empty_upload_page_shows_no_broken_image(page):
+    page.open("#/upload")
+    assert page.pg.locator("#upload-query").is_hidden()
+    broken = page.pg.evaluate("() => [...document.images].filter(i => i.offsetParent && "
+                              "(!i.complete || i.naturalWidth === 0)).length")
+    assert broken == 0
+
+
+def test_2_a_failed_upload_clears_the_previous_preview_and_message(page):
+    page.expected_status = {415}
+    page.open("#/upload")
+    page.pg.set_input_files("#upload-file", files=_file("generated.png", _png()))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert _hits(page, "upload").count() == 3 * 5
+    assert page.pg.locator("#upload-caption").inner_text().startswith("generated.png (123×77 PNG)")
+    assert page.pg.locator("#upload-preview").get_attribute("src").startswith("data:image/png")
+    assert page.pg.locator("#error").is_hidden()
+    page.pg.screenshot(path=str(ARTIFACTS / "web-upload.png"), full_page=True)
+    page.pg.set_input_files("#upload-file", files=_file("notes.txt", b"not an image",
+                                                        "text/plain"))
+    error = page.pg.locator("#error")
     error.wait_for(state="visible")
-    assert error.inner_text() == "not a JPEG, PNG or WebP image"
+    assert error.inner_text() == "notes.txt: not a JPEG, PNG or WebP image"
+    assert page.pg.locator("#upload-query").is_hidden()
+    assert "generated.png" not in page.pg.locator("#view-upload").inner_text()
+    assert _hits(page, "upload").count() == 0
+    page.pg.set_input_files("#upload-file", files=_file("again.png", _png(2)))
+    page.settle()
+    page.pg.wait_for_function("() => document.querySelectorAll('#upload-results li').length")
+    assert error.is_hidden()
 
 
-def test_results_page_shows_the_tables_and_the_curves(page, server):
-    page.goto(f"{server}#/results")
-    rows = page.locator("[data-testid=eval-table] tbody tr")
-    rows.nth(2).wait_for()
-    assert [rows.nth(i).locator("td").first.inner_text() for i in range(3)] == \
-        ["train", "val", "test"]
-    assert page.locator("[data-testid=map-table] tbody tr").count() == 3
-    curves = page.locator("#curves img")
-    curves.wait_for()
-    page.wait_for_function("() => document.querySelector('#curves img').naturalWidth > 0")
-    page.screenshot(path=str(ARTIFACTS / "web-results.png"), full_page=True)
+# --------------------------------------------------------------------------- 3-5
+
+
+def test_3_scores_that_differ_read_differently_and_ap_has_its_chance_level(page, server):
+    page.open("#/query/5?k=20")
+    expected = httpx.get(f"{server}api/search/5?k=20").json()
+    for li, layer in enumerate(expected["layers"]):
+        box = page.pg.locator("[data-testid=query-results] .layer").nth(li)
+        shown = box.locator(".score").all_inner_texts()
+        scores = [h["score"] for h in layer["hits"]]
+        for i in range(1, len(scores)):
+            if scores[i - 1] - scores[i] >= 1e-6:  # float32 noise below that
+                assert shown[i] != shown[i - 1], (shown, scores)
+        assert box.get_by_test_id("chance").inner_text() == \
+            f"chance {100 * expected['chance_ap']:.1f}%"
+    about = page.pg.locator("#query-about").inner_text()
+    assert "cosine similarity" in about and "chance" in about and "pre-ReLU" in about
+
+
+def _hold(page: Page, pattern: str) -> list:
+    held: list = []
+    page.pg.route(pattern, lambda route: held.append(route))
+    return held
+
+
+def test_4_a_search_shows_its_loading_state_with_the_new_query(page):
+    page.open("#/query/3")
+    held = _hold(page, re.compile(r".*/api/search/7\?.*"))
+    page.pg.evaluate("() => { location.hash = '#/query/7'; }")
+    page.pg.wait_for_function("() => !document.querySelector('#query-status').hidden")
+    assert "Searching" in page.pg.locator("#query-status").inner_text()
+    assert page.pg.locator("#query-image").get_attribute("src") == "api/image/7"
+    assert _hits(page).count() == 0  # the old results are gone, not shown under the new image
+    assert page.pg.locator("#query-results").get_attribute("aria-busy") == "true"
+    while not held:
+        page.pg.wait_for_timeout(20)
+    held[0].continue_()
+    page.settle()
+    assert _hits(page).count() == 15 and page.pg.locator("#query-status").is_hidden()
+
+
+def test_5_only_the_latest_request_paints(page, server):
+    page.open("#/query/3")
+    held = _hold(page, re.compile(r".*/api/search/10\?.*"))
+    page.pg.evaluate("() => { location.hash = '#/query/10'; }")
+    page.pg.wait_for_timeout(200)
+    page.go("#/query/11")
+    for route in held:
+        route.continue_()
+    page.pg.wait_for_timeout(500)
+    page.settle()
+    assert page.pg.url.endswith("#/query/11")
+    assert page.pg.locator("#query-caption").inner_text().startswith("#11 ")
+    want = [h["id"] for h in httpx.get(f"{server}api/search/11").json()["layers"][0]["hits"]]
+    got = page.pg.locator("[data-layer='5'] [data-testid=hit]").evaluate_all(
+        "cards => cards.map(c => Number(c.dataset.id))")
+    assert got == want
+    # the gallery's class filter: a slow first class must not overwrite the second
+    info = httpx.get(f"{server}api/info").json()
+    first, second = (c["label"] for c in info["classes"])
+    held = _hold(page, re.compile(rf".*/api/gallery\?.*label={first}.*"))
+    page.pg.evaluate("l => { location.hash = '#/gallery?class=' + l; }", first)
+    page.pg.wait_for_timeout(200)
+    page.go(f"#/gallery?class={second}")
+    for route in held:
+        route.continue_()
+    page.pg.wait_for_timeout(500)
+    page.settle()
+    labels = {it["id"] for it in httpx.get(f"{server}api/gallery?label={second}").json()["items"]}
+    shown = page.pg.locator("#gallery a").evaluate_all("a => a.map(x => Number(x.dataset.id))")
+    assert shown and set(shown) == labels
+
+
+# --------------------------------------------------------------------------- 6-7
+
+
+def test_6_results_lead_on_focus_and_announcements_follow(page):
+    page.open()
+    assert page.pg.locator("nav a[aria-current=page]").inner_text() == "Gallery"
+    page.pg.locator("#gallery a").nth(4).focus()
+    page.pg.keyboard.press("Enter")
+    page.pg.wait_for_url("**#/query/4")
+    page.settle()
+    assert page.pg.evaluate("() => document.activeElement.id") == "query-results-title"
+    assert "Results for image #4" in page.pg.locator("#announce").inner_text()
+    first = page.pg.locator("[data-layer='6'] [data-testid=hit] a").first
+    target = first.get_attribute("href")
+    first.click()
+    page.pg.wait_for_url(f"**{target}")
+    page.settle()
+    assert page.pg.locator("#query-caption").inner_text().startswith(
+        "#" + target.split("/")[-1].split("?")[0] + " ")
+    page.pg.click("#query-back")
+    page.pg.wait_for_url("**#/gallery")
+    page.settle()
+    assert page.pg.locator("#gallery a").count() == 40
+    page.pg.go_back()
+    page.pg.go_back()
+    page.settle()
+    assert page.pg.url.endswith("#/query/4")
+
+
+def test_7_choose_drop_or_paste_starts_the_search_and_k_searches_again(page, server):
+    page.open("#/upload")
+    limits = page.pg.locator("#upload-limits").inner_text()
+    assert "20 MiB" in limits
+    page.pg.set_input_files("#upload-file", files=_file("chosen.png", _png(3)))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert _hits(page, "upload").count() == 15
+    posts = [r for r in page.requests if r.startswith("POST")]
+    page.pg.select_option("#upload-k", "10")
+    page.pg.wait_for_url("**k=10*")
+    page.settle()
+    assert _hits(page, "upload").count() == 30
+    assert [r for r in page.requests if r.startswith("POST")] == posts  # not sent again
+    page.pg.reload()
+    page.settle()
+    assert _hits(page, "upload").count() == 30  # the URL holds the upload
+    b64 = base64.b64encode(_png(4)).decode()
+    for event in ("paste", "drop"):
+        page.pg.evaluate("""([b64, event]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], event + '.png', {type: 'image/png'}));
+            const e = event === 'paste'
+                ? new ClipboardEvent('paste', {clipboardData: dt, bubbles: true})
+                : new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true});
+            (event === 'paste' ? document : document.getElementById('drop')).dispatchEvent(e);
+        }""", [b64, event])
+        page.pg.wait_for_function("n => document.querySelector('#upload-caption').textContent"
+                                  ".startsWith(n)", arg=f"{event}.png")
+        page.settle()
+        assert _hits(page, "upload").count() == 30
+    n_posts = len([r for r in page.requests if r.startswith("POST")])
+    page.pg.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(21 * 2 ** 20)], 'huge.png', {type: 'image/png'}));
+        const input = document.getElementById('upload-file');
+        input.files = dt.files;
+        input.dispatchEvent(new Event('change'));
+    }""")
+    error = page.pg.locator("#error")
+    error.wait_for(state="visible")
+    assert "20 MiB" in error.inner_text() and "huge.png" in error.inner_text()
+    assert len([r for r in page.requests if r.startswith("POST")]) == n_posts  # never sent
+
+
+# --------------------------------------------------------------------------- 8: phone
+
+
+def test_8_phone_no_overflow_big_targets_one_row_nav_layers_side_by_side(phone):
+    for view in VIEWS:
+        phone.open(view)
+        width = phone.pg.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], (view, width)
+        small = phone.pg.evaluate("""() => [...document.querySelectorAll(
+              'a, button, select, input, label[for], summary')]
+            .filter(e => e.offsetParent && !e.classList.contains('sr-only')
+                    && !e.closest('p, li.api-row, figcaption'))
+            .map(e => [e.outerHTML.slice(0, 60), e.getBoundingClientRect()])
+            .filter(([_, r]) => r.width < 24 || r.height < 24)""")
+        assert not small, (view, small)
+        tops = phone.pg.locator("nav[aria-label=Main] a").evaluate_all(
+            "a => a.map(x => Math.round(x.getBoundingClientRect().top))")
+        assert len(set(tops)) == 1, tops
+    phone.open("#/query/2")
+    boxes = phone.pg.locator("[data-testid=query-results] .layer").evaluate_all(
+        "l => l.map(x => x.getBoundingClientRect()).map(r => [r.top, r.left, r.width])")
+    assert len(boxes) == 3 and len({round(t) for t, _, _ in boxes}) == 1
+    phone.open("#/results")
+    for th in phone.pg.locator("th").all():
+        assert th.evaluate("e => e.getClientRects().length === 1 && "
+                           "e.scrollWidth <= e.clientWidth + 1")
+        lines = th.evaluate("e => Math.round(e.getBoundingClientRect().height / "
+                            "parseFloat(getComputedStyle(e).lineHeight || 20))")
+        assert lines <= 2
+    assert phone.pg.locator("#curves img").evaluate("i => i.getBoundingClientRect().width") >= 600
+    phone.pg.screenshot(path=str(ARTIFACTS / "web-phone-results.png"), full_page=True)
+
+
+# --------------------------------------------------------------------------- 9-10
+
+
+def test_9_gallery_names_filters_pages_and_fills_its_rows(page, server):
+    page.open()
+    caps = page.pg.locator("#gallery .cap .name").all_inner_texts()
+    items = httpx.get(f"{server}api/gallery?limit=40").json()["items"]
+    assert caps == [it["class_name"] for it in items]
+    assert page.pg.locator("#view-gallery .pager").count() == 2
+    columns = page.pg.locator("#gallery").evaluate(
+        "g => getComputedStyle(g).gridTemplateColumns.split(' ').length")
+    assert 120 % columns == 0 and columns >= 8
+    label = items[0]["label"]
+    page.pg.select_option("#gallery-class", str(label))
+    page.pg.wait_for_url(f"**class={label}*")
+    page.settle()
+    ids = page.pg.locator("#gallery a").evaluate_all("a => a.map(x => Number(x.dataset.id))")
+    assert ids == [it["id"] for it in items if it["label"] == label]
+    page.open(f"#/gallery?class={label}&page=2")
+    assert page.pg.locator("#gallery a").count() == 0
+    assert "No images on page 2" in page.pg.locator("#gallery-status").inner_text()
+    prev = page.pg.locator("#view-gallery .pager a[rel=prev]").first
+    assert prev.get_attribute("href") == f"#/gallery?class={label}"
+    assert "page 2 of 1" in page.pg.locator(".pager .range").first.inner_text()
+
+
+def test_10_docs_and_redoc_work_offline(page):
+    page.open("#/api")
+    assert page.pg.locator("#view-api a[href=docs]").count() == 1
+    assert page.pg.locator("#api-list .api-row").count() >= 8
+    page.pg.goto(page.base + "docs")
+    page.pg.locator(".swagger-ui .info .title").wait_for()
+    page.pg.locator(".opblock-summary-path", has_text="/api/search/{image_id}").first.wait_for()
+    page.pg.goto(page.base + "redoc")  # leads to /docs
+    page.pg.wait_for_url("**/docs")
+    page.pg.locator(".swagger-ui .info .title").wait_for()
+    host = page.base.rstrip("/")
+    assert all(r.split(" ", 1)[1].startswith(host) for r in page.requests
+               if not r.split(" ", 1)[1].startswith(("about:", "data:", "blob:"))), page.requests
+
+
+# --------------------------------------------------------------------------- 11-13
+
+
+def test_11_results_speak_to_a_user(page, run, monkeypatch):
+    ref = types.ModuleType("neuralcodes.report.reference")
+    ref.course_reference = lambda: {"map": {"5": 0.28695, "6": 0.31776, "7": 0.34487},
+                                    "test_top1": 0.35, "test_top5": 0.6134}
+    monkeypatch.setitem(sys.modules, "neuralcodes.report.reference", ref)
+    RunDir(run).report_html.write_text("<!doctype html><html lang=en><title>r</title></html>")
+    try:
+        page.open("#/results")
+        text = page.pg.locator("#view-results").inner_text()
+        assert "Task" not in text and "pre-ReLU" in text
+        heads = page.pg.locator("[data-testid=map-table] thead th").all_inner_texts()
+        assert heads == ["layer", "mAP", "chance", "P@5", "P@10", "course mAP"]
+        row = page.pg.locator("[data-testid=map-table] tbody tr").first.inner_text()
+        assert re.search(r"\d+\.\d%", row) and "28.7%" in row
+        foot = page.pg.locator("[data-testid=eval-table] tfoot").inner_text()
+        assert "25.0%" in foot and "35.0%" in foot and "61.3%" in foot  # chance 1/4, course
+        assert page.pg.locator("[data-testid=eval-table] tbody td").nth(1).inner_text() \
+            .endswith("%")
+        page.pg.click("text=Read the full report")
+        page.pg.wait_for_url("**/report.html")
+    finally:
+        RunDir(run).report_html.unlink()
+    page.open("#/query/2")
+    assert "pre-ReLU" in page.pg.locator("#query-about").inner_text()
+
+
+def test_12_bad_query_ids_get_a_clear_message_and_no_stale_image(page):
+    page.open("#/query/3")
+    for hash_, words in (("#/query/99999", "There is no image #99999"),
+                         ("#/query/-1", "“-1” is not an image id"),
+                         ("#/query/abc", "“abc” is not an image id")):
+        page.go(hash_)
+        assert words in page.pg.locator("#error").inner_text()
+        assert page.pg.locator("#view-query").is_visible()
+        assert page.pg.locator("#view-gallery").is_hidden()
+        assert page.pg.locator("#query-image").is_hidden() and _hits(page).count() == 0
+        assert "Input should" not in page.pg.locator("main").inner_text()
+    page.go("#/nowhere")
+    assert page.pg.locator("#notfound-title").is_visible()
+
+
+def test_13_titles_skip_link_headings_favicon_transparency_and_tiny_uploads(page):
+    titles = set()
+    for view in VIEWS:
+        page.open(view)
+        titles.add(page.pg.title())
+        assert page.pg.locator(".view:not([hidden]) h1").count() == 1
+    assert len(titles) == len(VIEWS), titles
+    page.open()
+    page.pg.keyboard.press("Tab")
+    assert page.pg.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    page.pg.keyboard.press("Enter")
+    assert page.pg.evaluate("() => document.activeElement.id") == "gallery-title"
+    assert page.pg.evaluate("() => fetch('favicon.ico').then(r => r.status)") == 200
+    assert page.pg.locator("link[rel=icon]").count() == 1
+    page.open("#/upload")
+    page.pg.set_input_files("#upload-file", files=_file("clear.png", _png(5, (64, 64), True)))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    top = page.pg.locator("#upload-preview").evaluate("""img => {
+        const c = document.createElement('canvas'); c.width = c.height = 64;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        return [...g.getImageData(0, 0, 64, 20).data]; }""")
+    assert min(top) == 255  # transparent on white, not black
+    assert "Transparent areas were filled with white" in page.pg.locator("#upload-notes") \
+        .inner_text()
+    page.pg.set_input_files("#upload-file", files=_file("tiny.png", _png(6, (10, 10))))
+    page.pg.wait_for_function("() => document.querySelector('#upload-notes').textContent"
+                              ".includes('10×10')")
+    assert "enlarged to 64×64" in page.pg.locator("#upload-notes").inner_text()
+
+
+# --------------------------------------------------------------------------- accessibility
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_axe_finds_no_serious_or_critical_violation_on_any_view(browser, server, viewport):
+    axe_module = pytest.importorskip("axe_playwright_python.sync_playwright")
+    axe = axe_module.Axe()
+    p = Page(browser, server, DESKTOP if viewport == "desktop" else PHONE)
+    try:
+        found = {}
+        for view in [*VIEWS, "#/query/abc"]:
+            p.open(view)
+            result = axe.run(p.pg)
+            bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+                   for v in result.response["violations"]
+                   if v["impact"] in ("serious", "critical")]
+            if bad:
+                found[view] = bad
+        p.open("#/upload")
+        p.pg.set_input_files("#upload-file", files=_file("a.png", _png(7)))
+        p.pg.wait_for_url("**#/upload/*")
+        p.settle()
+        bad = [v["id"] for v in axe.run(p.pg).response["violations"]
+               if v["impact"] in ("serious", "critical")]
+        if bad:
+            found["upload result"] = bad
+        assert not found, found
+        assert not p.problems, p.problems
+    finally:
+        p.pg.close()

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("neuralcodes.cli.search", "find the images most similar to IMAGE"),
     "run": ("neuralcodes.cli.run",
             "run the whole study: prepare, train, evaluate, retrieve, report"),
-    "serve": ("neuralcodes.web", "a local web app: browse the ood images and search"),
+    "serve": ("neuralcodes.cli.serve", "a local web app: browse the ood images and search"),
 }
 
 

@@ -1,0 +1,136 @@
+"""Screenshots of every view of the web app (``neuralcodes serve``) at desktop and phone size.
+
+Usage: ``python benchmarks/web_screenshots.py [--run RUN] [--out DIR]``. Without ``--run`` it
+builds a small generated run first (a tiny ConvNet, 8 in-domain and 4 ood generated classes,
+120 ood images, about a minute on a CPU). Drives Debian's Chromium (``/usr/bin/chromium``)
+through Playwright, at 1366x900 and 390x844, and writes ``<view>-<width>.png`` (full page) into
+``--out`` (default: ``test-artifacts/screenshots``) for a person to review. Prints the list of
+files as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SIZES = {"desktop": (1366, 900), "phone": (390, 844)}
+
+
+def build_run(root: Path) -> Path:
+    """A small generated run: 12 classes x 30 images, 4 of them out-of-domain (120 images)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from neuralcodes.train import evaluate, train
+
+    from helpers import make_tiny_imagenet
+    from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
+    from neuralcodes.data import prepare
+
+    source = make_tiny_imagenet(root / "source", n_classes=12, per_class=30)
+    prepare(source, root / "cache", progress=False)
+    cfg = Config(data=DataConfig(source=str(source), cache_dir=str(root / "cache"),
+                                 ood_classes=4),
+                 model=ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, batch_norm=True),
+                 train=TrainConfig(max_epochs=6, batch_size=16, lr=3e-3, device="cpu"))
+    train(cfg, root / "run", progress=False)
+    evaluate(root / "run", progress=False, device="cpu")
+    return root / "run"
+
+
+def serve(run: Path) -> tuple[Any, str]:
+    import uvicorn
+
+    from neuralcodes.web import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(run, device="cpu"), host="127.0.0.1",
+                                           port=0, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return server, f"http://{host}:{port}/"
+
+
+def photo() -> bytes:
+    """A generated 'photo' with a transparent corner, to show an upload's notes."""
+    rng = np.random.default_rng(3)
+    arr = np.zeros((90, 120, 4), np.uint8)
+    arr[..., :3] = rng.integers(0, 256, (90, 120, 3))
+    arr[..., 1] //= 3
+    arr[..., 3] = 255
+    arr[:30, :40, 3] = 0
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shoot(base: str, out: Path) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    views = [("gallery", "#/gallery"), ("gallery-class", "#/gallery?class=8"),
+             ("query", "#/query/3"), ("query-layer6", "#/query/3?layer=6&k=10"),
+             ("upload-empty", "#/upload"), ("results", "#/results"), ("api", "#/api"),
+             ("notfound", "#/query/99999")]
+    written = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        for size, (w, h) in SIZES.items():
+            page = browser.new_page(viewport={"width": w, "height": h})
+            for name, hash_ in views:
+                page.goto("about:blank")  # a full load each time, not a hash change
+                page.goto(base + hash_)
+                page.wait_for_load_state("networkidle")
+                page.wait_for_function("() => !document.querySelector('.busy')")
+                path = out / f"{name}-{size}.png"
+                page.screenshot(path=str(path), full_page=True)
+                written.append(str(path))
+            page.goto(base + "#/upload")
+            page.set_input_files("#upload-file", files=[{
+                "name": "photo.png", "mimeType": "image/png", "buffer": photo()}])
+            page.wait_for_url("**#/upload/*")
+            page.locator("#upload-results [data-testid=hit]").first.wait_for()
+            page.wait_for_load_state("networkidle")
+            path = out / f"upload-result-{size}.png"
+            page.screenshot(path=str(path), full_page=True)
+            written.append(str(path))
+            page.goto(base + "docs")
+            page.wait_for_load_state("networkidle")
+            path = out / f"docs-{size}.png"
+            page.screenshot(path=str(path))
+            written.append(str(path))
+            page.close()
+        browser.close()
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a trained run (default: build a generated one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "test-artifacts" / "screenshots")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        sys.exit(f"{CHROMIUM} not found: apt-get install chromium")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or build_run(Path(tmp))
+        server, base = serve(run)
+        try:
+            files = shoot(base, args.out)
+        finally:
+            server.should_exit = True
+    print(json.dumps({"screenshots": files}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

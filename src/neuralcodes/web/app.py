@@ -1,0 +1,215 @@
+"""``neuralcodes serve``'s app: :func:`create_app` and its routes.
+
+Pages (plain HTML/JS in ``static/``, no build step, nothing loaded from elsewhere):
+
+- **Gallery** of the out-of-domain images; clicking one ranks the other ood images by the cosine
+  similarity of their layer 5, 6 and 7 codes and shows the top k per layer side by side, each
+  marked same class or not, with its similarity and the query's average precision per layer.
+  This is exactly the study's protocol (query excluded by its index, ties broken by index:
+  :func:`neuralcodes.retrieval.metrics.ranking_metrics`).
+- **Search with your image**: an uploaded JPEG/PNG/WebP of any size is resized to 64x64 like the
+  training images and searched in the ood set or in an index built by ``neuralcodes index``.
+- **Results**: the train/val/test table (``eval.json``), mAP per layer, the learning curves.
+- **JSON API** under ``/api/``, described by the OpenAPI schema at ``/openapi.json``.
+
+(No ``from __future__ import annotations`` here: FastAPI resolves the endpoint annotations, and
+FastAPI itself is imported inside :func:`create_app`, so ``serve --help`` stays fast.)
+
+Safety: images are addressed by integer ids only, so no path from a request ever reaches the
+file system; request bodies, upload bytes and pixels are capped (decompression bombs are refused
+from the image header, before decoding); anything that is not a readable JPEG, PNG or WebP gets a
+4xx answer with a one-line ``detail``. ``serve`` binds 127.0.0.1 unless told otherwise, and
+then answers only requests addressed to a local host name (no DNS rebinding).
+"""
+
+import base64
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from neuralcodes.config import RetrievalConfig
+from neuralcodes.web.middleware import MULTIPART_OVERHEAD, BodyLimit, add_host_check
+from neuralcodes.web.results import figure_path, run_results
+from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
+from neuralcodes.web.service import MAX_K, ServedRun
+from neuralcodes.web.uploads import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    UPLOAD_FORMATS,
+    UploadRejected,
+    UploadStore,
+    decode_upload,
+    format_bytes,
+    png_bytes,
+)
+
+
+def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: str = "auto",
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS, allowed_hosts: list[str] | None = None,
+               settings: RetrievalConfig | None = None, progress: bool = False) -> Any:
+    """The FastAPI app serving the trained run ``run_dir`` (and an index from ``neuralcodes
+    index``, if given). The run's ood codes are computed and saved first if missing (with a
+    progress bar if ``progress``). ``allowed_hosts``: the only ``Host`` headers answered (None:
+    any); ``serve`` on a loopback address allows only local names, so that a web page cannot
+    reach the app through DNS rebinding. ``settings``: the retrieval settings to serve with
+    (layers, k, pre/post-ReLU; default: the run's own)."""
+    from fastapi import File, Form, HTTPException, Query, UploadFile
+    from fastapi import Path as PathParam
+    from fastapi.responses import FileResponse, RedirectResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
+
+    from neuralcodes import __version__
+
+    retrieval = ServedRun(run_dir, index, device=device, settings=settings,
+                          progress=progress)
+    n = len(retrieval)
+    max_k = max(1, min(MAX_K, n - 1))
+    static = resources.files("neuralcodes.web") / "static"
+    uploads = UploadStore()
+    # /docs with its scripts served from the fastapi-offline package (no CDN); /redoc leads
+    # there (the bundled ReDoc still fetches its logo from a CDN)
+    app = FastAPIOffline(
+        title="neuralcodes", version=__version__, static_url="/static-docs", redoc_url=None,
+        favicon_url="/static/favicon.svg",
+        description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
+        f"of the trained run `{retrieval.run.root.name}`. Images are addressed by their "
+        "integer id in the out-of-domain set.")
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD,
+                       upload_limit=max_upload_bytes)
+    add_host_check(app, allowed_hosts)
+    app.state.retrieval = retrieval
+    n_index = 0 if retrieval.index is None else len(retrieval.index.codes)
+    ImageId = PathParam(ge=0, lt=n, description=f"an ood image id, 0 to {n - 1}")
+    IndexId = PathParam(ge=0, lt=max(n_index, 1), description="an index entry id")
+    K = Query(retrieval.k, ge=1, le=max_k, description="results per layer")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> RedirectResponse:
+        return RedirectResponse("docs")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(str(static / "favicon.svg"), media_type="image/svg+xml")
+
+    @app.get("/report.html", include_in_schema=False)
+    def report() -> FileResponse:
+        if not retrieval.run.report_html.is_file():
+            raise HTTPException(404, "this run has no report.html yet: run `neuralcodes report`")
+        return FileResponse(retrieval.run.report_html, media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/api/info", summary="The run, its layers and the searchable databases",
+             response_model=Info)
+    def info() -> dict[str, Any]:
+        return {"run": retrieval.run.root.name, "layers": list(retrieval.layers),
+                "relu": retrieval.ood.relu, "k": min(retrieval.k, max_k), "max_k": max_k,
+                "gallery_size": n, "databases": retrieval.databases(),
+                "classes": [{"label": int(c), "wnid": retrieval.dataset.wnids[c],
+                             "class_name": retrieval.dataset.names[c]}
+                            for c in retrieval.ood_classes],
+                "upload_formats": sorted(UPLOAD_FORMATS.values()),
+                "max_upload_bytes": max_upload_bytes,
+                "max_upload_text": format_bytes(max_upload_bytes), "max_pixels": max_pixels}
+
+    @app.get("/api/gallery", summary="A page of the out-of-domain images",
+             response_model=Gallery)
+    def gallery(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                label: int | None = Query(None, description="only this class (a label of "
+                                          "/api/info's classes)")) -> dict[str, Any]:
+        if label is not None and label not in retrieval.ood_classes:
+            raise HTTPException(422, f"no ood class has label {label}")
+        return retrieval.gallery(offset, limit, label)
+
+    @app.get("/api/image/{image_id}", summary="An ood image as a 64x64 PNG",
+             response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+    def image(image_id: int = ImageId) -> Response:
+        return Response(retrieval.thumbnail("ood", image_id), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/index-image/{image_id}", summary="An image of the index as a 64x64 PNG",
+             response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "PNG image"},
+                        404: {"description": "no index loaded, or its file is gone"}})
+    def index_image(image_id: int = IndexId) -> Response:
+        if retrieval.index is None:
+            raise HTTPException(404, "no index is loaded (start `neuralcodes serve` with --index)")
+        try:
+            png = retrieval.thumbnail("index", image_id)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/search/{image_id}", summary="Search the other ood images with ood image id",
+             response_model=SearchResult)
+    def search_id(image_id: int = ImageId, k: int = K) -> dict[str, Any]:
+        return retrieval.search_ood_item(image_id, k)
+
+    @app.post("/api/search", summary="Search with an uploaded JPEG, PNG or WebP image",
+              response_model=SearchResult,
+              responses={400: {"description": "empty, corrupt or truncated image"},
+                         413: {"description": "too many bytes or pixels"},
+                         415: {"description": "not a JPEG, PNG or WebP image"}})
+    def search_upload(
+        file: UploadFile = File(description="a JPEG, PNG or WebP image of any size"),
+        k: int = Form(retrieval.k, ge=1, le=max_k, description="results per layer"),
+        database: str = Form("ood", description="ood, or index (with serve --index)"),
+    ) -> dict[str, Any]:
+        data = file.file.read(max_upload_bytes + 1)
+        try:
+            if len(data) > max_upload_bytes:
+                raise UploadRejected(413, "file too large (limit "
+                                     f"{format_bytes(max_upload_bytes)})")
+            image, meta = decode_upload(data, max_pixels)
+            result = retrieval.search_image(image, k, database)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+        meta = {**meta, "filename": file.filename,
+                "url": "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()}
+        meta["upload_id"] = uploads.add(image, meta)
+        result["query"].update(meta)
+        return result
+
+    @app.get("/api/upload/{upload_id}", summary="Search again with an earlier upload",
+             response_model=SearchResult,
+             responses={404: {"description": "not among the latest uploads (send it again)"}})
+    def search_again(upload_id: str = PathParam(pattern="^[0-9a-f]{16}$"), k: int = K,
+                     database: str = Query("ood", description="ood, or index")
+                     ) -> dict[str, Any]:
+        try:
+            image, meta = uploads.get(upload_id)
+            result = retrieval.search_image(image, k, database)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+        result["query"].update(meta)
+        return result
+
+    @app.get("/api/results", summary="Evaluation table, mAP per layer, learning curves",
+             response_model=Results)
+    def results() -> dict[str, Any]:
+        return run_results(retrieval)
+
+    @app.get("/api/figure/{name}.png", summary="One of the run's figures (see /api/results)",
+             response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "none"}})
+    def figure(name: str) -> FileResponse:
+        path = figure_path(retrieval.run, name)
+        if path is None:
+            raise HTTPException(404, f"this run has no figure '{name}'")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/api/curves.png", summary="The learning curves of the run", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "none yet"}})
+    def curves() -> FileResponse:
+        if not retrieval.run.curves.is_file():
+            raise HTTPException(404, "this run has no curves.png yet")
+        return FileResponse(retrieval.run.curves, media_type="image/png")
+
+    return app

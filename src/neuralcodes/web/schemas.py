@@ -1,0 +1,163 @@
+"""Pydantic models of the JSON API's responses (the OpenAPI schema at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageItem(BaseModel):
+    """An image of a database."""
+
+    id: int = Field(description="its id: position in the ood set (or in the index)")
+    label: int | None = Field(description="dataset class index (None for index images)")
+    wnid: str | None = Field(description="WordNet id of the class (None for index images)")
+    class_name: str = Field(description="class name; the file name for index images")
+    url: str = Field(description="its 64x64 PNG, relative to the app's root")
+
+
+class HitOut(ImageItem):
+    """One result of a search."""
+
+    rank: int = Field(description="1 = most similar")
+    score: float = Field(description="cosine similarity of the unit-length codes")
+    same_class: bool | None = Field(description="same class as the query (None: the query has "
+                                    "no class, e.g. an upload)")
+
+
+class LayerResult(BaseModel):
+    """The results of one layer's codes."""
+
+    layer: str = Field(description='"5", "6" or "7"')
+    ap: float | None = Field(description="the query's average precision over the full ranking "
+                             "(ood queries only; None when its class has no other image)")
+    hits: list[HitOut]
+
+
+class QueryInfo(BaseModel):
+    """The query: an ood image, or an upload (with its format and size before resizing)."""
+
+    source: Literal["ood", "upload"]
+    id: int | None = None
+    label: int | None = None
+    wnid: str | None = None
+    class_name: str | None = None
+    url: str | None = Field(None, description="ood: its PNG; upload: a data: URL of the 64x64 "
+                            "image the model saw")
+    filename: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    upload_id: str | None = Field(None, description="upload: its id for GET /api/upload/{id} "
+                                  "(the server keeps the latest uploads in memory)")
+    upscaled: bool | None = Field(None, description="upload: smaller than 64x64, so enlarged")
+    transparent: bool | None = Field(None, description="upload: had transparent areas, shown "
+                                     "to the model on white")
+
+
+class SearchResult(BaseModel):
+    """Top-k results per layer for one query."""
+
+    query: QueryInfo
+    database: Literal["ood", "index"]
+    database_size: int = Field(description="images ranked (the query itself excluded)")
+    k: int
+    relu: bool = Field(description="the codes searched: post-ReLU (True) or pre-ReLU (False)")
+    layers: list[LayerResult]
+    relevant: int | None = Field(None, description="ood query: other images of its class")
+    chance_ap: float | None = Field(None, description="ood query: the expected AP of a random "
+                                    "ranking (the chance level of AP)")
+
+
+class Gallery(BaseModel):
+    """A page of the ood images."""
+
+    total: int = Field(description="images in the gallery (of the class, if filtered)")
+    offset: int
+    limit: int
+    label: int | None = Field(None, description="the class filter, if any")
+    items: list[ImageItem]
+
+
+class Database(BaseModel):
+    name: Literal["ood", "index"]
+    size: int
+    description: str
+
+
+class OodClass(BaseModel):
+    label: int
+    wnid: str
+    class_name: str
+
+
+class Info(BaseModel):
+    """The served run and the app's settings."""
+
+    run: str
+    layers: list[str]
+    relu: bool = Field(description="post-ReLU (True) or pre-ReLU (False) codes")
+    k: int = Field(description="default results per layer")
+    max_k: int
+    gallery_size: int
+    databases: list[Database]
+    classes: list[OodClass] = Field(description="the out-of-domain classes")
+    upload_formats: list[str]
+    max_upload_bytes: int
+    max_upload_text: str = Field(description="the upload limit as people read it, e.g. 20 MiB")
+    max_pixels: int
+
+
+class MapRow(BaseModel):
+    """Mean average precision of one layer over all ood queries."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    layer: str
+    relu: bool
+    map: float
+    p_at_5: float | None = Field(None, alias="p@5", description="mean precision@5")
+    p_at_10: float | None = Field(None, alias="p@10", description="mean precision@10")
+    n_queries: int
+    chance_map: float | None = Field(None, description="mAP of a random ranking")
+    chance_p: float | None = Field(None, description="precision@k of a random ranking")
+
+
+class Chance(BaseModel):
+    """Accuracy of guessing a class uniformly at random."""
+
+    top1: float
+    top5: float
+
+
+class Reference(BaseModel):
+    """The course's reference numbers (when the package knows them)."""
+
+    map: dict[str, float] = Field(description="mAP per layer")
+    top1: float | None = Field(description="test top-1 accuracy")
+    top5: float | None = Field(description="test top-5 accuracy")
+    source: str
+
+
+class Figure(BaseModel):
+    name: str
+    title: str
+    url: str
+
+
+class Results(BaseModel):
+    """The run's results."""
+
+    run: str
+    eval: dict[str, Any] | None = Field(description="eval.json: loss, top-1, top-5 per split "
+                                        "(None before `neuralcodes evaluate`)")
+    map: list[MapRow]
+    map_source: str = Field(description="retrieval/map.json, or computed by the server")
+    relu: bool = Field(description="the code variant the app searches")
+    n_classes: int = Field(description="in-domain classes the network was trained on")
+    chance: Chance
+    reference: Reference | None = Field(description="the course's numbers, if known")
+    curves_url: str | None = Field(description="the learning curves PNG, if the run has one")
+    figures: list[Figure] = Field(description="the run's figures that exist")
+    report_url: str | None = Field(description="the run's report.html, if written")

@@ -1,0 +1,167 @@
+"""What the web app serves, loaded once: a trained run's model and ood codes, and an index."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralcodes.config import RetrievalConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.retrieval import exact_top_k, extract_code_variants
+from neuralcodes.retrieval.metrics import chance_average_precision, ranking_metrics
+from neuralcodes.web.uploads import UploadRejected, png_bytes
+
+#: The largest k the API answers (capped further by the database size).
+MAX_K = 50
+
+
+
+class ServedRun:
+    """What the app serves, loaded once: the run's model and ood codes, and an optional index.
+
+    Built on :class:`neuralcodes.retrieval.Searcher` (one for the ood set, one for the index).
+    Gallery ids are positions in the run's ood codes (the ood split's order); index ids are
+    positions in the index file.
+    """
+
+    def __init__(self, run_dir: str | Path, index: str | Path | None = None, *,
+                 device: str = "auto", settings: RetrievalConfig | None = None,
+                 progress: bool = False) -> None:
+        from neuralcodes.retrieval import Searcher
+
+        relu = None if settings is None else settings.relu
+        self.ood = Searcher(run_dir, relu=relu, device=device, progress=progress)
+        self.index = None if index is None else Searcher(run_dir, index=index, device=device)
+        self.run = self.ood.run.dir
+        cfg = self.ood.run.config.retrieval if settings is None else settings
+        self.layers = tuple(cfg.layers)
+        self.k = int(cfg.k)
+        self.dataset, splits = self.ood.run.dataset, self.ood.run.splits
+        self.ood_classes = list(splits.ood_classes)
+        codes = self.ood.codes
+        if not np.array_equal(codes.index, splits.ood):
+            raise NeuralCodesError(f"{self.run.codes('ood', codes.relu)} does not match the run's "
+                                   "ood split; recompute it with `neuralcodes codes --force`")
+        for name, searcher in (("ood codes", self.ood), ("index", self.index)):
+            missing = [x for x in self.layers if searcher and x not in searcher.codes.layers]
+            if missing:
+                raise NeuralCodesError(f"the {name} has no codes for layer(s) "
+                                       f"{', '.join(missing)}")
+        self.labels = np.asarray(codes.labels, dtype=np.int64)
+        self.in_classes = list(splits.in_classes)
+        self._model_lock = threading.Lock()
+        self.computed_map: list[dict[str, Any]] | None = None  # see web.results
+
+    # -- descriptions ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ood.codes)
+
+    def item(self, i: int) -> dict[str, Any]:
+        """Ood image ``i`` as the API describes it."""
+        label = int(self.labels[i])
+        return {"id": i, "label": label, "wnid": self.dataset.wnids[label],
+                "class_name": self.dataset.names[label], "url": f"api/image/{i}"}
+
+    def index_item(self, i: int) -> dict[str, Any]:
+        """Entry ``i`` of the index as the API describes it (file name only, not its folder)."""
+        assert self.index is not None
+        return {"id": i, "label": None, "wnid": None,
+                "class_name": Path(self.index.paths[i]).name, "url": f"api/index-image/{i}"}
+
+    def gallery(self, offset: int, limit: int, label: int | None = None) -> dict[str, Any]:
+        """A page of the ood images, of one class if ``label`` is given (ids stay global)."""
+        ids = np.arange(len(self)) if label is None else np.flatnonzero(self.labels == label)
+        items = [self.item(int(i)) for i in ids[offset:offset + limit]]
+        return {"total": len(ids), "offset": offset, "limit": limit, "label": label,
+                "items": items}
+
+    def relevant(self, i: int) -> int:
+        """How many other ood images share image ``i``'s class."""
+        return int(np.count_nonzero(self.labels == self.labels[i])) - 1
+
+    def databases(self) -> list[dict[str, Any]]:
+        """The databases an uploaded image can be searched in."""
+        out = [{"name": "ood", "size": len(self), "description": "the out-of-domain images"}]
+        if self.index is not None:
+            out.append({"name": "index", "size": len(self.index.codes),
+                        "description": Path(self.index.source).name})
+        return out
+
+    @functools.lru_cache(maxsize=8192)  # noqa: B019  (one Retrieval per app, lives as long)
+    def thumbnail(self, database: str, i: int) -> bytes:
+        """The 64x64 PNG of entry ``i`` of ``database`` (index images are re-read and resized
+        from the path stored in the index, never from a path in a request)."""
+        searcher = self.ood if database == "ood" else self.index
+        assert searcher is not None
+        try:
+            return png_bytes(searcher.image(i))
+        except NeuralCodesError as e:
+            raise UploadRejected(404, f"index image {i} is no longer readable ({e})") from None
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search_ood_item(self, i: int, k: int) -> dict[str, Any]:
+        """Ood image ``i`` against the other ood images: top ``k`` and AP per layer."""
+        query_label = int(self.labels[i])
+        layers = []
+        for layer in self.layers:
+            db = self.ood.codes.layers[layer]
+            m = ranking_metrics(db[i:i + 1], db, self.labels[i:i + 1], self.labels,
+                                exclude=np.array([i]), ks=(), top_k=k)
+            ap = float(m.ap[0])
+            hits = [self._hit(self.item(int(j)), rank, float(s), query_label)
+                    for rank, (j, s) in enumerate(zip(m.top[0], m.top_scores[0], strict=True), 1)]
+            layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits})
+        relevant = self.relevant(i)
+        return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
+                "database_size": len(self) - 1, "k": k, "relu": self.ood.relu, "layers": layers,
+                "relevant": relevant, "chance_ap": _chance_ap(relevant, len(self) - 1)}
+
+    def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
+        """A 64x64 uint8 image against ``database`` ("ood" or "index"): top ``k`` per layer."""
+        if database not in ("ood", "index"):
+            raise UploadRejected(400, f"unknown database '{database}' (choose ood or index)")
+        searcher = self.ood if database == "ood" else self.index
+        if searcher is None:
+            raise UploadRejected(400, "no index is loaded (start `neuralcodes serve` with "
+                                 "--index to search one)")
+        with self._model_lock:  # one forward pass at a time
+            query = extract_code_variants(self.ood.run.model, np.array(image)[None], self.layers,
+                                          (searcher.relu,), device=None,
+                                          precision=self.ood.run.config.train.precision,
+                                          progress=False)[searcher.relu]
+        layers = []
+        for layer in self.layers:
+            q = query[layer]
+            if database == "ood":  # the NumPy reference ranking: no copy of the ood codes
+                score_rows, id_rows = exact_top_k(q, searcher.codes.layers[layer], k)
+                keep = id_rows[0] >= 0
+                ids, scores = id_rows[0][keep], score_rows[0][keep].tolist()
+                items = [self.item(int(j)) for j in ids]
+            else:  # the index's own (FAISS) search
+                score_rows, id_rows = searcher.index(layer).search(q, k)
+                keep = id_rows[0] >= 0
+                scores = score_rows[0][keep].tolist()
+                items = [self.index_item(int(j)) for j in id_rows[0][keep]]
+            hits = [self._hit(item, rank, s, None)
+                    for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
+            layers.append({"layer": layer, "ap": None, "hits": hits})
+        return {"query": {"id": None, "source": "upload"}, "database": database,
+                "database_size": len(searcher.codes), "k": k, "relu": searcher.relu,
+                "layers": layers}
+
+    def _hit(self, item: dict[str, Any], rank: int, score: float, query_label: int | None
+             ) -> dict[str, Any]:
+        same = None if query_label is None else item["label"] == query_label
+        return {**item, "rank": rank, "score": score, "same_class": same}
+
+
+def _chance_ap(relevant: int, n: int) -> float | None:
+    """The chance level of AP (a random ranking of ``n`` items, ``relevant`` of them relevant);
+    None without relevant items."""
+    return float(chance_average_precision(n, relevant)) if relevant > 0 and n > 0 else None

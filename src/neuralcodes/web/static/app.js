@@ -1,0 +1,722 @@
+// neuralcodes web UI: plain JavaScript over the JSON API (no build step, no external files).
+// Every view's state lives in the URL hash, so Back, reload and sharing a link all work:
+//   #/gallery?page=2&class=3    #/query/12?k=10&layer=6    #/upload/<id>?k=5&layer=all&db=ood
+//   #/upload    #/results    #/api
+"use strict";
+
+const state = {
+  info: null,
+  pageSize: 120, // divisible by every column count of the gallery grid (see style.css)
+  seq: 0, // only the latest request may paint: see begin()
+  controller: null,
+  keepFocus: false, // set by in-view controls, so a re-render does not steal their focus
+  lastGallery: "#/gallery",
+  uploads: new Map(), // "<id> <k> <db>" -> result of an upload (no second search on navigation)
+  results: {}, // last search result per view, for switching layers without a request
+};
+
+const $ = (id) => document.getElementById(id);
+const K_CHOICES = [1, 3, 5, 10, 20, 30, 50];
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+// ---------------------------------------------------------------- formatting
+
+const pct = (x, digits = 1) =>
+  x === null || x === undefined || Number.isNaN(x) ? "—" : `${(100 * x).toFixed(digits)}%`;
+const num = (x, digits = 3) =>
+  x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toFixed(digits);
+
+/** Fewest decimals (3 to 6) at which different scores also read differently. */
+function scoreDigits(scores) {
+  for (let d = 3; d < 6; d++) {
+    const text = scores.map((s) => s.toFixed(d));
+    if (scores.every((s, i) => i === 0 || s === scores[i - 1] || text[i] !== text[i - 1])) return d;
+  }
+  return 6;
+}
+
+function formatBytes(n) {
+  for (const [unit, size] of [["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
+    if (n >= size) {
+      const v = n / size;
+      return `${v === Math.trunc(v) || v >= 10 ? v.toFixed(0) : v.toFixed(1)} ${unit}`;
+    }
+  }
+  return `${n} bytes`;
+}
+
+const variant = (relu) => (relu ? "post-ReLU" : "pre-ReLU");
+
+// ---------------------------------------------------------------- requests and states
+
+/** Start a request for the current view: aborts the previous one; returns its token. */
+function begin() {
+  if (state.controller) state.controller.abort();
+  state.controller = new AbortController();
+  state.seq += 1;
+  return { seq: state.seq, signal: state.controller.signal };
+}
+
+const current = (token) => token.seq === state.seq;
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json() : null;
+  if (!response.ok) {
+    let detail = body && body.detail;
+    if (Array.isArray(detail)) {
+      detail = detail.map((d) => `${(d.loc || []).slice(-1)[0] || "input"}: ${d.msg}`).join("; ");
+    }
+    const error = new Error(detail || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function setStatus(view, message, busy = false) {
+  const box = $(`${view}-status`);
+  box.textContent = message || "";
+  box.hidden = !message;
+  box.classList.toggle("busy", busy);
+  const results = $(`${view}-results`) || $(view === "gallery" ? "gallery" : `${view}-body`);
+  if (results) results.setAttribute("aria-busy", busy ? "true" : "false");
+}
+
+function announce(message) {
+  $("announce").textContent = message;
+}
+
+// ---------------------------------------------------------------- URL state
+
+function parseHash() {
+  const raw = location.hash || "#/gallery";
+  const [path, search = ""] = raw.slice(1).split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  return { parts, params: new URLSearchParams(search) };
+}
+
+function hashFor(parts, params = {}) {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== null && value !== undefined && value !== "") q.set(key, value);
+  }
+  const tail = q.toString();
+  return `#/${parts.map(encodeURIComponent).join("/")}${tail ? `?${tail}` : ""}`;
+}
+
+function readK(params) {
+  const k = Number(params.get("k"));
+  return Number.isInteger(k) && k >= 1 && k <= state.info.max_k ? k : state.info.k;
+}
+
+function readLayer(params) {
+  const layer = params.get("layer");
+  return state.info.layers.includes(layer) ? layer : "all";
+}
+
+function go(hash, keepFocus = false) {
+  state.keepFocus = keepFocus;
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+// ---------------------------------------------------------------- views
+
+const TITLES = {
+  gallery: "Gallery", query: "Similar images", upload: "Search with your image",
+  results: "Results", api: "JSON API", notfound: "Page not found",
+};
+const NAV = { gallery: "gallery", query: "gallery", upload: "upload", results: "results", api: "api" };
+
+function show(view, title) {
+  const changed = $(`view-${view}`).hidden;
+  for (const section of document.querySelectorAll(".view")) {
+    section.hidden = section.id !== `view-${view}`;
+  }
+  for (const link of document.querySelectorAll("nav[aria-label=Main] a")) {
+    if (link.dataset.view === NAV[view]) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  setTitle(title || TITLES[view]);
+  if (!state.keepFocus) {
+    if (changed) window.scrollTo(0, 0);
+    $(`${view}-title`).focus({ preventScroll: true });
+  }
+}
+
+function setTitle(title) {
+  document.title = `${title} — neuralcodes`;
+}
+
+async function route() {
+  showError("");
+  const { parts, params } = parseHash();
+  const [view, arg, extra] = parts;
+  try {
+    if (parts.length === 0 || (view === "gallery" && !arg)) await renderGallery(params);
+    else if (view === "query" && arg !== undefined && extra === undefined) await renderQuery(arg, params);
+    else if (view === "upload" && extra === undefined) await renderUpload(arg, params);
+    else if (view === "results" && !arg) await renderResults();
+    else if (view === "api" && !arg) await renderApi();
+    else notFound(`There is no page “${location.hash}” in this app.`);
+  } catch (err) {
+    if (err.name !== "AbortError") showError(err.message);
+  } finally {
+    state.keepFocus = false;
+  }
+}
+
+function notFound(text) {
+  begin();
+  show("notfound");
+  $("notfound-text").textContent = text;
+}
+
+// ---------------------------------------------------------------- gallery
+
+async function renderGallery(params) {
+  const info = state.info;
+  const label = params.get("class");
+  const cls = info.classes.find((c) => String(c.label) === label);
+  const page = Math.max(1, Math.trunc(Number(params.get("page"))) || 1);
+  state.lastGallery = location.hash || "#/gallery";
+  $("query-back").setAttribute("href", state.lastGallery);
+  show("gallery", cls ? `Gallery: ${cls.class_name}${page > 1 ? `, page ${page}` : ""}`
+    : `Gallery${page > 1 ? `, page ${page}` : ""}`);
+  $("gallery-class").value = cls ? String(cls.label) : "";
+  const token = begin();
+  setStatus("gallery", "Loading images…", true);
+  const grid = $("gallery");
+  grid.classList.add("stale");
+  const offset = (page - 1) * state.pageSize;
+  let url = `api/gallery?offset=${offset}&limit=${state.pageSize}`;
+  if (cls) url += `&label=${cls.label}`;
+  let data;
+  try {
+    data = await api(url, { signal: token.signal });
+  } catch (err) {
+    if (current(token)) {
+      grid.replaceChildren();
+      setStatus("gallery", "");
+    }
+    throw err;
+  }
+  if (!current(token)) return;
+  grid.classList.remove("stale");
+  const pages = Math.max(1, Math.ceil(data.total / state.pageSize));
+  grid.replaceChildren(...data.items.map((item) => {
+    const img = el("img", { src: item.url, alt: "", width: 64, height: 64, loading: "lazy" });
+    return el("li", {}, el("a", {
+      class: "thumb", href: hashFor(["query", String(item.id)]), "data-id": item.id,
+      title: `#${item.id} ${item.class_name}`,
+    }, img, el("span", { class: "cap" }, el("span", { class: "id", text: `#${item.id}` }),
+      el("span", { class: "name", text: item.class_name }))));
+  }));
+  if (data.items.length === 0) {
+    setStatus("gallery", `No images on page ${page}: ${cls ? "this class fills" : "the gallery has"} ` +
+      `${pages} page${pages === 1 ? "" : "s"}.`);
+  } else {
+    setStatus("gallery", "");
+  }
+  const first = data.items.length ? offset + 1 : 0;
+  const last = offset + data.items.length;
+  for (const pager of document.querySelectorAll("#view-gallery .pager")) {
+    const link = (p, text, rel) => (p >= 1 && p <= pages && p !== page
+      ? el("a", { class: "button", href: hashFor(["gallery"], { class: cls && cls.label, page: p > 1 ? p : null }), rel, text })
+      : el("span", { class: "button disabled", "aria-disabled": "true", text }));
+    pager.replaceChildren(link(page - 1, "← Previous", "prev"),
+      el("span", { class: "range", text: `${first}–${last} of ${data.total} · page ${page} of ${pages}` }),
+      link(page + 1, "Next →", "next"));
+  }
+  announce(`Gallery page ${page} of ${pages}: images ${first} to ${last} of ${data.total}.`);
+}
+
+// ---------------------------------------------------------------- search results
+
+function buildControls(view) {
+  const box = document.querySelector(`.controls[data-for=${view}]`);
+  const fieldset = el("fieldset", { class: "segmented" }, el("legend", { text: "Layers" }));
+  for (const value of ["all", ...state.info.layers]) {
+    const id = `${view}-layer-${value}`;
+    fieldset.append(el("input", { type: "radio", name: `${view}-layer`, id, value, class: "sr-only" }),
+      el("label", { for: id, text: value === "all" ? "All, side by side" : `Layer ${value}` }));
+  }
+  fieldset.addEventListener("change", (e) => setParam("layer", e.target.value));
+  const select = el("select", { id: `${view}-k` });
+  const choices = new Set([...K_CHOICES.filter((k) => k < state.info.max_k), state.info.k, state.info.max_k]);
+  for (const k of [...choices].sort((a, b) => a - b)) select.append(el("option", { value: k, text: String(k) }));
+  select.addEventListener("change", () => setParam("k", select.value));
+  box.replaceChildren(fieldset, el("label", { class: "field" }, "Results per layer", select));
+}
+
+function setParam(key, value) {
+  const { parts, params } = parseHash();
+  params.set(key, value);
+  go(hashFor(parts, Object.fromEntries(params)), true);
+}
+
+function syncControls(view, k, layer) {
+  $(`${view}-k`).value = String(k);
+  $(`${view}-layer-${layer}`).checked = true;
+}
+
+function hitCard(hit, k, layer) {
+  const same = hit.same_class;
+  const cls = same === true ? "hit same" : same === false ? "hit diff" : "hit";
+  const mark = same === true ? "✓" : same === false ? "✗" : "";
+  const words = same === true ? "same class" : same === false ? "another class" : "";
+  const inner = [
+    el("img", { src: hit.url, alt: "", width: 64, height: 64 }),
+    el("span", { class: "mark", "data-testid": "mark", "aria-hidden": "true", text: mark }),
+    el("span", { class: "meta" },
+      el("span", { class: "score", title: "cosine similarity", text: hit.scoreText }),
+      el("span", { class: "name", text: `${hit.rank}. ${hit.class_name || ""}` }),
+      words ? el("span", { class: "sr-only", text: `, ${words}` }) : null),
+  ];
+  const isOod = hit.url.startsWith("api/image/");
+  const body = isOod
+    ? el("a", {
+      href: hashFor(["query", String(hit.id)], { k, layer: layer === "all" ? null : layer }),
+      title: `#${hit.id} ${hit.class_name}: search with this image`,
+    }, ...inner)
+    : el("div", { class: "card", title: hit.class_name }, ...inner);
+  return el("li", { class: cls, "data-testid": "hit", "data-id": hit.id }, body);
+}
+
+function renderLayers(view, result, layer) {
+  const container = $(`${view}-results`);
+  const shown = result.layers.filter((l) => layer === "all" || l.layer === layer);
+  container.classList.toggle("all", layer === "all");
+  container.replaceChildren(...shown.map((l) => {
+    const digits = scoreDigits(l.hits.map((h) => h.score));
+    const hits = l.hits.map((h) => ({ ...h, scoreText: h.score.toFixed(digits) }));
+    const box = el("section", { class: "layer", "data-layer": l.layer, "aria-labelledby": `${view}-h-${l.layer}` },
+      el("h3", { id: `${view}-h-${l.layer}`, text: `Layer ${l.layer}` }));
+    const facts = el("p", { class: "facts" });
+    if (l.ap !== null && l.ap !== undefined) {
+      facts.append(el("span", { class: "ap", "data-testid": "ap", text: `AP ${pct(l.ap)}` }));
+      if (result.chance_ap !== null && result.chance_ap !== undefined) {
+        facts.append(el("span", { class: "chance", "data-testid": "chance", text: `chance ${pct(result.chance_ap)}` }));
+      }
+      const same = l.hits.filter((h) => h.same_class).length;
+      facts.append(el("span", { class: "precision", text: `${same} of ${l.hits.length} same class` }));
+    }
+    if (facts.childNodes.length) box.append(facts);
+    box.append(el("ol", { class: "hits" }, ...hits.map((h) => hitCard(h, result.k, layer))));
+    return box;
+  }));
+}
+
+function aboutText(result) {
+  const db = result.database === "ood"
+    ? `the ${result.database_size} ${result.query.source === "ood" ? "other " : ""}out-of-domain images` : `your index (${result.database_size} images)`;
+  let text = `Each column ranks ${db} by the cosine similarity of their ${variant(result.relu)} ` +
+    "codes of one layer to this image's code (1 = same direction). ";
+  if (result.query.source === "ood") {
+    text += `✓ marks an image of the query's class (${result.relevant} others); ✗ another class. ` +
+      "AP (average precision) sums up the whole ranking: 100% puts every image of the class first; " +
+      `a random ranking gets ${pct(result.chance_ap)} on average (chance).`;
+  } else {
+    text += "Your image has no class, so there is no ✓/✗ or AP here.";
+  }
+  return text;
+}
+
+function paintResult(view, result, layer, announceText, focus) {
+  state.results[view] = { result, layer };
+  renderLayers(view, result, layer);
+  setStatus(view, "");
+  const title = $(`${view}-results-title`);
+  title.hidden = false;
+  title.textContent = `Most similar images (top ${result.k}${layer === "all" ? " per layer" : `, layer ${layer}`})`;
+  announce(announceText);
+  if (focus) title.focus({ preventScroll: false });
+}
+
+// ---------------------------------------------------------------- query by gallery id
+
+async function renderQuery(arg, params) {
+  const info = state.info;
+  const k = readK(params);
+  const layer = readLayer(params);
+  const image = $("query-image");
+  const prev = state.results.query;
+  const id = /^\d+$/.test(arg) ? Number(arg) : NaN;
+  show("query", Number.isInteger(id) ? `Image #${id}: similar images` : "Image not found");
+  syncControls("query", k, layer);
+  const valid = Number.isInteger(id) && id < info.gallery_size;
+  document.querySelector(".controls[data-for=query]").hidden = !valid;
+  if (!valid) {
+    begin();
+    image.hidden = true;
+    image.removeAttribute("src");
+    $("query-caption").textContent = "";
+    $("query-about").textContent = "";
+    $("query-results").replaceChildren();
+    $("query-results-title").hidden = true;
+    setStatus("query", "");
+    $("query-title").textContent = "Image not found";
+    showError(Number.isInteger(id)
+      ? `There is no image #${id}: the gallery has images #0 to #${info.gallery_size - 1}.`
+      : `“${arg}” is not an image id: ids are whole numbers from 0 to ${info.gallery_size - 1}.`);
+    return;
+  }
+  $("query-results-title").hidden = false;
+  $("query-title").textContent = `Images similar to #${id}`;
+  const keepFocus = state.keepFocus;
+  // only a new layer: no request, no flicker
+  if (prev && prev.result.query.id === id && prev.result.k === k) {
+    begin();
+    paintResult("query", prev.result, layer, `Showing ${layer === "all" ? "all layers" : `layer ${layer}`}.`, false);
+    return;
+  }
+  const token = begin();
+  image.src = `api/image/${id}`;
+  image.alt = `query image #${id}`;
+  image.hidden = false;
+  $("query-caption").textContent = `#${id}`;
+  $("query-results").replaceChildren();
+  setStatus("query", `Searching with image #${id}…`, true);
+  let result;
+  try {
+    result = await api(`api/search/${id}?k=${k}`, { signal: token.signal });
+  } catch (err) {
+    if (current(token)) setStatus("query", "");
+    throw err;
+  }
+  if (!current(token)) return;
+  const q = result.query;
+  $("query-caption").textContent = `#${q.id} ${q.class_name}`;
+  image.alt = `query image #${q.id}, ${q.class_name}`;
+  $("query-title").textContent = `Images similar to #${q.id} (${q.class_name})`;
+  setTitle(`#${q.id} ${q.class_name}: similar images`);
+  $("query-about").textContent = aboutText(result);
+  paintResult("query", result, layer,
+    `Results for image #${q.id}, ${q.class_name}: top ${result.k} in ${layer === "all" ? "layers " + info.layers.join(", ") : "layer " + layer}.`,
+    !keepFocus);
+}
+
+// ---------------------------------------------------------------- upload
+
+function clearUpload() {
+  $("upload-query").hidden = true;
+  $("upload-preview").removeAttribute("src");
+  $("upload-caption").textContent = "";
+  $("upload-notes").replaceChildren();
+  $("upload-about").textContent = "";
+  $("upload-results").replaceChildren();
+  $("upload-results-title").hidden = true;
+  state.results.upload = null;
+}
+
+function uploadNotes(q) {
+  const notes = [];
+  if (q.upscaled) notes.push(`Your image is only ${q.width}×${q.height} pixels: it was enlarged to 64×64, so the model sees a blurry version.`);
+  if (q.transparent) notes.push("Transparent areas were filled with white.");
+  return notes;
+}
+
+function paintUpload(result, layer, focus) {
+  const q = result.query;
+  $("upload-query").hidden = false;
+  $("upload-preview").src = q.url;
+  $("upload-caption").textContent = `${q.filename || "your image"} (${q.width}×${q.height} ${q.format}) → 64×64`;
+  $("upload-notes").replaceChildren(...uploadNotes(q).map((n) => el("li", { text: n })));
+  $("upload-about").textContent = aboutText(result);
+  paintResult("upload", result, layer,
+    `Results for ${q.filename || "your image"}: top ${result.k} ${layer === "all" ? "per layer" : `in layer ${layer}`}.`, focus);
+}
+
+async function renderUpload(uid, params) {
+  const k = readK(params);
+  const layer = readLayer(params);
+  const db = state.info.databases.some((d) => d.name === params.get("db")) ? params.get("db") : "ood";
+  show("upload");
+  syncControls("upload", k, layer);
+  $("upload-database").value = db;
+  const keepFocus = state.keepFocus;
+  if (!uid) {
+    begin();
+    clearUpload();
+    setStatus("upload", "");
+    return;
+  }
+  if (!/^[0-9a-f]{16}$/.test(uid)) {
+    begin();
+    clearUpload();
+    showError(`“${uid}” is not an upload id: choose an image to search with.`);
+    return;
+  }
+  const key = `${uid} ${k} ${db}`;
+  let result = state.uploads.get(key);
+  if (!result) {
+    const token = begin();
+    const prev = state.results.upload;
+    if (!prev || prev.result.query.upload_id !== uid) clearUpload();
+    else $("upload-results").replaceChildren();
+    setStatus("upload", "Searching…", true);
+    try {
+      result = await api(`api/upload/${uid}?k=${k}&database=${db}`, { signal: token.signal });
+    } catch (err) {
+      if (current(token)) {
+        clearUpload();
+        setStatus("upload", "");
+      }
+      throw err;
+    }
+    if (!current(token)) return;
+    state.uploads.set(key, result);
+  } else {
+    begin();
+  }
+  setTitle(`${result.query.filename || "your image"}: similar images`);
+  paintUpload(result, layer, !keepFocus);
+}
+
+async function uploadFile(file) {
+  if (!file) return;
+  showError("");
+  const info = state.info;
+  const { params } = parseHash();
+  const token = begin();
+  clearUpload();
+  if (file.size > info.max_upload_bytes) {
+    showError(`${file.name} is too large: ${formatBytes(file.size)} (the limit is ${info.max_upload_text}).`);
+    return;
+  }
+  const k = readK(params);
+  const layer = readLayer(params);
+  const db = $("upload-database").value || "ood";
+  const form = new FormData();
+  form.append("file", file);
+  form.append("k", k);
+  form.append("database", db);
+  $("upload-caption").textContent = file.name;
+  setStatus("upload", `Uploading and searching with ${file.name}…`, true);
+  $("upload-form").classList.add("busy");
+  let result;
+  try {
+    result = await api("api/search", { method: "POST", body: form, signal: token.signal });
+  } catch (err) {
+    if (current(token)) {
+      clearUpload();
+      setStatus("upload", "");
+      if (err.name !== "AbortError") showError(`${file.name}: ${err.message}`);
+    }
+    return;
+  } finally {
+    $("upload-form").classList.remove("busy");
+    $("upload-file").value = "";
+  }
+  if (!current(token)) return;
+  const uid = result.query.upload_id;
+  state.uploads.set(`${uid} ${result.k} ${db}`, result);
+  go(hashFor(["upload", uid], { k: result.k, layer: layer === "all" ? null : layer, db: db === "ood" ? null : db }));
+}
+
+function imageFrom(items) {
+  for (const item of items || []) {
+    const file = item instanceof File ? item : item.kind === "file" ? item.getAsFile() : null;
+    if (file && file.type.startsWith("image/")) return file;
+  }
+  return null;
+}
+
+function setupUpload(info) {
+  const select = $("upload-database");
+  for (const db of info.databases) {
+    select.append(el("option", { value: db.name, text: `${db.description} (${db.size} images)` }));
+  }
+  $("upload-database-field").hidden = info.databases.length < 2;
+  select.addEventListener("change", () => {
+    const { parts } = parseHash();
+    if (parts[1]) setParam("db", select.value);
+  });
+  const mp = (info.max_pixels / 1e6).toFixed(0);
+  $("upload-limits").textContent = `JPEG, PNG or WebP, up to ${info.max_upload_text} and ${mp} megapixels; ` +
+    "any size is resized to 64×64 like the training images.";
+  $("upload-form").addEventListener("submit", (e) => e.preventDefault());
+  $("upload-file").addEventListener("change", () => uploadFile($("upload-file").files[0]));
+  const drop = $("drop");
+  // drop anywhere in the window; paste anywhere too
+  window.addEventListener("dragover", (e) => {
+    if ([...(e.dataTransfer.types || [])].includes("Files")) {
+      e.preventDefault();
+      drop.classList.add("over");
+    }
+  });
+  window.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); });
+  window.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const file = imageFrom(e.dataTransfer.files);
+    if (file) startUpload(file);
+  });
+  document.addEventListener("paste", (e) => {
+    const file = imageFrom(e.clipboardData && e.clipboardData.items);
+    if (file) {
+      e.preventDefault();
+      startUpload(file);
+    }
+  });
+}
+
+function startUpload(file) {
+  if ($("view-upload").hidden) {
+    state.keepFocus = true;
+    history.pushState(null, "", "#/upload");
+    show("upload");
+    state.keepFocus = false;
+  }
+  uploadFile(file);
+}
+
+// ---------------------------------------------------------------- results page
+
+function table(testid, head, rows, foot = []) {
+  return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `${testid.replace("-", " ")}` }, el("table", { "data-testid": testid },
+    el("thead", {}, el("tr", {}, ...head.map((t) => el("th", { scope: "col", text: t })))),
+    el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c, i) => el(i ? "td" : "th", { scope: i ? null : "row", text: c }))))),
+    foot.length ? el("tfoot", {}, ...foot.map((r) => el("tr", {}, ...r.map((c, i) => el(i ? "td" : "th", { scope: i ? null : "row", text: c }))))) : null));
+}
+
+async function renderResults() {
+  show("results", "Results");
+  const token = begin();
+  setStatus("results", "Loading the run's results…", true);
+  let r;
+  try {
+    r = await api("api/results", { signal: token.signal });
+  } catch (err) {
+    if (current(token)) setStatus("results", "");
+    throw err;
+  }
+  if (!current(token)) return;
+  setStatus("results", "");
+  $("results-title").textContent = `Results of run ${r.run}`;
+  const ref = r.reference;
+  const parts = [];
+  parts.push(el("h2", { text: "Classification: does the network name the right class?" }));
+  parts.push(el("p", { text: `The network was trained on ${r.n_classes} classes. Top-1: how often its first guess is right; ` +
+    `top-5: how often the right class is among its five best guesses. Guessing at random gives ${pct(r.chance.top1)} and ${pct(r.chance.top5)}.` }));
+  if (r.eval) {
+    const rows = Object.entries(r.eval.splits).map(([name, m]) =>
+      [name, String(m.n), pct(m.top1), pct(m.top5), num(m.loss)]);
+    const foot = [["chance", "", pct(r.chance.top1), pct(r.chance.top5), ""]];
+    if (ref && ref.top1 !== null) foot.push(["course (test)", "", pct(ref.top1), pct(ref.top5), ""]);
+    parts.push(table("eval-table", ["split", "images", "top-1", "top-5", "loss"], rows, foot));
+    parts.push(el("p", { class: "muted", text: `Weights: the ${r.eval.checkpoint} checkpoint (epoch ${r.eval.epoch}); loss is the mean cross-entropy.` }));
+  } else {
+    parts.push(el("p", { class: "empty", text: "No evaluation yet: run `neuralcodes evaluate` on this run." }));
+  }
+  parts.push(el("h2", { text: "Retrieval: how well do the codes find images of the same class?" }));
+  parts.push(el("p", { text: "Each out-of-domain image in turn queries all the others, ranked by the cosine similarity of " +
+    "one layer's codes (classes the network never saw). mAP is the mean average precision over all queries; " +
+    `P@5 and P@10 the share of the same class among the top 5 and 10. This app searches ${variant(r.relu)} codes.` }));
+  if (r.map && r.map.length) {
+    const variants = new Set(r.map.map((m) => m.relu));
+    const head = ["layer", ...(variants.size > 1 ? ["codes"] : []), "mAP", "chance", "P@5", "P@10"];
+    if (ref && Object.keys(ref.map).length) head.push("course mAP");
+    const rows = r.map.map((m) => {
+      const row = [m.layer, ...(variants.size > 1 ? [variant(m.relu)] : []), pct(m.map), pct(m.chance_map),
+        pct(m["p@5"]), pct(m["p@10"])];
+      if (ref && Object.keys(ref.map).length) row.push(pct(ref.map[m.layer]));
+      return row;
+    });
+    parts.push(table("map-table", head, rows));
+    parts.push(el("p", { class: "muted", text: `${r.map[0].n_queries} queries; chance is the mean AP of a random ranking. Source: ${r.map_source}.` +
+      (ref ? ` Course numbers: ${ref.source}.` : "") }));
+  } else {
+    parts.push(el("p", { class: "empty", text: "No retrieval results yet." }));
+  }
+  parts.push(el("h2", { text: "Report and figures" }));
+  parts.push(r.report_url
+    ? el("p", {}, el("a", { class: "button", href: r.report_url, text: "Read the full report" }))
+    : el("p", { class: "empty", text: "No report yet: run `neuralcodes report` on this run." }));
+  const curves = el("div", { id: "curves" });
+  const figs = r.figures.map((f) => el("figure", { class: "figure", "data-name": f.name },
+    el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": f.title }, el("img", { src: f.url, alt: f.title })),
+    el("figcaption", {}, f.title, " · ", el("a", { href: f.url, text: "open full size" }))));
+  const curveFig = figs.find((f) => f.dataset.name === "curves");
+  if (curveFig) curves.append(curveFig);
+  else curves.append(el("p", { class: "empty", text: "No learning curves yet." }));
+  parts.push(curves, ...figs.filter((f) => f !== curveFig));
+  $("results-body").replaceChildren(...parts);
+  announce(`Results of run ${r.run} loaded.`);
+}
+
+// ---------------------------------------------------------------- API page
+
+async function renderApi() {
+  show("api");
+  const token = begin();
+  setStatus("api", "Loading the API description…", true);
+  let schema;
+  try {
+    schema = await api("openapi.json", { signal: token.signal });
+  } catch (err) {
+    if (current(token)) setStatus("api", "");
+    throw err;
+  }
+  if (!current(token)) return;
+  setStatus("api", "");
+  const items = [];
+  for (const [path, methods] of Object.entries(schema.paths)) {
+    for (const [method, op] of Object.entries(methods)) {
+      items.push(el("li", { class: "api-row" }, el("code", { class: "method", text: method.toUpperCase() }),
+        el("code", { class: "path", text: path }), el("span", { class: "summary", text: op.summary || "" })));
+    }
+  }
+  $("api-list").replaceChildren(...items);
+}
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  $("skip").addEventListener("click", (e) => {
+    e.preventDefault();
+    const view = document.querySelector(".view:not([hidden]) h1");
+    (view || $("main")).focus();
+  });
+  try {
+    state.info = await api("api/info");
+  } catch (err) {
+    showError(`The app cannot reach its server: ${err.message}`);
+    return;
+  }
+  const info = state.info;
+  $("run-name").textContent = `run ${info.run}`;
+  $("gallery-caption").textContent = `The ${info.gallery_size} out-of-domain images ` +
+    `(${info.classes.length} classes the network never saw in training). Choose one to find the most similar others.`;
+  const classSelect = $("gallery-class");
+  for (const c of info.classes) classSelect.append(el("option", { value: c.label, text: c.class_name }));
+  classSelect.addEventListener("change", () =>
+    go(hashFor(["gallery"], { class: classSelect.value }), true));
+  buildControls("query");
+  buildControls("upload");
+  setupUpload(info);
+  window.addEventListener("hashchange", route);
+  state.keepFocus = true; // a page load leaves focus alone, so Tab reaches the skip link first
+  await route();
+}
+
+start();

@@ -24,7 +24,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from neuralcodes.errors import NeuralCodesError
@@ -149,17 +148,11 @@ def extract_codes(
 
 def read_image(path: str | Path | BinaryIO) -> np.ndarray:
     """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))  # fast JPEG downscale, if any
-            rgb = ImageOps.exif_transpose(im).convert("RGB")  # phone photos: upright first
-            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-            return np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError:
-        raise NeuralCodesError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise NeuralCodesError(f"{path}: cannot read image ({e})") from None
+    from neuralcodes import imageio  # imgsec hook: the one place where user images are decoded
+
+    return imageio.decode_image(path, size=IMAGE_SIZE, formats=None,  # imgsec hook
+                                max_pixels=imageio.LOCAL_MAX_PIXELS,  # imgsec hook
+                                max_decode_bytes=imageio.LOCAL_MAX_DECODE_BYTES)[0]  # imgsec hook
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -28,14 +28,13 @@ import base64
 import functools
 import io
 import threading
-import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuralcodes.errors import NeuralCodesError
@@ -79,32 +78,13 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np
     bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) is treated as an error even in its warning range.
     Truncated or corrupt files give 400.
     """
-    from neuralcodes.codes import read_image
+    from neuralcodes import imageio  # imgsec hook: bounded decoding in neuralcodes.imageio
 
-    if not data:
-        raise UploadRejected(400, "the uploaded file is empty")
-    fmt = "image"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as im:  # header only
-                fmt, (width, height) = im.format, im.size
-            if width * height > max_pixels:
-                raise UploadRejected(413, f"image too large: {width}x{height} pixels "
-                                     f"(limit {max_pixels:,} pixels)")
-            # decode and resize exactly as `neuralcodes index` does for files
-            image = read_image(io.BytesIO(data))
-    except UploadRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadRejected(413, "image refused as a possible decompression bomb (more than "
-                             f"{Image.MAX_IMAGE_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise UploadRejected(415, "not a JPEG, PNG or WebP image") from None
-    except (NeuralCodesError, OSError, SyntaxError, ValueError, EOFError):
-        raise UploadRejected(400, f"corrupt or truncated {fmt} file: it cannot be decoded"
-                             ) from None
-    return image, {"format": fmt, "width": width, "height": height}
+    try:  # imgsec hook
+        image, info = imageio.decode_image(data, max_pixels=max_pixels)  # imgsec hook
+    except imageio.ImageRejected as e:  # imgsec hook
+        raise UploadRejected(e.status, e.reason) from None  # imgsec hook
+    return image, info.as_dict()  # imgsec hook
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -480,11 +460,18 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
         description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
         f"of the trained run `{retrieval.run.root.name}`. Images are addressed by their "
         "integer id in the out-of-domain set.")
+    from neuralcodes import websecurity  # imgsec hook
+
     app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(websecurity.SameOriginPost)  # imgsec hook: cross-site POST -> 403
     if allowed_hosts is not None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(websecurity.SecurityHeaders)  # imgsec hook: outermost, on every answer
+    limiter = websecurity.DecodeLimiter(slots=2, wait_s=10.0)  # imgsec hook
+    limiter.install(app)  # imgsec hook: Busy -> 503 + Retry-After
+    app.state.decode_limiter = limiter  # imgsec hook
     app.state.retrieval = retrieval
     n_index = 0 if retrieval.index is None else len(retrieval.index.codes)
     ImageId = PathParam(ge=0, lt=n, description=f"an ood image id, 0 to {n - 1}")
@@ -555,7 +542,8 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
         try:
             if len(data) > max_upload_bytes:
                 raise UploadRejected(413, f"file too large (limit {max_upload_bytes:,} bytes)")
-            image, meta = decode_upload(data, max_pixels)
+            with limiter.slot():  # imgsec hook: at most 2 decodes at a time
+                image, meta = decode_upload(data, max_pixels)  # imgsec hook (indented)
             result = retrieval.search_image(image, k, database)
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None

@@ -53,6 +53,10 @@ TRIM_ABOVE_BYTES = 32 * 2**20
 #: Strip-decoded images are box-reduced to at least this many times ``size`` before the
 #: final bicubic resize (Pillow's ``reducing_gap``).
 REDUCING_GAP = 2
+#: Estimated peak bytes per pixel of a PNG strip in flight (measured: ~25), and the most
+#: memory the strips may use.
+STRIP_BYTES_PER_PIXEL = 40
+STRIP_TARGET_BYTES = 16 * 2**20
 #: Bytes per pixel a WebP decode needs at its peak (measured with Pillow 13: 15-18).
 WEBP_BYTES_PER_PIXEL = 20
 ORIENTATION_TAG = 0x0112
@@ -89,6 +93,7 @@ class ImageInfo:
     upscaled: bool  #: a side was shorter than ``size``: the model sees an enlarged image
     method: str  #: "direct", "draft" (JPEG DCT scaling) or "strips" (PNG, box-reduced)
     decode_bytes: int  #: the estimated peak memory of the decode
+    rows_per_strip: int = 0  #: "strips": rows decoded at a time
 
     def as_dict(self) -> dict[str, object]:
         """The fields the web API reports for an upload."""
@@ -126,6 +131,8 @@ def _open(fp: BinaryIO, formats: tuple[str, ...] | None, name: str | None) -> Im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected(_bomb_reason(), 413, name) from None
     except UnidentifiedImageError:
+        if _is_empty(fp):
+            raise ImageRejected("the file is empty", 400, name) from None
         what = (f"not a {', '.join(f.replace('WEBP', 'WebP') for f in formats[:-1])} or "
                 f"{formats[-1].replace('WEBP', 'WebP')} image") if formats else \
             "not an image file (or a format Pillow cannot read)"
@@ -138,6 +145,14 @@ def _open(fp: BinaryIO, formats: tuple[str, ...] | None, name: str | None) -> Im
     if Image.MAX_IMAGE_PIXELS and px > Image.MAX_IMAGE_PIXELS:
         raise ImageRejected(_bomb_reason(), 413, name)
     return im
+
+
+def _is_empty(fp: BinaryIO) -> bool:
+    try:
+        fp.seek(0)
+        return not fp.read(1)
+    except (OSError, ValueError):
+        return False
 
 
 def _bomb_reason() -> str:
@@ -271,24 +286,29 @@ def _plan(im: Image.Image, size: int, max_pixels: int, max_decode_bytes: int,
         im.draft("RGB", (2 * size, 2 * size))  # DCT scaling: decodes at 1/2 .. 1/8 size
         method = "draft" if im.size != (width, height) else "direct"
     cost = direct_cost(im, (width, height))
+    rows = 0
     if cost > max_decode_bytes and pngstrips.supports(im):
-        w, h = im.size
-        method = "strips"
-        rows = pngstrips.strip_rows(w, reduce_factor(w, h, size))
-        cost = rows * w * 32 + (w * h * 4) // reduce_factor(w, h, size) ** 2
+        method, factor = "strips", reduce_factor(width, height, size)
+        reduced = 8 * (-(-width // factor)) * (-(-height // factor))  # strips + the result
+        per_row = width * STRIP_BYTES_PER_PIXEL
+        target = min(STRIP_TARGET_BYTES, max_decode_bytes - reduced)
+        rows = factor * max(1, target // (per_row * factor))
+        cost = rows * per_row + reduced
     if cost > max_decode_bytes:
         raise ImageRejected(f"image too large to decode: {width}x{height} {mode} {fmt} needs "
                             f"about {cost / 2**20:.0f} MB (limit {max_decode_bytes / 2**20:.0f} "
                             "MB); send a smaller image", 413, name)
     return ImageInfo(format=fmt, width=width, height=height, mode=mode,
-                     upscaled=width < size or height < size, method=method, decode_bytes=cost)
+                     upscaled=width < size or height < size, method=method, decode_bytes=cost,
+                     rows_per_strip=rows)
 
 
 def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int) -> np.ndarray:
     """Decode, orient, convert and resize (see the module doc)."""
     if info.method == "strips":
         w, h = im.size
-        rgb, exif = pngstrips.decode_strips(im, fp, to_rgb, reduce_factor(w, h, size))
+        rgb, exif = pngstrips.decode_strips(im, fp, to_rgb, reduce_factor(w, h, size),
+                                            info.rows_per_strip)
         turn = orientation(exif)
         if turn != 1:
             rgb = rgb.transpose(TRANSPOSE[turn])

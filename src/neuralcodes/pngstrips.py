@@ -53,12 +53,6 @@ def supports(im: Image.Image) -> bool:
     return raw_mode(im) in RAW_BITS and not im.info.get("interlace")
 
 
-def strip_rows(width: int, factor: int, target_bytes: int = 4 << 20) -> int:
-    """Rows per strip: a multiple of ``factor`` with about ``target_bytes`` of RGBA pixels."""
-    per_row = max(width * 4, 1)
-    return factor * max(1, target_bytes // (per_row * factor))
-
-
 def _chunks(fp: BinaryIO) -> Iterator[tuple[bytes, int]]:
     """(type, length) of each chunk from the file's start; the caller reads or skips the data
     (and the CRC) before asking for the next one."""
@@ -169,10 +163,10 @@ def _unfilter(filtered: bytes, context: bytes | None, rows: int, row_bytes: int,
 
 
 def decode_strips(im: Image.Image, fp: BinaryIO, convert: Callable[[Image.Image], Image.Image],
-                  factor: int, rows_per_strip: int | None = None) -> tuple[Image.Image,
-                                                                           bytes | None]:
+                  factor: int, rows_per_strip: int) -> tuple[Image.Image, bytes | None]:
     """``(convert(image).reduce(factor), exif bytes of an eXIf chunk or None)`` for the PNG
-    opened as ``im`` from ``fp`` (see the module doc). ``convert`` maps a strip to RGB."""
+    opened as ``im`` from ``fp`` (see the module doc). ``convert`` maps a strip to RGB;
+    ``rows_per_strip``: a multiple of ``factor``."""
     rawmode = raw_mode(im)
     if rawmode not in RAW_BITS or im.info.get("interlace"):
         raise ValueError("this PNG cannot be decoded in strips")
@@ -180,7 +174,6 @@ def decode_strips(im: Image.Image, fp: BinaryIO, convert: Callable[[Image.Image]
     bits = RAW_BITS[rawmode]
     bpp = (bits + 7) // 8
     row_bytes = (width * bits + 7) // 8
-    rows_per_strip = rows_per_strip or strip_rows(width, factor)
     if rows_per_strip % factor:
         raise ValueError("rows_per_strip must be a multiple of factor")
     palette = im.palette.copy() if im.mode == "P" and im.palette is not None else None

@@ -73,10 +73,14 @@ Source = bytes | bytearray | str | Path | BinaryIO
 class ImageRejected(NeuralCodesError):
     """An image that is refused or cannot be decoded. ``reason`` is one line without the
     source's name; ``status`` the matching HTTP status (400 corrupt, 413 too large, 415 not an
-    accepted format); ``str()`` is ``"<path>: <reason>"`` for files, the reason otherwise."""
+    accepted format); ``str()`` is the reason, after ``"<path>: "`` (and ``"cannot read image"``
+    for unreadable ones) for named files."""
 
     def __init__(self, reason: str, status: int = 400, source: str | None = None) -> None:
-        super().__init__(f"{source}: {reason}" if source else reason)
+        message = reason
+        if source:
+            message = f"{source}: {reason if status == 413 else f'cannot read image ({reason})'}"
+        super().__init__(message)
         self.reason = reason
         self.status = status
         self.source = source
@@ -119,8 +123,7 @@ def _file(source: Source) -> tuple[BinaryIO, bool]:
         except FileNotFoundError:
             raise ImageRejected("no such file", 400, str(source)) from None
         except OSError as e:
-            raise ImageRejected(f"cannot read image ({e.strerror or e})", 400,
-                                str(source)) from None
+            raise ImageRejected(str(e.strerror or e), 400, str(source)) from None
     return source, False
 
 
@@ -136,11 +139,9 @@ def _open(fp: BinaryIO, formats: tuple[str, ...] | None, name: str | None) -> Im
         what = (f"not a {', '.join(f.replace('WEBP', 'WebP') for f in formats[:-1])} or "
                 f"{formats[-1].replace('WEBP', 'WebP')} image") if formats else \
             "not an image file (or a format Pillow cannot read)"
-        raise ImageRejected(f"cannot read image: {what}", 415 if formats else 400,
-                            name) from None
+        raise ImageRejected(what, 415 if formats else 400, name) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageRejected(f"cannot read image: corrupt header ({_short(e)})", 400,
-                            name) from None
+        raise ImageRejected(f"corrupt header ({_short(e)})", 400, name) from None
     px = im.size[0] * im.size[1]
     if Image.MAX_IMAGE_PIXELS and px > Image.MAX_IMAGE_PIXELS:
         raise ImageRejected(_bomb_reason(), 413, name)
@@ -263,8 +264,8 @@ def decode_image(source: Source, *, size: int = IMAGE_SIZE,
             try:
                 rgb = _decode(im, fp, info, size)
             except (OSError, SyntaxError, ValueError, EOFError, pngstrips.PngError) as e:
-                raise ImageRejected(f"cannot read image: corrupt or truncated {info.format} "
-                                    f"file ({_short(e)})", 400, name) from None
+                raise ImageRejected(f"corrupt or truncated {info.format} file ({_short(e)})",
+                                    400, name) from None
     finally:
         if own:
             fp.close()

@@ -138,7 +138,7 @@ def _open(fp: BinaryIO, formats: tuple[str, ...] | None, name: str | None) -> Im
             raise ImageRejected("the file is empty", 400, name) from None
         what = (f"not a {', '.join(f.replace('WEBP', 'WebP') for f in formats[:-1])} or "
                 f"{formats[-1].replace('WEBP', 'WebP')} image") if formats else \
-            "not an image file (or a format Pillow cannot read)"
+            "not an image file that Pillow can read"
         raise ImageRejected(what, 415 if formats else 400, name) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageRejected(f"corrupt header ({_short(e)})", 400, name) from None

@@ -1,9 +1,5 @@
-"""The user's own images: decode any common format and size into the 64x64 RGB of the training
-images (Pillow, EXIF orientation applied, whole image resized bicubic with antialiasing).
-
-Placeholder home of :func:`read_image`: ``neuralcodes.imageio`` (bounded, safe decoding) is to
-replace it; the names here are what the index, search and web app use until then.
-"""
+"""The user's own images on disk: find them in a folder and decode them into the 64x64 RGB of
+the training images (through :mod:`neuralcodes.imageio`)."""
 
 from __future__ import annotations
 
@@ -12,9 +8,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from neuralcodes import imageio
 from neuralcodes.errors import NeuralCodesError
 
 IMAGE_SIZE = 64
@@ -24,18 +20,11 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 
 def read_image(path: str | Path | BinaryIO) -> np.ndarray:
-    """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))  # fast JPEG downscale, if any
-            rgb = ImageOps.exif_transpose(im).convert("RGB")  # phone photos: upright first
-            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-            return np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError:
-        raise NeuralCodesError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise NeuralCodesError(f"{path}: cannot read image ({e})") from None
+    """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB,
+    decoded by :func:`neuralcodes.imageio.decode_image` (the one place user images are decoded)."""
+    return imageio.decode_image(path, size=IMAGE_SIZE, formats=None,
+                                max_pixels=imageio.LOCAL_MAX_PIXELS,
+                                max_decode_bytes=imageio.LOCAL_MAX_DECODE_BYTES)[0]
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ from neuralcodes.config import RetrievalConfig
 from neuralcodes.web.middleware import MULTIPART_OVERHEAD, BodyLimit, add_host_check
 from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
+from neuralcodes.web.security import DecodeLimiter, SameOriginPost, SecurityHeaders
 from neuralcodes.web.service import MAX_K, ServedRun
 from neuralcodes.web.uploads import (
     DEFAULT_MAX_PIXELS,
@@ -78,7 +79,12 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
         "integer id in the out-of-domain set.")
     app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD,
                        upload_limit=max_upload_bytes)
+    app.add_middleware(SameOriginPost)  # a cross-site POST gets 403
     add_host_check(app, allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, errors included
+    limiter = DecodeLimiter(slots=2, wait_s=10.0)  # at most two image decodes at a time
+    limiter.install(app)  # Busy -> 503 with Retry-After
+    app.state.decode_limiter = limiter
     app.state.retrieval = retrieval
     n_index = 0 if retrieval.index is None else len(retrieval.index.codes)
     ImageId = PathParam(ge=0, lt=n, description=f"an ood image id, 0 to {n - 1}")
@@ -167,7 +173,8 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
             if len(data) > max_upload_bytes:
                 raise UploadRejected(413, "file too large (limit "
                                      f"{format_bytes(max_upload_bytes)})")
-            image, meta = decode_upload(data, max_pixels)
+            with limiter.slot():
+                image, meta = decode_upload(data, max_pixels)
             result = retrieval.search_image(image, k, database)
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None

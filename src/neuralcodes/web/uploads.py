@@ -1,7 +1,7 @@
 """Decoding of uploaded images: bytes -> the 64x64 model input, with clear 4xx refusals.
 
-Kept in its own module so a shared, bounded decoder (``neuralcodes.imageio``) can replace
-:func:`decode_upload` without touching the app.
+The decoding itself is :mod:`neuralcodes.imageio` (bounded memory, the one place where user
+images are decoded); this module maps its refusals to HTTP statuses and keeps recent uploads.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import secrets
 import threading
-import warnings
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from neuralcodes import imageio
 
 #: The model's input size (the cached images' side).
 IMAGE_SIZE = 64
@@ -22,7 +23,7 @@ IMAGE_SIZE = 64
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 50_000_000
 #: Accepted upload formats: Pillow format name -> media type.
-UPLOAD_FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+UPLOAD_FORMATS: dict[str, str] = {f: f"image/{f.lower()}" for f in imageio.UPLOAD_FORMATS}
 
 
 class UploadRejected(Exception):
@@ -36,57 +37,18 @@ class UploadRejected(Exception):
 
 def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     """Upload bytes -> (uint8 (64, 64, 3) model input, ``{"format", "width", "height",
-    "upscaled", "transparent"}``).
+    "upscaled", "transparent"}``), decoded with bounded memory by :mod:`neuralcodes.imageio`.
 
-    Only JPEG, PNG and WebP are accepted (415 otherwise). The pixel count is checked from the
-    header before anything is decoded (413 above ``max_pixels``), and Pillow's own decompression
-    bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) is treated as an error even in its warning range.
-    Truncated or corrupt files give 400. Transparent areas are composited on white (as a viewer
-    shows them), not on black; an image smaller than 64x64 is enlarged, and says so.
+    Only JPEG, PNG and WebP are accepted (415 otherwise); the pixel count and the memory the
+    decode needs are checked from the header first (413); corrupt or truncated files give 400.
+    Transparent areas are composited on white; an image smaller than 64x64 is enlarged, and
+    says so.
     """
-    if not data:
-        raise UploadRejected(400, "the uploaded file is empty")
-    fmt = "image"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as im:  # header only
-                fmt, (width, height) = im.format, im.size
-                if width * height > max_pixels:
-                    raise UploadRejected(413, f"image too large: {width}x{height} pixels "
-                                         f"(limit {max_pixels:,} pixels)")
-                image, transparent = _to_model_input(im)
-    except UploadRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadRejected(413, "image refused as a possible decompression bomb (more than "
-                             f"{Image.MAX_IMAGE_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise UploadRejected(415, "not a JPEG, PNG or WebP image") from None
-    except (OSError, SyntaxError, ValueError, EOFError):
-        raise UploadRejected(400, f"corrupt or truncated {fmt} file: it cannot be decoded"
-                             ) from None
-    return image, {"format": fmt, "width": width, "height": height,
-                   "upscaled": width < IMAGE_SIZE or height < IMAGE_SIZE,
-                   "transparent": transparent}
-
-
-def _to_model_input(im: Image.Image) -> tuple[np.ndarray, bool]:
-    """An opened image -> (uint8 (64, 64, 3) RGB, whether it had transparency): upright (EXIF),
-    transparent areas on white, bicubic resize as :func:`neuralcodes.retrieval.read_image` does."""
-    im.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))  # fast JPEG downscale, if any
-    im = ImageOps.exif_transpose(im)
-    transparent = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-    if transparent:
-        rgba = im.convert("RGBA")
-        transparent = rgba.getchannel("A").getextrema()[0] < 255
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = Image.alpha_composite(white, rgba).convert("RGB")
-    else:
-        rgb = im.convert("RGB")
-    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8), transparent
+        image, info = imageio.decode_image(data, max_pixels=max_pixels)
+    except imageio.ImageRejected as e:
+        raise UploadRejected(e.status, e.reason) from None
+    return image, info.as_dict()
 
 
 def png_bytes(image: np.ndarray) -> bytes:

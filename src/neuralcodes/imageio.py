@@ -1,0 +1,349 @@
+"""Bounded, safe decoding of user images: the one place where uploads (``serve``) and the files
+of ``neuralcodes index`` / ``neuralcodes search`` are decoded.
+
+:func:`decode_image` reads the header first and refuses (:class:`ImageRejected`, one line) an
+image whose pixel count or decoding memory is above the limits, *before* decoding anything. It
+then decodes with as little memory as the format allows:
+
+- JPEG: libjpeg's DCT scaling (``draft``) decodes at 1/2 to 1/8 of the size; progressive JPEGs
+  still buffer their coefficients (about 2 bytes per sample), which the estimate counts.
+- PNG: small ones are decoded whole; above the budget, non-interlaced PNGs are decoded in strips
+  that are box-reduced on the fly (:mod:`neuralcodes.pngstrips`), so memory stays at a few MB
+  for any size. 16-bit RGB(A) and interlaced PNGs above the budget are refused.
+- WebP: Pillow cannot decode a WebP reduced; it needs ~16-18 bytes per pixel while decoding
+  (measured), so the budget caps WebP at ~5 megapixels by default.
+
+Every image ends as RGB: EXIF orientation applied, transparency composited on white, 16-bit
+samples scaled to 8 bits (high byte, as Pillow does for 16-bit RGB), then resized to
+``size`` x ``size`` with the bicubic filter. For ordinary images this is exactly what
+``codes.read_image`` always did (draft, ``exif_transpose``, ``convert("RGB")``, bicubic resize).
+After a large decode the freed memory is handed back to the OS (glibc ``malloc_trim``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from neuralcodes import pngstrips
+from neuralcodes.errors import NeuralCodesError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 64
+#: The formats a web upload may have (Pillow names).
+UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+DEFAULT_MAX_PIXELS = 50_000_000
+#: Most memory one decode may need (uploads): 7000x7000 PNGs fit (in strips), 5 MP WebPs do.
+DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
+#: The pixel limit for the user's own files: none but Pillow's decompression-bomb guard.
+LOCAL_MAX_PIXELS = 2**40
+#: The budget for the user's own files (``neuralcodes index`` / ``search``: one at a time).
+LOCAL_MAX_DECODE_BYTES = 2**30
+#: Decodes estimated above this give their memory back to the OS afterwards.
+TRIM_ABOVE_BYTES = 32 * 2**20
+#: Strip-decoded images are box-reduced to at least this many times ``size`` before the
+#: final bicubic resize (Pillow's ``reducing_gap``).
+REDUCING_GAP = 2
+#: Estimated peak bytes per pixel of a PNG strip in flight (measured: ~25), and the most
+#: memory the strips may use.
+STRIP_BYTES_PER_PIXEL = 40
+STRIP_TARGET_BYTES = 16 * 2**20
+#: Bytes per pixel a WebP decode needs at its peak (measured with Pillow 13: 15-18).
+WEBP_BYTES_PER_PIXEL = 20
+ORIENTATION_TAG = 0x0112
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+Source = bytes | bytearray | str | Path | BinaryIO
+
+
+class ImageRejected(NeuralCodesError):
+    """An image that is refused or cannot be decoded. ``reason`` is one line without the
+    source's name; ``status`` the matching HTTP status (400 corrupt, 413 too large, 415 not an
+    accepted format); ``str()`` is the reason, after ``"<path>: "`` (and ``"cannot read image"``
+    for unreadable ones) for named files."""
+
+    def __init__(self, reason: str, status: int = 400, source: str | None = None) -> None:
+        message = reason
+        if source:
+            message = f"{source}: {reason if status == 413 else f'cannot read image ({reason})'}"
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.source = source
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`decode_image` saw and did."""
+
+    format: str
+    width: int  #: original width (before orientation)
+    height: int  #: original height
+    mode: str  #: Pillow mode of the file, e.g. "RGB", "P", "RGBA", "I;16"
+    upscaled: bool  #: a side was shorter than ``size``: the model sees an enlarged image
+    method: str  #: "direct", "draft" (JPEG DCT scaling) or "strips" (PNG, box-reduced)
+    decode_bytes: int  #: the estimated peak memory of the decode
+    rows_per_strip: int = 0  #: "strips": rows decoded at a time
+    transparent: bool = False  #: the file has an alpha channel or a transparent colour (on white)
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields the web API reports for an upload."""
+        return {"format": self.format, "width": self.width, "height": self.height,
+                "upscaled": self.upscaled, "transparent": self.transparent}
+
+
+def _name(source: Source) -> str | None:
+    if isinstance(source, str | Path):
+        return str(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def _file(source: Source) -> tuple[BinaryIO, bool]:
+    """A binary file for ``source`` and whether we opened it (and must close it)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if not len(source):
+            raise ImageRejected("the file is empty", 400, None)
+        return io.BytesIO(bytes(source)), True
+    if isinstance(source, str | Path):
+        try:
+            return open(source, "rb"), True  # noqa: SIM115  (closed by the caller)
+        except FileNotFoundError:
+            raise ImageRejected("no such file", 400, str(source)) from None
+        except OSError as e:
+            raise ImageRejected(str(e.strerror or e), 400, str(source)) from None
+    return source, False
+
+
+def _open(fp: BinaryIO, formats: tuple[str, ...] | None, name: str | None) -> Image.Image:
+    """Open (header only) with clear refusals."""
+    try:
+        im = Image.open(fp, formats=list(formats) if formats else None)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected(_bomb_reason(), 413, name) from None
+    except UnidentifiedImageError:
+        if _is_empty(fp):
+            raise ImageRejected("the file is empty", 400, name) from None
+        what = (f"not a {', '.join(f.replace('WEBP', 'WebP') for f in formats[:-1])} or "
+                f"{formats[-1].replace('WEBP', 'WebP')} image") if formats else \
+            "not an image file that Pillow can read"
+        raise ImageRejected(what, 415 if formats else 400, name) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageRejected(f"corrupt header ({_short(e)})", 400, name) from None
+    px = im.size[0] * im.size[1]
+    if Image.MAX_IMAGE_PIXELS and px > Image.MAX_IMAGE_PIXELS:
+        raise ImageRejected(_bomb_reason(), 413, name)
+    return im
+
+
+def _is_empty(fp: BinaryIO) -> bool:
+    try:
+        fp.seek(0)
+        return not fp.read(1)
+    except (OSError, ValueError):
+        return False
+
+
+def _bomb_reason() -> str:
+    return ("image refused as a possible decompression bomb (more than "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels)")
+
+
+def _short(e: BaseException) -> str:
+    """An exception as a short line with no object reprs in it."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if " object at 0x" not in text else type(e).__name__
+
+
+def probe(source: Source, formats: tuple[str, ...] | None = UPLOAD_FORMATS
+          ) -> tuple[str, int, int]:
+    """``(format, width, height)`` from the header alone (nothing is decoded)."""
+    fp, own = _file(source)
+    try:
+        with _open(fp, formats, _name(source)) as im:
+            return str(im.format), im.size[0], im.size[1]
+    finally:
+        if own:
+            fp.close()
+
+
+def pixel_bytes(mode: str) -> int:
+    """Bytes per pixel of a Pillow image of ``mode`` in memory."""
+    return {"1": 1, "L": 1, "P": 1}.get(mode, 2 if mode.startswith("I;16") else 4)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ALPHA_MODES or "transparency" in im.info
+
+
+def direct_cost(im: Image.Image, original: tuple[int, int]) -> int:
+    """Peak bytes to decode ``im`` whole (at its current, possibly drafted, size), orient it
+    and convert it to RGB; ``original``: its size in the file."""
+    pixels = im.size[0] * im.size[1]
+    ps = pixel_bytes(im.mode)
+    convert = 0 if im.mode == "RGB" else ps + (12 if _has_alpha(im) else 4)
+    peak = max(2 * ps, convert) * pixels
+    if im.format == "WEBP":
+        peak = max(peak, WEBP_BYTES_PER_PIXEL * pixels)
+    if im.format == "JPEG" and (im.info.get("progressive") or im.info.get("progression")):
+        peak += _jpeg_coefficient_bytes(im, original)
+    return peak
+
+
+def _jpeg_coefficient_bytes(im: Image.Image, original: tuple[int, int]) -> int:
+    """A progressive JPEG buffers all DCT coefficients (2 bytes a sample) whatever the draft."""
+    w, h = original
+    layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * getattr(im, "layers", 3)
+    hmax = max(layer[1] for layer in layers)
+    vmax = max(layer[2] for layer in layers)
+    samples = sum(layer[1] * layer[2] for layer in layers) / (hmax * vmax)
+    return int(2 * (w + 15) * (h + 15) * samples)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as RGB: transparency composited on white, 16-bit samples scaled to 8 bits."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in SIXTEEN_BIT:
+        a = np.asarray(im)
+        if im.mode == "I" and a.max(initial=0) <= 255:
+            eight = a.astype(np.uint8)
+        else:
+            eight = (np.clip(a, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(eight, "L").convert("RGB")
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def orientation(exif: bytes | None) -> int:
+    """The EXIF orientation (1-8) in raw EXIF bytes; 1 when absent or unreadable."""
+    if not exif:
+        return 1
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        value = parsed.get(ORIENTATION_TAG, 1)
+        return value if value in TRANSPOSE else 1
+    except Exception:  # noqa: BLE001  (broken EXIF: show the image as stored)
+        return 1
+
+
+def reduce_factor(width: int, height: int, size: int) -> int:
+    """The box-reduction factor that keeps both sides at least ``REDUCING_GAP * size``."""
+    return max(1, min(width, height) // (REDUCING_GAP * size))
+
+
+def decode_image(source: Source, *, size: int = IMAGE_SIZE,
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+                 formats: tuple[str, ...] | None = UPLOAD_FORMATS
+                 ) -> tuple[np.ndarray, ImageInfo]:
+    """A user image (bytes, a path or a binary file) as a uint8 ``(size, size, 3)`` RGB array,
+    with what was seen and done (:class:`ImageInfo`). ``formats``: the accepted Pillow formats
+    (None: any Pillow reads). Raises :class:`ImageRejected` with a one-line reason."""
+    name = _name(source)
+    fp, own = _file(source)
+    try:
+        with _open(fp, formats, name) as im:
+            info = _plan(im, size, max_pixels, max_decode_bytes, name)
+            try:
+                rgb = _decode(im, fp, info, size)
+            except (OSError, SyntaxError, ValueError, EOFError, pngstrips.PngError) as e:
+                raise ImageRejected(f"corrupt or truncated {info.format} file ({_short(e)})",
+                                    400, name) from None
+    finally:
+        if own:
+            fp.close()
+    if info.decode_bytes > TRIM_ABOVE_BYTES:
+        release_memory()
+    return rgb, info
+
+
+def _plan(im: Image.Image, size: int, max_pixels: int, max_decode_bytes: int,
+          name: str | None) -> ImageInfo:
+    """Check the limits from the header; choose how to decode."""
+    fmt, mode = str(im.format), im.mode
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageRejected(f"image too large: {width}x{height} pixels (limit "
+                            f"{max_pixels:,} pixels)", 413, name)
+    method = "direct"
+    if fmt == "JPEG":
+        im.draft("RGB", (2 * size, 2 * size))  # DCT scaling: decodes at 1/2 .. 1/8 size
+        method = "draft" if im.size != (width, height) else "direct"
+    cost = direct_cost(im, (width, height))
+    rows = 0
+    if cost > max_decode_bytes and pngstrips.supports(im):
+        method, factor = "strips", reduce_factor(width, height, size)
+        reduced = 8 * (-(-width // factor)) * (-(-height // factor))  # strips + the result
+        per_row = width * STRIP_BYTES_PER_PIXEL
+        target = min(STRIP_TARGET_BYTES, max_decode_bytes - reduced)
+        rows = factor * max(1, target // (per_row * factor))
+        cost = rows * per_row + reduced
+    if cost > max_decode_bytes:
+        raise ImageRejected(f"image too large to decode: {width}x{height} {mode} {fmt} needs "
+                            f"about {cost / 2**20:.0f} MB (limit {max_decode_bytes / 2**20:.0f} "
+                            "MB); send a smaller image", 413, name)
+    return ImageInfo(format=fmt, width=width, height=height, mode=mode,
+                     upscaled=width < size or height < size, method=method, decode_bytes=cost,
+                     rows_per_strip=rows, transparent=_has_alpha(im))
+
+
+def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int) -> np.ndarray:
+    """Decode, orient, convert and resize (see the module doc)."""
+    if info.method == "strips":
+        w, h = im.size
+        rgb, exif = pngstrips.decode_strips(im, fp, to_rgb, reduce_factor(w, h, size),
+                                            info.rows_per_strip)
+        turn = orientation(exif)
+        if turn != 1:
+            rgb = rgb.transpose(TRANSPOSE[turn])
+    else:
+        im.load()
+        turn = im.getexif().get(ORIENTATION_TAG, 1)  # as ImageOps.exif_transpose (XMP too)
+        turn = turn if turn in TRANSPOSE else 1
+        current = im.transpose(TRANSPOSE[turn]) if turn != 1 else im
+        rgb = to_rgb(current)
+        if current is not im and rgb is not current:
+            current.close()
+        if rgb is not im:
+            im.close()  # frees the decoded pixels now, not when the caller is done
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl without malloc_trim, Windows)
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+    Image buffers freed by one thread otherwise stay in its malloc arena for good."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

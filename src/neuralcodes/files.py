@@ -69,7 +69,8 @@ def write_error(path: Path, tmp: Path, e: BaseException) -> NeuralCodesError:
     no_space = getattr(e, "errno", None) == errno.ENOSPC or (
         isinstance(e, RuntimeError) and free is not None and free < max(need, 1 << 20))
     if no_space:
-        amount = f"about {_mb(need)} MB" if need else "more space"
+        amount = (f"about {_mb(need)} MB" if need >= 2**20 else f"about {max(need >> 10, 1)} KB"
+                  if need else "more space")
         return NeuralCodesError(f"could not write {path}: no space left on device (it needs "
                                 f"{amount}; {_mb(free or 0)} MB free); the previous version, "
                                 "if any, is unchanged")

@@ -94,16 +94,22 @@ class RunDir:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def saved(self) -> dict[str, Any]:
-        """The parsed ``config.json`` (settings, data facts, versions); one line if it is bad."""
+    def saved(self, *, data: bool = True) -> dict[str, Any]:
+        """The parsed ``config.json`` (settings, data facts, versions); one line if it is bad.
+        ``data=False`` checks only the settings (the data facts are not needed)."""
         saved = read_json(self.config)
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
             raise NeuralCodesError(f"{self.config}: not a neuralcodes run config")
+        facts = saved.get("data")
+        if data and not (isinstance(facts, dict) and all(
+                isinstance(facts.get(k), str) for k in ("cache", "splits_hash"))):
+            raise NeuralCodesError(f"{self.config}: damaged run config (its data facts, cache "
+                                   "and splits_hash, are missing); train the run again")
         return saved
 
     def read_config(self) -> Config:
         """The run's validated :class:`Config`."""
-        return Config.from_dict(self.saved()["config"])
+        return Config.from_dict(self.saved(data=False)["config"])
 
     @property
     def config(self) -> Path:

@@ -12,7 +12,9 @@ import errno
 import importlib
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
+from types import TracebackType
 
 from neuralcodes import __version__
 from neuralcodes.errors import NeuralCodesError
@@ -36,12 +38,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), like every other error;
+    subparsers inherit the class."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"neuralcodes: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; the full subparser only for the command named in ``argv``.
 
     With ``argv=None`` every command's module is imported and its full subparser built.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neuralcodes",
         description="Neural Codes for Image Retrieval (Babenko et al., ECCV 2014) on Tiny "
         "ImageNet: prepare the data, train and evaluate the ConvNet, retrieve with neural "
@@ -69,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except NeuralCodesError as e:
-        print(f"neuralcodes: error: {e}", file=sys.stderr)
+    except NeuralCodesError as e:  # one line, even if a message quotes a multi-line reason
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        print(f"neuralcodes: error: {first}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neuralcodes: interrupted", file=sys.stderr)
@@ -83,13 +94,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f": {e.filename}" if e.filename else ""
             print(f"neuralcodes: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    except zipfile.BadZipFile as e:  # a cut-short .npz: name the file numpy was reading
+        name = _zip_name(e.__traceback__)
+        if name is None:
+            return _internal_error(e)
+        print(f"neuralcodes: error: {name}: damaged or incomplete file ({e}); delete it and "
+              "make it again", file=sys.stderr)
+        return 2
     except Exception as e:  # a bug: still one line, the traceback only on request
-        if os.environ.get("NEURALCODES_DEBUG"):
-            raise
-        first = str(e).splitlines()[0] if str(e) else ""
-        print(f"neuralcodes: error: internal error ({type(e).__name__}: {first}); "
-              "NEURALCODES_DEBUG=1 shows the traceback", file=sys.stderr)
-        return 1
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug: one line and exit 1, or the traceback with ``NEURALCODES_DEBUG=1``."""
+    if os.environ.get("NEURALCODES_DEBUG"):
+        raise e
+    first = str(e).splitlines()[0] if str(e) else ""
+    print(f"neuralcodes: error: internal error ({type(e).__name__}: {first}); "
+          "NEURALCODES_DEBUG=1 shows the traceback", file=sys.stderr)
+    return 1
+
+
+def _zip_name(tb: TracebackType | None) -> str | None:
+    """The file name of the :class:`zipfile.ZipFile` that raised (numpy opens ``.npz`` files
+    through one), found in the failing frames; None if it cannot be told."""
+    name = None
+    while tb is not None:
+        zf = tb.tb_frame.f_locals.get("self")
+        if isinstance(zf, zipfile.ZipFile) and zf.filename:
+            name = str(zf.filename)
+        tb = tb.tb_next
+    return name
 
 
 if __name__ == "__main__":

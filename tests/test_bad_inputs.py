@@ -367,11 +367,7 @@ OTHER_CASES = [
     pytest.param(lambda c: ["retrieval", str(c.run()), "--device", "tpu", "--no-progress"],
                  id="retrieval: bad device"),
     pytest.param(lambda c: ["retrieval", str(c.run()), "--device", "tpu"],
-                 id="retrieval: bad device, before any work", marks=pytest.mark.xfail(
-                     strict=True, reason=(
-                         "retrieval.py:evaluate_run resolves --device only when it first needs "
-                         "the model, after the mAP step has run and drawn its progress bars "
-                         "(more than one line on stderr)"))),
+                 id="retrieval: bad device, before any work"),
     pytest.param(lambda c: (lambda rd: (shutil.rmtree(RunDir(rd).retrieval),
                                         RunDir(rd).retrieval.write_text("x"),
                                         ["retrieval", str(rd), "--device", "cpu",
@@ -517,13 +513,8 @@ def _serve(argv: list[str], tmp: Path) -> tuple[int, str, str]:
         return code, out, err.read()
 
 
-LAZY_MODEL = pytest.mark.xfail(strict=True, reason=(
-    "retrieval.py:Searcher (used by web.py:Retrieval) loads the model lazily: with the ood codes "
-    "computed, serve starts on a run whose best.pt is damaged and fails at the first upload"))
-
-
 @pytest.mark.parametrize("damage", [
-    pytest.param("best.pt truncated", marks=LAZY_MODEL), "config.json corrupt",
+    "best.pt truncated", "config.json corrupt",
     "--index truncated", "run missing", "port taken", "port 0"])
 def test_serve_fails_before_listening(damage: str, world: World, tmp_path: Path) -> None:
     rd = Case(world, tmp_path).run()

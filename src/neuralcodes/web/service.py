@@ -11,7 +11,7 @@ import numpy as np
 
 from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.retrieval import exact_top_k, extract_code_variants
+from neuralcodes.retrieval import Searcher, exact_top_k, extract_code_variants
 from neuralcodes.retrieval.metrics import chance_average_precision, ranking_metrics
 from neuralcodes.web.uploads import UploadRejected, png_bytes
 
@@ -31,11 +31,10 @@ class ServedRun:
     def __init__(self, run_dir: str | Path, index: str | Path | None = None, *,
                  device: str = "auto", settings: RetrievalConfig | None = None,
                  progress: bool = False) -> None:
-        from neuralcodes.retrieval import Searcher
-
         relu = None if settings is None else settings.relu
         self.ood = Searcher(run_dir, relu=relu, device=device, progress=progress)
         self.index = None if index is None else Searcher(run_dir, index=index, device=device)
+        self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
         cfg = self.ood.run.config.retrieval if settings is None else settings
         self.layers = tuple(cfg.layers)

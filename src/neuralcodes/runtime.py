@@ -55,9 +55,11 @@ def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
     """Whether conv2-conv5 run in NNPACK (:meth:`ConvNet.use_nnpack`) under ``setting``.
 
     NNPACK only serves fp32 on a CPU, and not under torch.compile. ``auto`` uses it where torch's
-    CPU kernels top out at AVX2: NNPACK has no AVX-512 kernels, oneDNN's win there. On a 2-core
-    AVX2 EPYC it made training ~15% faster and inference ~40% (benchmarks/train_throughput.py,
-    benchmarks/retrieval.py). ``nnpack`` forces it on a CPU in fp32; ``onednn`` never uses it.
+    CPU kernels top out at AVX2, and on AMD's AVX-512 (which runs at AVX2's multiply-add rate);
+    oneDNN's kernels win on Intel's AVX-512 (:func:`neuralcodes.kernels.cpu.nnpack_preferred`).
+    On a 2-core AVX2 EPYC it made training ~15% faster and inference ~40%
+    (benchmarks/train_throughput.py, benchmarks/retrieval.py). ``nnpack`` forces it on a CPU in
+    fp32; ``onednn`` never uses it.
     """
     check_cpu_conv(setting)
     if setting == "onednn" or device.type != "cpu" or precision != "fp32" or compile:
@@ -65,8 +67,9 @@ def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
     available = torch.backends.nnpack.is_available()
     if setting == "nnpack" and not available:
         raise NeuralCodesError("cpu_conv nnpack: this build of torch has no NNPACK")
-    return available and (setting == "nnpack"
-                          or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    # perf hook (kernels/cpu.py): AVX2 CPUs and AMD's AVX-512 (Zen 4) prefer NNPACK
+    from neuralcodes.kernels.cpu import nnpack_preferred
+    return available and (setting == "nnpack" or nnpack_preferred())
 
 
 def available_memory() -> int | None:

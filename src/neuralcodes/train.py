@@ -53,6 +53,7 @@ from neuralcodes.config import Config
 from neuralcodes.data import Dataset, Splits, load_data, make_splits
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_path, read_json, write_json, write_text
+from neuralcodes.kernels import cpu as cpu_kernels
 from neuralcodes.metrics import topk_correct
 from neuralcodes.model import ConvNet, count_parameters
 from neuralcodes.rundir import RunDir
@@ -626,6 +627,7 @@ def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: 
 def build_model(cfg: Config, num_classes: int, device: torch.device) -> ConvNet:
     """A fresh ConvNet on ``device`` with the training settings' kernels and memory format."""
     t = cfg.train
+    cpu_kernels.configure(device)  # perf hook: process-wide CPU settings (kernels/cpu.py)
     model = ConvNet(num_classes, cfg.model).to(device)
     model.use_nnpack(nnpack_enabled(t.cpu_conv, device, t.precision, t.compile))
     return model.to(memory_format=torch.channels_last) if t.channels_last else model
@@ -821,6 +823,7 @@ def _load_run(run: str | Path, checkpoint: str, device: str | torch.device
         raise NeuralCodesError(f"the data splits differ from those {rd.root} was trained on "
                                "(data cache or split settings changed)")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    cpu_kernels.configure(dev)  # perf hook: process-wide CPU settings (kernels/cpu.py)
     model = ConvNet(len(splits.in_classes), cfg.model)
     model.load_state_dict(ckpt["model"])
     model = model.to(dev, memory_format=torch.channels_last).eval()

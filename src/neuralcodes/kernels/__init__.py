@@ -1,0 +1,1 @@
+"""Speed settings and kernels for particular hardware."""

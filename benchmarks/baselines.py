@@ -74,3 +74,66 @@ def plain_codes(num_classes: int, precision: str) -> Step:
             return trunk(plain_input(images)).float()
 
     return codes
+
+
+def keras_convnet(num_classes: int = 190):  # noqa: ANN201  (a tf.keras.Model)
+    """The course's Keras model (Sequential, 'same' padding, conv -> pool -> ReLU), or None
+    without TensorFlow."""
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+    except ImportError:
+        return None
+    L = tf.keras.layers
+    return tf.keras.Sequential([
+        tf.keras.Input((64, 64, 3)),
+        L.Conv2D(96, 4, padding="same"), L.MaxPooling2D(3, 2, padding="same"), L.ReLU(),
+        L.Conv2D(192, 5, padding="same"), L.MaxPooling2D(3, 2, padding="same"), L.ReLU(),
+        L.Conv2D(288, 3, padding="same", activation="relu"),
+        L.Conv2D(288, 3, padding="same", activation="relu"),
+        L.Conv2D(256, 3, padding="same"), L.MaxPooling2D(3, 2, padding="same"), L.ReLU(),
+        L.Flatten(), L.Dropout(0.5), L.Dense(2048, activation="relu"), L.Dropout(0.5),
+        L.Dense(2048, activation="relu"), L.Dense(num_classes)])
+
+
+def _keras_threads(threads: int) -> None:
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised
+        pass
+
+
+def keras_train_step(num_classes: int, threads: int) -> Step | None:
+    """A ``train_on_batch`` of :func:`keras_convnet` (Adam lr 1e-4, amsgrad, cross-entropy; uint8
+    NHWC converted to float in [0, 1] as the course did), or None without TensorFlow."""
+    model = keras_convnet(num_classes)
+    if model is None:
+        return None
+    import tensorflow as tf  # noqa: PLC0415
+
+    _keras_threads(threads)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4, amsgrad=True),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> object:
+        return model.train_on_batch(images.numpy().astype("float32") / 255.0, labels.numpy())
+
+    return step
+
+
+def keras_codes(num_classes: int, threads: int) -> Step | None:
+    """Inference of :func:`keras_convnet` up to fc7, or None without TensorFlow."""
+    model = keras_convnet(num_classes)
+    if model is None:
+        return None
+    import tensorflow as tf  # noqa: PLC0415
+
+    _keras_threads(threads)
+    trunk = tf.keras.Model(model.inputs, model.layers[-2].output)
+
+    def codes(images: torch.Tensor, labels: torch.Tensor) -> object:
+        return trunk.predict_on_batch(images.numpy().astype("float32") / 255.0)
+
+    return codes

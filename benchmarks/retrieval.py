@@ -3,8 +3,9 @@
 Usage: ``python benchmarks/retrieval.py [--sections codes,map,query,ann] [--ann-n 1000000]``.
 Prints one JSON object. Everything runs on generated data, so no trained run is needed:
 
-- ``codes``: neural codes per second of the full-size ConvNet (190 classes): fp32 with oneDNN's
-  and with NNPACK's convolutions (see ``train.cpu_conv``), and bf16.
+- ``codes``: neural codes per second of the full-size ConvNet (190 classes) at batch 500, the
+  project's extraction against plain PyTorch (and the course's Keras model where TensorFlow is
+  installed) per precision, interleaved; medians, bests and ``*_ratio`` keys.
 - ``map``: similarities + ranking + AP for 5,000 ood-like queries (10 classes x 500, each
   querying the other 4,999) for layers 5 (16,384 dims), 6 and 7 (2,048): total time, the
   similarity matrix alone, and the ranking-and-AP part alone (similarities precomputed).
@@ -19,19 +20,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack
-from neuralcodes.model import ConvNet
-from neuralcodes.retrieval import CodeIndex, extract_codes, l2_normalize
-from neuralcodes.retrieval.metrics import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import keras_codes, plain_codes  # noqa: E402
+from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
+from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack  # noqa: E402
+from neuralcodes.model import ConvNet  # noqa: E402
+from neuralcodes.retrieval import CodeIndex, extract_codes, l2_normalize  # noqa: E402
+from neuralcodes.retrieval.metrics import (  # noqa: E402
     CHUNK_BYTES,
     ranking_metrics_from_scores,
     self_retrieval_metrics,
@@ -58,20 +65,56 @@ def clustered_codes(n: int, dim: int, n_classes: int, spread: float, seed: int
     return l2_normalize(x), labels
 
 
-def bench_codes(n: int) -> dict[str, Any]:
-    model = ConvNet(190).eval()
-    images = np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-    out: dict[str, Any] = {"images": n, "threads": torch.get_num_threads(),
-                           "auto_cpu_conv": "nnpack" if _auto_nnpack() else "onednn"}
-    kernels = [("fp32_onednn", "fp32", False), ("bf16", "bf16", False)]
-    if torch.backends.nnpack.is_available():
-        kernels.insert(1, ("fp32_nnpack", "fp32", True))
-    for name, precision, nnpack in kernels:
-        use_nnpack(model, nnpack)
-        extract_codes(model, images[:50], precision=precision, batch_size=50, progress=False)
-        seconds = _best(lambda p=precision: extract_codes(model, images, precision=p,
-                                                          batch_size=100, progress=False), 1)
-        out[f"{name}_img_per_s"] = round(n / seconds, 1)
+def bench_codes(batch: int, rounds: int, precisions: list[str]) -> dict[str, Any]:
+    """Codes img/s of the project (what ``neuralcodes codes`` runs: channels-last, the
+    ``cpu_conv=auto`` kernels, the kernels.cpu settings) against plain PyTorch up to fc7 (and
+    the course's Keras model when TensorFlow is installed), one batch of ``batch`` images per
+    turn, contenders interleaved for ``rounds`` rounds."""
+    cpu_kernels.configure("cpu")
+    model = ConvNet(190).eval().to(memory_format=torch.channels_last)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(images)
+    contenders: dict[str, Callable[[], Any]] = {}
+    for precision in precisions:
+        nnpack = precision == "fp32" and _auto_nnpack()
+
+        def project(p: str = precision, nn: bool = nnpack) -> Any:
+            use_nnpack(model, nn)
+            return extract_codes(model, images, precision=p, batch_size=batch, progress=False)
+
+        contenders[f"project_{precision}"] = project
+        plain = plain_codes(190, precision)
+        contenders[f"plain_{precision}"] = lambda f=plain: f(tensor, None)
+    keras = keras_codes(190, torch.get_num_threads()) if "fp32" in precisions else None
+    if keras is not None:
+        contenders["keras_fp32"] = lambda: keras(tensor, None)
+    load_before = os.getloadavg()
+    for fn in contenders.values():  # warm-up
+        fn()
+    speeds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            speeds[name].append(batch / (time.perf_counter() - start))
+    out: dict[str, Any] = {
+        "batch": batch, "rounds": rounds, "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": cpu_kernels.native_bf16(),
+        "auto_cpu_conv": "nnpack" if _auto_nnpack() else "onednn",
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "keras": "measured" if keras is not None else "not measured (TensorFlow not installed)"}
+    for name, v in speeds.items():
+        out[f"{name}_img_per_s"] = round(statistics.median(v), 1)
+        out[f"{name}_best_img_per_s"] = round(max(v), 1)
+    for precision in precisions:
+        a, b = speeds[f"project_{precision}"], speeds[f"plain_{precision}"]
+        out[f"project_{precision}_vs_plain_ratio"] = round(
+            statistics.median(x / y for x, y in zip(a, b, strict=True)), 3)
+        if precision == "fp32" and keras is not None:
+            out["project_fp32_vs_keras_ratio"] = round(statistics.median(
+                x / y for x, y in zip(a, speeds["keras_fp32"], strict=True)), 3)
     return out
 
 
@@ -184,7 +227,11 @@ def bench_ann(n: int, n_queries: int, nlist: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="codes,map,query,ann")
-    parser.add_argument("--codes-images", type=int, default=200)
+    parser.add_argument("--codes-batch", type=int, default=500,
+                        help="images per forward pass in the codes section (default: 500)")
+    parser.add_argument("--codes-rounds", type=int, default=4)
+    parser.add_argument("--codes-precisions", default=None,
+                        help="default: fp32, and bf16 where the CPU has native bf16")
     parser.add_argument("--ann-n", type=int, default=1_000_000)
     parser.add_argument("--ann-queries", type=int, default=200)
     parser.add_argument("--nlist", type=int, default=1024)
@@ -194,7 +241,9 @@ def main() -> None:
     result: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
                               "torch_threads": torch.get_num_threads()}
     if "codes" in sections:
-        result["codes"] = bench_codes(args.codes_images)
+        precisions = (args.codes_precisions.split(",") if args.codes_precisions
+                      else ["fp32", "bf16"] if cpu_kernels.native_bf16() else ["fp32"])
+        result["codes"] = bench_codes(args.codes_batch, args.codes_rounds, precisions)
     if "map" in sections:
         result["map"] = bench_map(args.repeat)
     if "query" in sections:

@@ -104,10 +104,15 @@ def test_nnpack_only_for_fp32_cpu_without_compile(monkeypatch):
         assert not nnpack_enabled(setting, CPU, compile=True)
 
 
-def test_auto_leaves_avx512_cpus_to_onednn(monkeypatch):
+def test_auto_leaves_intel_avx512_cpus_to_onednn(monkeypatch):
+    from neuralcodes.kernels import cpu
+
     monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "GenuineIntel")
     assert not nnpack_enabled("auto", CPU)
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AuthenticAMD")  # Zen 4: AVX2's FMA rate
+    assert nnpack_enabled("auto", CPU)
     assert nnpack_enabled("nnpack", CPU)
 
 

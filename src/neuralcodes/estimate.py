@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from neuralcodes.config import Config
+from neuralcodes.kernels.cpu import native_bf16
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.step import build_model
@@ -49,14 +50,6 @@ class StageEstimate:
     name: str
     seconds: float
     detail: str
-
-
-def native_bf16() -> bool:
-    """True when this CPU has bf16 arithmetic (AVX512-BF16/AMX), so bf16 autocast is fast."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:

@@ -16,6 +16,7 @@ from torch import nn
 
 from neuralcodes.config import CPU_CONVS
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.kernels.cpu import nnpack_preferred
 
 #: NNPACK transforms the kernels anew on every call, which only pays off over a batch: on a 2-core
 #: AVX2 EPYC the full model's forward pass took 84 ms with NNPACK vs 43 ms without for 1 image,
@@ -107,9 +108,11 @@ def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
     """Whether :func:`use_nnpack` should be applied under the ``train.cpu_conv`` ``setting``.
 
     NNPACK only serves fp32 on a CPU, and not under torch.compile. ``auto`` uses it where torch's
-    CPU kernels top out at AVX2: NNPACK has no AVX-512 kernels, oneDNN's win there. On a 2-core
-    AVX2 EPYC it made training ~15% faster and inference ~40% (benchmarks/train_throughput.py,
-    benchmarks/retrieval.py). ``nnpack`` forces it on a CPU in fp32; ``onednn`` never uses it.
+    CPU kernels top out at AVX2, and on AMD's AVX-512 (which runs at AVX2's multiply-add rate);
+    oneDNN's kernels win on Intel's AVX-512 (:func:`neuralcodes.kernels.cpu.nnpack_preferred`).
+    Measured with benchmarks/train_throughput.py: fp32 training +15-25% on a 2-core AVX2 EPYC,
+    42.8 vs 34.4 img/s on a 2-core Zen 4. ``nnpack`` forces it on a CPU in fp32; ``onednn`` never
+    uses it.
     """
     if setting not in CPU_CONVS:
         raise NeuralCodesError(f"unknown cpu_conv '{setting}' (choose {', '.join(CPU_CONVS)})")
@@ -118,5 +121,4 @@ def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
     available = torch.backends.nnpack.is_available()
     if setting == "nnpack" and not available:
         raise NeuralCodesError("cpu_conv nnpack: this build of torch has no NNPACK")
-    return available and (setting == "nnpack"
-                          or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+    return available and (setting == "nnpack" or nnpack_preferred())

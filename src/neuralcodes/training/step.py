@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from neuralcodes.config import Config, TrainConfig
+from neuralcodes.kernels.cpu import configure as configure_cpu
 from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack
 from neuralcodes.model import ConvNet
 from neuralcodes.runtime import autocast, to_input
@@ -19,18 +20,19 @@ def build_model(cfg: Config, num_classes: int, device: torch.device, *,
     """A ConvNet on ``device`` with ``cfg``'s kernels and memory format, from fresh (seeded)
     weights or ``weights`` (a state dict).
 
-    ``inference=True`` gives the eval-mode model of a trained run (fp32 kernels, channels-last,
-    no torch.compile); otherwise the training settings ``cfg.train`` choose.
+    ``inference=True`` gives the eval-mode model of a trained run (kernels for the run's
+    precision, channels-last, no torch.compile); otherwise the training settings ``cfg.train``
+    choose. Process-wide CPU settings (:func:`neuralcodes.kernels.cpu.configure`) are applied.
     """
     t = cfg.train
+    configure_cpu(device)
     model = ConvNet(num_classes, cfg.model)
     if weights is not None:
         model.load_state_dict(weights)
     model = model.to(device)
     if inference:
         model.eval()
-    precision, compile_ = ("fp32", False) if inference else (t.precision, t.compile)
-    use_nnpack(model, nnpack_enabled(t.cpu_conv, device, precision, compile_))
+    use_nnpack(model, nnpack_enabled(t.cpu_conv, device, t.precision, t.compile and not inference))
     return model.to(memory_format=torch.channels_last) if inference or t.channels_last else model
 
 

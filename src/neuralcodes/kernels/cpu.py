@@ -1,0 +1,94 @@
+"""CPU speed settings, each kept because it measurably helped (benchmarks/train_throughput.py).
+
+Measured on a 2-core AMD EPYC (Zen 4: AVX-512 with native bf16), torch 2.13, the full model at
+batch 100; interleaved runs, best step of several:
+
+- :func:`keep_freed_memory`: glibc returns every freed block above 32 MB to the OS at once, so
+  each step's large activations and gradients came back as fresh pages: ~150,000 page faults per
+  training step; a bf16 step took 1.47 s instead of 1.8 s without them (0 faults).
+- :func:`nnpack_preferred`: Zen 4 runs AVX-512 at AVX2's multiply-add rate (two 256-bit halves),
+  so NNPACK's Winograd/FFT convolutions beat oneDNN's direct ones there as on AVX2 CPUs: fp32
+  training 43 img/s with NNPACK vs 34 with oneDNN.
+
+Measured and not kept: torch.compile (inductor) of the bf16 step (68 s to compile on 2 cores,
+no faster: 63 vs 64 img/s), NCHW instead of channels-last (bf16 54 vs 64 img/s; fp32 with NNPACK
+41 vs 44), fp32 fc6 under bf16 autocast (fc6 forward + backward ~200 ms vs ~100 ms in bf16).
+bf16 convolutions already run in oneDNN's brgemm AVX512-BF16 kernels at ~450 GFLOP/s, which
+bounds bf16 training at ~75 img/s on two such cores (6.1 GFLOP per training image).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+
+import torch
+
+#: glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks up to this size are served from (and freed back to) the heap instead of fresh mappings.
+MMAP_THRESHOLD = 1 << 30
+#: Free memory at the top of the heap is returned to the OS only beyond this much.
+TRIM_THRESHOLD = 1 << 31
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed large blocks for reuse instead of unmapping them (Linux, once per
+    process); returns whether the setting is in effect.
+
+    Every training step frees and reallocates the same activation and gradient buffers (tens of
+    MB each); by default each comes back as new zero-filled pages, at a page fault per 4 KB. The
+    price: the process keeps its peak memory instead of shrinking between steps.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """``AuthenticAMD``, ``GenuineIntel``, ... from /proc/cpuinfo ('' where unknown)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def nnpack_preferred(capability: str | None = None, vendor: str | None = None) -> bool:
+    """Whether NNPACK's fp32 convolutions should beat oneDNN's on this CPU (``cpu_conv=auto``).
+
+    Yes below AVX-512 (NNPACK has AVX2 kernels only; 15% faster training on an AVX2 EPYC) and on
+    AMD's AVX-512 (Zen 4 splits 512-bit multiply-adds into two 256-bit ones: 43 vs 34 img/s);
+    no on Intel's AVX-512, whose two 512-bit FMA units double oneDNN's rate.
+    """
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    vendor = cpu_vendor() if vendor is None else vendor
+    return not capability.startswith("AVX512") or vendor == "AuthenticAMD"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def configure(device: torch.device | str = "cpu") -> None:
+    """Apply this module's process-wide settings for work on ``device`` (nothing off the CPU)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()

@@ -298,26 +298,47 @@ def test_ctrl_c_through_the_cli_saves_and_exits_130(tmp_path, tiny_data_config, 
     assert signal.getsignal(signal.SIGINT) is handler  # our handler is gone again
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_best(tmp_path, tiny_data_config,
-                                                            monkeypatch):
+def test_nan_loss_stops_at_once_and_says_how_to_continue(tmp_path, tiny_data_config,
+                                                         monkeypatch, capsys):
     real_step = loop.train_step
+    steps_per_epoch = 4  # 64 training images, batch 16
+    calls = []
 
     def poisoned(net, *args, **kwargs):
         loss, correct = real_step(net, *args, **kwargs)
-        if poisoned.epoch >= 2:
-            loss = loss * math.nan
+        calls.append(1)
+        if len(calls) > steps_per_epoch and poisoned.lr_high:
+            loss = loss * math.nan  # from the first step of epoch 2 (every step is checked)
         return loss, correct
 
-    def track(epoch: int, step: int) -> None:
-        poisoned.epoch = epoch
-
-    poisoned.epoch = 1
+    poisoned.lr_high = True
     monkeypatch.setattr(loop, "train_step", poisoned)
-    cfg = tiny_config(tiny_data_config, max_epochs=5, patience=5)
-    with pytest.raises(NeuralCodesError, match="NaN/inf at epoch 2.*best checkpoint \\(epoch 1\\)"):
-        train(cfg, tmp_path / "r", progress=False, on_step=track)
-    assert torch.load(tmp_path / "r/checkpoints/best.pt", weights_only=True)["epoch"] == 1
-    assert torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    cfg = tiny_config(tiny_data_config, max_epochs=3, patience=5)
+    run = tmp_path / "r"
+    with pytest.raises(NeuralCodesError, match="NaN/inf at epoch 2, step 1;") as e:
+        train(cfg, run, progress=False)
+    assert len(calls) == steps_per_epoch + 1  # stopped at the first bad step
+    command = f"neuralcodes train --resume {run} --from best --set train.lr=0.0003"
+    assert f"continue from them with a lower learning rate: `{command}`" in str(e.value)
+    assert "fp32" not in str(e.value)  # the run is fp32 already
+    assert torch.load(run / "checkpoints/best.pt", weights_only=True)["epoch"] == 1
+
+    # the suggested command works: back to epoch 1's weights, lower lr, on to the end
+    poisoned.lr_high = False
+    argv = command.split()[1:] + ["--no-progress"]
+    assert cli.main(argv) == 0
+    saved = read_json(run / "config.json")
+    assert saved["config"]["train"]["lr"] == 0.0003
+    assert saved["changes"][0]["resumed_from"] == "best" and saved["changes"][0]["epoch"] == 1
+    assert saved["changes"][0]["changed"] == ["train.lr: 0.003 -> 0.0003"]
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3]
+    assert "resuming with a changed setting: train.lr: 0.003 -> 0.0003" in (
+        run / "train.log").read_text()
+    # a plain resume still refuses a new learning rate
+    with pytest.raises(NeuralCodesError, match=r"cannot change train\.lr.*--from best"):
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-5,
+                                                                  max_epochs=4)),
+              run, resume=True, progress=False)
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -29,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--out", metavar="DIR", help="the run directory itself (instead of --name)")
     where.add_argument("--resume", metavar="RUN", help="continue this run from its last.pt (only "
                        "the settings marked resumable in config.py may change)")
+    where.add_argument("--from", dest="start_from", choices=("last", "best"), default="last",
+                       help="with --resume: last (default) continues exactly where it stopped; "
+                       "best goes back to the kept weights (best.pt) with a fresh Adam, and "
+                       "train.lr may change too (after a NaN loss)")
     add_progress_option(p)
     add_config_options(p, "--data", "--cache-dir", "--epochs", "--device", "--precision")
     p.set_defaults(func=main)
@@ -47,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         out = Path(args.runs_dir) / (args.name or time.strftime("convnet-%Y%m%d-%H%M%S"))
     with console_logging(), run_lock(out, "train"):
-        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+        run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress,
+                    start_from=args.start_from)
     print(run.root)
     return 0

@@ -93,7 +93,7 @@ PLOT_INTERVAL_S = 20.0
 
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool = True,
-          on_step: Callable[[int, int], None] | None = None) -> RunDir:
+          on_step: Callable[[int, int], None] | None = None, start_from: str = "last") -> RunDir:
     """Train a ConvNet with ``cfg`` into run directory ``out``; returns the :class:`RunDir`.
 
     ``resume=True`` continues ``out`` from ``checkpoints/last.pt``; ``cfg`` must then equal the
@@ -101,13 +101,17 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to simulate a
     Ctrl-C). Ctrl-C saves ``last.pt`` (with the position inside the epoch) and re-raises
     ``KeyboardInterrupt``. Under ``torchrun`` this trains with DistributedDataParallel.
+
+    ``start_from="best"`` (with ``resume``) goes back to the kept weights of ``best.pt`` instead:
+    the epochs after it are dropped, Adam starts afresh, and ``train.lr`` may change too (the way
+    on after a NaN loss); the change is logged and recorded in config.json under ``changes``.
     """
     device = device_for(cfg.train.device)
     dist = Dist.from_env(device)
     try:
         with interrupt_flag() as flag, threads(cfg.train.threads):
             return _train(cfg, RunDir(Path(out)), dist, device, resume, progress and dist.main,
-                          on_step, flag)
+                          on_step, flag, start_from)
     finally:
         dist.close()
 
@@ -161,17 +165,32 @@ class _Session:
 
 def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: bool,
            progress: bool, on_step: Callable[[int, int], None] | None,
-           flag: dict[str, bool]) -> RunDir:
+           flag: dict[str, bool], start_from: str = "last") -> RunDir:
     t = cfg.train
     if t.batch_size % dist.world:
         raise NeuralCodesError(f"--batch-size {t.batch_size} is not divisible by the "
                                f"{dist.world} processes")
+    if start_from not in ("last", "best"):
+        raise NeuralCodesError(f"unknown --from '{start_from}' (choose last or best)")
+    if start_from == "best" and not resume:
+        raise NeuralCodesError("--from best continues a run: use it with --resume RUN")
     checkpoint: dict[str, Any] | None = None
+    changes: list[dict[str, Any]] = []
+    notes: list[str] = []
     if resume:
         run = RunDir.existing(run.root)
         saved = run.saved()
-        _check_resumable(Config.from_dict(saved["config"]), cfg)
-        checkpoint = load_checkpoint(run.last_checkpoint)
+        changed = _check_resumable(Config.from_dict(saved["config"]), cfg, start_from)
+        notes = [f"resuming with a changed setting: {d}" for d in changed]
+        if start_from == "best":
+            notes.append("resuming from the kept weights (best.pt) with a fresh Adam")
+        changes = list(saved.get("changes", []))
+        if start_from == "best":
+            checkpoint = _rewind_to_kept(run, t.patience)
+            changes.append({"resumed_from": "best", "epoch": checkpoint["epoch"],
+                            "changed": changed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        else:
+            checkpoint = load_checkpoint(run.last_checkpoint)
     elif run.last_checkpoint.exists() or run.best_checkpoint.exists():
         raise NeuralCodesError(f"{run.root} already holds a run; continue it with "
                                f"`neuralcodes train --resume {run.root}` or choose another --name")
@@ -204,17 +223,21 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
 
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if "optimizer" in checkpoint:  # not when rewound to best.pt: Adam starts afresh
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["scaler"])
         stopping = EarlyStopping(**{**checkpoint["early_stopping"], "patience": t.patience,
                                     "stopped_epoch": None})
         if stopping.should_stop:
             stopping.stopped_epoch = checkpoint["early_stopping"]["stopped_epoch"]
         start_epoch, start_step = checkpoint["epoch"] + 1, checkpoint["step"]
-        ranks = checkpoint["ranks"]
-        mine = ranks[dist.rank] if checkpoint["world_size"] == dist.world else ranks[0]
-        set_rng_state(mine["rng"], device)
-        partial = mine["partial"]
+        ranks = checkpoint.get("ranks")
+        if ranks is None:  # rewound to best.pt: fresh random draws for the epochs after it
+            torch.manual_seed(t.seed + dist.rank + 7919 * start_epoch)
+        else:
+            mine = ranks[dist.rank] if checkpoint["world_size"] == dist.world else ranks[0]
+            set_rng_state(mine["rng"], device)
+            partial = mine["partial"]
         rows = list(checkpoint["metrics"])  # metrics.jsonl may be ahead of last.pt after a crash
 
     if dist.main:
@@ -225,7 +248,7 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
             "model": {"parameters": count_parameters(model)},
             "distributed": {"world_size": dist.world, "backend": dist.backend},
             "versions": versions(),
-        })
+        } | ({"changes": changes} if changes else {}))
 
     net: torch.nn.Module = model
     if dist.backend is not None:
@@ -240,6 +263,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
         train_data = SplitData.load(dataset, splits, "train", device)
         val_data = SplitData.load(dataset, splits, "val", device)
         if dist.main:
+            for note in notes:
+                log.info(note)
             log.info(f"{'resuming' if resume else 'training'} {run.root}: {num_classes} classes, "
                      f"{len(train_data)} train / {len(val_data)} val images, "
                      f"{count_parameters(model):,} parameters, device {device}, {t.precision}"
@@ -317,7 +342,7 @@ def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
             done += len(chunk)
             bar.update(len(chunk))
             check = step % 10 == 9 or step == n_steps - 1
-            nonfinite = check and not math.isfinite(float(sums[0]))
+            nonfinite = not math.isfinite(float(loss_sum))  # every step: stop at the first NaN
             if check and s.progress:
                 bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}",
                                 acc=f"{float(sums[1] / sums[2]):.4f}", refresh=False)
@@ -335,13 +360,36 @@ def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
 
 
 def _non_finite(s: _Session, epoch: int, step: int) -> None:
+    t = s.cfg.train
     es = s.stopping
     last = s.rows[-1]["epoch"] if s.rows else 0
-    kept_epoch = es.best_epoch if s.cfg.train.restore_best else last
-    kept = (f"the {s.kept} checkpoint (epoch {kept_epoch}) is kept in {s.run.best_checkpoint}"
-            if kept_epoch else "no checkpoint was written yet")
+    kept_epoch = es.best_epoch if t.restore_best else last
+    lower = f"train.lr={t.lr / 10:g}"
+    if kept_epoch:
+        way = (f"the {s.kept} weights (epoch {kept_epoch}) are kept in {s.run.best_checkpoint}; "
+               f"continue from them with a lower learning rate: `neuralcodes train --resume "
+               f"{s.run.root} --from best --set {lower}`")
+    else:
+        way = (f"no epoch finished, so nothing was kept; start again with a lower learning rate "
+               f"(--set {lower}) in a new --out")
+    if t.precision != "fp32":
+        way += " (or in fp32: --precision fp32)"
     raise NeuralCodesError(f"the training loss became NaN/inf at epoch {epoch}, step {step + 1}; "
-                           f"{kept}; try a lower --lr or --precision fp32")
+                           + way)
+
+
+def _rewind_to_kept(run: RunDir, patience: int) -> dict[str, Any]:
+    """A resume state at the end of the epoch whose weights ``best.pt`` keeps: its weights,
+    the metrics and early-stopping state up to that epoch, no optimizer state (Adam restarts)."""
+    kept = load_checkpoint(run.best_checkpoint)
+    epoch = int(kept["epoch"])
+    last = load_checkpoint(run.last_checkpoint) if run.last_checkpoint.is_file() else {}
+    rows = [r for r in last.get("metrics", []) if r["epoch"] <= epoch]
+    stopping = EarlyStopping(patience)
+    for r in rows:
+        stopping.update(r["epoch"], r["val_loss"])
+    return {"model": kept["model"], "epoch": epoch, "step": 0,
+            "early_stopping": dataclasses.asdict(stopping), "metrics": rows}
 
 
 def _interrupted(s: _Session, epoch: int, step: int) -> None:
@@ -384,10 +432,15 @@ def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
     }
 
 
-def _check_resumable(saved: Config, cfg: Config) -> None:
-    """A resumed run may only change the settings marked resumable in the config."""
-    diffs = saved.differences(cfg)
+def _check_resumable(saved: Config, cfg: Config, start_from: str = "last") -> list[str]:
+    """A resumed run may only change the settings marked resumable in the config, and the
+    learning rate when it goes back to its kept weights (``start_from="best"``). Returns every
+    change, resumable ones included, for the record."""
+    may = {"train.lr"} if start_from == "best" else set()
+    diffs = [d for d in saved.differences(cfg) if d.split(":")[0] not in may]
     if diffs:
         allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
+        extra = "" if start_from == "best" else " (and train.lr with --from best)"
         raise NeuralCodesError(f"cannot change {diffs[0]} when resuming; only {allowed} may "
-                               "change")
+                               f"change{extra}")
+    return saved.differences(cfg, ignore_resumable=False)

@@ -27,26 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tinyrun  # noqa: E402
 
 
 def build_run(root: Path) -> Path:
     """A generated run with a 5,000-image ood set and the full-size model (see module doc)."""
-    sys.path.insert(0, str(TESTS))
-    from helpers import make_tiny_imagenet
-    from neuralcodes.config import Config, DataConfig, TrainConfig
-    from neuralcodes.data import prepare
-    from neuralcodes.evaluation import evaluate
-    from neuralcodes.training.loop import train
-
-    source = make_tiny_imagenet(root / "source", n_classes=12, per_class=500)
-    prepare(source, root / "cache", progress=False)
-    cfg = Config(data=DataConfig(source=str(source), cache_dir=str(root / "cache"),
-                                 ood_classes=10),
-                 train=TrainConfig(max_epochs=1, device="cpu"))
-    train(cfg, root / "run", progress=False)
-    evaluate(root / "run", progress=False, device="cpu")
-    return root / "run"
+    return tinyrun.build_run(root, classes=12, per_class=500, ood_classes=10,
+                             training={"max_epochs": 1})
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:

@@ -37,27 +37,18 @@ import httpx
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tinyrun  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
 
 
 def build_run(root: Path) -> Path:
     """The tests' tiny web run (``helpers.trained_web_run``), built outside pytest."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from neuralcodes.train import evaluate, train
-
-    from helpers import make_tiny_imagenet
-    from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
-    from neuralcodes.data import prepare
-
-    source = make_tiny_imagenet(root / "source", 6, 20)
-    prepare(source, root / "cache", progress=False)
-    data = DataConfig(source=str(source), cache_dir=str(root / "cache"), ood_classes=2)
-    cfg = Config(data=data, model=ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16),
-                 train=TrainConfig(max_epochs=2, batch_size=16, lr=1e-2, device="cpu"))
-    train(cfg, root / "run", progress=False)
-    evaluate(root / "run", progress=False, device="cpu")
-    return root / "run"
+    return tinyrun.build_run(root, classes=6, per_class=20, ood_classes=2,
+                             model={"conv_widths": [4] * 5, "fc_width": 16},
+                             training={"max_epochs": 2, "batch_size": 16, "lr": 1e-2})
 
 
 def status_kb(pid: int, key: str) -> int:

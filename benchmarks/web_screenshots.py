@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tinyrun  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SIZES = {"desktop": (1366, 900), "phone": (390, 844)}
@@ -30,22 +33,9 @@ SIZES = {"desktop": (1366, 900), "phone": (390, 844)}
 
 def build_run(root: Path) -> Path:
     """A small generated run: 12 classes x 30 images, 4 of them out-of-domain (120 images)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from neuralcodes.train import evaluate, train
-
-    from helpers import make_tiny_imagenet
-    from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
-    from neuralcodes.data import prepare
-
-    source = make_tiny_imagenet(root / "source", n_classes=12, per_class=30)
-    prepare(source, root / "cache", progress=False)
-    cfg = Config(data=DataConfig(source=str(source), cache_dir=str(root / "cache"),
-                                 ood_classes=4),
-                 model=ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, batch_norm=True),
-                 train=TrainConfig(max_epochs=6, batch_size=16, lr=3e-3, device="cpu"))
-    train(cfg, root / "run", progress=False)
-    evaluate(root / "run", progress=False, device="cpu")
-    return root / "run"
+    return tinyrun.build_run(root, classes=12, per_class=30, ood_classes=4,
+                             model={"conv_widths": [8] * 5, "fc_width": 32, "batch_norm": True},
+                             training={"max_epochs": 6, "batch_size": 16, "lr": 3e-3})
 
 
 def serve(run: Path) -> tuple[Any, str]:

@@ -18,10 +18,9 @@ import pytest
 from PIL import Image
 
 from helpers import SHARED_ZIP, extras_paths, fixture_wnids, make_tiny_imagenet
-from neuralcodes import data
 from neuralcodes.cli import main
 from neuralcodes.config import DataConfig
-from neuralcodes.data import Dataset, Splits, load_data, make_splits, prepare
+from neuralcodes.data import Dataset, Splits, cache, decode, load_data, make_splits, prepare, source
 from neuralcodes.errors import NeuralCodesError
 
 
@@ -47,7 +46,7 @@ def test_fixture_has_official_layout(tmp_path: Path) -> None:
 # -- building the cache ------------------------------------------------------------------------
 
 
-def test_prepare_decodes_reports_and_converts(tmp_path: Path, capsys: pytest.CaptureFixture
+def test_prepare_decodes_reports_and_converts(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                               ) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 4, 5, extras=True)
     ds = Dataset.load(prepare(src, tmp_path / "cache", progress=False))
@@ -59,7 +58,7 @@ def test_prepare_decodes_reports_and_converts(tmp_path: Path, capsys: pytest.Cap
     assert set(rejected) == {extra["corrupt"], extra["wrong_size"]}
     assert "decode" in rejected[extra["corrupt"]] and "48x32" in rejected[extra["wrong_size"]]
     assert ds.manifest["num_rejected"] == 2
-    err = capsys.readouterr().err
+    err = caplog.text
     assert extra["corrupt"] in err and extra["wrong_size"] in err and "2 train file" in err
     # greyscale became RGB with equal channels; labels, names and paths line up
     grey = ds.images[ds.paths.index(extra["greyscale"])].astype(int)
@@ -74,7 +73,7 @@ def test_prepare_decodes_reports_and_converts(tmp_path: Path, capsys: pytest.Cap
     assert np.array_equal(ds.images[7], first)
     # the compacted .npy is an ordinary numpy file
     assert np.load(ds.root / "images.npy").shape == (21, 64, 64, 3)
-    assert ds.manifest["format"] == data.FORMAT_VERSION and len(ds.manifest["source"]["checksum"])
+    assert ds.manifest["format"] == cache.FORMAT_VERSION and len(ds.manifest["source"]["checksum"])
 
 
 def test_zip_folder_and_parent_folder_give_same_images(tmp_path: Path) -> None:
@@ -104,7 +103,7 @@ def test_same_source_does_no_work(tiny_source: Path, tiny_cache_root: Path, tiny
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_all", fail)
+    monkeypatch.setattr(decode, "decode_all", fail)
     assert prepare(tiny_source, tiny_cache_root, progress=False) == tiny_cache
     assert (tiny_cache / "images.npy").stat().st_mtime_ns == mtime
 
@@ -124,15 +123,15 @@ def test_unchanged_zip_is_not_even_reread(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     z = make_tiny_imagenet(tmp_path / "src", 2, 3, zip_it=True)
     first = prepare(z, tmp_path / "cache", progress=False)
-    real_open = data.Source.open
+    real_open = source.Source.open
 
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("source re-read")
 
-    monkeypatch.setattr(data.Source, "open", fail)
+    monkeypatch.setattr(source.Source, "open", fail)
     assert prepare(z, tmp_path / "cache", progress=False) == first
     # a rewritten zip (new size/mtime) is read again and, with new content, cached anew
-    monkeypatch.setattr(data.Source, "open", real_open)
+    monkeypatch.setattr(source.Source, "open", real_open)
     make_tiny_imagenet(tmp_path / "src", 2, 4, zip_it=True)
     second = prepare(z, tmp_path / "cache", progress=False)
     assert second != first and len(Dataset.load(second)) == 8
@@ -141,12 +140,12 @@ def test_unchanged_zip_is_not_even_reread(tmp_path: Path,
 def test_default_cache_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEURALCODES_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert data.default_cache_dir() == tmp_path / "a"
+    assert cache.default_cache_dir() == tmp_path / "a"
     monkeypatch.delenv("NEURALCODES_CACHE")
-    assert data.default_cache_dir() == tmp_path / "x" / "neuralcodes"
+    assert cache.default_cache_dir() == tmp_path / "x" / "neuralcodes"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "neuralcodes"
+    assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "neuralcodes"
 
 
 # -- errors: one clear message, nothing half-written --------------------------------------------
@@ -201,7 +200,7 @@ def test_folder_symlink_refused(tmp_path: Path) -> None:
 
 
 def test_absurd_member_is_rejected_not_read(tmp_path: Path) -> None:
-    huge = b"\xff\xd8" + bytes(data.MAX_IMAGE_BYTES)
+    huge = b"\xff\xd8" + bytes(source.MAX_IMAGE_BYTES)
     z = _zip_with(tmp_path, {"t/wnids.txt": b"n00000001\n",
                              "t/train/n00000001/images/n00000001_0.JPEG": _jpeg_bytes(),
                              "t/train/n00000001/images/n00000001_1.JPEG": huge})
@@ -211,10 +210,34 @@ def test_absurd_member_is_rejected_not_read(tmp_path: Path) -> None:
                                         "reason": f"absurd size ({len(huge):,} bytes)"}]
 
 
+@pytest.mark.parametrize("lie", ["flipped byte", "understated size"])
+def test_lying_member_is_rejected(tmp_path: Path, lie: str) -> None:
+    """A member whose bytes disagree with its directory entry (CRC or size) is left out."""
+    good, bad = "t/train/n00000001/images/n00000001_0.JPEG", "t/train/n00000001/images/x.JPEG"
+    z = _zip_with(tmp_path, {"t/wnids.txt": b"n00000001\n", good: _jpeg_bytes(),
+                             bad: _jpeg_bytes()})
+    raw = bytearray(z.read_bytes())
+    info = zipfile.ZipFile(z).getinfo(bad)
+    if lie == "flipped byte":
+        at = info.header_offset + 30 + len(bad) + len(info.extra) + info.file_size // 2
+        raw[at] ^= 0xFF
+    else:  # the central directory claims 10 bytes fewer than the member holds
+        entry = raw.rfind(bad.encode()) - 46
+        assert raw[entry: entry + 4] == b"PK\x01\x02"
+        for field in (20, 24):  # compressed and uncompressed size
+            raw[entry + field: entry + field + 4] = (info.file_size - 10).to_bytes(4, "little")
+    z.write_bytes(bytes(raw))
+    ds = Dataset.load(prepare(z, tmp_path / "cache", progress=False))
+    assert ds.paths == ["train/n00000001/images/n00000001_0.JPEG"]
+    [rejected] = ds.manifest["rejected"]
+    assert rejected["path"] == "train/n00000001/images/x.JPEG"
+    assert rejected["reason"].startswith("corrupt zip entry")
+
+
 def test_no_disk_space_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 2, 3)
-    real = data.shutil.disk_usage
-    monkeypatch.setattr(data.shutil, "disk_usage",
+    real = cache.shutil.disk_usage
+    monkeypatch.setattr(cache.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1000))
     with pytest.raises(NeuralCodesError, match="not enough disk space"):
         prepare(src, tmp_path / "cache", progress=False)
@@ -228,7 +251,7 @@ def test_enospc_while_writing_is_a_clear_error(tmp_path: Path,
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data, "_allocate_npy", full)
+    monkeypatch.setattr(decode, "allocate_images", full)
     with pytest.raises(NeuralCodesError, match="no space left"):
         prepare(src, tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -237,17 +260,17 @@ def test_enospc_while_writing_is_a_clear_error(tmp_path: Path,
 def test_interrupted_build_leaves_nothing_and_reruns(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 2, 3)
-    real = data._decode_chunk
+    real = decode.decode_chunk
 
     def interrupted(task):  # noqa: ANN001, ANN202
         real(task)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_decode_chunk", interrupted)
+    monkeypatch.setattr(decode, "decode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "cache", workers=1, progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
-    monkeypatch.setattr(data, "_decode_chunk", real)
+    monkeypatch.setattr(decode, "decode_chunk", real)
     assert len(Dataset.load(prepare(src, tmp_path / "cache", progress=False))) == 6
 
 
@@ -295,7 +318,7 @@ def test_unfinished_or_damaged_cache_is_refused(tmp_path: Path, tiny_cache: Path
 def test_cli_prepare_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 5, 4, extras=True, zip_it=True)
     argv = ["prepare", "--source", str(src), "--cache-dir", str(tmp_path / "c"),
-            "--ood-classes", "2", "--no-progress"]
+            "--set", "data.ood_classes=2", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "built now" in out and "21 in 5 classes; 2 file(s) rejected" in out

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from neuralcodes import __version__
 from neuralcodes.config import Config, resumable_settings
-from neuralcodes.data import Dataset, Splits, load_data
+from neuralcodes.data import Dataset, Splits, load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.metrics import topk_correct
@@ -507,6 +507,7 @@ def _train(cfg: Config, run: RunDir, dist: _Dist, device: torch.device, resume: 
             "distributed": {"world_size": dist.world},
             "versions": _versions(),
         })
+        write_splits_csv(dataset, splits, run.splits_csv)
 
     net: torch.nn.Module = model
     if dist.world > 1:

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the same source does no work.")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one "
                    "per CPU core, at most 8; one for fewer than 2,000 images)")
+    p.add_argument("--export-splits", metavar="FILE.csv", help="also write the partition to "
+                   "FILE.csv: split,position,file_name,wnid (train, val, test, ood, in order)")
     add_progress_option(p)
     add_config_options(p, "--data", "--cache-dir")
     p.add_argument("--source", dest="alias_data_source", metavar="VALUE",
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.data import Dataset, make_splits, prepare_cache, summary
+    from neuralcodes.data import Dataset, make_splits, prepare_cache, summary, write_splits_csv
 
     cfg = config_from_args(args).data
     with console_logging():
@@ -40,4 +42,6 @@ def main(args: argparse.Namespace) -> int:
     dataset = Dataset.load(root)
     splits = make_splits(dataset, cfg)
     print(summary(dataset, splits, built=built, splits_path=splits.save(root)))
+    if args.export_splits:
+        print(f"partition: {write_splits_csv(dataset, splits, args.export_splits)}")
     return 0

@@ -23,9 +23,11 @@ Pipeline (``neuralcodes prepare``):
    by name in the manifest). ``<key>`` hashes the source's content (zip: every member's name,
    CRC and size; folder: every file's path, size and mtime) and the cache format: the same
    source is never decoded twice, a different one gets its own cache.
-3. **Splits** (:mod:`.splits`, :func:`make_splits`): classes sorted by wnid, the last
-   ``ood_classes`` (default 10) are out-of-domain; in-domain images are shuffled with ``seed``
-   (default 42) and cut 80/10/10.
+3. **Splits** (:mod:`.splits`, :func:`make_splits`): the course notebook's partition, exactly:
+   classes sorted by wnid, files lexicographic, the last ``ood_classes`` (default 10)
+   out-of-domain; ``RandomState(seed)`` (default 42) permutes the in-domain images, val = the
+   first 10%, test = the next 10%, train = the rest; the next permutation of the same stream
+   orders the ood set. :func:`write_splits_csv` writes the partition as CSV.
 """
 
 from neuralcodes.data.cache import (
@@ -37,7 +39,7 @@ from neuralcodes.data.cache import (
     prepare,
     prepare_cache,
 )
-from neuralcodes.data.splits import Splits, make_splits, summary
+from neuralcodes.data.splits import Splits, make_splits, summary, write_splits_csv
 
 __all__ = ["FORMAT_VERSION", "Dataset", "Splits", "default_cache_dir", "fetch_official",
-           "load_data", "make_splits", "prepare", "prepare_cache", "summary"]
+           "load_data", "make_splits", "prepare", "prepare_cache", "summary", "write_splits_csv"]

@@ -42,7 +42,8 @@ from neuralcodes.versions import versions
 log = logging.getLogger(__name__)
 
 #: Bump when the cache layout changes: it is part of the cache key, so old caches are not reused.
-FORMAT_VERSION = 1
+#: 2: images in lexicographic file-name order within a class (1: natural order).
+FORMAT_VERSION = 2
 VOLATILE_MANIFEST_KEYS = ("created", "build")
 #: In the cache root: zip stamp (path, size, mtime) -> cache folder name.
 _MEMO = "sources.json"

@@ -139,7 +139,8 @@ class Source:
         return p.read_text(encoding="utf-8", errors="replace")
 
     def train_items(self, wnids: Sequence[str]) -> list[Item]:
-        """Every file under ``train/<wnid>/images/``, class by class, in natural name order."""
+        """Every file under ``train/<wnid>/images/``, class by class (wnid order), files in
+        lexicographic name order (``sorted(os.listdir(...))``: ``n…_0, n…_1, n…_10, n…_100``)."""
         items: list[Item] = []
         if self.kind == "zip":
             per_class: dict[str, list[str]] = {w: [] for w in wnids}
@@ -149,7 +150,7 @@ class Source:
                         and parts[1] in per_class and parts[3]:
                     per_class[parts[1]].append(rel)
             for label, wnid in enumerate(wnids):
-                items += [Item(rel, label) for rel in sorted(per_class[wnid], key=_natural_key)]
+                items += [Item(rel, label) for rel in sorted(per_class[wnid])]
             return items
         for label, wnid in enumerate(wnids):
             folder = self.root_path / "train" / wnid / "images"
@@ -163,8 +164,7 @@ class Source:
                         raise NeuralCodesError(f"refusing link in source: {entry.path}")
                     if entry.is_file():
                         names.append(entry.name)
-            items += [Item(f"train/{wnid}/images/{name}", label)
-                      for name in sorted(names, key=_natural_key)]
+            items += [Item(f"train/{wnid}/images/{name}", label) for name in sorted(names)]
         return items
 
     def checksum(self, items: Sequence[Item]) -> str:
@@ -260,10 +260,6 @@ def check_member(info: zipfile.ZipInfo) -> None:
     if info.file_size > 4 * MAX_TEXT_BYTES:
         raise NeuralCodesError(f"refusing archive member of absurd size: {name!r} "
                                f"({info.file_size:,} bytes)")
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def read_wnids(src: Source) -> list[str]:

@@ -3,6 +3,7 @@ train/val/test and the out-of-domain (ood) set, as index arrays into the cache."
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import struct
@@ -69,18 +70,23 @@ class Splits:
 
 
 def make_splits(dataset: Dataset, cfg: DataConfig) -> Splits:
-    """The assignment's splits of ``dataset``.
+    """The assignment's splits of ``dataset``, exactly as the course's notebook makes them.
 
-    - Classes are the dataset's (sorted by wnid). ``max_classes`` keeps the first N of them and
-      ``max_per_class`` the first M images of each (in natural file-name order), before anything
-      else.
-    - Out-of-domain classes: ``ood_wnids`` if given, else ``ood_classes`` drawn at random with
-      ``seed`` if ``ood_random``, else the last ``ood_classes`` (default 10) in sorted order.
-    - In-domain images (in dataset order) are permuted with ``numpy.random.default_rng(seed)``
-      and cut by ``fractions`` (80/10/10; sizes rounded, test takes the rest).
-    - The ood set is round-robin over the ood classes in wnid order: image 0 of each ood class,
-      then image 1 of each, ... so its first 10 images show 10 different classes (with >=10 ood
-      classes) and are the same on every run.
+    1. Classes are the dataset's, sorted by wnid; files within a class in lexicographic name
+       order (the cache's order: ``sorted(os.listdir(...))``). ``max_classes`` keeps the first N
+       classes and ``max_per_class`` the first M files of each, before anything else.
+    2. Out-of-domain classes: ``ood_wnids`` if given, else ``ood_classes`` drawn at random with
+       ``seed`` if ``ood_random``, else the last ``ood_classes`` (default 10). The in-domain
+       images are the other classes' images, concatenated class by class (N of them).
+    3. ``rng = numpy.random.RandomState(seed)`` (the legacy generator: the same stream as
+       ``np.random.seed(seed)``, without touching numpy's global state); ``perm =
+       rng.permutation(N)``; with ``fractions = (train, val, test)``: val = the first
+       ``int(round(val * N))`` permuted images, test = the next ``int(round(test * N))``, train =
+       the rest (80/10/10 by default).
+    4. The ood images (classes concatenated in order) are shuffled by the next draw from the
+       same stream, ``rng.permutation(N_ood)``.
+
+    Every index array is in that order (e.g. ``splits.ood[:10]`` are "the first 10 ood images").
     """
     return split_arrays(dataset.labels, dataset.wnids, cfg)
 
@@ -99,24 +105,18 @@ def split_arrays(labels: np.ndarray, wnids: Sequence[str], cfg: DataConfig) -> S
     ood = _ood_class_list(list(wnids[:n_classes]), cfg)
     in_classes = [c for c in range(n_classes) if c not in set(ood)]
 
-    order = np.argsort(labels, kind="stable")  # dataset order within each class
+    order = np.argsort(labels, kind="stable")  # cache (file-name) order within each class
     bounds = np.searchsorted(labels[order], np.arange(n_classes + 1))
     per_class = [order[bounds[c]: bounds[c + 1]][: cfg.max_per_class] for c in range(n_classes)]
 
-    fr = tuple(float(f) for f in cfg.fractions)
-    inside = np.sort(np.concatenate([per_class[c] for c in in_classes]))
-    inside = inside[np.random.default_rng(cfg.seed).permutation(len(inside))]
-    n_train = round(fr[0] * len(inside))
-    n_val = round(fr[1] * len(inside))
-    train, val, test = np.split(inside, [n_train, n_train + n_val])
-
-    if ood:
-        chunks = [per_class[c] for c in ood]
-        position = np.concatenate([np.arange(len(x)) for x in chunks])
-        rank = np.concatenate([np.full(len(x), r) for r, x in enumerate(chunks)])
-        ood_idx = np.concatenate(chunks)[np.lexsort((rank, position))]
-    else:
-        ood_idx = np.zeros(0, np.int64)
+    _, f_val, f_test = (float(f) for f in cfg.fractions)
+    inside = np.concatenate([per_class[c] for c in in_classes])
+    rng = np.random.RandomState(cfg.seed)
+    inside = inside[rng.permutation(len(inside))]
+    n_val, n_test = int(round(f_val * len(inside))), int(round(f_test * len(inside)))
+    val, test, train = np.split(inside, [n_val, n_val + n_test])
+    outside = np.concatenate([per_class[c] for c in ood])
+    ood_idx = outside[rng.permutation(len(outside))]
     return _finish_splits(train, val, test, ood_idx, in_classes, ood)
 
 
@@ -150,6 +150,26 @@ def _finish_splits(train: np.ndarray, val: np.ndarray, test: np.ndarray, ood: np
         h.update(part.astype("<i8").tobytes())
     return Splits(*arrays, [int(c) for c in in_classes], [int(c) for c in ood_classes],
                   h.hexdigest())
+
+
+#: The partition file's columns and its splits, in file order.
+SPLITS_CSV_HEADER = ("split", "position", "file_name", "wnid")
+SPLIT_NAMES = ("train", "val", "test", "ood")
+
+
+def write_splits_csv(dataset: Dataset, splits: Splits, path: str | Path) -> Path:
+    """Write the partition as CSV (atomically): ``split,position,file_name,wnid``, one row per
+    image, splits in the order train, val, test, ood, each in its split order (positions from
+    0); ``file_name`` is the image's base name, e.g. ``n01443537_10.JPEG``."""
+    path = Path(path)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(SPLITS_CSV_HEADER)
+        for name in SPLIT_NAMES:
+            for position, i in enumerate(getattr(splits, name).tolist()):
+                out.writerow((name, position, dataset.paths[i].rsplit("/", 1)[-1],
+                              dataset.wnids[dataset.labels[i]]))
+    return path
 
 
 def summary(ds: Dataset, splits: Splits, *, built: bool, splits_path: Path | None = None) -> str:

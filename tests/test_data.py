@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -18,10 +17,9 @@ import pytest
 from PIL import Image
 
 from helpers import SHARED_ZIP, extras_paths, fixture_wnids, make_tiny_imagenet
-from neuralcodes import data
 from neuralcodes.cli import main
 from neuralcodes.config import DataConfig
-from neuralcodes.data import Dataset, Splits, load_data, make_splits, prepare
+from neuralcodes.data import Dataset, cache, decode, load_data, prepare, source
 from neuralcodes.errors import NeuralCodesError
 
 
@@ -47,7 +45,7 @@ def test_fixture_has_official_layout(tmp_path: Path) -> None:
 # -- building the cache ------------------------------------------------------------------------
 
 
-def test_prepare_decodes_reports_and_converts(tmp_path: Path, capsys: pytest.CaptureFixture
+def test_prepare_decodes_reports_and_converts(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                               ) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 4, 5, extras=True)
     ds = Dataset.load(prepare(src, tmp_path / "cache", progress=False))
@@ -59,7 +57,7 @@ def test_prepare_decodes_reports_and_converts(tmp_path: Path, capsys: pytest.Cap
     assert set(rejected) == {extra["corrupt"], extra["wrong_size"]}
     assert "decode" in rejected[extra["corrupt"]] and "48x32" in rejected[extra["wrong_size"]]
     assert ds.manifest["num_rejected"] == 2
-    err = capsys.readouterr().err
+    err = caplog.text
     assert extra["corrupt"] in err and extra["wrong_size"] in err and "2 train file" in err
     # greyscale became RGB with equal channels; labels, names and paths line up
     grey = ds.images[ds.paths.index(extra["greyscale"])].astype(int)
@@ -74,7 +72,7 @@ def test_prepare_decodes_reports_and_converts(tmp_path: Path, capsys: pytest.Cap
     assert np.array_equal(ds.images[7], first)
     # the compacted .npy is an ordinary numpy file
     assert np.load(ds.root / "images.npy").shape == (21, 64, 64, 3)
-    assert ds.manifest["format"] == data.FORMAT_VERSION and len(ds.manifest["source"]["checksum"])
+    assert ds.manifest["format"] == cache.FORMAT_VERSION and len(ds.manifest["source"]["checksum"])
 
 
 def test_zip_folder_and_parent_folder_give_same_images(tmp_path: Path) -> None:
@@ -104,7 +102,7 @@ def test_same_source_does_no_work(tiny_source: Path, tiny_cache_root: Path, tiny
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_all", fail)
+    monkeypatch.setattr(decode, "decode_all", fail)
     assert prepare(tiny_source, tiny_cache_root, progress=False) == tiny_cache
     assert (tiny_cache / "images.npy").stat().st_mtime_ns == mtime
 
@@ -124,15 +122,15 @@ def test_unchanged_zip_is_not_even_reread(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     z = make_tiny_imagenet(tmp_path / "src", 2, 3, zip_it=True)
     first = prepare(z, tmp_path / "cache", progress=False)
-    real_open = data.Source.open
+    real_open = source.Source.open
 
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("source re-read")
 
-    monkeypatch.setattr(data.Source, "open", fail)
+    monkeypatch.setattr(source.Source, "open", fail)
     assert prepare(z, tmp_path / "cache", progress=False) == first
     # a rewritten zip (new size/mtime) is read again and, with new content, cached anew
-    monkeypatch.setattr(data.Source, "open", real_open)
+    monkeypatch.setattr(source.Source, "open", real_open)
     make_tiny_imagenet(tmp_path / "src", 2, 4, zip_it=True)
     second = prepare(z, tmp_path / "cache", progress=False)
     assert second != first and len(Dataset.load(second)) == 8
@@ -141,12 +139,12 @@ def test_unchanged_zip_is_not_even_reread(tmp_path: Path,
 def test_default_cache_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEURALCODES_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert data.default_cache_dir() == tmp_path / "a"
+    assert cache.default_cache_dir() == tmp_path / "a"
     monkeypatch.delenv("NEURALCODES_CACHE")
-    assert data.default_cache_dir() == tmp_path / "x" / "neuralcodes"
+    assert cache.default_cache_dir() == tmp_path / "x" / "neuralcodes"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "neuralcodes"
+    assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "neuralcodes"
 
 
 # -- errors: one clear message, nothing half-written --------------------------------------------
@@ -201,7 +199,7 @@ def test_folder_symlink_refused(tmp_path: Path) -> None:
 
 
 def test_absurd_member_is_rejected_not_read(tmp_path: Path) -> None:
-    huge = b"\xff\xd8" + bytes(data.MAX_IMAGE_BYTES)
+    huge = b"\xff\xd8" + bytes(source.MAX_IMAGE_BYTES)
     z = _zip_with(tmp_path, {"t/wnids.txt": b"n00000001\n",
                              "t/train/n00000001/images/n00000001_0.JPEG": _jpeg_bytes(),
                              "t/train/n00000001/images/n00000001_1.JPEG": huge})
@@ -211,10 +209,34 @@ def test_absurd_member_is_rejected_not_read(tmp_path: Path) -> None:
                                         "reason": f"absurd size ({len(huge):,} bytes)"}]
 
 
+@pytest.mark.parametrize("lie", ["flipped byte", "understated size"])
+def test_lying_member_is_rejected(tmp_path: Path, lie: str) -> None:
+    """A member whose bytes disagree with its directory entry (CRC or size) is left out."""
+    good, bad = "t/train/n00000001/images/n00000001_0.JPEG", "t/train/n00000001/images/x.JPEG"
+    z = _zip_with(tmp_path, {"t/wnids.txt": b"n00000001\n", good: _jpeg_bytes(),
+                             bad: _jpeg_bytes()})
+    raw = bytearray(z.read_bytes())
+    info = zipfile.ZipFile(z).getinfo(bad)
+    if lie == "flipped byte":
+        at = info.header_offset + 30 + len(bad) + len(info.extra) + info.file_size // 2
+        raw[at] ^= 0xFF
+    else:  # the central directory claims 10 bytes fewer than the member holds
+        entry = raw.rfind(bad.encode()) - 46
+        assert raw[entry: entry + 4] == b"PK\x01\x02"
+        for field in (20, 24):  # compressed and uncompressed size
+            raw[entry + field: entry + field + 4] = (info.file_size - 10).to_bytes(4, "little")
+    z.write_bytes(bytes(raw))
+    ds = Dataset.load(prepare(z, tmp_path / "cache", progress=False))
+    assert ds.paths == ["train/n00000001/images/n00000001_0.JPEG"]
+    [rejected] = ds.manifest["rejected"]
+    assert rejected["path"] == "train/n00000001/images/x.JPEG"
+    assert rejected["reason"].startswith("corrupt zip entry")
+
+
 def test_no_disk_space_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 2, 3)
-    real = data.shutil.disk_usage
-    monkeypatch.setattr(data.shutil, "disk_usage",
+    real = cache.shutil.disk_usage
+    monkeypatch.setattr(cache.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1000))
     with pytest.raises(NeuralCodesError, match="not enough disk space"):
         prepare(src, tmp_path / "cache", progress=False)
@@ -228,7 +250,7 @@ def test_enospc_while_writing_is_a_clear_error(tmp_path: Path,
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data, "_allocate_npy", full)
+    monkeypatch.setattr(decode, "allocate_images", full)
     with pytest.raises(NeuralCodesError, match="no space left"):
         prepare(src, tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -237,17 +259,17 @@ def test_enospc_while_writing_is_a_clear_error(tmp_path: Path,
 def test_interrupted_build_leaves_nothing_and_reruns(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 2, 3)
-    real = data._decode_chunk
+    real = decode.decode_chunk
 
     def interrupted(task):  # noqa: ANN001, ANN202
         real(task)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_decode_chunk", interrupted)
+    monkeypatch.setattr(decode, "decode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "cache", workers=1, progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
-    monkeypatch.setattr(data, "_decode_chunk", real)
+    monkeypatch.setattr(decode, "decode_chunk", real)
     assert len(Dataset.load(prepare(src, tmp_path / "cache", progress=False))) == 6
 
 
@@ -295,11 +317,11 @@ def test_unfinished_or_damaged_cache_is_refused(tmp_path: Path, tiny_cache: Path
 def test_cli_prepare_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 5, 4, extras=True, zip_it=True)
     argv = ["prepare", "--source", str(src), "--cache-dir", str(tmp_path / "c"),
-            "--ood-classes", "2", "--no-progress"]
+            "--set", "data.ood_classes=2", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "built now" in out and "21 in 5 classes; 2 file(s) rejected" in out
-    assert "train 10 / val 1 / test 2 (3 in-domain classes); ood 8 (2 classes" in out
+    assert "train 11 / val 1 / test 1 (3 in-domain classes); ood 8 (2 classes" in out
     assert str(tmp_path / "c") in out
     assert main(argv) == 0
     assert "already prepared" in capsys.readouterr().out
@@ -310,88 +332,6 @@ def test_cli_prepare_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
                  str(tmp_path / "c"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("neuralcodes: error: source not found") and "\n" not in err
-
-
-# -- splits ------------------------------------------------------------------------------------
-
-
-def test_load_data_splits_tiny(tiny_data_config: DataConfig) -> None:
-    ds, sp = load_data(tiny_data_config, progress=False)
-    assert sp.sizes() == {"train": 64, "val": 8, "test": 8, "ood": 40, "in_classes": 4,
-                          "ood_classes": 2}
-    assert sp.in_classes == [0, 1, 2, 3] and sp.ood_classes == [4, 5]
-    parts = [sp.train, sp.val, sp.test, sp.ood]
-    assert all(p.dtype == np.int64 for p in parts)
-    everything = np.concatenate(parts)
-    assert len(np.unique(everything)) == len(everything) == len(ds)  # disjoint and complete
-    assert set(ds.labels[np.concatenate(parts[:3])]) == {0, 1, 2, 3}
-    assert set(ds.labels[sp.ood]) == {4, 5}
-    assert (ds.root / "splits" / f"{sp.hash[:16]}.npz").is_file()
-    assert np.array_equal(sp.model_labels(np.array([0, 3, 4, 5])), [0, 3, -1, -1])
-
-
-def test_splits_deterministic_and_seeded(tiny_data_config: DataConfig) -> None:
-    ds = Dataset.load(prepare(tiny_data_config.source, tiny_data_config.cache_dir,
-                              progress=False))
-    a = make_splits(ds, tiny_data_config)
-    b = make_splits(ds, tiny_data_config)
-    c = make_splits(ds, dataclasses.replace(tiny_data_config, seed=7))
-    for name in ("train", "val", "test", "ood"):
-        assert np.array_equal(getattr(a, name), getattr(b, name))
-    assert a.hash == b.hash and a.hash != c.hash
-    assert not np.array_equal(a.train, c.train) and np.array_equal(a.ood, c.ood)
-    loaded = Splits.load(a.save(tmp := ds.root))
-    assert loaded.hash == a.hash and tmp.is_dir()
-
-
-def test_in_domain_shuffle_is_seed_42_then_80_10_10(tiny_data_config: DataConfig) -> None:
-    ds, sp = load_data(tiny_data_config, progress=False)
-    inside = np.flatnonzero(ds.labels < 4)
-    perm = inside[np.random.default_rng(42).permutation(len(inside))]
-    assert np.array_equal(np.concatenate([sp.train, sp.val, sp.test]), perm)
-
-
-def _many_classes(tmp_path: Path, n_classes: int, per_class: int) -> Dataset:
-    src = make_tiny_imagenet(tmp_path / "src", n_classes, per_class, learnable=False,
-                             zip_it=True)
-    return Dataset.load(prepare(src, tmp_path / "cache", progress=False))
-
-
-def test_190_10_rule_on_200_classes(tmp_path: Path) -> None:
-    ds = _many_classes(tmp_path, 200, 3)
-    sp = make_splits(ds, DataConfig())
-    assert sp.in_classes == list(range(190)) and sp.ood_classes == list(range(190, 200))
-    assert [ds.wnids[c] for c in sp.ood_classes] == sorted(ds.wnids)[-10:]
-    assert sp.sizes() == {"train": 456, "val": 57, "test": 57, "ood": 30, "in_classes": 190,
-                          "ood_classes": 10}
-    # round-robin: first 10 ood images are image 0 of each ood class, in wnid order
-    assert ds.labels[sp.ood[:10]].tolist() == list(range(190, 200))
-    assert [ds.paths[i].rsplit("_", 1)[1] for i in sp.ood[:10]] == ["0.JPEG"] * 10
-    assert ds.manifest["splits"]["default"]["hash"] == sp.hash
-
-
-def test_ood_options_and_subsampling(tmp_path: Path) -> None:
-    ds = _many_classes(tmp_path, 12, 4)
-    w = ds.wnids
-    explicit = make_splits(ds, DataConfig(ood_wnids=[w[5], w[0]]))
-    assert explicit.ood_classes == [0, 5] and len(explicit.in_classes) == 10
-    with pytest.raises(NeuralCodesError, match="n99999999"):
-        make_splits(ds, DataConfig(ood_wnids=["n99999999"]))
-    r1 = make_splits(ds, DataConfig(ood_classes=3, ood_random=True, seed=1))
-    r1b = make_splits(ds, DataConfig(ood_classes=3, ood_random=True, seed=1))
-    assert r1.ood_classes == r1b.ood_classes and len(r1.ood_classes) == 3
-    draws = {tuple(make_splits(ds, DataConfig(ood_classes=3, ood_random=True, seed=s))
-                   .ood_classes) for s in range(6)}
-    assert len(draws) > 1
-    quick = make_splits(ds, DataConfig(max_classes=5, max_per_class=2, ood_classes=2))
-    assert quick.in_classes == [0, 1, 2] and quick.ood_classes == [3, 4]
-    used = np.concatenate([quick.train, quick.val, quick.test, quick.ood])
-    first_two = [i for c in range(5) for i in np.flatnonzero(ds.labels == c)[:2]]
-    assert sorted(used.tolist()) == first_two
-    with pytest.raises(NeuralCodesError, match="no in-domain"):
-        make_splits(ds, DataConfig(ood_classes=12))
-    with pytest.raises(ValueError, match="fractions"):  # refused by the config itself
-        DataConfig(fractions=(0.5, 0.1, 0.1))
 
 
 # -- the real images ---------------------------------------------------------------------------
@@ -408,7 +348,7 @@ def test_shared_40_class_zip(tmp_path: Path) -> None:
     assert set(ds.manifest["counts"].values()) == {500}
     assert sp.sizes() == {"train": 12_000, "val": 1_500, "test": 1_500, "ood": 5_000,
                           "in_classes": 30, "ood_classes": 10}
-    assert len(set(ds.labels[sp.ood[:10]].tolist())) == 10
+    assert len(set(ds.labels[sp.ood].tolist())) == 10  # (the exact order: test_splits.py)
     assert ds.names[0] and ds.names[0] != ds.wnids[0]
     # greyscale sources were converted: some images have three equal channels, most do not
     sample = ds.images[::50].astype(np.int16)

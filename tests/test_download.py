@@ -15,7 +15,7 @@ import pytest
 
 from helpers import make_tiny_imagenet
 from neuralcodes.data import Dataset, fetch_official, prepare
-from neuralcodes.download import download, md5sum
+from neuralcodes.data.download import download, md5sum
 from neuralcodes.errors import NeuralCodesError
 
 

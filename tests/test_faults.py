@@ -122,8 +122,9 @@ os.replace, os.rename, os.fsync = _renamer(os.replace), _renamer(os.rename), _pa
 
 TINY = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
         "--set", "data.ood_classes=2", "--set", "train.batch_size=16", "--set",
-        "train.threads=1", "--set", "train.lr=0.01", "--device", "cpu", "--no-progress"]
-EPOCHS = 12
+        "train.threads=1", "--set", "train.lr=0.01", "--set", "train.patience=99",
+        "--device", "cpu", "--no-progress"]
+EPOCHS = 12  # never early-stopped (patience 99): a resume with one more epoch writes again
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +240,8 @@ def test_training_killed_at_random_then_resumed_is_bit_identical(base: Path, how
 def test_prepare_killed_at_random_never_leaves_a_cache_taken_as_built(base: Path,
                                                                       tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    argv = ["prepare", "--source", source(base), "--cache-dir", str(cache), "--ood-classes",
-            "2", "--no-progress"]
+    argv = ["prepare", "--source", source(base), "--cache-dir", str(cache), "--set",
+            "data.ood_classes=2", "--no-progress"]
     killed = 0
     for kill_at in random.Random(7).sample(range(1, 20), 3):
         code, _, err = finish(start(base, argv, NC_FAULT_KILL_AT=str(kill_at)))

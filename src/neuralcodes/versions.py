@@ -1,16 +1,24 @@
-"""The versions recorded with every cache and run."""
+"""The versions of Python, the platform and the packages a result was made with."""
 
 from __future__ import annotations
 
 import platform
-
-import numpy as np
-import torch
+from importlib import metadata
 
 from neuralcodes import __version__
 
+#: Installed packages whose versions are recorded (read from their metadata: nothing is imported).
+PACKAGES: tuple[str, ...] = ("numpy", "pillow", "torch")
+
 
 def versions() -> dict[str, str]:
-    """Versions of neuralcodes, torch, numpy and Python, and the platform string."""
-    return {"neuralcodes": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    """``{"python": ..., "platform": ..., <package>: <version>}``; "absent" for a package that is
+    not installed."""
+    found = {"neuralcodes": __version__, "python": platform.python_version(),
+             "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found

@@ -23,8 +23,8 @@ from neuralcodes.errors import NeuralCodesError
 #: Only the chosen command's module is imported, so ``--help`` and light commands start fast
 #: (most modules import torch).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("neuralcodes.data",
-                "download Tiny ImageNet (or read --source) and build the image cache"),
+    "prepare": ("neuralcodes.cli.prepare",
+                "download Tiny ImageNet (or read --data) and build the image cache"),
     "train": ("neuralcodes.cli.train", "train the ConvNet (assignment Task 2)"),
     "evaluate": ("neuralcodes.cli.evaluate", "cross-entropy, top-1 and top-5 on train/val/test"),
     "codes": ("neuralcodes.cli.codes", "compute the unit-length neural codes of a trained run"),

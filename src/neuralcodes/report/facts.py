@@ -62,7 +62,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def collect(run: str | Path) -> dict[str, Any]:
     """Read a run's saved artifacts into one dict of facts (missing parts are ``None``)."""
     rd = RunDir.existing(run)
-    saved = rd.saved()
+    saved = rd.saved(data=False)
     facts: dict[str, Any] = {
         "run": rd.root.name, "root": str(rd.root), "saved": saved,
         "epochs": _read_jsonl(rd.metrics),

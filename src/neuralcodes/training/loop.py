@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from neuralcodes.config import Config, resumable_settings
 from neuralcodes.course import course_reference
-from neuralcodes.data import Dataset, Splits, load_data
+from neuralcodes.data import Dataset, Splits, load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.evaluation import evaluate_split
 from neuralcodes.files import read_json, write_json, write_text
@@ -249,6 +249,7 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
             "distributed": {"world_size": dist.world, "backend": dist.backend},
             "versions": versions(),
         } | ({"changes": changes} if changes else {}))
+        write_splits_csv(dataset, splits, run.splits_csv)
 
     net: torch.nn.Module = model
     if dist.backend is not None:

@@ -1,0 +1,195 @@
+"""The assignment's splits of a prepared :class:`~neuralcodes.data.Dataset`: in-domain
+train/val/test and the out-of-domain (ood) set, as index arrays into the cache."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from neuralcodes.config import DataConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.files import atomic_open
+
+if TYPE_CHECKING:
+    from neuralcodes.data.cache import Dataset
+
+#: The DataConfig fields that decide the splits.
+SPLIT_FIELDS = ("ood_classes", "ood_wnids", "ood_random", "seed", "fractions", "max_classes",
+                "max_per_class")
+
+
+@dataclass
+class Splits:
+    """Index arrays into a :class:`Dataset` (int64), and which classes are in-domain."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    ood: np.ndarray
+    in_classes: list[int]  # dataset class indices; model label i == in_classes[i]
+    ood_classes: list[int]
+    hash: str
+
+    def model_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Dataset class indices -> model labels (0..len(in_classes)-1), -1 for ood classes."""
+        size = max([*self.in_classes, *self.ood_classes, int(np.max(labels, initial=0))]) + 1
+        table = np.full(size, -1, np.int64)
+        table[self.in_classes] = np.arange(len(self.in_classes))
+        return table[np.asarray(labels, np.int64)]
+
+    def sizes(self) -> dict[str, int]:
+        """Images per split, plus the class counts."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "ood": len(self.ood), "in_classes": len(self.in_classes),
+                "ood_classes": len(self.ood_classes)}
+
+    def save(self, cache_dir: str | Path) -> Path:
+        """Write ``<cache>/splits/<hash16>.npz`` (atomically; kept if already there)."""
+        path = Path(cache_dir) / "splits" / f"{self.hash[:16]}.npz"
+        if not path.exists():
+            with atomic_open(path, "wb") as f:
+                np.savez(f, train=self.train, val=self.val, test=self.test, ood=self.ood,
+                         in_classes=np.array(self.in_classes, np.int64),
+                         ood_classes=np.array(self.ood_classes, np.int64))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Splits:
+        """Read a file written by :meth:`save` (its hash is recomputed)."""
+        with np.load(path) as z:
+            return _finish_splits(z["train"], z["val"], z["test"], z["ood"],
+                                  z["in_classes"].tolist(), z["ood_classes"].tolist())
+
+
+def make_splits(dataset: Dataset, cfg: DataConfig) -> Splits:
+    """The assignment's splits of ``dataset``, exactly as the course's notebook makes them.
+
+    1. Classes are the dataset's, sorted by wnid; files within a class in lexicographic name
+       order (the cache's order: ``sorted(os.listdir(...))``). ``max_classes`` keeps the first N
+       classes and ``max_per_class`` the first M files of each, before anything else.
+    2. Out-of-domain classes: ``ood_wnids`` if given, else ``ood_classes`` drawn at random with
+       ``seed`` if ``ood_random``, else the last ``ood_classes`` (default 10). The in-domain
+       images are the other classes' images, concatenated class by class (N of them).
+    3. ``rng = numpy.random.RandomState(seed)`` (the legacy generator: the same stream as
+       ``np.random.seed(seed)``, without touching numpy's global state); ``perm =
+       rng.permutation(N)``; with ``fractions = (train, val, test)``: val = the first
+       ``int(round(val * N))`` permuted images, test = the next ``int(round(test * N))``, train =
+       the rest (80/10/10 by default).
+    4. The ood images (classes concatenated in order) are shuffled by the next draw from the
+       same stream, ``rng.permutation(N_ood)``.
+
+    Every index array is in that order (e.g. ``splits.ood[:10]`` are "the first 10 ood images").
+    """
+    return split_arrays(dataset.labels, dataset.wnids, cfg)
+
+
+def split_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that decide the splits (recorded in the cache manifest)."""
+    d = dataclasses.asdict(cfg)
+    return {k: d[k] for k in SPLIT_FIELDS}
+
+
+def split_arrays(labels: np.ndarray, wnids: Sequence[str], cfg: DataConfig) -> Splits:
+    """:func:`make_splits` from a dataset's labels (in cache order) and wnids."""
+    n_classes = len(wnids)
+    if cfg.max_classes is not None:
+        n_classes = min(n_classes, cfg.max_classes)
+    ood = _ood_class_list(list(wnids[:n_classes]), cfg)
+    in_classes = [c for c in range(n_classes) if c not in set(ood)]
+
+    order = np.argsort(labels, kind="stable")  # cache (file-name) order within each class
+    bounds = np.searchsorted(labels[order], np.arange(n_classes + 1))
+    per_class = [order[bounds[c]: bounds[c + 1]][: cfg.max_per_class] for c in range(n_classes)]
+
+    _, f_val, f_test = (float(f) for f in cfg.fractions)
+    inside = np.concatenate([per_class[c] for c in in_classes])
+    rng = np.random.RandomState(cfg.seed)
+    inside = inside[rng.permutation(len(inside))]
+    n_val, n_test = int(round(f_val * len(inside))), int(round(f_test * len(inside)))
+    val, test, train = np.split(inside, [n_val, n_val + n_test])
+    outside = np.concatenate([per_class[c] for c in ood])
+    ood_idx = outside[rng.permutation(len(outside))]
+    return _finish_splits(train, val, test, ood_idx, in_classes, ood)
+
+
+def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:
+    n = len(wnids)
+    if cfg.ood_wnids:
+        unknown = sorted(set(cfg.ood_wnids) - set(wnids))
+        if unknown:
+            raise NeuralCodesError(f"ood wnid(s) not among the {n} classes used: "
+                                   f"{', '.join(unknown)}")
+        ood = sorted({wnids.index(w) for w in cfg.ood_wnids})
+    else:
+        k = cfg.ood_classes
+        if cfg.ood_random:
+            ood = sorted(np.random.default_rng(cfg.seed).choice(n, min(k, n), replace=False)
+                         .tolist())
+        else:
+            ood = list(range(n - min(k, n), n))
+    if len(ood) >= n:
+        raise NeuralCodesError(f"{len(ood)} out-of-domain classes leave no in-domain class "
+                               f"(only {n} classes used)")
+    return ood
+
+
+def _finish_splits(train: np.ndarray, val: np.ndarray, test: np.ndarray, ood: np.ndarray,
+                   in_classes: list[int], ood_classes: list[int]) -> Splits:
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (train, val, test, ood)]
+    h = hashlib.sha256()
+    for part in (*arrays, np.array(in_classes, np.int64), np.array(ood_classes, np.int64)):
+        h.update(struct.pack("<q", len(part)))
+        h.update(part.astype("<i8").tobytes())
+    return Splits(*arrays, [int(c) for c in in_classes], [int(c) for c in ood_classes],
+                  h.hexdigest())
+
+
+#: The partition file's columns and its splits, in file order.
+SPLITS_CSV_HEADER = ("split", "position", "file_name", "wnid")
+SPLIT_NAMES = ("train", "val", "test", "ood")
+
+
+def write_splits_csv(dataset: Dataset, splits: Splits, path: str | Path) -> Path:
+    """Write the partition as CSV (atomically): ``split,position,file_name,wnid``, one row per
+    image, splits in the order train, val, test, ood, each in its split order (positions from
+    0); ``file_name`` is the image's base name, e.g. ``n01443537_10.JPEG``."""
+    path = Path(path)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(SPLITS_CSV_HEADER)
+        for name in SPLIT_NAMES:
+            for position, i in enumerate(getattr(splits, name).tolist()):
+                out.writerow((name, position, dataset.paths[i].rsplit("/", 1)[-1],
+                              dataset.wnids[dataset.labels[i]]))
+    return path
+
+
+def summary(ds: Dataset, splits: Splits, *, built: bool, splits_path: Path | None = None) -> str:
+    """The text ``neuralcodes prepare`` prints."""
+    m = ds.manifest
+    src = m["source"]
+    lines = [
+        f"cache:   {ds.root} ({'built now' if built else 'already prepared'}, "
+        f"{ds.images.nbytes / 2**20:,.0f} MiB of uint8 images)",
+        f"source:  {src['path']} ({src['kind']}, checksum {src['checksum'][:12]})",
+        f"images:  {len(ds):,} in {len(ds.wnids)} classes; {m['num_rejected']} file(s) rejected",
+    ]
+    lines += [f"  rejected {r['path']}: {r['reason']}" for r in m["rejected"][:10]]
+    s = splits.sizes()
+    ood_names = ", ".join(ds.wnids[c] for c in splits.ood_classes[:10])
+    more = ", ..." if len(splits.ood_classes) > 10 else ""
+    lines += [
+        f"splits:  train {s['train']:,} / val {s['val']:,} / test {s['test']:,} "
+        f"({s['in_classes']} in-domain classes); ood {s['ood']:,} ({s['ood_classes']} classes: "
+        f"{ood_names}{more})",
+        f"         hash {splits.hash[:16]}" + (f", saved in {splits_path}" if splits_path else ""),
+    ]
+    return "\n".join(lines)

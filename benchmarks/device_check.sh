@@ -13,7 +13,7 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 python -m pytest -q tests/test_cuda.py 2>&1 | tee "$out/pytest.log"
 tests=${PIPESTATUS[0]}
 python benchmarks/train_throughput.py --device cuda --configs fp32,bf16,fp16,bf16:compile \
-    --steps 50 --warmup 5 > "$out/throughput.json"
+    --rounds 20 --warmup 3 > "$out/throughput.json"
 bench=$?
 cat "$out/throughput.json"
 exit $(( tests || bench ))

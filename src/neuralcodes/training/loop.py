@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neuralcodes.config import Config, resumable_settings
+from neuralcodes.config import Config
 from neuralcodes.course import course_reference
 from neuralcodes.data import Dataset, Splits, load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
@@ -81,6 +81,7 @@ from neuralcodes.training.checkpoint import (
 from neuralcodes.training.context import interrupt_flag, log_file
 from neuralcodes.training.distributed import Dist, device_for
 from neuralcodes.training.early_stopping import EarlyStopping
+from neuralcodes.training.resume import check_resumable, rewind_to_kept
 from neuralcodes.training.step import build_model, make_optimizer, train_step
 from neuralcodes.training.throughput import precision_warning
 from neuralcodes.versions import versions
@@ -180,13 +181,13 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
     if resume:
         run = RunDir.existing(run.root)
         saved = run.saved()
-        changed = _check_resumable(Config.from_dict(saved["config"]), cfg, start_from)
+        changed = check_resumable(Config.from_dict(saved["config"]), cfg, start_from)
         notes = [f"resuming with a changed setting: {d}" for d in changed]
         if start_from == "best":
             notes.append("resuming from the kept weights (best.pt) with a fresh Adam")
         changes = list(saved.get("changes", []))
         if start_from == "best":
-            checkpoint = _rewind_to_kept(run, t.patience)
+            checkpoint = rewind_to_kept(run, t.patience)
             changes.append({"resumed_from": "best", "epoch": checkpoint["epoch"],
                             "changed": changed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
         else:
@@ -379,20 +380,6 @@ def _non_finite(s: _Session, epoch: int, step: int) -> None:
                            + way)
 
 
-def _rewind_to_kept(run: RunDir, patience: int) -> dict[str, Any]:
-    """A resume state at the end of the epoch whose weights ``best.pt`` keeps: its weights,
-    the metrics and early-stopping state up to that epoch, no optimizer state (Adam restarts)."""
-    kept = load_checkpoint(run.best_checkpoint)
-    epoch = int(kept["epoch"])
-    last = load_checkpoint(run.last_checkpoint) if run.last_checkpoint.is_file() else {}
-    rows = [r for r in last.get("metrics", []) if r["epoch"] <= epoch]
-    stopping = EarlyStopping(patience)
-    for r in rows:
-        stopping.update(r["epoch"], r["val_loss"])
-    return {"model": kept["model"], "epoch": epoch, "step": 0,
-            "early_stopping": dataclasses.asdict(stopping), "metrics": rows}
-
-
 def _interrupted(s: _Session, epoch: int, step: int) -> None:
     if s.dist.main:
         where = f"epoch {epoch}" + (f" + {step} steps" if step else "")
@@ -431,17 +418,3 @@ def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
         "ood_classes": [{"wnid": dataset.wnids[c], "name": dataset.names[c]}
                         for c in splits.ood_classes],
     }
-
-
-def _check_resumable(saved: Config, cfg: Config, start_from: str = "last") -> list[str]:
-    """A resumed run may only change the settings marked resumable in the config, and the
-    learning rate when it goes back to its kept weights (``start_from="best"``). Returns every
-    change, resumable ones included, for the record."""
-    may = {"train.lr"} if start_from == "best" else set()
-    diffs = [d for d in saved.differences(cfg) if d.split(":")[0] not in may]
-    if diffs:
-        allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
-        extra = "" if start_from == "best" else " (and train.lr with --from best)"
-        raise NeuralCodesError(f"cannot change {diffs[0]} when resuming; only {allowed} may "
-                               f"change{extra}")
-    return saved.differences(cfg, ignore_resumable=False)

@@ -44,10 +44,7 @@ class World:
 
 
 def _main(argv: list[str]) -> int:
-    try:
-        return cli.main(argv)
-    except SystemExit as e:  # argparse
-        return int(e.code or 0)
+    return cli.main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -231,8 +231,7 @@ def test_codes_command_writes_both_variants(tiny_run, capsys):
     np.testing.assert_array_equal(pre.labels, dataset.labels[splits.ood])
     assert not pre.relu and post.relu and (post.layers["6"] >= 0).all()
     assert set(pre.labels.tolist()) == set(splits.ood_classes)
-    with pytest.raises(SystemExit):
-        cli(["codes", str(tiny_run), "--split", "nope"])
+    assert cli(["codes", str(tiny_run), "--split", "nope"]) == 2  # a usage error, one line
 
 
 def test_codes_that_cannot_fit_in_memory_are_refused_with_advice(tiny_run, monkeypatch):
@@ -370,9 +369,10 @@ def _snapshot(root: Path) -> dict[str, int]:
     (["retrieval", "{run}", "--set", "data.max_per_class=10"],
      "cannot change data.max_per_class"),
     (["retrieval", "{run}", "--pca-images", "1"], "--pca-images"),
-    (["codes", "{run}", "--batch-size", "0"], "--batch-size"),
+    (["codes", "{run}", "--batch-size", "0"], "--batch-size: must be at least 1"),
     (["codes", "{run}", "--set", "model.fc_width=8"], "cannot change model.fc_width"),
-    (["index", "{run}", "--run", "{run}", "--batch-size", "0"], "--batch-size"),
+    (["index", "{run}", "--run", "{run}", "--batch-size", "0"],
+     "--batch-size: must be at least 1"),
     (["search", "x.png", "--run", "{run}", "-k", "0"], "-k must be positive"),
     (["search", "x.png", "--run", "{run}", "--set", "retrieval.k=0"], "retrieval.k"),
 ])

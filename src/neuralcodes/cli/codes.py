@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from neuralcodes.cli.common import add_config_options, add_progress_option, run_config
+from neuralcodes.cli.common import (
+    add_batch_size_option,
+    add_config_options,
+    add_progress_option,
+    run_config,
+    run_lock,
+)
+from neuralcodes.retrieval.codes import DEFAULT_BATCH
 
 SPLITS = ("ood", "train", "val", "test")  # as neuralcodes.retrieval.codes.SPLITS
 RELU = {"pre": False, "post": True, "both": None}
@@ -21,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="pre-ReLU, post-ReLU or both (default: both; pre-ReLU is the study's "
                    "default code)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.add_argument("--batch-size", type=int, default=250, metavar="N",
-                   help="images per forward pass (default: 250)")
+    add_batch_size_option(p, DEFAULT_BATCH)
     p.add_argument("--force", action="store_true", help="recompute existing codes files")
     add_progress_option(p)
     add_config_options(p, "--device", "--precision")
@@ -30,17 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import CodeSet, run_codes
     from neuralcodes.runs import RunDir
 
-    if args.batch_size < 1:
-        raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    paths = run_codes(args.run, args.split, RELU[args.relu], checkpoint=args.checkpoint,
-                      device=cfg.train.device, precision=cfg.train.precision,
-                      batch_size=args.batch_size, progress=not args.no_progress,
-                      force=args.force)
+    with run_lock(args.run, "codes"):
+        paths = run_codes(args.run, args.split, RELU[args.relu], checkpoint=args.checkpoint,
+                          device=cfg.train.device, precision=cfg.train.precision,
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          force=args.force)
     for path in paths.values():
         code_set = CodeSet.load(path)
         dims = ", ".join(f"layer {k}: {v.shape[1]:,}" for k, v in code_set.layers.items())

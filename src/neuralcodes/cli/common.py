@@ -30,8 +30,10 @@ ALIASES: dict[str, tuple[str, str, str]] = {
     "--cache-dir": ("data", "cache_dir", "where the decoded image cache lives (default: "
                     "$NEURALCODES_CACHE or ~/.cache/neuralcodes)"),
     "--epochs": ("train", "max_epochs", "maximum number of epochs (100)"),
-    "--device": ("train", "device", "auto, cpu, cuda, cuda:N or mps (auto)"),
-    "--precision": ("train", "precision", "fp32, bf16 or fp16 (fp32)"),
+    "--device": ("train", "device", "auto, cpu, cuda, cuda:N or mps (default: a trained run's "
+                 "own setting, else auto)"),
+    "--precision": ("train", "precision", "fp32, bf16 or fp16 (default: a trained run's own "
+                    "setting, else fp32)"),
 }
 
 
@@ -48,6 +50,22 @@ def add_config_options(p: argparse.ArgumentParser, *aliases: str) -> None:
         g.add_argument(flag, dest=f"alias_{section}_{key}", metavar="N" if flag == "--epochs"
                        else "VALUE", type=int if flag == "--epochs" else str,
                        help=f"{text}; same as --set {section}.{key}=...")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_batch_size_option(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=default, metavar="N",
+                   help=f"images per forward pass (default: {default})")
 
 
 def add_progress_option(p: argparse.ArgumentParser) -> None:

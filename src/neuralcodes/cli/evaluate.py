@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from neuralcodes.cli.common import add_config_options, add_progress_option, run_config, run_lock
+from neuralcodes.cli.common import (
+    add_batch_size_option,
+    add_config_options,
+    add_progress_option,
+    run_config,
+    run_lock,
+)
 
 EVAL_BATCH = 200
 
@@ -17,20 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="the run directory (runs/<name>)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights (default: best)")
-    p.add_argument("--batch-size", type=int, default=EVAL_BATCH, metavar="N",
-                   help=f"images per forward pass (default: {EVAL_BATCH})")
+    add_batch_size_option(p, EVAL_BATCH)
     add_progress_option(p)
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.errors import NeuralCodesError
     from neuralcodes.evaluation import evaluate, format_eval_table
     from neuralcodes.runs import RunDir
 
-    if args.batch_size < 1:
-        raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     with run_lock(args.run, "evaluate"):
         result = evaluate(args.run, progress=not args.no_progress, device=cfg.train.device,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from neuralcodes.cli.common import add_config_options, add_progress_option, run_config
+from neuralcodes.cli.common import (
+    add_batch_size_option,
+    add_config_options,
+    add_progress_option,
+    run_config,
+    run_lock,
+)
+from neuralcodes.retrieval.codes import DEFAULT_BATCH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,25 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="index file (default: RUN/retrieval/index-<folder>.npz)")
     p.add_argument("--relu", choices=("pre", "post"),
                    help="default: the run's retrieval.relu")
-    p.add_argument("--batch-size", type=int, default=250, metavar="N",
-                   help="images per forward pass (default: 250)")
+    add_batch_size_option(p, DEFAULT_BATCH)
     add_progress_option(p)
     add_config_options(p, "--device")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import build_index
     from neuralcodes.runs import RunDir
 
-    if args.batch_size < 1:
-        raise NeuralCodesError(f"--batch-size must be positive, got {args.batch_size}")
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
-    path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
-                                  device=cfg.train.device, batch_size=args.batch_size,
-                                  progress=not args.no_progress)
+    with run_lock(args.run, "index"):
+        path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
+                                      device=cfg.train.device, batch_size=args.batch_size,
+                                      progress=not args.no_progress)
     for _, why in failed:
         print(f"skipped: {why}")
     print(f"{path}: {n:,} images indexed" + (f", {len(failed)} unreadable" if failed else ""))

@@ -10,6 +10,7 @@ from neuralcodes.cli.common import (
     add_progress_option,
     console_logging,
     run_config,
+    run_lock,
 )
 
 PCA_FIT_IMAGES = 5000  # as neuralcodes.retrieval.study.PCA_FIT_IMAGES
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     rd = RunDir.existing(args.run)
     cfg = run_config(args, rd.read_config())
     relu = {"pre": False, "post": True, "both": None}[args.relu]
-    with console_logging():
+    with console_logging(), run_lock(rd.root, "retrieval"):
         result = run_study(rd.root, config=cfg, relu=relu, progress=not args.no_progress,
                            pca_images=args.pca_images, force=args.force)
     maps = result["map"]

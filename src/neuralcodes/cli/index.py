@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=250, metavar="N",
                    help="images per forward pass (default: 250)")
     add_progress_option(p)
-    add_config_options(p, "--device")
+    add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
     path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
-                                  device=cfg.train.device, batch_size=args.batch_size,
+                                  device=cfg.train.device, precision=cfg.train.precision,
+                                  batch_size=args.batch_size,
                                   progress=not args.no_progress)
     for _, why in failed:
         print(f"skipped: {why}")

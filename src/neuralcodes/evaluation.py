@@ -55,20 +55,23 @@ def evaluate_split(
 
 
 def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
-             checkpoint: str = "best", precision: str = "fp32",
+             checkpoint: str = "best", precision: str | None = None,
              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
     """Cross-entropy, top-1 and top-5 accuracy on train/val/test (eval mode: no dropout).
 
     ``checkpoint="best"`` evaluates the weights the run kept (``train.restore_best``: the best
-    epoch's, or the last epoch's). Writes ``eval.json`` and ``eval.csv`` into the run directory
-    and returns the eval.json dict.
+    epoch's, or the last epoch's). ``precision`` None: the run's own (``train.precision``; a
+    bf16 run evaluates under bf16 autocast). Writes ``eval.json`` (which records the precision)
+    and ``eval.csv`` into the run directory and returns the eval.json dict.
     """
     if batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {batch_size}")
     dev = resolve_device(device)
     trained = TrainedRun.load(run, checkpoint=checkpoint, device=dev)
     model, dataset, splits, rd = trained.model, trained.dataset, trained.splits, trained.dir
-    result: dict[str, Any] = {"checkpoint": checkpoint, "epoch": trained.epoch, "splits": {}}
+    precision = precision or trained.config.train.precision
+    result: dict[str, Any] = {"checkpoint": checkpoint, "epoch": trained.epoch,
+                              "precision": precision, "splits": {}}
     for name in EVAL_SPLITS:
         data = SplitData.load(dataset, splits, name, dev)
         result["splits"][name] = evaluate_split(model, data, device=dev, precision=precision,
@@ -86,7 +89,8 @@ def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
 
 def format_eval_table(result: dict[str, Any]) -> str:
     """The eval.json dict as a fixed-width text table."""
-    lines = [f"checkpoint: {result['checkpoint']} (epoch {result['epoch']})",
+    where = f", {result['precision']}" if "precision" in result else ""
+    lines = [f"checkpoint: {result['checkpoint']} (epoch {result['epoch']}{where})",
              f"{'split':<6} {'cross-entropy':>13} {'top-1':>8} {'top-5':>8} {'images':>8}"]
     for name, m in result["splits"].items():
         lines.append(f"{name:<6} {m['loss']:>13.4f} {m['top1']:>8.2%} {m['top5']:>8.2%} "

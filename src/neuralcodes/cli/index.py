@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="default: the run's retrieval.relu")
     add_batch_size_option(p, DEFAULT_BATCH)
     add_progress_option(p)
-    add_config_options(p, "--device")
+    add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
@@ -38,7 +38,8 @@ def main(args: argparse.Namespace) -> int:
     relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
     with run_lock(args.run, "index"):
         path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
-                                      device=cfg.train.device, batch_size=args.batch_size,
+                                      device=cfg.train.device, precision=cfg.train.precision,
+                                      batch_size=args.batch_size,
                                       progress=not args.no_progress)
     for _, why in failed:
         print(f"skipped: {why}")

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default="6", choices=LAYERS)
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
     p.add_argument("--figure", help="also save the query and its results as a PNG")
-    add_config_options(p, "--device")
+    add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
     hits = search(args.image, args.run, index=args.index, layer=args.layer, k=k,
-                  figure=args.figure, device=cfg.train.device)
+                  figure=args.figure, device=cfg.train.device,
+                  precision=cfg.train.precision)
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {h.path}" + (f"  ({h.label})" if h.label else ""))
     if args.figure:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="largest accepted upload in MiB (default: %(default)g)")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest accepted upload in megapixels (default: %(default)g)")
-    add_config_options(p, "--device")
+    add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"neuralcodes: loading {args.run} ...", flush=True)
     with console_logging():
         app = create_app(args.run, args.index, device=cfg.train.device,
+                         precision=cfg.train.precision,
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_pixels=int(args.max_megapixels * 1e6),
                          allowed_hosts=LOCAL_HOSTS if is_loopback(args.host) else None,

@@ -8,8 +8,10 @@ elementwise ReLU of those, so one forward pass yields both.
 
 A codes file ``runs/<name>/codes/<split>-<pre|post>relu.npz`` (:class:`CodeSet`) holds
 ``code5``, ``code6``, ``code7`` (float32 (N, D), unit L2 norm), ``index`` (int64 dataset
-indices), ``labels`` (int64 dataset class indices), ``relu`` (bool) and, for an index of the
-user's own images, ``paths``. :func:`run_codes` (``neuralcodes codes RUN``) writes them.
+indices), ``labels`` (int64 dataset class indices), ``relu`` (bool), ``precision`` (what the
+codes were computed in: fp32, bf16 or fp16; absent in files written before it was recorded)
+and, for an index of the user's own images, ``paths``. :func:`run_codes` (``neuralcodes codes
+RUN``) writes them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class CodeSet:
     labels: np.ndarray  # (N,) int64 dataset class indices (-1: unknown)
     relu: bool  # post-ReLU (True) or pre-ReLU (False) activations
     paths: list[str] | None = None  # image files, for an index of a folder (key ``paths``)
+    precision: str | None = None  # computed in fp32/bf16/fp16 (None: not recorded)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -58,6 +61,8 @@ class CodeSet:
         arrays = {f"code{k}": v for k, v in self.layers.items()}
         if self.paths is not None:
             arrays["paths"] = np.array(self.paths, dtype=str)
+        if self.precision is not None:
+            arrays["precision"] = np.str_(self.precision)
         with atomic_open(path, "wb") as f:  # a file object: np.savez adds no ".npz"
             np.savez(f, index=self.index.astype(np.int64), labels=self.labels.astype(np.int64),
                      relu=np.bool_(self.relu), **arrays)
@@ -74,7 +79,9 @@ class CodeSet:
             with np.load(path) as f:
                 layers = {k[4:]: f[k] for k in sorted(f.files) if k.startswith("code")}
                 paths = f["paths"].tolist() if "paths" in f.files else None
-                code_set = cls(layers, f["index"], f["labels"], bool(f["relu"]), paths)
+                precision = str(f["precision"]) if "precision" in f.files else None
+                code_set = cls(layers, f["index"], f["labels"], bool(f["relu"]), paths,
+                               precision)
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise NeuralCodesError(f"{path}: not a readable codes file ({e})") from None
         if not layers or any(len(v) != len(code_set.index) for v in layers.values()):
@@ -167,21 +174,26 @@ def split_indices(splits: Any, split: str) -> np.ndarray:
 
 def run_codes(
     run: str | Path, split: str = "ood", relu: bool | None = None, *, checkpoint: str = "best",
-    device: str = "auto", precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
+    device: str = "auto", precision: str | None = None, batch_size: int = DEFAULT_BATCH,
     progress: bool = True, force: bool = False, trained: TrainedRun | None = None,
 ) -> dict[bool, Path]:
     """Compute and save the codes of one split of a trained run; ``relu`` None: both variants.
 
-    Files that already exist are kept unless ``force``. ``trained`` may pass the run already
-    loaded, to avoid loading it again. Returns ``{relu: path}``.
+    ``precision`` None: the run's own (``train.precision``), recorded in each file. Files that
+    already exist are kept unless ``force``, or unless they record another precision than the
+    one asked for. ``trained`` may pass the run already loaded, to avoid loading it again.
+    Returns ``{relu: path}``.
     """
     check_split(split)
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
     rd = RunDir.existing(run)
+    precision = precision or (trained.config if trained else rd.read_config()).train.precision
     variants = (False, True) if relu is None else (bool(relu),)
     paths = {v: rd.codes(split, v) for v in variants}
-    todo = [v for v in variants if force or not paths[v].is_file()]
+    todo = [v for v in variants
+            if force or not paths[v].is_file() or recorded_precision(paths[v]) not in (
+                None, precision)]
     if todo:
         if trained is None:
             trained = TrainedRun.load(rd.root, checkpoint=checkpoint, device=device)
@@ -193,8 +205,17 @@ def run_codes(
                                        precision, progress)
         labels = np.asarray(dataset.labels[index], dtype=np.int64)
         for v in todo:
-            CodeSet(result[v], index, labels, v).save(paths[v])
+            CodeSet(result[v], index, labels, v, precision=precision).save(paths[v])
     return paths
+
+
+def recorded_precision(path: Path) -> str | None:
+    """The precision a codes file records (None: not recorded, or not readable)."""
+    try:
+        with np.load(path) as f:
+            return str(f["precision"]) if "precision" in f.files else None
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def _check_memory(model: Any, n: int, split: str, variants: int) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from neuralcodes.config import Config
-from neuralcodes.retrieval.codes import CodeSet, gather_images, run_codes
+from neuralcodes.retrieval.codes import CodeSet, gather_images, recorded_precision, run_codes
 from neuralcodes.runs import RunDir, TrainedRun
 
 if TYPE_CHECKING:
@@ -81,9 +81,10 @@ class RunData:
         return self.config.retrieval.relu if relu is None else bool(relu)
 
     def ood_codes(self, relu: bool) -> CodeSet:
-        """The ood codes of one variant (both variants are computed when missing)."""
+        """The ood codes of one variant (both variants are computed when missing, or when
+        they record another precision than this one)."""
         path = self.dir.codes("ood", relu)
-        if not path.is_file():
+        if not path.is_file() or recorded_precision(path) not in (None, self.precision):
             run_codes(self.dir.root, "ood", None, device=self.device, precision=self.precision,
                       progress=self.progress, trained=self.trained)
         return CodeSet.load(path)

@@ -37,9 +37,11 @@ class Searcher:
     """A trained run's model plus a database of codes (the ood set, or a folder index)."""
 
     def __init__(self, run: str | Path, *, index: str | Path | None = None,
-                 relu: bool | None = None, device: str = "auto", kind: str = "exact",
-                 progress: bool = False) -> None:
-        self.run = RunData.open(run, device=device, precision="fp32", progress=progress)
+                 relu: bool | None = None, device: str = "auto", precision: str | None = None,
+                 kind: str = "exact", progress: bool = False) -> None:
+        """``precision`` None: the run's own (``train.precision``), for the query codes and
+        for the ood codes when they have to be computed."""
+        self.run = RunData.open(run, device=device, precision=precision, progress=progress)
         self.kind = kind
         if index is None:
             self.relu = self.run.relu(relu)
@@ -75,7 +77,7 @@ class Searcher:
     def query_codes(self, images: np.ndarray, layer: str) -> np.ndarray:
         """Unit codes of uint8 images (N, 64, 64, 3) for ``layer``."""
         return extract_codes(self.run.model, images, (layer,), self.relu, device=None,
-                             progress=False)[layer]
+                             precision=self.run.precision, progress=False)[layer]
 
     def search_images(self, images: np.ndarray, layer: str = "6", k: int = 5
                       ) -> list[list[Hit]]:
@@ -94,14 +96,14 @@ class Searcher:
 
 
 def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None = None,
-                relu: bool | None = None, device: str = "auto",
+                relu: bool | None = None, device: str = "auto", precision: str | None = None,
                 batch_size: int = DEFAULT_BATCH, progress: bool = True
                 ) -> tuple[Path, int, list[tuple[Path, str]]]:
-    """Codes of every image under ``folder``: (index file, images indexed, [(path, why)] of
-    the files that could not be read)."""
+    """Codes of every image under ``folder``, in ``precision`` (None: the run's own): (index
+    file, images indexed, [(path, why)] of the files that could not be read)."""
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
-    r = RunData.open(run, device=device, precision="fp32", progress=progress)
+    r = RunData.open(run, device=device, precision=precision, progress=progress)
     folder = Path(folder)
     files = image_files(folder)
     images, ok, failed = read_images(files, progress)
@@ -109,24 +111,25 @@ def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None =
         raise NeuralCodesError(f"{folder}: no readable images found"
                                + (f" ({len(failed)} unreadable)" if failed else ""))
     use_relu = r.relu(relu)
-    layers = extract_codes(r.model, images, CODE_LAYERS, use_relu, batch_size, None, "fp32",
-                           progress)
+    layers = extract_codes(r.model, images, CODE_LAYERS, use_relu, batch_size, None,
+                           r.precision, progress)
     path = Path(out) if out else r.dir.index(folder.resolve().name)
     CodeSet(layers, np.arange(len(ok)), np.full(len(ok), -1), use_relu,
-            [str(p) for p in ok]).save(path)
+            [str(p) for p in ok], r.precision).save(path)
     return path, len(ok), failed
 
 
 def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path | None = None,
            layer: str = "6", k: int = 5, figure: str | Path | None = None,
-           device: str = "auto") -> list[Hit]:
-    """Rank the database (ood set by default, or a folder index) for one query image."""
+           device: str = "auto", precision: str | None = None) -> list[Hit]:
+    """Rank the database (ood set by default, or a folder index) for one query image; the
+    query's codes are computed in ``precision`` (None: the run's own)."""
     if k < 1:
         raise NeuralCodesError(f"k must be positive, got {k}")
     if layer not in CODE_LAYERS:
         raise NeuralCodesError(f"unknown layer '{layer}' (choose from {', '.join(CODE_LAYERS)})")
     query = image if isinstance(image, np.ndarray) else read_image(image)
-    s = Searcher(run, index=index, device=device)
+    s = Searcher(run, index=index, device=device, precision=precision)
     hits = s.search_images(query[None], layer, k)[0]
     if figure:
         row = RetrievalRow(query, Path(image).name if not isinstance(image, np.ndarray) else "",

@@ -46,6 +46,7 @@ from neuralcodes.web.uploads import (
 
 
 def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: str = "auto",
+               precision: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, allowed_hosts: list[str] | None = None,
                settings: RetrievalConfig | None = None, progress: bool = False) -> Any:
@@ -54,7 +55,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     progress bar if ``progress``). ``allowed_hosts``: the only ``Host`` headers answered (None:
     any); ``serve`` on a loopback address allows only local names, so that a web page cannot
     reach the app through DNS rebinding. ``settings``: the retrieval settings to serve with
-    (layers, k, pre/post-ReLU; default: the run's own)."""
+    (layers, k, pre/post-ReLU; default: the run's own). ``precision`` None: the run's own."""
     from fastapi import File, Form, HTTPException, Query, UploadFile
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -63,8 +64,8 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
 
     from neuralcodes import __version__
 
-    retrieval = ServedRun(run_dir, index, device=device, settings=settings,
-                          progress=progress)
+    retrieval = ServedRun(run_dir, index, device=device, precision=precision,
+                          settings=settings, progress=progress)
     n = len(retrieval)
     max_k = max(1, min(MAX_K, n - 1))
     static = resources.files("neuralcodes.web") / "static"

@@ -29,11 +29,14 @@ class ServedRun:
     """
 
     def __init__(self, run_dir: str | Path, index: str | Path | None = None, *,
-                 device: str = "auto", settings: RetrievalConfig | None = None,
-                 progress: bool = False) -> None:
+                 device: str = "auto", precision: str | None = None,
+                 settings: RetrievalConfig | None = None, progress: bool = False) -> None:
+        """``precision`` None: the run's own (``train.precision``) for every forward pass."""
         relu = None if settings is None else settings.relu
-        self.ood = Searcher(run_dir, relu=relu, device=device, progress=progress)
-        self.index = None if index is None else Searcher(run_dir, index=index, device=device)
+        self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
+                            progress=progress)
+        self.index = None if index is None else Searcher(run_dir, index=index, device=device,
+                                                         precision=precision)
         self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
         cfg = self.ood.run.config.retrieval if settings is None else settings
@@ -132,7 +135,7 @@ class ServedRun:
         with self._model_lock:  # one forward pass at a time
             query = extract_code_variants(self.ood.run.model, np.array(image)[None], self.layers,
                                           (searcher.relu,), device=None,
-                                          precision=self.ood.run.config.train.precision,
+                                          precision=self.ood.run.precision,
                                           progress=False)[searcher.relu]
         layers = []
         for layer in self.layers:

@@ -35,10 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.data import Dataset, make_splits, prepare_cache, summary, write_splits_csv
     from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.files import require_folder
 
     cfg = config_from_args(args).data
     if args.workers is not None and args.workers < 1:
         raise NeuralCodesError(f"--workers must be at least 1 (got {args.workers})")
+    if args.export_splits:
+        require_folder(args.export_splits, "--export-splits")
     with console_logging():
         root, built = prepare_cache(cfg.source, cfg.cache_dir, workers=args.workers,
                                     progress=not args.no_progress)

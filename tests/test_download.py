@@ -26,6 +26,8 @@ class Server:
     payload: bytes
     url: str = ""
     cut_at: list[int] = field(default_factory=list)  # per response: close after this many bytes
+    stall_at: list[int] = field(default_factory=list)  # per response: stall after this many bytes
+    release: threading.Event = field(default_factory=threading.Event)  # ends the stalls
     honour_range: bool = True
     status: int = 200
     ranges: list[str | None] = field(default_factory=list)
@@ -58,6 +60,12 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             body = data[start:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if server.stall_at:
+                self.wfile.write(body[: server.stall_at.pop(0)])
+                self.wfile.flush()
+                server.release.wait(30)  # keep the connection open, sending nothing
+                self.close_connection = True
+                return
             if server.cut_at:
                 self.wfile.write(body[: server.cut_at.pop(0)])
                 self.wfile.flush()
@@ -72,16 +80,20 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
 @pytest.fixture
 def serve() -> Iterator[callable]:
     started: list[http.server.ThreadingHTTPServer] = []
+    specs: list[Server] = []
 
     def start(payload: bytes, **kwargs: object) -> Server:
         spec = Server(payload, **kwargs)
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(spec))
         threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
         started.append(httpd)
+        specs.append(spec)
         spec.url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny-imagenet-200.zip"
         return spec
 
     yield start
+    for spec in specs:
+        spec.release.set()
     for httpd in started:
         httpd.shutdown()
         httpd.server_close()
@@ -118,6 +130,17 @@ def test_complete_part_file_gets_416_and_is_checked(serve, tmp_path: Path) -> No
     (tmp_path / "a.zip.part").write_bytes(PAYLOAD)
     download(srv.url, tmp_path / "a.zip", MD5, progress=False)
     assert (tmp_path / "a.zip").read_bytes() == PAYLOAD and srv.ranges == ["bytes=300000-"]
+
+
+def test_a_stalled_connection_keeps_every_byte_received(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    n = 123_457  # not a multiple of any block size
+    srv = serve(PAYLOAD, stall_at=[n, 0])  # the first response stalls after n bytes, the next at 0
+    with pytest.raises(NeuralCodesError, match=f"resume from {n:,} bytes"):
+        download(srv.url, tmp_path / "a.zip", MD5, progress=False, retries=0, timeout=0.5,
+                 backoff=0)
+    assert (tmp_path / "a.zip.part").read_bytes() == PAYLOAD[:n]  # every received byte is kept
+    dest = download(srv.url, tmp_path / "a.zip", MD5, progress=False)
+    assert md5sum(dest) == MD5 and srv.ranges == [None, f"bytes={n}-", f"bytes={n}-"]
 
 
 def test_server_without_range_support_restarts(serve, tmp_path: Path) -> None:  # noqa: ANN001

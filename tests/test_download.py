@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 
 from helpers import make_tiny_imagenet
-from neuralcodes.data import Dataset, fetch_official, prepare
-from neuralcodes.data.download import download, md5sum
+from neuralcodes.cli import main
+from neuralcodes.data import Dataset, cache, fetch_official, prepare
+from neuralcodes.data.download import TINY_IMAGENET_URL, download, md5sum
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.runs import RunDir
 
 
 @dataclass
@@ -188,3 +191,72 @@ def test_fetch_then_prepare_a_served_archive(serve, tmp_path: Path) -> None:  # 
     assert got == cache / "downloads" / "tiny-imagenet-200.zip" and got.read_bytes() == archive
     ds = Dataset.load(prepare(got, cache, progress=False))
     assert len(ds) == 12 and len(ds.wnids) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Where the archive comes from: --url / data.url, else $NEURALCODES_URL, else cs231n
+
+TINY_TRAIN = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
+              "--set", "data.ood_classes=2", "--set", "train.max_epochs=1",
+              "--set", "train.batch_size=16", "--device", "cpu", "--no-progress"]
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/tiny-imagenet-200.zip"
+
+
+@pytest.fixture
+def mirror(serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Server, bytes]:  # noqa: ANN001
+    """A local mirror serving a generated archive, which the md5 check is told to expect."""
+    archive = make_tiny_imagenet(tmp_path / "gen", 6, 20, zip_it=True).read_bytes()
+    monkeypatch.setattr(cache, "TINY_IMAGENET_MD5", hashlib.md5(archive).hexdigest())
+    monkeypatch.delenv("NEURALCODES_URL", raising=False)
+    return serve(archive), archive
+
+
+@pytest.mark.parametrize("how", ["--url", "NEURALCODES_URL", "--url over NEURALCODES_URL"])
+def test_prepare_downloads_from_a_mirror(mirror, tmp_path: Path, how: str,  # noqa: ANN001
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, archive = mirror
+    argv = ["prepare", "--cache-dir", str(tmp_path / "cache"), "--set", "data.ood_classes=2",
+            "--no-progress"]
+    if how == "NEURALCODES_URL":
+        monkeypatch.setenv("NEURALCODES_URL", srv.url)
+    else:
+        argv += ["--url", srv.url]
+        if how != "--url":
+            monkeypatch.setenv("NEURALCODES_URL", _dead_url())
+    assert main(argv) == 0
+    assert (tmp_path / "cache" / "downloads" / "tiny-imagenet-200.zip").read_bytes() == archive
+    assert srv.ranges == [None]
+
+
+def test_train_downloads_from_url_and_records_it(mirror, tmp_path: Path) -> None:  # noqa: ANN001
+    srv, _ = mirror
+    run = tmp_path / "run"
+    assert main(["train", "--url", srv.url, "--cache-dir", str(tmp_path / "cache"), "--out",
+                 str(run), *TINY_TRAIN]) == 0
+    assert srv.ranges == [None]
+    saved = json.loads(RunDir(run).config.read_text())
+    assert saved["config"]["data"]["url"] == srv.url
+
+
+def test_the_address_defaults_and_bad_addresses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("NEURALCODES_URL", raising=False)
+    assert cache.download_url(None) == TINY_IMAGENET_URL
+    monkeypatch.setenv("NEURALCODES_URL", "http://mirror.example/t.zip")
+    assert cache.download_url(None) == "http://mirror.example/t.zip"
+    assert cache.download_url("file:///data/t.zip") == "file:///data/t.zip"
+    for argv, env, says in [
+            (["prepare", "--url", "mirror.example/t.zip"], None, "data.url: not a download"),
+            (["run", "--url", "nope"], None, "data.url: not a download"),
+            (["train", "--url", "nope"], None, "data.url: not a download"),
+            (["prepare"], "not a url", "NEURALCODES_URL is not a download address")]:
+        if env:
+            monkeypatch.setenv("NEURALCODES_URL", env)
+        code = main([*argv, "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], (argv, err)

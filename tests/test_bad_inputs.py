@@ -299,6 +299,8 @@ OTHER_CASES = [
     pytest.param(lambda c: prepare(c, "--set", "data.max_per_class=0"),
                  id="prepare: data.max_per_class=0"),
     pytest.param(lambda c: prepare(c, "--ood-classes", "2"), id="prepare: a removed flag"),
+    pytest.param(lambda c: prepare(c, "--export-splits", str(c.tmp / "no" / "dir" / "s.csv")),
+                 id="prepare: --export-splits in a missing folder"),
     # train
     pytest.param(lambda c: train(c, "--set", "train.lr=-1"), id="train: negative lr"),
     pytest.param(lambda c: train(c, "--set", "train.batch_size=0"), id="train: batch size 0"),
@@ -401,6 +403,9 @@ OTHER_CASES = [
     pytest.param(lambda c: ["search", c.image, "--run", str(c.w.run), "--figure",
                             str(c.file("f") / "fig.png"), "--device", "cpu"],
                  id="search: --figure under a file"),
+    pytest.param(lambda c: ["search", c.image, "--run", str(c.w.run), "--figure",
+                            str(c.tmp / "nonexistent" / "x.png"), "--device", "cpu"],
+                 id="search: --figure in a missing folder"),
     # run
     pytest.param(lambda c: run_cmd(c, "--preset", "bogus"), id="run: bad preset"),
     pytest.param(lambda c: run_cmd(c, "--config", str(c.file("c.json", "{oops"))),

@@ -190,6 +190,20 @@ def test_bad_sources_fail_cleanly(tmp_path: Path, make, message: str) -> None:  
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.parametrize("cut", ["first half", "last 10 bytes"])
+def test_truncated_zip_says_damaged_and_download_again(tmp_path: Path, cut: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    z = make_tiny_imagenet(tmp_path / "src", 2, 3, zip_it=True)
+    data = z.read_bytes()
+    z.write_bytes(data[: len(data) // 2] if cut == "first half" else data[:-10])
+    code = main(["prepare", "--data", str(z), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress"])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert str(z) in lines[0] and "damaged or truncated" in lines[0], lines[0]
+    assert "download it again" in lines[0] and "neither" not in lines[0], lines[0]
+
+
 def test_folder_symlink_refused(tmp_path: Path) -> None:
     src = make_tiny_imagenet(tmp_path / "src", 1, 2)
     w = fixture_wnids(1)[0]

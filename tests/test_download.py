@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 
 from helpers import make_tiny_imagenet
-from neuralcodes.data import Dataset, fetch_official, prepare
-from neuralcodes.data.download import download, md5sum
+from neuralcodes.cli import main
+from neuralcodes.data import Dataset, cache, fetch_official, prepare
+from neuralcodes.data.download import TINY_IMAGENET_URL, download, md5sum
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.runs import RunDir
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Server:
     payload: bytes
     url: str = ""
     cut_at: list[int] = field(default_factory=list)  # per response: close after this many bytes
+    stall_at: list[int] = field(default_factory=list)  # per response: stall after this many bytes
+    release: threading.Event = field(default_factory=threading.Event)  # ends the stalls
     honour_range: bool = True
     status: int = 200
     ranges: list[str | None] = field(default_factory=list)
@@ -58,6 +63,12 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             body = data[start:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if server.stall_at:
+                self.wfile.write(body[: server.stall_at.pop(0)])
+                self.wfile.flush()
+                server.release.wait(30)  # keep the connection open, sending nothing
+                self.close_connection = True
+                return
             if server.cut_at:
                 self.wfile.write(body[: server.cut_at.pop(0)])
                 self.wfile.flush()
@@ -72,16 +83,20 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
 @pytest.fixture
 def serve() -> Iterator[callable]:
     started: list[http.server.ThreadingHTTPServer] = []
+    specs: list[Server] = []
 
     def start(payload: bytes, **kwargs: object) -> Server:
         spec = Server(payload, **kwargs)
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(spec))
         threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
         started.append(httpd)
+        specs.append(spec)
         spec.url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny-imagenet-200.zip"
         return spec
 
     yield start
+    for spec in specs:
+        spec.release.set()
     for httpd in started:
         httpd.shutdown()
         httpd.server_close()
@@ -118,6 +133,17 @@ def test_complete_part_file_gets_416_and_is_checked(serve, tmp_path: Path) -> No
     (tmp_path / "a.zip.part").write_bytes(PAYLOAD)
     download(srv.url, tmp_path / "a.zip", MD5, progress=False)
     assert (tmp_path / "a.zip").read_bytes() == PAYLOAD and srv.ranges == ["bytes=300000-"]
+
+
+def test_a_stalled_connection_keeps_every_byte_received(serve, tmp_path: Path) -> None:  # noqa: ANN001
+    n = 123_457  # not a multiple of any block size
+    srv = serve(PAYLOAD, stall_at=[n, 0])  # the first response stalls after n bytes, the next at 0
+    with pytest.raises(NeuralCodesError, match=f"resume from {n:,} bytes"):
+        download(srv.url, tmp_path / "a.zip", MD5, progress=False, retries=0, timeout=0.5,
+                 backoff=0)
+    assert (tmp_path / "a.zip.part").read_bytes() == PAYLOAD[:n]  # every received byte is kept
+    dest = download(srv.url, tmp_path / "a.zip", MD5, progress=False)
+    assert md5sum(dest) == MD5 and srv.ranges == [None, f"bytes={n}-", f"bytes={n}-"]
 
 
 def test_server_without_range_support_restarts(serve, tmp_path: Path) -> None:  # noqa: ANN001
@@ -165,3 +191,72 @@ def test_fetch_then_prepare_a_served_archive(serve, tmp_path: Path) -> None:  # 
     assert got == cache / "downloads" / "tiny-imagenet-200.zip" and got.read_bytes() == archive
     ds = Dataset.load(prepare(got, cache, progress=False))
     assert len(ds) == 12 and len(ds.wnids) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Where the archive comes from: --url / data.url, else $NEURALCODES_URL, else cs231n
+
+TINY_TRAIN = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
+              "--set", "data.ood_classes=2", "--set", "train.max_epochs=1",
+              "--set", "train.batch_size=16", "--device", "cpu", "--no-progress"]
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/tiny-imagenet-200.zip"
+
+
+@pytest.fixture
+def mirror(serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Server, bytes]:  # noqa: ANN001
+    """A local mirror serving a generated archive, which the md5 check is told to expect."""
+    archive = make_tiny_imagenet(tmp_path / "gen", 6, 20, zip_it=True).read_bytes()
+    monkeypatch.setattr(cache, "TINY_IMAGENET_MD5", hashlib.md5(archive).hexdigest())
+    monkeypatch.delenv("NEURALCODES_URL", raising=False)
+    return serve(archive), archive
+
+
+@pytest.mark.parametrize("how", ["--url", "NEURALCODES_URL", "--url over NEURALCODES_URL"])
+def test_prepare_downloads_from_a_mirror(mirror, tmp_path: Path, how: str,  # noqa: ANN001
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, archive = mirror
+    argv = ["prepare", "--cache-dir", str(tmp_path / "cache"), "--set", "data.ood_classes=2",
+            "--no-progress"]
+    if how == "NEURALCODES_URL":
+        monkeypatch.setenv("NEURALCODES_URL", srv.url)
+    else:
+        argv += ["--url", srv.url]
+        if how != "--url":
+            monkeypatch.setenv("NEURALCODES_URL", _dead_url())
+    assert main(argv) == 0
+    assert (tmp_path / "cache" / "downloads" / "tiny-imagenet-200.zip").read_bytes() == archive
+    assert srv.ranges == [None]
+
+
+def test_train_downloads_from_url_and_records_it(mirror, tmp_path: Path) -> None:  # noqa: ANN001
+    srv, _ = mirror
+    run = tmp_path / "run"
+    assert main(["train", "--url", srv.url, "--cache-dir", str(tmp_path / "cache"), "--out",
+                 str(run), *TINY_TRAIN]) == 0
+    assert srv.ranges == [None]
+    saved = json.loads(RunDir(run).config.read_text())
+    assert saved["config"]["data"]["url"] == srv.url
+
+
+def test_the_address_defaults_and_bad_addresses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("NEURALCODES_URL", raising=False)
+    assert cache.download_url(None) == TINY_IMAGENET_URL
+    monkeypatch.setenv("NEURALCODES_URL", "http://mirror.example/t.zip")
+    assert cache.download_url(None) == "http://mirror.example/t.zip"
+    assert cache.download_url("file:///data/t.zip") == "file:///data/t.zip"
+    for argv, env, says in [
+            (["prepare", "--url", "mirror.example/t.zip"], None, "data.url: not a download"),
+            (["run", "--url", "nope"], None, "data.url: not a download"),
+            (["train", "--url", "nope"], None, "data.url: not a download"),
+            (["prepare"], "not a url", "NEURALCODES_URL is not a download address")]:
+        if env:
+            monkeypatch.setenv("NEURALCODES_URL", env)
+        code = main([*argv, "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], (argv, err)

@@ -359,6 +359,22 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
         build_index(tmp_path / "empty", tiny_run, progress=False)
 
 
+@pytest.mark.parametrize("flag", ["search --figure", "index --out"])
+def test_an_output_path_in_a_missing_folder_is_refused_before_any_work(tiny_run, tmp_path,
+                                                                       capsys, flag):
+    image = _save_png(tmp_path / "q.png", np.zeros((64, 64, 3), np.uint8))
+    target = tmp_path / "no" / "such" / "dir" / "x.png"
+    argv = (["search", str(image), "--figure", str(target)] if flag == "search --figure"
+            else ["index", str(tmp_path), "--out", str(target), "--no-progress"])
+    before = _snapshot(tiny_run)
+    assert cli([*argv, "--run", str(tiny_run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neuralcodes: error:") and "\n" not in err, err
+    assert f"the folder {target.parent} does not exist" in err, err
+    assert not (tmp_path / "no").exists()  # no folder was created
+    assert _snapshot(tiny_run) == before  # nothing was computed or written
+
+
 def _snapshot(root: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
 

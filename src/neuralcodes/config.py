@@ -47,6 +47,8 @@ IMAGES_PER_CLASS = 500
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]
 Precision = Literal["fp32", "bf16", "fp16"]
+#: What ``data.url`` (and ``$NEURALCODES_URL``) may be: an address urllib can download.
+URL_PATTERN = r"(https?|ftp|file)://\S+"
 
 
 @dataclass(config=_STRICT)
@@ -57,6 +59,9 @@ class DataConfig:
     source: Annotated[str | None, RESUMABLE] = None
     # None: $NEURALCODES_CACHE or ~/.cache/neuralcodes
     cache_dir: Annotated[str | None, RESUMABLE] = None
+    # where to download the official archive from, e.g. a mirror of the same file (the md5 is
+    # checked either way); None: $NEURALCODES_URL, else the cs231n address
+    url: Annotated[str | None, RESUMABLE] = None
     # the last N classes in sorted wnid order are out-of-domain
     ood_classes: Annotated[int, Field(ge=1, strict=True)] = 10
     # explicit out-of-domain wnids (overrides ood_classes)
@@ -66,6 +71,14 @@ class DataConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
     max_classes: PositiveInt | None = None  # use only the first N classes (quick runs)
     max_per_class: PositiveInt | None = None  # use only the first N images of each class
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(URL_PATTERN, v):
+            raise ValueError(f"not a download address (http://, https://, ftp:// or file://): "
+                             f"{v!r}")
+        return v
 
     @field_validator("fractions")
     @classmethod

@@ -36,6 +36,17 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+def require_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` for an output the user named (``what``, e.g. ``--figure``); its folder must
+    exist, so a typo is refused before any work instead of creating folders silently."""
+    path = Path(path).expanduser()
+    folder = path.parent
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise NeuralCodesError(f"{what} {path}: the folder {folder} {why} (create it first)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.

@@ -29,6 +29,8 @@ ALIASES: dict[str, tuple[str, str, str]] = {
                "official archive)"),
     "--cache-dir": ("data", "cache_dir", "where the decoded image cache lives (default: "
                     "$NEURALCODES_CACHE or ~/.cache/neuralcodes)"),
+    "--url": ("data", "url", "download the official archive from this address, e.g. a mirror "
+              "of the same file (md5-checked; default: $NEURALCODES_URL, else cs231n)"),
     "--epochs": ("train", "max_epochs", "maximum number of epochs (100)"),
     "--device": ("train", "device", "auto, cpu, cuda, cuda:N or mps (default: a trained run's "
                  "own setting, else auto)"),

@@ -31,11 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from neuralcodes.files import require_folder
     from neuralcodes.retrieval import build_index
     from neuralcodes.runs import RunDir
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
+    if args.out:
+        require_folder(args.out, "index file")  # before the lock: nothing written on a typo
     with run_lock(args.run, "index"):
         path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
                                       device=cfg.train.device, precision=cfg.train.precision,

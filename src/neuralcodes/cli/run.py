@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="assignment: the exact protocol (default); quick: a CPU smoke run that "
                         "still makes every artifact; improved: + augmentation and batch norm")
     add_progress_option(p)
-    add_config_options(p, "--data", "--cache-dir", "--epochs", "--device", "--precision")
+    add_config_options(p, "--data", "--cache-dir", "--url", "--epochs", "--device", "--precision")
     p.set_defaults(func=main)
 
 

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "best goes back to the kept weights (best.pt) with a fresh Adam, and "
                        "train.lr may change too (after a NaN loss)")
     add_progress_option(p)
-    add_config_options(p, "--data", "--cache-dir", "--epochs", "--device", "--precision")
+    add_config_options(p, "--data", "--cache-dir", "--url", "--epochs", "--device", "--precision")
     p.set_defaults(func=main)
 
 

@@ -3,7 +3,8 @@
 Pipeline (``neuralcodes prepare``):
 
 1. **Source** (:mod:`.download`, :mod:`.source`). The official archive (downloaded once into
-   ``<cache>/downloads/``, resumable, md5-checked), or ``--data``: a zip or an extracted folder.
+   ``<cache>/downloads/``, resumable, md5-checked; from ``data.url``/``--url``, else
+   ``$NEURALCODES_URL``, else cs231n), or ``--data``: a zip or an extracted folder.
    The dataset root is the folder holding ``wnids.txt`` and ``train/`` — the source itself or one
    level below it (``tiny-imagenet-200/``). JPEGs are read straight from the zip (no extraction).
    Archive members that would escape a target folder (absolute paths, ``..``), links, and absurd

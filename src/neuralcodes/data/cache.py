@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes.config import DataConfig
+from neuralcodes.config import URL_PATTERN, DataConfig
 from neuralcodes.data import decode
 from neuralcodes.data.download import (
     TINY_IMAGENET_MD5,
@@ -59,11 +59,28 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "neuralcodes"
 
 
+def download_url(url: str | None = None) -> str:
+    """Where the official archive comes from: ``url`` (``data.url``/``--url``), else
+    ``$NEURALCODES_URL``, else the cs231n address."""
+    if url:
+        return url
+    env = os.environ.get("NEURALCODES_URL", "").strip()
+    if env and not re.fullmatch(URL_PATTERN, env):
+        raise NeuralCodesError(f"NEURALCODES_URL is not a download address (http://, https://, "
+                               f"ftp:// or file://): {env!r}")
+    return env or TINY_IMAGENET_URL
+
+
 def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True,
-                   url: str = TINY_IMAGENET_URL, md5: str | None = TINY_IMAGENET_MD5) -> Path:
-    """The official archive in ``<cache>/downloads/``, downloaded (and md5-checked) if absent."""
+                   url: str | None = None, md5: str | None = TINY_IMAGENET_MD5) -> Path:
+    """The official archive in ``<cache>/downloads/``, downloaded (and md5-checked) if absent.
+
+    ``url`` (None: :func:`download_url`) may be a mirror: the file is the same archive, kept under
+    the official name, so a download begun from one address can be finished from another.
+    """
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    dest = root / "downloads" / Path(url).name
+    url = download_url(url)
+    dest = root / "downloads" / Path(TINY_IMAGENET_URL).name
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -78,21 +95,23 @@ def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True
 
 
 def prepare(source: str | Path | None = None, cache_dir: str | Path | None = None, *,
-            workers: int | None = None, progress: bool = True) -> Path:
-    """Build the image cache for ``source`` (None: the official archive) and return its folder.
+            workers: int | None = None, progress: bool = True, url: str | None = None) -> Path:
+    """Build the image cache for ``source`` (None: the official archive, downloaded from ``url``
+    if not there yet, see :func:`fetch_official`) and return its folder.
 
     Does no work when a finished cache for the same source content exists. Rejected files
     (undecodable, not 64x64) are logged as a warning and listed in the manifest.
     """
-    return prepare_cache(source, cache_dir, workers=workers, progress=progress)[0]
+    return prepare_cache(source, cache_dir, workers=workers, progress=progress, url=url)[0]
 
 
 def prepare_cache(source: str | Path | None, cache_dir: str | Path | None, *,
-                  workers: int | None = None, progress: bool = True) -> tuple[Path, bool]:
+                  workers: int | None = None, progress: bool = True, url: str | None = None
+                  ) -> tuple[Path, bool]:
     """:func:`prepare`, also saying whether the cache was built now (True) or found (False)."""
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if source is None:
-        source = fetch_official(root, progress=progress)
+        source = fetch_official(root, progress=progress, url=url, md5=TINY_IMAGENET_MD5)
     stamp = _file_stamp(Path(source).expanduser())
     known = _read_memo(root).get(stamp) if stamp else None
     if known and (root / known / "manifest.json").is_file():
@@ -311,7 +330,7 @@ def load_data(cfg: DataConfig, progress: bool = True) -> tuple[Dataset, Splits]:
 
     The splits are saved into the cache (``splits/<hash16>.npz``).
     """
-    dataset = Dataset.load(prepare(cfg.source, cfg.cache_dir, progress=progress))
+    dataset = Dataset.load(prepare(cfg.source, cfg.cache_dir, progress=progress, url=cfg.url))
     splits = make_splits(dataset, cfg)
     splits.save(dataset.root)
     return dataset, splits

@@ -1,8 +1,9 @@
 """Download the official Tiny ImageNet archive: progress bar, HTTP Range resume, md5 check.
 
-The file is downloaded to ``<dest>.part``; a cut connection is resumed from the bytes already on
-disk (``Range: bytes=N-``), also across runs. Only when the whole file is there *and* its md5
-matches is it renamed onto ``dest``, so a file at ``dest`` has always passed the check.
+The file is downloaded to ``<dest>.part``, every block written out as it arrives; a cut or stalled
+connection is resumed from the bytes already on disk (``Range: bytes=N-``), also across runs.
+Only when the whole file is there *and* its md5 matches is it renamed onto ``dest``, so a file at
+``dest`` has always passed the check.
 """
 
 from __future__ import annotations
@@ -105,12 +106,17 @@ def _fetch(url: str, part: Path, have: int, timeout: float, bar: tqdm) -> bool:
             total = int(length) if length else None
         bar.total, bar.n = total, have
         bar.refresh()
+        # read1: whatever has arrived (at most CHUNK), so a stall or a cut connection loses
+        # nothing already received; each block is flushed into the file at once, so the next
+        # attempt (or run, even after a kill) resumes from the exact byte
         with open(part, mode) as f:
-            while block := response.read(CHUNK):
-                f.write(block)
-                bar.update(len(block))
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                while block := response.read1(CHUNK):
+                    f.write(block)
+                    f.flush()
+                    bar.update(len(block))
+            finally:
+                os.fsync(f.fileno())
     size = part.stat().st_size
     if total is not None and size < total:
         raise ConnectionError(f"connection closed at {size:,} of {total:,} bytes")

@@ -79,6 +79,9 @@ class Source:
         if path.is_dir():
             return cls._open_folder(path)
         if not zipfile.is_zipfile(path):
+            if _starts_like_zip(path):
+                raise NeuralCodesError(f"zip archive {path} is damaged or truncated (no central "
+                                       "directory at its end); download it again")
             raise NeuralCodesError(f"source is neither a zip archive nor a folder: {path}")
         return cls._open_zip(path)
 
@@ -95,7 +98,10 @@ class Source:
     def _open_zip(cls, path: Path) -> Source:
         try:
             z = Archive(path)
-        except (zipfile.BadZipFile, OSError) as e:
+        except zipfile.BadZipFile as e:
+            raise NeuralCodesError(f"zip archive {path} is damaged or truncated ({e}); download "
+                                   "it again") from None
+        except OSError as e:
             raise NeuralCodesError(f"cannot read zip archive {path}: {e}") from None
         src = cls(path.resolve(), "zip", "", z)
         try:
@@ -247,6 +253,17 @@ class Archive(zipfile.ZipFile):
             super().close()
         finally:
             self._positional.close()
+
+
+def _starts_like_zip(path: Path) -> bool:
+    """Whether ``path`` begins with a zip record signature (a local file header, or the
+    end-of-directory record of an empty archive): a zip whose end is missing still does."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 
 
 def check_member(info: zipfile.ZipInfo) -> None:

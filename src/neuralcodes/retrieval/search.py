@@ -15,6 +15,7 @@ import numpy as np
 
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
+from neuralcodes.files import require_folder
 from neuralcodes.model import CODE_LAYERS
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract_codes
 from neuralcodes.retrieval.images import image_files, read_image, read_images
@@ -103,6 +104,8 @@ def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None =
     file, images indexed, [(path, why)] of the files that could not be read)."""
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
+    if out:
+        out = require_folder(out, "index file")
     r = RunData.open(run, device=device, precision=precision, progress=progress)
     folder = Path(folder)
     files = image_files(folder)
@@ -128,6 +131,8 @@ def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path
         raise NeuralCodesError(f"k must be positive, got {k}")
     if layer not in CODE_LAYERS:
         raise NeuralCodesError(f"unknown layer '{layer}' (choose from {', '.join(CODE_LAYERS)})")
+    if figure:
+        figure = require_folder(figure, "figure")
     query = image if isinstance(image, np.ndarray) else read_image(image)
     s = Searcher(run, index=index, device=device, precision=precision)
     hits = s.search_images(query[None], layer, k)[0]

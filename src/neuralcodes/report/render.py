@@ -26,7 +26,9 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto
          "padding:0 1rem;line-height:1.5;color:#222}table{border-collapse:collapse;"
          "margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}"
          "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-         "code{background:#f4f4f4;padding:0 .2em}")
+         "code{background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}"
+         # wide tables scroll inside their box on a phone instead of widening the page
+         "table{display:block;max-width:100%;overflow-x:auto}")
 
 
 # --------------------------------------------------------------------------- Jinja2 filters

@@ -78,10 +78,12 @@ def test_quick_run_end_to_end_then_resume(argv, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(retrieval, "run_study", real)
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "skipped: " in out.split("== train ==")[1].split("==")[0]
-    assert "skipped: " in out.split("== evaluate ==")[1].split("==")[0]
-    assert "Report: " in out
+    captured = capsys.readouterr()
+    log = captured.err  # the stages are logged on stderr
+    assert "skipped: " in log.split("== train ==")[1].split("==")[0]
+    assert "skipped: " in log.split("== evaluate ==")[1].split("==")[0]
+    assert "Report: " in log
+    assert captured.out.strip() == str(run / "report.md")  # stdout: just the report's path
     for name in ARTIFACTS:
         assert (run / name).is_file(), name
     _report_numbers_match_json(run)
@@ -129,7 +131,7 @@ def test_plan_estimates_the_training_time_of_a_small_run(tmp_path, capsys):
             "--set", "train.max_epochs=4", "--set", "train.patience=9", "--set",
             "data.ood_classes=2", "--set", "retrieval.pca_dims=[4,8]"]
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the plan is logged (stderr); stdout gets the report's path
     assert re.search(r"^  train +~ *[0-9.]+ (s|min|h) +\(.* s per epoch at \d+ img/s", out, re.M)
     assert re.search(r"^  evaluate +~", out, re.M) and re.search(r"^  retrieval +~", out, re.M)
     timings = json.loads((tmp_path / "run" / "timings.json").read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from neuralcodes.estimate import (
 )
 from neuralcodes.files import read_json, write_json
 from neuralcodes.runs import RunDir
+
+log = logging.getLogger(__name__)
 
 #: Presets: overrides of the assignment's defaults.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -54,7 +57,7 @@ def preset_config(preset: str) -> dict[str, Any]:
 
 
 def _stage(name: str) -> None:
-    print(f"\n== {name} ==", flush=True)
+    log.info(f"\n== {name} ==")
 
 
 def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
@@ -74,13 +77,14 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     start = time.perf_counter()
     timings = _Timings(rd)
 
-    _stage("prepare")
+    # no stage header before the data is read: a bad --data ends in its one error line alone
     dataset, splits = data.load_data(cfg.data, progress=progress)
-    _print_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
+    _stage("prepared")
+    _log_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
     _stage("train")
     if is_finished(rd.root):
-        print(f"skipped: {rd.root} already holds a finished training run")
+        log.info(f"skipped: {rd.root} already holds a finished training run")
     else:
         with timings.stage("train"):
             train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
@@ -88,7 +92,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _stage("evaluate")
     best = rd.best_checkpoint.stat().st_mtime
     if rd.eval_json.is_file() and rd.eval_json.stat().st_mtime >= best:
-        print(f"skipped: {rd.eval_json} is up to date")
+        log.info(f"skipped: {rd.eval_json} is up to date")
     else:
         with timings.stage("evaluate"):
             evaluate(rd.root, progress=progress, device=cfg.train.device,
@@ -101,7 +105,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _stage("report")
     md, html = write_report(rd.root)
     minutes = (time.perf_counter() - start) / 60
-    print(f"\nDone in {minutes:.1f} min. Report: {md}\n                     {html}")
+    log.info(f"\nDone in {minutes:.1f} min. Report: {md}\n                     {html}")
     return md
 
 
@@ -126,12 +130,12 @@ class _Timings:
         write_json(self.path, self.data)
 
 
-def _print_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
+def _log_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
                 timings: _Timings) -> None:
     """Say what will happen, with the expected time of each stage from a short probe."""
     from neuralcodes.training.loop import is_finished
 
-    print(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
+    log.info(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
           f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "
           f"early stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
           f"output in {rd.root}/")
@@ -139,9 +143,9 @@ def _print_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_c
         return
     speeds = probe_speeds(cfg, n_classes, rd.root)
     stages = estimate_stages(cfg, sizes, speeds)
-    print("Expected time on this machine (measured by a short probe):", flush=True)
+    log.info("Expected time on this machine (measured by a short probe):")
     for line in plan_lines(cfg, stages, speeds):
-        print(line, flush=True)
+        log.info(line)
     timings.estimated(dataclasses.asdict(speeds),
                       {e.name: round(e.seconds, 2) for e in stages}
                       | {"train_epoch": round(seconds_per_epoch(stages, cfg), 3)})

@@ -209,6 +209,15 @@ class RunDir:
         return self.root / "report.html"
 
 
+def check_same_splits(rd: RunDir, saved: dict[str, Any], splits_hash: str) -> None:
+    """Refuse data whose partition is not the one the run was trained on."""
+    if splits_hash != saved["data"]["splits_hash"]:
+        raise NeuralCodesError(
+            f"the data splits differ from those {rd.root} was trained on (the data, its cache or "
+            "the split settings changed, or neuralcodes < 0.2 made the run, before it used the "
+            "course's exact partition); train it again into a new --out")
+
+
 @dataclass
 class TrainedRun:
     """A trained run loaded for use: its config, model (eval mode), dataset and splits."""
@@ -243,9 +252,7 @@ class TrainedRun:
             splits = make_splits(dataset, cfg.data)
         else:
             dataset, splits = load_data(cfg.data, progress=False)
-        if splits.hash != saved["data"]["splits_hash"]:
-            raise NeuralCodesError(f"the data splits differ from those {rd.root} was trained on "
-                                   "(data cache or split settings changed)")
+        check_same_splits(rd, saved, splits.hash)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         try:
             model = build_model(cfg, len(splits.in_classes), dev, weights=ckpt["model"],

@@ -33,5 +33,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, preset_config(args.preset))
     out = args.out or Path("runs") / args.preset
     with console_logging(), run_lock(out, "run"):
-        run(cfg, out, preset=args.preset, progress=not args.no_progress)
+        report = run(cfg, out, preset=args.preset, progress=not args.no_progress)
+    print(report)  # stdout: the report's path (the log went to stderr)
     return 0

@@ -68,7 +68,7 @@ from neuralcodes.evaluation import evaluate_split
 from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.kernels.nnpack import nnpack_layers
 from neuralcodes.model import ConvNet, count_parameters
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, check_same_splits
 from neuralcodes.runtime import threads
 from neuralcodes.training.batches import SplitData, epoch_order
 from neuralcodes.training.checkpoint import (
@@ -210,9 +210,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
         raise NeuralCodesError(f"need at least 2 in-domain classes to train, got {num_classes}")
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise NeuralCodesError("the train or validation split is empty; use more images per class")
-    if checkpoint is not None and saved["data"]["splits_hash"] != splits.hash:
-        raise NeuralCodesError(f"the data splits differ from those {run.root} was trained on "
-                               "(data cache or split settings changed)")
+    if checkpoint is not None:
+        check_same_splits(run, saved, splits.hash)
 
     model = build_model(cfg, num_classes, device)
     optimizer = make_optimizer(model, t)

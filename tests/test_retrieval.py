@@ -328,8 +328,16 @@ def test_search_own_image_finds_its_ood_twin(tiny_run, tmp_path, capsys):
     assert hits[0].score == pytest.approx(1.0, abs=1e-4) and hits[0].label
     assert (tmp_path / "fig.png").is_file()
     assert cli(["search", str(query), "--run", str(tiny_run), "-k", "2", "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    head, *lines = capsys.readouterr().out.strip().splitlines()
+    assert head == "layer 6, pre-ReLU codes, the ood set:"  # the search says what it ranked by
     assert len(lines) == 2 and lines[0].split()[0] == "1"
+    # the run's retrieval.layers choose the default layer; --layer still wins
+    assert cli(["search", str(query), "--run", str(tiny_run), "--device", "cpu",
+                "--set", 'retrieval.layers=["5"]']) == 0
+    assert capsys.readouterr().out.startswith("layer 5, ")
+    assert cli(["search", str(query), "--run", str(tiny_run), "--device", "cpu",
+                "--set", 'retrieval.layers=["5"]', "--layer", "7"]) == 0
+    assert capsys.readouterr().out.startswith("layer 7, ")
     assert cli(["search", str(tmp_path / "missing.png"), "--run", str(tiny_run)]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -215,7 +215,7 @@ def _describe(e: pydantic.ValidationError) -> str:
         if unknown:
             msg = "unknown setting"
         got = "" if unknown or err["type"] == "value_error" else f" (got {err.get('input')!r})"
-        parts.append(f"{loc or 'config'}: {msg}{got}")
+        parts.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
     return "invalid setting " + "; ".join(dict.fromkeys(parts))
 
 
@@ -227,7 +227,10 @@ def parse_override(assignment: str) -> tuple[str, str, Any]:
     key, sep, raw = assignment.partition("=")
     section, _, name = key.strip().partition(".")
     sections = [f.name for f in dataclasses.fields(Config)]
-    if not sep or section not in sections or not re.fullmatch(r"\w+", name):
+    if not sep:
+        raise NeuralCodesError(f"--set {assignment!r}: missing '=VALUE' (expected "
+                               "SECTION.KEY=VALUE)")
+    if section not in sections or not re.fullmatch(r"\w+", name):
         raise NeuralCodesError(f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION one "
                                f"of {sections}")
     section_cls = next(f.default_factory for f in dataclasses.fields(Config) if f.name == section)

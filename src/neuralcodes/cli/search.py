@@ -14,10 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search", help="find the images most similar to IMAGE",
         description="Rank the ood set (or an index from `neuralcodes index`) by cosine "
         "similarity of neural codes to IMAGE and print paths and scores.")
-    p.add_argument("image")
+    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size (resized to 64x64, as the "
+                   "training images)")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--index", help="folder index file (default: the run's ood set)")
-    p.add_argument("--layer", default="6", choices=LAYERS)
+    p.add_argument("--layer", choices=LAYERS,
+                   help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
+                   "else its first layer)")
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
     p.add_argument("--figure", help="also save the query and its results as a PNG")
     add_config_options(p, "--device", "--precision")
@@ -33,7 +36,11 @@ def main(args: argparse.Namespace) -> int:
     k = cfg.retrieval.k if args.k is None else args.k
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
-    hits = search(args.image, args.run, index=args.index, layer=args.layer, k=k,
+    layers = cfg.retrieval.layers
+    layer = args.layer or ("6" if "6" in layers else layers[0])
+    print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
+          f"{'index ' + args.index if args.index else 'the ood set'}:")
+    hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
                   figure=args.figure, device=cfg.train.device,
                   precision=cfg.train.precision)
     for h in hits:

@@ -55,6 +55,22 @@ def keep_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def return_freed_memory() -> None:
+    """Undo :func:`keep_freed_memory` for a long-lived server: large blocks become fresh
+    mappings again and free heap above 128 KiB goes back to the OS (glibc's initial defaults),
+    so a burst of requests does not leave the process at its peak."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+
+
 @functools.cache
 def cpu_vendor() -> str:
     """``AuthenticAMD``, ``GenuineIntel``, ... from /proc/cpuinfo ('' where unknown)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from neuralcodes.config import RetrievalConfig
+from neuralcodes.kernels.cpu import return_freed_memory
 from neuralcodes.web.middleware import MULTIPART_OVERHEAD, BodyLimit, add_host_check
 from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
@@ -66,6 +67,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
 
     retrieval = ServedRun(run_dir, index, device=device, precision=precision,
                           settings=settings, progress=progress)
+    return_freed_memory()  # a server: memory goes back after a burst (see kernels.cpu)
     n = len(retrieval)
     max_k = max(1, min(MAX_K, n - 1))
     static = resources.files("neuralcodes.web") / "static"

@@ -41,6 +41,19 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation():
     # big block is reused without faults.
     assert min(faults() for _ in range(6)) < 5 * 16384 // 4
 
+    # a server hands the memory back: a freed 256 MB buffer leaves the process at once
+    cpu.return_freed_memory()
+    try:
+        def rss() -> int:
+            return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+
+        big = torch.empty(256 << 20, dtype=torch.uint8).fill_(1)
+        held = rss()
+        del big
+        assert held - rss() > 200 << 20
+    finally:
+        assert cpu.keep_freed_memory() is True  # and the training setting can come back
+
 
 def test_configure_leaves_other_devices_alone(monkeypatch):
     called = []

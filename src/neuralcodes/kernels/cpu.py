@@ -69,6 +69,7 @@ def return_freed_memory() -> None:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
     mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    keep_freed_memory.cache_clear()  # a later configure() keeps memory again
 
 
 @functools.cache

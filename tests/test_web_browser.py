@@ -330,8 +330,9 @@ def test_6_results_lead_on_focus_and_announcements_follow(page):
     page.pg.locator("#gallery a").nth(4).focus()
     page.pg.keyboard.press("Enter")
     page.pg.wait_for_url("**#/query/4")
+    # focus moves to the results heading once they are painted (it fails if it never does)
+    page.pg.wait_for_function("() => document.activeElement.id === 'query-results-title'")
     page.settle()
-    assert page.pg.evaluate("() => document.activeElement.id") == "query-results-title"
     assert "Results for image #4" in page.pg.locator("#announce").inner_text()
     first = page.pg.locator("[data-layer='6'] [data-testid=hit] a").first
     target = first.get_attribute("href")

@@ -169,6 +169,10 @@ function setTitle(title) {
 
 async function route() {
   showError("");
+  // a new route supersedes (aborts) the previous request: its loading state must not linger
+  for (const box of document.querySelectorAll(".status.busy")) {
+    setStatus(box.id.replace(/-status$/, ""), "");
+  }
   const { parts, params } = parseHash();
   const [view, arg, extra] = parts;
   try {

@@ -123,20 +123,22 @@ class Page:
                                   "!document.querySelector('.busy')")
 
 
-@pytest.fixture
-def page(browser: object, server: str) -> Iterator[Page]:
-    p = Page(browser, server, DESKTOP)
+def _open_page(browser: object, server: str, size: object) -> Iterator[Page]:
+    """A page at ``size``; after the test, no console error or failed request may remain."""
+    p = Page(browser, server, size)
     yield p
     p.pg.close()
     assert not p.problems, p.problems
+
+
+@pytest.fixture
+def page(browser: object, server: str) -> Iterator[Page]:
+    yield from _open_page(browser, server, DESKTOP)
 
 
 @pytest.fixture
 def phone(browser: object, server: str) -> Iterator[Page]:
-    p = Page(browser, server, PHONE)
-    yield p
-    p.pg.close()
-    assert not p.problems, p.problems
+    yield from _open_page(browser, server, PHONE)
 
 
 def _png(seed: int = 1, size: tuple[int, int] = (123, 77), alpha: bool = False) -> bytes:

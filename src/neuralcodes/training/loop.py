@@ -111,8 +111,12 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
     dist = Dist.from_env(device)
     try:
         with interrupt_flag() as flag, threads(cfg.train.threads):
-            return _train(cfg, RunDir(Path(out)), dist, device, resume, progress and dist.main,
-                          on_step, flag, start_from)
+            run = _train(cfg, RunDir(Path(out)), dist, device, resume, progress and dist.main,
+                         on_step, flag, start_from)
+        # every rank's last messages are delivered before any rank leaves: a gloo rank that
+        # exits while its peer still writes aborts ("terminate called without an active exception")
+        dist.barrier()
+        return run
     finally:
         dist.close()
 

@@ -1,4 +1,5 @@
-"""The benchmarks' plain-PyTorch baseline computes the project's function (so it is a fair one)."""
+"""The benchmarks' plain-PyTorch baseline computes the project's function (so it is a fair one),
+and the ceiling benchmark counts the ConvNet's arithmetic right."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from baselines import plain_convnet, plain_input, plain_train_step  # noqa: E402
+from ceiling import flops, layer_inputs  # noqa: E402
 from neuralcodes.config import ModelConfig  # noqa: E402
 from neuralcodes.model import ConvNet  # noqa: E402
 from neuralcodes.runtime import to_input  # noqa: E402
@@ -34,3 +36,20 @@ def test_plain_train_step_runs():
     step = plain_train_step(3, "fp32")
     images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
     assert torch.isfinite(step(images, torch.tensor([0, 2])))
+
+
+def test_ceiling_counts_the_full_convnets_multiply_adds_per_image():
+    """2.03 GFLOP per image forward, from the architecture written out here by hand."""
+    model = ConvNet(190).to(memory_format=torch.channels_last)
+    inputs = layer_inputs(model, 1, torch.float32)
+    assert list(inputs) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    assert inputs["conv3"].shape == (1, 192, 16, 16) and inputs["fc6"].shape == (1, 16384)
+    assert inputs["conv2"].is_contiguous(memory_format=torch.channels_last)
+    layers = dict(model.named_modules())
+    by_hand = {"conv1": 64 * 64 * 96 * 3 * 16, "conv2": 32 * 32 * 192 * 96 * 25,
+               "conv3": 16 * 16 * 288 * 192 * 9, "conv4": 16 * 16 * 288 * 288 * 9,
+               "conv5": 16 * 16 * 256 * 288 * 9, "fc6": 16384 * 2048, "fc7": 2048 * 2048,
+               "fc8": 2048 * 190}
+    for name, x in inputs.items():
+        assert flops(layers[name], x) == 2 * by_hand[name], name
+    assert round(sum(2 * v for v in by_hand.values()) / 1e9, 2) == 2.03

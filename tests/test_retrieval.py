@@ -367,6 +367,33 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
         build_index(tmp_path / "empty", tiny_run, progress=False)
 
 
+def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "three"
+    for i in range(3):
+        _save_png(folder / f"img{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    index = tmp_path / "three.npz"
+    assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(index),
+                "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    query = folder / "img0.png"
+    base = ["search", str(query), "--run", str(tiny_run), "--device", "cpu"]
+    assert cli([*base, "--index", str(index), "-k", "50"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + 3  # the header and all 3 images
+    assert err == ("neuralcodes: note: -k 50 is more than the 3 indexed images; "
+                   "showing all 3\n")
+    assert cli([*base, "--index", str(index), "--set", "retrieval.k=4"]) == 0  # the run's k
+    assert capsys.readouterr().err == ("neuralcodes: note: retrieval.k 4 is more than the 3 "
+                                       "indexed images; showing all 3\n")
+    assert cli([*base, "-k", "45"]) == 0  # the ood set: 40 images
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + 40
+    assert err == "neuralcodes: note: -k 45 is more than the 40 ood images; showing all 40\n"
+    assert cli([*base, "--index", str(index), "-k", "3"]) == 0  # exactly the database: no note
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("flag", ["search --figure", "index --out"])
 def test_an_output_path_in_a_missing_folder_is_refused_before_any_work(tiny_run, tmp_path,
                                                                        capsys, flag):

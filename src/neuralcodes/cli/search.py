@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from neuralcodes.cli.common import add_config_options, run_config
 
@@ -38,11 +39,17 @@ def main(args: argparse.Namespace) -> int:
         raise NeuralCodesError(f"-k must be positive, got {k}")
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
-    print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
-          f"{'index ' + args.index if args.index else 'the ood set'}:")
+    # everything that can fail runs before the first line is printed
     hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
                   figure=args.figure, device=cfg.train.device,
                   precision=cfg.train.precision)
+    print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
+          f"{'index ' + args.index if args.index else 'the ood set'}:", flush=True)
+    if len(hits) < k:  # exact search returns min(k, database size) results
+        what = "indexed" if args.index else "ood"
+        flag = "retrieval.k" if args.k is None else "-k"
+        print(f"neuralcodes: note: {flag} {k} is more than the {len(hits)} {what} images; "
+              f"showing all {len(hits)}", file=sys.stderr, flush=True)
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {h.path}" + (f"  ({h.label})" if h.label else ""))
     if args.figure:

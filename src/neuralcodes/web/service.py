@@ -121,7 +121,8 @@ class ServedRun:
             layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits})
         relevant = self.relevant(i)
         return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
-                "database_size": len(self) - 1, "k": k, "relu": self.ood.relu, "layers": layers,
+                "database_size": len(self) - 1, **_shown(k, len(self) - 1, "ood set"),
+                "relu": self.ood.relu, "layers": layers,
                 "relevant": relevant, "chance_ap": _chance_ap(relevant, len(self) - 1)}
 
     def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
@@ -153,14 +154,25 @@ class ServedRun:
             hits = [self._hit(item, rank, s, None)
                     for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
             layers.append({"layer": layer, "ap": None, "hits": hits})
+        size = len(searcher.codes)
         return {"query": {"id": None, "source": "upload"}, "database": database,
-                "database_size": len(searcher.codes), "k": k, "relu": searcher.relu,
-                "layers": layers}
+                "database_size": size,
+                **_shown(k, size, "ood set" if database == "ood" else "index"),
+                "relu": searcher.relu, "layers": layers}
 
     def _hit(self, item: dict[str, Any], rank: int, score: float, query_label: int | None
              ) -> dict[str, Any]:
         same = None if query_label is None else item["label"] == query_label
         return {**item, "rank": rank, "score": score, "same_class": same}
+
+
+def _shown(k: int, size: int, what: str) -> dict[str, Any]:
+    """``k`` asked for, the results given per layer, and a note when the database is smaller
+    (``neuralcodes search`` says the same on stderr)."""
+    shown = min(k, size)
+    note = (None if shown == k else f"{k} results per layer asked for, but the {what} holds "
+            f"only {size} images; showing all {size}")
+    return {"k": k, "shown": shown, "note": note}
 
 
 def _chance_ap(relevant: int, n: int) -> float | None:

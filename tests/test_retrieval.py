@@ -394,6 +394,26 @@ def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_p
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("case", ["empty", "unreadable", "search a folder"])
+def test_nothing_to_read_is_one_error_line_without_a_progress_bar(tiny_run, tmp_path, capsys,
+                                                                  case):
+    """With progress bars on: no bar line comes before the one-line error."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    if case == "unreadable":
+        (folder / "a.png").write_bytes(b"not a png")
+        (folder / "b.jpg").write_bytes(b"")
+    argv = (["search", str(folder)] if case == "search a folder" else ["index", str(folder)])
+    assert cli([*argv, "--run", str(tiny_run), "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    expected = {"empty": f"{folder}: no readable images found (no image files: ",
+                "unreadable": f"{folder}: no readable images found (2 unreadable)",
+                "search a folder": f"{folder} is a folder; search takes one image"}[case]
+    assert err.startswith(f"neuralcodes: error: {expected}"), err
+    assert err.count("\n") == 1 and "\r" not in err, repr(err)
+    assert out == ""
+
+
 @pytest.mark.parametrize("flag", ["search --figure", "index --out"])
 def test_an_output_path_in_a_missing_folder_is_refused_before_any_work(tiny_run, tmp_path,
                                                                        capsys, flag):

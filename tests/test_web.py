@@ -447,6 +447,22 @@ def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, wo
     assert words in err and "Traceback" not in err
 
 
+def test_serve_checks_its_index_before_computing_the_ood_codes(run, tmp_path, capsys):
+    """A wrong --index ends in its one error line, before the ood codes (and their progress
+    bar) are computed."""
+    fresh = tmp_path / "run"
+    shutil.copytree(run, fresh, ignore=shutil.ignore_patterns("codes"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", str(fresh), "--index", str(tmp_path / "nope.npz"), "--device", "cpu",
+                 "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"neuralcodes: error: {tmp_path / 'nope.npz'}: no index file; build one "
+                   "with `neuralcodes index FOLDER --run RUN`\n")
+    assert not (fresh / "codes").exists()  # nothing was computed
+
+
 # --------------------------------------------------------------------------- issue 13: API side
 
 

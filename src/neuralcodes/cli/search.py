@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, run_config
 
@@ -37,6 +38,9 @@ def main(args: argparse.Namespace) -> int:
     k = cfg.retrieval.k if args.k is None else args.k
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
+    if Path(args.image).is_dir():
+        raise NeuralCodesError(f"{args.image} is a folder; search takes one image (to search "
+                               "among a folder's images, index it with `neuralcodes index`)")
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
     # everything that can fail runs before the first line is printed

@@ -33,10 +33,13 @@ class ServedRun:
                  settings: RetrievalConfig | None = None, progress: bool = False) -> None:
         """``precision`` None: the run's own (``train.precision``) for every forward pass."""
         relu = None if settings is None else settings.relu
-        self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
-                            progress=progress)
+        # the index first: a wrong one fails before the ood codes are computed (with a bar)
         self.index = None if index is None else Searcher(run_dir, index=index, device=device,
                                                          precision=precision)
+        if self.index is not None:
+            _check_layers("index", self.index, settings or self.index.run.config.retrieval)
+        self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
+                            progress=progress)
         self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
         cfg = self.ood.run.config.retrieval if settings is None else settings
@@ -48,11 +51,7 @@ class ServedRun:
         if not np.array_equal(codes.index, splits.ood):
             raise NeuralCodesError(f"{self.run.codes('ood', codes.relu)} does not match the run's "
                                    "ood split; recompute it with `neuralcodes codes --force`")
-        for name, searcher in (("ood codes", self.ood), ("index", self.index)):
-            missing = [x for x in self.layers if searcher and x not in searcher.codes.layers]
-            if missing:
-                raise NeuralCodesError(f"the {name} has no codes for layer(s) "
-                                       f"{', '.join(missing)}")
+        _check_layers("ood codes", self.ood, cfg)
         self.labels = np.asarray(codes.labels, dtype=np.int64)
         self.in_classes = list(splits.in_classes)
         self._model_lock = threading.Lock()
@@ -164,6 +163,12 @@ class ServedRun:
              ) -> dict[str, Any]:
         same = None if query_label is None else item["label"] == query_label
         return {**item, "rank": rank, "score": score, "same_class": same}
+
+
+def _check_layers(name: str, searcher: Searcher, cfg: RetrievalConfig) -> None:
+    missing = [x for x in cfg.layers if x not in searcher.codes.layers]
+    if missing:
+        raise NeuralCodesError(f"the {name} has no codes for layer(s) {', '.join(missing)}")
 
 
 def _shown(k: int, size: int, what: str) -> dict[str, Any]:

@@ -394,6 +394,28 @@ def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_p
     assert capsys.readouterr().err == ""
 
 
+def test_non_square_images_are_squeezed_alike_and_the_help_says_so(tiny_run, tmp_path,
+                                                                    capsys):
+    """Index images and queries are resized to 64x64 without keeping the aspect ratio (as the
+    help says): a 120x40 image is stretched, not cropped or padded, and finds itself."""
+    from neuralcodes.retrieval import read_image
+
+    rng = np.random.default_rng(2)
+    wide = _save_png(tmp_path / "own" / "wide.png",
+                     rng.integers(0, 256, (40, 120, 3), dtype=np.uint8))
+    _save_png(tmp_path / "own" / "square.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    stretched = Image.open(wide).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(read_image(wide), np.asarray(stretched))
+    path, n, _ = build_index(tmp_path / "own", tiny_run, out=tmp_path / "own.npz", device="cpu",
+                             progress=False)
+    hits = search(wide, tiny_run, index=path, layer="5", k=1, device="cpu")
+    assert n == 2 and hits[0].path == str(wide) and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    for command in ("index", "search"):
+        assert cli([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "resized to 64x64" in text and "without keeping its aspect ratio" in text, text
+
+
 @pytest.mark.parametrize("case", ["empty", "unreadable", "search a folder"])
 def test_nothing_to_read_is_one_error_line_without_a_progress_bar(tiny_run, tmp_path, capsys,
                                                                   case):

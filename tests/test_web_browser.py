@@ -571,6 +571,22 @@ def test_14_fewer_results_than_k_are_said_not_claimed(page):
     assert _hits(page, "upload").count() == 9
 
 
+def test_15_the_upload_hint_and_notes_say_the_aspect_ratio_is_not_kept(page):
+    page.open("#/upload")
+    assert "resized to 64×64, the size of the training images, without keeping its aspect " \
+        "ratio" in page.pg.locator("#upload-limits").inner_text()
+    page.pg.set_input_files("#upload-file", files=_file("wide.png", _png(9, (123, 77))))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert "Your image is 123×77: it was squeezed to 64×64 (the aspect ratio is not kept)" in \
+        page.pg.locator("#upload-notes").inner_text()
+    page.pg.set_input_files("#upload-file", files=_file("square.png", _png(10, (80, 80))))
+    page.pg.wait_for_function("() => document.querySelector('#upload-caption').textContent"
+                              ".startsWith('square.png (')")
+    page.settle()
+    assert "squeezed" not in page.pg.locator("#upload-notes").inner_text()
+
+
 # --------------------------------------------------------------------------- accessibility
 
 

@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search", help="find the images most similar to IMAGE",
         description="Rank the ood set (or an index from `neuralcodes index`) by cosine "
         "similarity of neural codes to IMAGE and print paths and scores.")
-    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size (resized to 64x64, as the "
-                   "training images)")
+    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size; it is resized to 64x64 "
+                   "(the size of the training images) without keeping its aspect ratio, so a "
+                   "non-square image is squeezed, as `neuralcodes index` does with its images")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--index", help="folder index file (default: the run's ood set)")
     p.add_argument("--layer", choices=LAYERS,

@@ -21,7 +21,11 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 def read_image(path: str | Path | BinaryIO) -> np.ndarray:
     """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB,
-    decoded by :func:`neuralcodes.imageio.decode_image` (the one place user images are decoded)."""
+    decoded by :func:`neuralcodes.imageio.decode_image` (the one place user images are decoded).
+
+    The resize does not keep the aspect ratio (a non-square image is squeezed): index images,
+    search queries and web uploads are all treated so, and the result has the training images'
+    size."""
     return imageio.decode_image(path, size=IMAGE_SIZE, formats=None,
                                 max_pixels=imageio.LOCAL_MAX_PIXELS,
                                 max_decode_bytes=imageio.LOCAL_MAX_DECODE_BYTES)[0]

@@ -440,6 +440,7 @@ function clearUpload() {
 function uploadNotes(q) {
   const notes = [];
   if (q.upscaled) notes.push(`Your image is only ${q.width}×${q.height} pixels: it was enlarged to 64×64, so the model sees a blurry version.`);
+  if (q.width !== q.height) notes.push(`Your image is ${q.width}×${q.height}: it was squeezed to 64×64 (the aspect ratio is not kept), as are the images of an index.`);
   if (q.transparent) notes.push("Transparent areas were filled with white.");
   return notes;
 }
@@ -563,7 +564,7 @@ function setupUpload(info) {
   });
   const mp = (info.max_pixels / 1e6).toFixed(0);
   $("upload-limits").textContent = `JPEG, PNG or WebP, up to ${info.max_upload_text} and ${mp} megapixels; ` +
-    "any size is resized to 64×64 like the training images.";
+    "any size is resized to 64×64, the size of the training images, without keeping its aspect ratio.";
   $("upload-form").addEventListener("submit", (e) => e.preventDefault());
   $("upload-file").addEventListener("change", () => uploadFile($("upload-file").files[0]));
   const drop = $("drop");

@@ -158,3 +158,53 @@ def test_plan_states_the_measured_bf16_gain_only_where_it_was_measured():
         "This CPU has native bf16: --set train.precision=bf16 trains 2.2x as fast here")
     assert (format_duration(42), format_duration(750), format_duration(4 * 3600)) == (
         "42 s", "12.5 min", "4.0 h")
+
+
+def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config, tmp_path,
+                                                              monkeypatch):
+    """Evaluation runs batches of EVAL_BATCH (codes: 250, as fast per image); a probe at a
+    smaller batch read a slower speed and over-estimated both stages."""
+    from helpers import tiny_config
+    from neuralcodes import estimate
+    from neuralcodes.evaluation import EVAL_BATCH
+
+    batches: list[int] = []
+    real_build = estimate.build_model
+
+    def spying_build(*args: object, **kwargs: object) -> object:
+        model = real_build(*args, **kwargs)
+        codes = model.codes
+        model.codes = lambda x, layers: batches.append(len(x)) or codes(x, layers=layers)
+        return model
+
+    monkeypatch.setattr(estimate, "build_model", spying_build)
+    cfg = tiny_config(tiny_data_config)
+    cfg.retrieval.pca_dims = (4, 16)
+    speeds = estimate.probe_speeds(cfg, 4, tmp_path)
+    assert batches == [EVAL_BATCH] * 3  # one warm-up pass, two timed
+    assert speeds.code_dims == {"5": 8 * 8 * 8, "6": 32, "7": 32}  # TINY_MODEL's codes
+    assert speeds.infer_ips > 0 and speeds.pca_s > 0
+
+
+def test_the_retrieval_estimate_counts_the_pca_study():
+    """The stage computes codes of the ood set and the PCA sample, fits a PCA per layer, ranks
+    the ood set for mAP (both variants) and for every PCA size (plain and whitened) next to the
+    full code, and draws its figures: each part is in the estimate."""
+    from neuralcodes.estimate import FIGURE_S, PROBE_PCA, PROBE_RANKING, Speeds, estimate_stages
+
+    dims = {"5": 16384, "6": 2048, "7": 2048}
+    speeds = Speeds(train_ips=40.0, infer_ips=200.0, ranking_s=0.05, checkpoint_s=2.0,
+                    pca_s=0.1, code_dims=dims)
+    sizes = {"train": 1200, "val": 150, "test": 150, "ood": 500}
+    quick = build_config("quick", [])  # PCA to 16, 32, 64 and 128 dims
+    stage = {s.name: s for s in estimate_stages(quick, sizes, speeds)}["retrieval"]
+    rankings = 2 * 3 + 3 * (1 + 2 * 4)
+    pca = 0.1 * (1200 / PROBE_PCA[0]) * sum(dims.values()) / PROBE_PCA[1]
+    expected = ((500 + 1200) / 200 + rankings * 0.05 * (500 / PROBE_RANKING) ** 2 + pca
+                + 5 * FIGURE_S)
+    assert stage.seconds == pytest.approx(expected)
+    assert "33 rankings" in stage.detail and "3 PCA fits" in stage.detail
+    # a PCA size beyond the code length cannot be fitted, so it is not ranked either
+    small = dataclasses.replace(speeds, code_dims={"5": 48, "6": 48, "7": 48})
+    fewer = {s.name: s for s in estimate_stages(quick, sizes, small)}["retrieval"]
+    assert f"{2 * 3 + 3 * (1 + 2 * 2)} rankings" in fewer.detail  # 16 and 32 only

@@ -367,6 +367,75 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
         build_index(tmp_path / "empty", tiny_run, progress=False)
 
 
+def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "three"
+    for i in range(3):
+        _save_png(folder / f"img{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    index = tmp_path / "three.npz"
+    assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(index),
+                "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    query = folder / "img0.png"
+    base = ["search", str(query), "--run", str(tiny_run), "--device", "cpu"]
+    assert cli([*base, "--index", str(index), "-k", "50"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + 3  # the header and all 3 images
+    assert err == ("neuralcodes: note: -k 50 is more than the 3 indexed images; "
+                   "showing all 3\n")
+    assert cli([*base, "--index", str(index), "--set", "retrieval.k=4"]) == 0  # the run's k
+    assert capsys.readouterr().err == ("neuralcodes: note: retrieval.k 4 is more than the 3 "
+                                       "indexed images; showing all 3\n")
+    assert cli([*base, "-k", "45"]) == 0  # the ood set: 40 images
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + 40
+    assert err == "neuralcodes: note: -k 45 is more than the 40 ood images; showing all 40\n"
+    assert cli([*base, "--index", str(index), "-k", "3"]) == 0  # exactly the database: no note
+    assert capsys.readouterr().err == ""
+
+
+def test_non_square_images_are_squeezed_alike_and_the_help_says_so(tiny_run, tmp_path,
+                                                                    capsys):
+    """Index images and queries are resized to 64x64 without keeping the aspect ratio (as the
+    help says): a 120x40 image is stretched, not cropped or padded, and finds itself."""
+    from neuralcodes.retrieval import read_image
+
+    rng = np.random.default_rng(2)
+    wide = _save_png(tmp_path / "own" / "wide.png",
+                     rng.integers(0, 256, (40, 120, 3), dtype=np.uint8))
+    _save_png(tmp_path / "own" / "square.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    stretched = Image.open(wide).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(read_image(wide), np.asarray(stretched))
+    path, n, _ = build_index(tmp_path / "own", tiny_run, out=tmp_path / "own.npz", device="cpu",
+                             progress=False)
+    hits = search(wide, tiny_run, index=path, layer="5", k=1, device="cpu")
+    assert n == 2 and hits[0].path == str(wide) and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    for command in ("index", "search"):
+        assert cli([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "resized to 64x64" in text and "without keeping its aspect ratio" in text, text
+
+
+@pytest.mark.parametrize("case", ["empty", "unreadable", "search a folder"])
+def test_nothing_to_read_is_one_error_line_without_a_progress_bar(tiny_run, tmp_path, capsys,
+                                                                  case):
+    """With progress bars on: no bar line comes before the one-line error."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    if case == "unreadable":
+        (folder / "a.png").write_bytes(b"not a png")
+        (folder / "b.jpg").write_bytes(b"")
+    argv = (["search", str(folder)] if case == "search a folder" else ["index", str(folder)])
+    assert cli([*argv, "--run", str(tiny_run), "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    expected = {"empty": f"{folder}: no readable images found (no image files: ",
+                "unreadable": f"{folder}: no readable images found (2 unreadable)",
+                "search a folder": f"{folder} is a folder; search takes one image"}[case]
+    assert err.startswith(f"neuralcodes: error: {expected}"), err
+    assert err.count("\n") == 1 and "\r" not in err, repr(err)
+    assert out == ""
+
+
 @pytest.mark.parametrize("flag", ["search --figure", "index --out"])
 def test_an_output_path_in_a_missing_folder_is_refused_before_any_work(tiny_run, tmp_path,
                                                                        capsys, flag):

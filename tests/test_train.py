@@ -240,6 +240,29 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(trained, tiny_
 
 
 @pytest.mark.slow
+def test_the_progress_bar_ends_on_the_figures_of_the_epoch_line(tmp_path, tiny_data_config,
+                                                                monkeypatch):
+    """The bar's last drawn postfix is the epoch's train loss/acc (metrics.jsonl and the log
+    line), although the postfix is otherwise refreshed only every 10 steps."""
+    from tqdm.std import tqdm as plain_tqdm
+
+    drawn: dict[str, list[str | None]] = {}
+
+    class Recording(plain_tqdm):
+        def display(self, msg: str | None = None, pos: int | None = None) -> object:
+            if msg is None:  # a drawing of the bar (msg "" is the clearing on close)
+                drawn.setdefault(self.desc, []).append(self.postfix)
+            return super().display(msg, pos)
+
+    monkeypatch.setattr(loop, "tqdm", Recording)
+    cfg = tiny_config(tiny_data_config, max_epochs=2, patience=5,
+                      batch_size=3)  # 64 images: 22 steps, the last not a multiple of 10
+    train(cfg, tmp_path / "run", progress=True)
+    for row in rows(tmp_path / "run"):
+        last = drawn[f"epoch {row['epoch']}/2"][-1]
+        assert last == f"loss={row['train_loss']:.4f}, acc={row['train_acc']:.4f}", (row, drawn)
+
+
 def test_interrupted_and_resumed_runs_end_with_identical_weights(tmp_path, tiny_data_config):
     # dropout and augmentation on: the RNG states must be restored too
     model = dataclasses.replace(TINY_MODEL, dropout=0.5)

@@ -243,6 +243,23 @@ def test_any_size_jpeg_png_or_webp_is_resized_to_64_and_searched(client, data, f
     assert [len(layer["hits"]) for layer in body["layers"]] == [5, 5, 5]
 
 
+def test_a_k_beyond_the_index_is_said_not_claimed(client, own_images, data):
+    """k larger than the database: every image is given, and the answer says so (as `search`)."""
+    dataset, splits = data
+    body = upload(client, own_images["noise.jpg"].read_bytes(), "noise.jpg", "image/jpeg",
+                  k="5", database="index").json()
+    assert (body["k"], body["shown"], body["database_size"]) == (5, 3, 3)
+    assert body["note"] == ("5 results per layer asked for, but the index holds only 3 images; "
+                            "showing all 3")
+    assert [len(layer["hits"]) for layer in body["layers"]] == [3, 3, 3]
+    again = client.get(f"/api/upload/{body['query']['upload_id']}?k=7&database=index").json()
+    assert (again["k"], again["shown"]) == (7, 3) and "showing all 3" in again["note"]
+    full = upload(client, png(dataset.images[splits.ood[3]]), k="5").json()  # 40 ood images
+    assert (full["k"], full["shown"], full["note"]) == (5, 5, None)
+    item = client.get("/api/search/3?k=39").json()  # the largest k: all other ood images
+    assert (item["k"], item["shown"], item["note"]) == (39, 39, None)
+
+
 def test_upload_searches_the_index_built_by_neuralcodes_index(client, own_images):
     data = own_images["noise.jpg"].read_bytes()
     r = upload(client, data, "noise.jpg", "image/jpeg", k="3", database="index")
@@ -428,6 +445,22 @@ def test_serve_reports_bad_arguments_in_one_line(run, tmp_path, capsys, argv, wo
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_serve_checks_its_index_before_computing_the_ood_codes(run, tmp_path, capsys):
+    """A wrong --index ends in its one error line, before the ood codes (and their progress
+    bar) are computed."""
+    fresh = tmp_path / "run"
+    shutil.copytree(run, fresh, ignore=shutil.ignore_patterns("codes"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", str(fresh), "--index", str(tmp_path / "nope.npz"), "--device", "cpu",
+                 "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"neuralcodes: error: {tmp_path / 'nope.npz'}: no index file; build one "
+                   "with `neuralcodes index FOLDER --run RUN`\n")
+    assert not (fresh / "codes").exists()  # nothing was computed
 
 
 # --------------------------------------------------------------------------- issue 13: API side

@@ -548,6 +548,45 @@ def test_13_titles_skip_link_headings_favicon_transparency_and_tiny_uploads(page
     assert "enlarged to 64×64" in page.pg.locator("#upload-notes").inner_text()
 
 
+def test_14_fewer_results_than_k_are_said_not_claimed(page):
+    """A database smaller than k (an index of 3 images; faked here, the app under test has no
+    index): the title says "all 3", not "top 5", and the answer's note is shown."""
+    note = "5 results per layer asked for, but the index holds only 3 images; showing all 3"
+
+    def smaller(route: object) -> None:
+        response = route.fetch()
+        body = response.json()
+        body.update(shown=3, note=note,
+                    layers=[{**layer, "hits": layer["hits"][:3]} for layer in body["layers"]])
+        route.fulfill(response=response, json=body)
+
+    page.pg.route("**/api/search", smaller)
+    page.open("#/upload")
+    page.pg.set_input_files("#upload-file", files=_file("small.png", _png(8)))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert page.pg.locator("#upload-results-title").inner_text() == \
+        "Most similar images (all 3 per layer)"
+    assert note + "." in page.pg.locator("#upload-notes").inner_text()
+    assert _hits(page, "upload").count() == 9
+
+
+def test_15_the_upload_hint_and_notes_say_the_aspect_ratio_is_not_kept(page):
+    page.open("#/upload")
+    assert "resized to 64×64, the size of the training images, without keeping its aspect " \
+        "ratio" in page.pg.locator("#upload-limits").inner_text()
+    page.pg.set_input_files("#upload-file", files=_file("wide.png", _png(9, (123, 77))))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert "Your image is 123×77: it was squeezed to 64×64 (the aspect ratio is not kept)" in \
+        page.pg.locator("#upload-notes").inner_text()
+    page.pg.set_input_files("#upload-file", files=_file("square.png", _png(10, (80, 80))))
+    page.pg.wait_for_function("() => document.querySelector('#upload-caption').textContent"
+                              ".startsWith('square.png (')")
+    page.settle()
+    assert "squeezed" not in page.pg.locator("#upload-notes").inner_text()
+
+
 # --------------------------------------------------------------------------- accessibility
 
 

@@ -1,8 +1,9 @@
 """How long each stage of ``neuralcodes run`` will take here, from short measurements.
 
-:func:`probe_speeds` times a few real training steps, a few forward passes and one ranking of
-random codes on this machine with the run's settings (seconds in all); :func:`estimate_stages`
-turns those speeds and the data sizes into an expected wall time per stage. On a CPU with native
+:func:`probe_speeds` times a few real training steps, a few forward passes (at the batch size
+evaluation uses), one ranking of random codes and one PCA fit on this machine with the run's
+settings (seconds in all); :func:`estimate_stages` turns those speeds and the data sizes into an
+expected wall time per stage, counting the work each stage really does. On a CPU with native
 bf16 arithmetic the probe also times bf16 training, so the plan can say what
 ``--set train.precision=bf16`` would gain, measured rather than guessed.
 """
@@ -20,18 +21,25 @@ import numpy as np
 import torch
 
 from neuralcodes.config import Config
+from neuralcodes.evaluation import EVAL_BATCH
 from neuralcodes.kernels.cpu import native_bf16
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
+from neuralcodes.retrieval.pca import PCA
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.step import build_model
 from neuralcodes.training.throughput import measure_throughput
 
-#: Forward-pass batch of the inference probe, and images it times.
-PROBE_BATCH = 50
+#: Forward-pass batch of the inference probe: evaluation's batch (the codes' batch, 250, runs at
+#: the same speed per image); a batch of 50 ran ~1.2x slower per image on a 2-core CPU.
+PROBE_BATCH = EVAL_BATCH
 #: Codes ranked by the ranking probe (all pairs): large enough to be timed, small enough to be fast.
 PROBE_RANKING = 600
 #: Training images whose codes the PCA study computes (retrieval's PCA_FIT_IMAGES).
 PCA_IMAGES = 5000
+#: Shape of the PCA probe's random codes (images, dims); a fit's time is scaled linearly in both.
+PROBE_PCA = (1000, 2048)
+#: Seconds per figure the retrieval stage draws (matplotlib, measured on a 2-core CPU).
+FIGURE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Speeds:
     ranking_s: float  # seconds to rank PROBE_RANKING codes against each other, per layer
     checkpoint_s: float  # seconds to write one last.pt (weights and Adam's state), synced
     bf16_train_ips: float | None = None  # the same training in bf16, where the CPU has it native
+    pca_s: float = 0.0  # seconds to fit the PCA study's PCA on PROBE_PCA random codes
+    code_dims: dict[str, int] = dataclasses.field(default_factory=dict)  # layer -> code length
 
 
 @dataclass(frozen=True)
@@ -63,20 +73,39 @@ def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
     with eval_mode(model), autocast(device, cfg.train.precision):
         for i in range(3):  # one untimed warm-up pass
             if i == 1:
+                _sync(device)
                 began = time.perf_counter()
-            model.codes(to_input(images, device), layers=("5", "6", "7"))
+            out = model.codes(to_input(images, device), layers=("5", "6", "7"))
+        _sync(device)
     infer_ips = 2 * PROBE_BATCH / (time.perf_counter() - began)
-    codes = np.random.default_rng(0).standard_normal((PROBE_RANKING, 256), dtype=np.float32)
+    code_dims = {layer: int(x[0].numel()) for layer, x in out.items()}
+    rng = np.random.default_rng(0)
+    codes = rng.standard_normal((PROBE_RANKING, 256), dtype=np.float32)
     labels = np.arange(PROBE_RANKING) % 10
     began = time.perf_counter()
     self_retrieval_metrics(codes, labels)
     ranking_s = time.perf_counter() - began
+    pca_codes = rng.standard_normal(PROBE_PCA, dtype=np.float32)
+    # the faster of two fits: one is short, and a busy CPU makes a single timing jumpy
+    pca_s = min(_time_pca(pca_codes, max(cfg.retrieval.pca_dims)) for _ in range(2))
     checkpoint_s = _time_checkpoint(model, cfg.train.amsgrad, folder)
     bf16 = None
     if device.type == "cpu" and cfg.train.precision == "fp32" and native_bf16():
         bf16_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="bf16"))
         bf16 = measure_throughput(bf16_cfg, num_classes, steps=2, warmup=1)
-    return Speeds(train_ips, infer_ips, ranking_s, checkpoint_s, bf16)
+    return Speeds(train_ips, infer_ips, ranking_s, checkpoint_s, bf16, pca_s, code_dims)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer reads the work done, not the launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_pca(codes: np.ndarray, components: int) -> float:
+    began = time.perf_counter()
+    PCA.fit(codes, components)
+    return time.perf_counter() - began
 
 
 def _time_checkpoint(model: torch.nn.Module, amsgrad: bool, folder: Path) -> float:
@@ -98,18 +127,36 @@ def estimate_stages(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> list[
              + 1.25 * speeds.checkpoint_s)
     epochs = cfg.train.max_epochs
     evaluated = sizes["train"] + sizes["val"] + sizes["test"]
-    coded = sizes["ood"] + min(PCA_IMAGES, sizes["train"])
-    # all-pairs ranking grows with the square of the ood set; both ReLU variants, three layers
-    ranking = 2 * 3 * speeds.ranking_s * (sizes["ood"] / PROBE_RANKING) ** 2
     return [
         StageEstimate("train", epochs * epoch,
                       f"{epoch:.1f} s per epoch at {speeds.train_ips:.0f} img/s, at most "
                       f"{epochs} epochs; early stopping usually ends it sooner"),
         StageEstimate("evaluate", evaluated / speeds.infer_ips,
                       f"{evaluated:,} images at {speeds.infer_ips:.0f} img/s"),
-        StageEstimate("retrieval", coded / speeds.infer_ips + ranking,
-                      f"codes of {coded:,} images, ranking of {sizes['ood']:,} ood images"),
+        _retrieval(cfg, sizes, speeds),
     ]
+
+
+def _retrieval(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimate:
+    """The retrieval study: the ood codes (both variants in one pass) and those of the PCA's
+    training sample, a PCA fit per layer, the all-pairs rankings (mAP of both variants, then
+    the full code and each PCA size, plain and whitened, in the PCA study) and the figures."""
+    r = cfg.retrieval
+    fitted = min(PCA_IMAGES, sizes["train"])
+    coded = sizes["ood"] + fitted
+    # all-pairs ranking grows with the square of the ood set
+    rank_s = speeds.ranking_s * (sizes["ood"] / PROBE_RANKING) ** 2
+    rankings, pca = 2 * len(r.layers), 0.0
+    for layer in r.layers:
+        dims = speeds.code_dims.get(layer, 0)
+        components = min(max(r.pca_dims), dims, fitted - 1)
+        rankings += 1 + 2 * sum(1 for d in r.pca_dims if d <= components)
+        pca += speeds.pca_s * (fitted / PROBE_PCA[0]) * (dims / PROBE_PCA[1])
+    figures = len(r.layers) + 2  # top-k per layer, the layers side by side, the PCA plot
+    seconds = coded / speeds.infer_ips + rankings * rank_s + pca + figures * FIGURE_S
+    return StageEstimate("retrieval", seconds,
+                         f"codes of {coded:,} images, {rankings} rankings of "
+                         f"{sizes['ood']:,} ood images, {len(r.layers)} PCA fits")
 
 
 def seconds_per_epoch(estimates: list[StageEstimate], cfg: Config) -> float:

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "index", help="index a folder of your own images for `neuralcodes search`",
         description="Compute the neural codes of every image under FOLDER (any size and common "
-        "format, resized to 64x64; unreadable files are reported and skipped).")
+        "format; unreadable files are reported and skipped). Each image is resized to 64x64, "
+        "the size of the training images, without keeping its aspect ratio: a non-square "
+        "image is squeezed, as the query of `neuralcodes search` is.")
     p.add_argument("folder")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--out", help="index file (default: RUN/retrieval/index-<folder>.npz)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, run_config
 
@@ -14,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search", help="find the images most similar to IMAGE",
         description="Rank the ood set (or an index from `neuralcodes index`) by cosine "
         "similarity of neural codes to IMAGE and print paths and scores.")
-    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size (resized to 64x64, as the "
-                   "training images)")
+    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size; it is resized to 64x64 "
+                   "(the size of the training images) without keeping its aspect ratio, so a "
+                   "non-square image is squeezed, as `neuralcodes index` does with its images")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--index", help="folder index file (default: the run's ood set)")
     p.add_argument("--layer", choices=LAYERS,
@@ -36,13 +39,22 @@ def main(args: argparse.Namespace) -> int:
     k = cfg.retrieval.k if args.k is None else args.k
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
+    if Path(args.image).is_dir():
+        raise NeuralCodesError(f"{args.image} is a folder; search takes one image (to search "
+                               "among a folder's images, index it with `neuralcodes index`)")
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
-    print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
-          f"{'index ' + args.index if args.index else 'the ood set'}:")
+    # everything that can fail runs before the first line is printed
     hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
                   figure=args.figure, device=cfg.train.device,
                   precision=cfg.train.precision)
+    print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
+          f"{'index ' + args.index if args.index else 'the ood set'}:", flush=True)
+    if len(hits) < k:  # exact search returns min(k, database size) results
+        what = "indexed" if args.index else "ood"
+        flag = "retrieval.k" if args.k is None else "-k"
+        print(f"neuralcodes: note: {flag} {k} is more than the {len(hits)} {what} images; "
+              f"showing all {len(hits)}", file=sys.stderr, flush=True)
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {h.path}" + (f"  ({h.label})" if h.label else ""))
     if args.figure:

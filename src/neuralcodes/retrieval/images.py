@@ -21,7 +21,11 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 def read_image(path: str | Path | BinaryIO) -> np.ndarray:
     """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB,
-    decoded by :func:`neuralcodes.imageio.decode_image` (the one place user images are decoded)."""
+    decoded by :func:`neuralcodes.imageio.decode_image` (the one place user images are decoded).
+
+    The resize does not keep the aspect ratio (a non-square image is squeezed): index images,
+    search queries and web uploads are all treated so, and the result has the training images'
+    size."""
     return imageio.decode_image(path, size=IMAGE_SIZE, formats=None,
                                 max_pixels=imageio.LOCAL_MAX_PIXELS,
                                 max_decode_bytes=imageio.LOCAL_MAX_DECODE_BYTES)[0]
@@ -38,13 +42,27 @@ def image_files(folder: str | Path) -> list[Path]:
 
 def read_images(paths: Iterable[str | Path], progress: bool = False
                 ) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
-    """Decode many files: (images (N, 64, 64, 3), the paths read, [(path, why)] of failures)."""
+    """Decode many files: (images (N, 64, 64, 3), the paths read, [(path, why)] of failures).
+
+    The progress bar starts once one file has decoded, so files that are all unreadable end
+    without a progress line (the caller's one-line error stands alone).
+    """
+    paths = list(paths)
     images, ok, failed = [], [], []
-    for p in tqdm(list(paths), unit="img", desc="reading", disable=not progress, leave=False):
+
+    def read(p: str | Path) -> None:
         try:
             images.append(read_image(p))
             ok.append(Path(p))
         except NeuralCodesError as e:
             failed.append((Path(p), str(e)))
+
+    first = 0
+    while first < len(paths) and not ok:
+        read(paths[first])
+        first += 1
+    for p in tqdm(paths[first:], initial=first, total=len(paths), unit="img", desc="reading",
+                  disable=not progress or first == len(paths), leave=False):
+        read(p)
     arr = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return arr, ok, failed

@@ -18,7 +18,7 @@ from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
 from neuralcodes.files import require_folder
 from neuralcodes.model import CODE_LAYERS
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract_codes
-from neuralcodes.retrieval.images import image_files, read_image, read_images
+from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
 from neuralcodes.retrieval.index import CodeIndex
 from neuralcodes.retrieval.rundata import RunData
 
@@ -106,9 +106,12 @@ def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None =
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
     if out:
         out = require_folder(out, "index file")
-    r = RunData.open(run, device=device, precision=precision, progress=progress)
     folder = Path(folder)
     files = image_files(folder)
+    if not files:  # before any progress bar or loading: the error line stands alone
+        raise NeuralCodesError(f"{folder}: no readable images found (no image files: "
+                               f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    r = RunData.open(run, device=device, precision=precision, progress=progress)
     images, ok, failed = read_images(files, progress)
     if not ok:
         raise NeuralCodesError(f"{folder}: no readable images found"

@@ -346,11 +346,10 @@ def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
                                               dtype=torch.float64)])
             done += len(chunk)
             bar.update(len(chunk))
-            check = step % 10 == 9 or step == n_steps - 1
             nonfinite = not math.isfinite(float(loss_sum))  # every step: stop at the first NaN
-            if check and s.progress:
-                bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}",
-                                acc=f"{float(sums[1] / sums[2]):.4f}", refresh=False)
+            if step % 10 == 9 and step < n_steps - 1 and s.progress:  # the last: see below
+                bar.set_postfix({"loss": f"{float(sums[0] / sums[2]):.4f}",
+                                 "acc": f"{float(sums[1] / sums[2]):.4f}"}, refresh=False)
             if s.on_step is not None:
                 s.on_step(epoch, step)
             stop, nonfinite = dist.any(s.interrupt["set"], nonfinite)
@@ -359,8 +358,12 @@ def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
             if stop and step < n_steps - 1:
                 s.save_last(epoch - 1, step + 1, sums)
                 _interrupted(s, epoch - 1, step + 1)
-    seconds = time.perf_counter() - began
-    loss, correct, n = dist.sum(sums.cpu()).tolist()
+        seconds = time.perf_counter() - began
+        loss, correct, n = dist.sum(sums.cpu()).tolist()
+        # the bar ends on the epoch's own figures (all ranks), those of the summary line
+        if s.progress:
+            bar.set_postfix({"loss": f"{loss / n:.4f}", "acc": f"{correct / n:.4f}"},
+                            refresh=True)  # a dict: loss first, as in the summary line
     return loss / n, correct / n, done / max(seconds, 1e-9)
 
 

@@ -7,8 +7,9 @@ Pages (plain HTML/JS in ``static/``, no build step, nothing loaded from elsewher
   marked same class or not, with its similarity and the query's average precision per layer.
   This is exactly the study's protocol (query excluded by its index, ties broken by index:
   :func:`neuralcodes.retrieval.metrics.ranking_metrics`).
-- **Search with your image**: an uploaded JPEG/PNG/WebP of any size is resized to 64x64 like the
-  training images and searched in the ood set or in an index built by ``neuralcodes index``.
+- **Search with your image**: an uploaded JPEG/PNG/WebP of any size is resized to 64x64, the
+  training images' size, without keeping its aspect ratio (as ``neuralcodes index`` treats its
+  images), and searched in the ood set or in an index built by ``neuralcodes index``.
 - **Results**: the train/val/test table (``eval.json``), mAP per layer, the learning curves.
 - **JSON API** under ``/api/``, described by the OpenAPI schema at ``/openapi.json``.
 

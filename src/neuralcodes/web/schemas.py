@@ -62,7 +62,10 @@ class SearchResult(BaseModel):
     query: QueryInfo
     database: Literal["ood", "index"]
     database_size: int = Field(description="images ranked (the query itself excluded)")
-    k: int
+    k: int = Field(description="results per layer asked for")
+    shown: int = Field(description="results per layer given: k, or the whole database when it "
+                       "holds fewer images")
+    note: str | None = Field(None, description="why fewer than k results are given, if so")
     relu: bool = Field(description="the codes searched: post-ReLU (True) or pre-ReLU (False)")
     layers: list[LayerResult]
     relevant: int | None = Field(None, description="ood query: other images of its class")

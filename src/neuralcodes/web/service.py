@@ -33,10 +33,13 @@ class ServedRun:
                  settings: RetrievalConfig | None = None, progress: bool = False) -> None:
         """``precision`` None: the run's own (``train.precision``) for every forward pass."""
         relu = None if settings is None else settings.relu
-        self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
-                            progress=progress)
+        # the index first: a wrong one fails before the ood codes are computed (with a bar)
         self.index = None if index is None else Searcher(run_dir, index=index, device=device,
                                                          precision=precision)
+        if self.index is not None:
+            _check_layers("index", self.index, settings or self.index.run.config.retrieval)
+        self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
+                            progress=progress)
         self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
         cfg = self.ood.run.config.retrieval if settings is None else settings
@@ -48,11 +51,7 @@ class ServedRun:
         if not np.array_equal(codes.index, splits.ood):
             raise NeuralCodesError(f"{self.run.codes('ood', codes.relu)} does not match the run's "
                                    "ood split; recompute it with `neuralcodes codes --force`")
-        for name, searcher in (("ood codes", self.ood), ("index", self.index)):
-            missing = [x for x in self.layers if searcher and x not in searcher.codes.layers]
-            if missing:
-                raise NeuralCodesError(f"the {name} has no codes for layer(s) "
-                                       f"{', '.join(missing)}")
+        _check_layers("ood codes", self.ood, cfg)
         self.labels = np.asarray(codes.labels, dtype=np.int64)
         self.in_classes = list(splits.in_classes)
         self._model_lock = threading.Lock()
@@ -121,7 +120,8 @@ class ServedRun:
             layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits})
         relevant = self.relevant(i)
         return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
-                "database_size": len(self) - 1, "k": k, "relu": self.ood.relu, "layers": layers,
+                "database_size": len(self) - 1, **_shown(k, len(self) - 1, "ood set"),
+                "relu": self.ood.relu, "layers": layers,
                 "relevant": relevant, "chance_ap": _chance_ap(relevant, len(self) - 1)}
 
     def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
@@ -153,14 +153,31 @@ class ServedRun:
             hits = [self._hit(item, rank, s, None)
                     for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
             layers.append({"layer": layer, "ap": None, "hits": hits})
+        size = len(searcher.codes)
         return {"query": {"id": None, "source": "upload"}, "database": database,
-                "database_size": len(searcher.codes), "k": k, "relu": searcher.relu,
-                "layers": layers}
+                "database_size": size,
+                **_shown(k, size, "ood set" if database == "ood" else "index"),
+                "relu": searcher.relu, "layers": layers}
 
     def _hit(self, item: dict[str, Any], rank: int, score: float, query_label: int | None
              ) -> dict[str, Any]:
         same = None if query_label is None else item["label"] == query_label
         return {**item, "rank": rank, "score": score, "same_class": same}
+
+
+def _check_layers(name: str, searcher: Searcher, cfg: RetrievalConfig) -> None:
+    missing = [x for x in cfg.layers if x not in searcher.codes.layers]
+    if missing:
+        raise NeuralCodesError(f"the {name} has no codes for layer(s) {', '.join(missing)}")
+
+
+def _shown(k: int, size: int, what: str) -> dict[str, Any]:
+    """``k`` asked for, the results given per layer, and a note when the database is smaller
+    (``neuralcodes search`` says the same on stderr)."""
+    shown = min(k, size)
+    note = (None if shown == k else f"{k} results per layer asked for, but the {what} holds "
+            f"only {size} images; showing all {size}")
+    return {"k": k, "shown": shown, "note": note}
 
 
 def _chance_ap(relevant: int, n: int) -> float | None:

@@ -42,7 +42,8 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np
     Only JPEG, PNG and WebP are accepted (415 otherwise); the pixel count and the memory the
     decode needs are checked from the header first (413); corrupt or truncated files give 400.
     Transparent areas are composited on white; an image smaller than 64x64 is enlarged, and
-    says so.
+    says so. A non-square image is squeezed to 64x64 (the aspect ratio is not kept), exactly as
+    the images of ``neuralcodes index`` and the query of ``neuralcodes search`` are.
     """
     try:
         image, info = imageio.decode_image(data, max_pixels=max_pixels)

@@ -345,13 +345,18 @@ function aboutText(result) {
   return text;
 }
 
+// "top 5", or "all 3" when the database holds fewer images than k (result.note says so)
+function topText(result) {
+  return result.shown < result.k ? `all ${result.shown}` : `top ${result.k}`;
+}
+
 function paintResult(view, result, layer, announceText, focus) {
   state.results[view] = { result, layer };
   renderLayers(view, result, layer);
   setStatus(view, "");
   const title = $(`${view}-results-title`);
   title.hidden = false;
-  title.textContent = `Most similar images (top ${result.k}${layer === "all" ? " per layer" : `, layer ${layer}`})`;
+  title.textContent = `Most similar images (${topText(result)}${layer === "all" ? " per layer" : `, layer ${layer}`})`;
   announce(announceText);
   if (focus) title.focus({ preventScroll: false });
 }
@@ -415,7 +420,7 @@ async function renderQuery(arg, params) {
   setTitle(`#${q.id} ${q.class_name}: similar images`);
   $("query-about").textContent = aboutText(result);
   paintResult("query", result, layer,
-    `Results for image #${q.id}, ${q.class_name}: top ${result.k} in ${layer === "all" ? "layers " + info.layers.join(", ") : "layer " + layer}.`,
+    `Results for image #${q.id}, ${q.class_name}: ${topText(result)} in ${layer === "all" ? "layers " + info.layers.join(", ") : "layer " + layer}.`,
     !keepFocus);
 }
 
@@ -435,6 +440,7 @@ function clearUpload() {
 function uploadNotes(q) {
   const notes = [];
   if (q.upscaled) notes.push(`Your image is only ${q.width}×${q.height} pixels: it was enlarged to 64×64, so the model sees a blurry version.`);
+  if (q.width !== q.height) notes.push(`Your image is ${q.width}×${q.height}: it was squeezed to 64×64 (the aspect ratio is not kept), as are the images of an index.`);
   if (q.transparent) notes.push("Transparent areas were filled with white.");
   return notes;
 }
@@ -444,10 +450,11 @@ function paintUpload(result, layer, focus) {
   $("upload-query").hidden = false;
   $("upload-preview").src = q.url;
   $("upload-caption").textContent = `${q.filename || "your image"} (${q.width}×${q.height} ${q.format}) → 64×64`;
-  $("upload-notes").replaceChildren(...uploadNotes(q).map((n) => el("li", { text: n })));
+  const notes = [...uploadNotes(q), ...(result.note ? [`${result.note}.`] : [])];
+  $("upload-notes").replaceChildren(...notes.map((n) => el("li", { text: n })));
   $("upload-about").textContent = aboutText(result);
   paintResult("upload", result, layer,
-    `Results for ${q.filename || "your image"}: top ${result.k} ${layer === "all" ? "per layer" : `in layer ${layer}`}.`, focus);
+    `Results for ${q.filename || "your image"}: ${topText(result)} ${layer === "all" ? "per layer" : `in layer ${layer}`}.`, focus);
 }
 
 async function renderUpload(uid, params) {
@@ -557,7 +564,7 @@ function setupUpload(info) {
   });
   const mp = (info.max_pixels / 1e6).toFixed(0);
   $("upload-limits").textContent = `JPEG, PNG or WebP, up to ${info.max_upload_text} and ${mp} megapixels; ` +
-    "any size is resized to 64×64 like the training images.";
+    "any size is resized to 64×64, the size of the training images, without keeping its aspect ratio.";
   $("upload-form").addEventListener("submit", (e) => e.preventDefault());
   $("upload-file").addEventListener("change", () => uploadFile($("upload-file").files[0]));
   const drop = $("drop");

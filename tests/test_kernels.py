@@ -47,6 +47,8 @@ def test_nnpack_convolution_matches_the_direct_one_and_its_gradients(kernel, cha
         outs.append(out.detach())
         grads.append([xi.grad, conv.weight.grad, conv.bias.grad])
     assert outs[1].shape == (NNPACK_MIN_BATCH, 10, 12, 12)
+    # answered in the input's memory format, as PyTorch's own convolution answers
+    assert outs[0].is_contiguous(memory_format=fmt) and outs[1].is_contiguous(memory_format=fmt)
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
     for g_fast, g_direct in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(g_fast, g_direct, rtol=1e-4, atol=1e-4)

@@ -179,7 +179,7 @@ RUN_DAMAGE: dict[str, Callable[[Case], Path]] = {
     "run is a file": lambda c: c.file("not-a-run"),
     "run missing": lambda c: c.tmp / "no-such-run",
     "cache and source gone": lambda c: c.edit_config(c.run(), lambda d: (
-        d["data"].update(cache=str(c.tmp / "gone")),
+        d["data"].update(cache=str(c.tmp / "gone"), source=str(c.tmp / "gone-too")),
         d["config"]["data"].update(source=str(c.tmp / "gone-too")))),
     "cache images.npy truncated": lambda c: c.run_with_cache(
         lambda cache: truncate(cache / "images.npy")),
@@ -447,6 +447,8 @@ def test_bad_input_is_one_line_and_exit_2(argv_of, world: World, tmp_path: Path,
     pytest.param(lambda c: run_cmd(c, "--set", "model.dropout=2"), id="run"),
     pytest.param(lambda c: train(c, "--config", str(c.file("c.json", '{"model": {"x": 1}}'))),
                  id="train --config"),
+    pytest.param(lambda c: run_cmd(c, "--data", str(c.tmp / "nope")), id="run --data missing"),
+    pytest.param(lambda c: train(c, "--data", str(c.tmp / "nope")), id="train --data missing"),
 ])
 def test_settings_are_validated_before_any_work(argv_of, world: World, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

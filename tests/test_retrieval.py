@@ -494,3 +494,31 @@ def test_study_of_a_database_smaller_than_10_has_no_precision_at_10(tiny_source,
     assert maps["pre"]["6"]["p@10"] is None and maps["chance_p@10"] is None
     assert maps["pre"]["6"]["p@5"] is not None and maps["pre"]["6"]["n_queries"] == 6
     assert maps["chance_map"] == pytest.approx(chance_average_precision(5, 2))
+
+
+def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
+        tmp_path, tiny_source, monkeypatch, capsys):
+    """config.json keeps --data as typed (here relative to where training ran); search from
+    elsewhere uses the run's cache, and without the cache the absolute source the run recorded."""
+    import shutil
+
+    from neuralcodes.retrieval.rundata import RunData
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere" / "deeper"
+    work.mkdir()
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    cache = tmp_path / "cache"
+    assert cli(["train", "--data", os.path.relpath(tiny_source, work), "--cache-dir", str(cache),
+                "--out", "run", "--no-progress", "--set", "train.max_epochs=1", "--set",
+                "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16", "--set",
+                "data.ood_classes=2", "--set", "retrieval.k=3", "--device", "cpu"]) == 0
+    query = next(tiny_source.rglob("*.JPEG"))
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert cli(["search", str(query), "--run", str(work / "run"), "-k", "3"]) == 0
+    hits = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [h[0] for h in hits] == ["1", "2", "3"] and all("/images/" in h[2] for h in hits)
+    shutil.rmtree(cache)  # no cache either: prepared again from the recorded absolute source
+    data = RunData.open(work / "run")
+    assert len(data.dataset.labels) == 6 * 20 and len(data.splits.ood) == 2 * 20

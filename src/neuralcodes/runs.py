@@ -20,6 +20,7 @@ is a trained run loaded for use (config, model, data).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -75,6 +76,7 @@ class RunDir:
         ``.lock``, released by the kernel when its process dies, so a lock left by a killed
         process is simply taken over; temporary files that process left are removed then.
         """
+        created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -92,6 +94,11 @@ class RunDir:
             yield
             os.ftruncate(fd, 0)
         finally:
+            if created and [p.name for p in self.root.iterdir()] == [self.lock_file.name]:
+                # nothing was written (a bad --data, say): leave no empty run directory behind
+                with contextlib.suppress(OSError):
+                    self.lock_file.unlink()
+                    self.root.rmdir()
             os.close(fd)  # closing releases the flock
 
     def saved(self, *, data: bool = True) -> dict[str, Any]:
@@ -237,7 +244,6 @@ class TrainedRun:
         """Load ``checkpoint`` (best or last) of the run at ``path`` onto ``device``."""
         import torch
 
-        from neuralcodes.data import Dataset, load_data, make_splits
         from neuralcodes.runtime import resolve_device
         from neuralcodes.training.checkpoint import load_checkpoint
         from neuralcodes.training.step import build_model
@@ -246,13 +252,7 @@ class TrainedRun:
         saved = rd.saved()
         cfg = Config.from_dict(saved["config"])
         ckpt = load_checkpoint(rd.checkpoint(checkpoint))
-        cache = Path(saved["data"]["cache"])
-        if cache.is_dir():  # the cache the run was trained on: no need to find the source again
-            dataset = Dataset.load(cache)
-            splits = make_splits(dataset, cfg.data)
-        else:
-            dataset, splits = load_data(cfg.data, progress=False)
-        check_same_splits(rd, saved, splits.hash)
+        dataset, splits = load_run_data(rd, saved)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         try:
             model = build_model(cfg, len(splits.in_classes), dev, weights=ckpt["model"],
@@ -261,3 +261,29 @@ class TrainedRun:
             raise NeuralCodesError(f"{rd.checkpoint(checkpoint)}: weights do not fit this run's "
                                    f"model ({str(e).splitlines()[0]})") from None
         return cls(rd, cfg, saved, model, dataset, splits, int(ckpt.get("epoch", 0)), dev)
+
+
+def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Dataset, Splits]:
+    """The dataset and splits the run at ``rd`` was trained on, from wherever this runs.
+
+    The cache the run recorded serves when it is still there; otherwise the data is prepared
+    again from the configured source, or from the absolute source path the run recorded when
+    the configured one (perhaps relative to where training ran) is not found from here. Refused
+    in one line when the splits differ from the run's.
+    """
+    from neuralcodes.data import Dataset, load_data, make_splits
+
+    saved = saved if saved is not None else rd.saved()
+    data = Config.from_dict(saved["config"]).data
+    cache = Path(saved["data"]["cache"])
+    if cache.is_dir():
+        dataset = Dataset.load(cache)
+        splits = make_splits(dataset, data)
+    else:
+        recorded = saved["data"].get("source")
+        if (data.source and not Path(data.source).expanduser().exists() and recorded
+                and Path(recorded).exists()):
+            data = dataclasses.replace(data, source=recorded)
+        dataset, splits = load_data(data, progress=False)
+    check_same_splits(rd, saved, splits.hash)
+    return dataset, splits

@@ -11,7 +11,7 @@ import numpy as np
 
 from neuralcodes.config import Config
 from neuralcodes.retrieval.codes import CodeSet, gather_images, recorded_precision, run_codes
-from neuralcodes.runs import RunDir, TrainedRun
+from neuralcodes.runs import RunDir, TrainedRun, load_run_data
 
 if TYPE_CHECKING:
     import torch
@@ -55,9 +55,7 @@ class RunData:
 
     def _load_data(self) -> None:
         if self._dataset is None:
-            from neuralcodes.data import load_data
-
-            self._dataset, self._splits = load_data(self.config.data, progress=False)
+            self._dataset, self._splits = load_run_data(self.dir)
 
     @property
     def dataset(self) -> Dataset:

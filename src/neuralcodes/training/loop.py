@@ -416,7 +416,7 @@ def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
     """What config.json records about the data: cache, checksums, split sizes, classes."""
     source = dataset.manifest.get("source", {})
     return {
-        "cache": str(dataset.root), "manifest_hash": dataset.manifest_hash,
+        "cache": str(Path(dataset.root).resolve()), "manifest_hash": dataset.manifest_hash,
         "source": source.get("path"), "source_checksum": source.get("checksum"),
         "splits_hash": splits.hash,
         "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test", "ood")},

@@ -105,3 +105,18 @@ def test_second_writer_of_a_run_gets_one_line_naming_the_holder(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"(pid {holder.pid} on " in err and "`train`" in err
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_index_help_says_what_folder_is(capsys, tmp_path):
+    from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files
+
+    assert cli.main(["index", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    said = text.split("positional arguments:")[1].split("options:")[0].strip()
+    assert said.startswith("folder the folder of images to index, subfolders included")
+    assert all(suffix in said for suffix in IMAGE_SUFFIXES) and "(any case)" in said
+    # what it says is what indexing reads: subfolders, any case, image suffixes only
+    (tmp_path / "sub").mkdir()
+    for name in ("sub/a.PNG", "b.jpeg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert image_files(tmp_path) == [tmp_path / "b.jpeg", tmp_path / "sub" / "a.PNG"]

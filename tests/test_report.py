@@ -340,3 +340,65 @@ def test_train_test_gap_is_called_overfitting_only_beyond_noise(tmp_path):
     md = write_report(run)[0].read_text()
     assert ("Train top-1 exceeds test top-1 by 0.100, more than twice its standard error of\n"
             "0.007: the train-test gap shows how much the model overfits.") in md
+
+
+def _html_tables(html: str) -> list[list[list[str]]]:
+    """Every table of the page as rows of cell texts (header row first)."""
+    tables: list[list[list[str]]] = []
+
+    class Parser(HTMLParser):
+        cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                tables.append([])
+            elif tag == "tr":
+                tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                tables[-1][-1].append("".join(self.cell).strip())
+                self.cell = None
+
+    Parser().feed(html)
+    return tables
+
+
+def test_pca_sentences_and_table_are_well_formed(tmp_path):
+    run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25}, extra_map=SIGNIFICANT_6)
+    rows = []
+    for layer, full, gain in (("5", 0.2, False), ("6", 0.3, False), ("7", 0.25, True)):
+        for whiten in (False, True):
+            rows.append({"layer": layer, "dims": "full", "whiten": whiten, "map": full,
+                         "diff_vs_full": None, "ci95": None})
+            small = (64, 0.004, [0.001, 0.007]) if gain else (64, -0.002, [-0.006, 0.002])
+            for d, diff, ci in ((16, -0.05, [-0.06, -0.04]), small):
+                rows.append({"layer": layer, "dims": d, "whiten": whiten, "map": full + diff,
+                             "diff_vs_full": diff, "ci95": ci})
+    write_json(run / "retrieval" / "pca.json", {"relu": False, "table": rows})
+    md_path, html_path = write_report(run)
+    md = md_path.read_text()
+    # A space before the parenthesis after each verdict, in both places it is said.
+    assert len(re.findall(r"without a significant loss\s\(mAP", md)) == 4  # layers 5, 6; twice
+    assert len(re.findall(r"with a significant gain\s\(mAP", md)) == 2  # layer 7, twice
+    assert not re.search(r"(loss|gain)\(", md)
+    # The PCA table: every row has the header's cells and ends in its closing pipe.
+    start = md.index("| codes | 16 | 64 | full |")
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), md[start:].splitlines()))
+    assert len(table) == 2 + 6  # header, rule, 3 layers x (plain, whitened)
+    assert all(line.endswith(" |") or line.endswith("---|") for line in table)
+    assert not any(line.endswith("| ") for line in table)
+    assert {line.count("|") for line in table} == {5}
+    assert table[2] == "| layer 5 | 0.150 | 0.198 | 0.200 |"
+    # The HTML table has as many cells per row as its header, none of them empty.
+    pca_tables = [t for t in _html_tables(html_path.read_text())
+                  if t and t[0] == ["codes", "16", "64", "full"]]
+    assert len(pca_tables) == 1
+    assert [len(r) for r in pca_tables[0]] == [4] * 7 and all(all(r) for r in pca_tables[0])
+    assert pca_tables[0][-1] == ["layer 7 (whitened)", "0.200", "0.254", "0.250"]

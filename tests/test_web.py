@@ -504,6 +504,30 @@ def test_transparent_png_is_composited_on_white_and_tiny_images_say_upscaled(cli
     assert (tiny["width"], tiny["height"]) == (10, 10)
 
 
+def test_the_answer_says_what_was_done_to_the_query_image(client):
+    """The notes about the query come from the server (an API user reads them too): a 120x40
+    image is squeezed and only its height is enlarged; a 64x64 opaque image needs no note."""
+    wide = upload(client, png(np.full((40, 120, 3), 90, np.uint8))).json()["query"]
+    assert (wide["width"], wide["height"], wide["upscaled"]) == (120, 40, True)
+    assert wide["notes"] == [
+        "Your image is 120×40: it was squeezed to 64×64 (the aspect ratio is not kept), as are "
+        "the images of an index.",
+        "Its height (40 px) was enlarged to 64, so the model sees it blurred vertically."]
+    assert upload(client, png(np.full((64, 64, 3), 90, np.uint8))).json()["query"]["notes"] == []
+    tall = upload(client, png(np.full((100, 30, 3), 90, np.uint8))).json()["query"]
+    assert tall["notes"][1] == ("Its width (30 px) was enlarged to 64, so the model sees it "
+                                "blurred horizontally.")
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    small = upload(client, png(rgba)).json()
+    assert small["query"]["notes"] == [
+        "Your image is only 10×10 pixels: it was enlarged to 64×64, so the model sees a blurry "
+        "version.", "Transparent areas were filled with white."]
+    uid = small["query"]["upload_id"]
+    assert client.get(f"/api/upload/{uid}").json()["query"]["notes"] == small["query"]["notes"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["QueryInfo"]
+    assert "squeezed" in schema["properties"]["notes"]["description"]
+
+
 def test_an_upload_can_be_searched_again_by_its_id(client, data):
     dataset, splits = data
     first = upload(client, png(dataset.images[splits.ood[12]]), k="3").json()

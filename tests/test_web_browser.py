@@ -580,11 +580,38 @@ def test_15_the_upload_hint_and_notes_say_the_aspect_ratio_is_not_kept(page):
     page.settle()
     assert "Your image is 123×77: it was squeezed to 64×64 (the aspect ratio is not kept)" in \
         page.pg.locator("#upload-notes").inner_text()
+    page.pg.set_input_files("#upload-file", files=_file("low.png", _png(11, (120, 40))))
+    page.pg.wait_for_function("() => document.querySelector('#upload-caption').textContent"
+                              ".startsWith('low.png (')")
+    page.settle()
+    notes = page.pg.locator("#upload-notes li").all_inner_texts()
+    assert notes == ["Your image is 120×40: it was squeezed to 64×64 (the aspect ratio is not "
+                     "kept), as are the images of an index.",
+                     "Its height (40 px) was enlarged to 64, so the model sees it blurred "
+                     "vertically."]
     page.pg.set_input_files("#upload-file", files=_file("square.png", _png(10, (80, 80))))
     page.pg.wait_for_function("() => document.querySelector('#upload-caption').textContent"
                               ".startsWith('square.png (')")
     page.settle()
     assert "squeezed" not in page.pg.locator("#upload-notes").inner_text()
+    assert page.pg.locator("#upload-notes li").count() == 0
+
+
+def test_15b_the_page_shows_the_servers_notes_about_the_query(page):
+    """One source of truth: the page shows the answer's query.notes and derives none itself."""
+
+    def said(route: object) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["query"]["notes"] = ["A note from the server."]
+        route.fulfill(response=response, json=body)
+
+    page.pg.route("**/api/search", said)
+    page.open("#/upload")
+    page.pg.set_input_files("#upload-file", files=_file("wide.png", _png(12, (123, 20), True)))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert page.pg.locator("#upload-notes li").all_inner_texts() == ["A note from the server."]
 
 
 # --------------------------------------------------------------------------- accessibility

@@ -12,6 +12,7 @@ from neuralcodes.cli.common import (
     run_lock,
 )
 from neuralcodes.retrieval.codes import DEFAULT_BATCH
+from neuralcodes.retrieval.images import IMAGE_SUFFIXES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "format; unreadable files are reported and skipped). Each image is resized to 64x64, "
         "the size of the training images, without keeping its aspect ratio: a non-square "
         "image is squeezed, as the query of `neuralcodes search` is.")
-    p.add_argument("folder")
+    p.add_argument("folder", help="the folder of images to index, subfolders included: every "
+                   f"file ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case); the index "
+                   "keeps their paths, which `neuralcodes search --index` prints")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--out", help="index file (default: RUN/retrieval/index-<folder>.npz)")
     p.add_argument("--relu", choices=("pre", "post"),

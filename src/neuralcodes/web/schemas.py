@@ -54,6 +54,10 @@ class QueryInfo(BaseModel):
     upscaled: bool | None = Field(None, description="upload: smaller than 64x64, so enlarged")
     transparent: bool | None = Field(None, description="upload: had transparent areas, shown "
                                      "to the model on white")
+    notes: list[str] = Field(default_factory=list, description="upload: what was done to the "
+                             "image before the model saw it, as sentences to show (squeezed to "
+                             "64x64 when not square; which side was enlarged when shorter than "
+                             "64; transparent areas filled with white); empty when nothing was")
 
 
 class SearchResult(BaseModel):

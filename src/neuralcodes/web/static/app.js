@@ -437,20 +437,13 @@ function clearUpload() {
   state.results.upload = null;
 }
 
-function uploadNotes(q) {
-  const notes = [];
-  if (q.upscaled) notes.push(`Your image is only ${q.width}×${q.height} pixels: it was enlarged to 64×64, so the model sees a blurry version.`);
-  if (q.width !== q.height) notes.push(`Your image is ${q.width}×${q.height}: it was squeezed to 64×64 (the aspect ratio is not kept), as are the images of an index.`);
-  if (q.transparent) notes.push("Transparent areas were filled with white.");
-  return notes;
-}
-
 function paintUpload(result, layer, focus) {
   const q = result.query;
   $("upload-query").hidden = false;
   $("upload-preview").src = q.url;
   $("upload-caption").textContent = `${q.filename || "your image"} (${q.width}×${q.height} ${q.format}) → 64×64`;
-  const notes = [...uploadNotes(q), ...(result.note ? [`${result.note}.`] : [])];
+  // the server says what was done to the image (query.notes) and why fewer than k results come (note)
+  const notes = [...(q.notes || []), ...(result.note ? [`${result.note}.`] : [])];
   $("upload-notes").replaceChildren(...notes.map((n) => el("li", { text: n })));
   $("upload-about").textContent = aboutText(result);
   paintResult("upload", result, layer,

@@ -371,7 +371,7 @@ def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_p
     rng = np.random.default_rng(1)
     folder = tmp_path / "three"
     for i in range(3):
-        _save_png(folder / f"img{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        _save_png(folder / f"img{i}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     index = tmp_path / "three.npz"
     assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(index),
                 "--no-progress", "--device", "cpu"]) == 0
@@ -414,6 +414,16 @@ def test_non_square_images_are_squeezed_alike_and_the_help_says_so(tiny_run, tmp
         assert cli([command, "--help"]) == 0
         text = " ".join(capsys.readouterr().out.split())
         assert "resized to 64x64" in text and "without keeping its aspect ratio" in text, text
+    # the search command says so for a query it squeezed (one note line per fact), not otherwise
+    index_args = ["--run", str(tiny_run), "--index", str(path), "-k", "1", "--device", "cpu"]
+    assert cli(["search", str(wide), *index_args]) == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"neuralcodes: note: {wide}: Your image is 120×40: it was squeezed to 64×64 "
+                     "(the aspect ratio is not kept), as are the images of an index.",
+                     f"neuralcodes: note: {wide}: Its height (40 px) was enlarged to 64, so the "
+                     "model sees it blurred vertically."]
+    assert cli(["search", str(tmp_path / "own" / "square.png"), *index_args]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("case", ["empty", "unreadable", "search a folder"])

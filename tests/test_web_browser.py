@@ -168,8 +168,10 @@ def test_gallery_click_shows_three_layers_of_marked_results(page, server):
     page.open()
     thumbs = page.pg.locator("#gallery a")
     assert thumbs.count() == 40
-    assert page.pg.locator("#gallery img").first.evaluate("img => img.complete && "
-                                                          "img.naturalWidth === 64")
+    # the thumbnail loads after the page settles: wait for it, then check what arrived
+    page.pg.wait_for_function("() => { const img = document.querySelector('#gallery img');"
+                              " return img !== null && img.complete; }")
+    assert page.pg.locator("#gallery img").first.evaluate("img => img.naturalWidth === 64")
     thumbs.nth(2).click()
     page.pg.wait_for_url("**#/query/2")
     page.settle()

@@ -348,3 +348,26 @@ def release_memory() -> None:
     Image buffers freed by one thread otherwise stay in its malloc arena for good."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def query_notes(width: int, height: int, *, transparent: bool = False) -> list[str]:
+    """What was done to a ``width`` x ``height`` query image before the model saw it, as
+    sentences for people (the web API's ``query.notes``, ``neuralcodes search``'s notes): squeezed
+    when not square, which side(s) were enlarged when shorter than 64, transparency on white."""
+    side = IMAGE_SIZE
+    notes = []
+    if width != height:
+        notes.append(f"Your image is {width}×{height}: it was squeezed to {side}×{side} (the "
+                     "aspect ratio is not kept), as are the images of an index.")
+    if width < side and height < side:
+        notes.append(f"Your image is only {width}×{height} pixels: it was enlarged to "
+                     f"{side}×{side}, so the model sees a blurry version.")
+    elif width < side:
+        notes.append(f"Its width ({width} px) was enlarged to {side}, so the model sees it "
+                     "blurred horizontally.")
+    elif height < side:
+        notes.append(f"Its height ({height} px) was enlarged to {side}, so the model sees it "
+                     "blurred vertically.")
+    if transparent:
+        notes.append("Transparent areas were filled with white.")
+    return notes

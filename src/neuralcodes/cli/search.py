@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from neuralcodes import imageio
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import search
     from neuralcodes.runs import RunDir
@@ -48,6 +49,9 @@ def main(args: argparse.Namespace) -> int:
     hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
                   figure=args.figure, device=cfg.train.device,
                   precision=cfg.train.precision)
+    _, width, height = imageio.probe(args.image, formats=None)
+    for note in imageio.query_notes(width, height):  # what was done to the query: said once
+        print(f"neuralcodes: note: {args.image}: {note}", file=sys.stderr, flush=True)
     print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
           f"{'index ' + args.index if args.index else 'the ood set'}:", flush=True)
     if len(hits) < k:  # exact search returns min(k, database size) results

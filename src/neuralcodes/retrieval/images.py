@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from neuralcodes import imageio
 from neuralcodes.errors import NeuralCodesError
 
-IMAGE_SIZE = 64
+IMAGE_SIZE = imageio.IMAGE_SIZE
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 

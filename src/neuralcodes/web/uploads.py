@@ -18,7 +18,6 @@ from PIL import Image
 from neuralcodes import imageio
 
 #: The model's input size (the cached images' side).
-IMAGE_SIZE = 64
 #: Upload limits (``create_app`` arguments, ``serve --max-upload-mb/--max-megapixels``).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -45,38 +44,15 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np
     Transparent areas are composited on white; an image smaller than 64x64 is enlarged. A
     non-square image is squeezed to 64x64 (the aspect ratio is not kept), exactly as
     the images of ``neuralcodes index`` and the query of ``neuralcodes search`` are. ``notes``
-    says all of this to people (:func:`query_notes`).
+    says all of this to people (:func:`neuralcodes.imageio.query_notes`).
     """
     try:
         image, info = imageio.decode_image(data, max_pixels=max_pixels)
     except imageio.ImageRejected as e:
         raise UploadRejected(e.status, e.reason) from None
     meta = info.as_dict()
-    meta["notes"] = query_notes(info.width, info.height, transparent=info.transparent)
+    meta["notes"] = imageio.query_notes(info.width, info.height, transparent=info.transparent)
     return image, meta
-
-
-def query_notes(width: int, height: int, *, transparent: bool = False) -> list[str]:
-    """What was done to a ``width`` x ``height`` query image before the model saw it, as
-    sentences for people (the API's ``query.notes``; the page shows them as they are): squeezed
-    when not square, which side(s) were enlarged when shorter than 64, transparency on white."""
-    side = IMAGE_SIZE
-    notes = []
-    if width != height:
-        notes.append(f"Your image is {width}×{height}: it was squeezed to {side}×{side} (the "
-                     "aspect ratio is not kept), as are the images of an index.")
-    if width < side and height < side:
-        notes.append(f"Your image is only {width}×{height} pixels: it was enlarged to "
-                     f"{side}×{side}, so the model sees a blurry version.")
-    elif width < side:
-        notes.append(f"Its width ({width} px) was enlarged to {side}, so the model sees it "
-                     "blurred horizontally.")
-    elif height < side:
-        notes.append(f"Its height ({height} px) was enlarged to {side}, so the model sees it "
-                     "blurred vertically.")
-    if transparent:
-        notes.append("Transparent areas were filled with white.")
-    return notes
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -101,6 +101,19 @@ function setStatus(view, message, busy = false) {
   if (results) results.setAttribute("aria-busy", busy ? "true" : "false");
 }
 
+// One request for a view: its busy status while it runs, cleared if the request fails; null when
+// a newer request has superseded it (the caller then draws nothing).
+async function load(view, token, path, busyMessage) {
+  setStatus(view, busyMessage, true);
+  try {
+    const body = await api(path, { signal: token.signal });
+    return current(token) ? body : null;
+  } catch (err) {
+    if (current(token)) setStatus(view, "");
+    throw err;
+  }
+}
+
 function announce(message) {
   $("announce").textContent = message;
 }
@@ -404,15 +417,8 @@ async function renderQuery(arg, params) {
   image.hidden = false;
   $("query-caption").textContent = `#${id}`;
   $("query-results").replaceChildren();
-  setStatus("query", `Searching with image #${id}…`, true);
-  let result;
-  try {
-    result = await api(`api/search/${id}?k=${k}`, { signal: token.signal });
-  } catch (err) {
-    if (current(token)) setStatus("query", "");
-    throw err;
-  }
-  if (!current(token)) return;
+  const result = await load("query", token, `api/search/${id}?k=${k}`, `Searching with image #${id}…`);
+  if (!result) return;
   const q = result.query;
   $("query-caption").textContent = `#${q.id} ${q.class_name}`;
   image.alt = `query image #${q.id}, ${q.class_name}`;
@@ -606,15 +612,8 @@ function table(testid, head, rows, foot = []) {
 async function renderResults() {
   show("results", "Results");
   const token = begin();
-  setStatus("results", "Loading the run's results…", true);
-  let r;
-  try {
-    r = await api("api/results", { signal: token.signal });
-  } catch (err) {
-    if (current(token)) setStatus("results", "");
-    throw err;
-  }
-  if (!current(token)) return;
+  const r = await load("results", token, "api/results", "Loading the run's results…");
+  if (!r) return;
   setStatus("results", "");
   $("results-title").textContent = `Results of run ${r.run}`;
   const ref = r.reference;
@@ -673,15 +672,8 @@ async function renderResults() {
 async function renderApi() {
   show("api");
   const token = begin();
-  setStatus("api", "Loading the API description…", true);
-  let schema;
-  try {
-    schema = await api("openapi.json", { signal: token.signal });
-  } catch (err) {
-    if (current(token)) setStatus("api", "");
-    throw err;
-  }
-  if (!current(token)) return;
+  const schema = await load("api", token, "openapi.json", "Loading the API description…");
+  if (!schema) return;
   setStatus("api", "");
   const items = [];
   for (const [path, methods] of Object.entries(schema.paths)) {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_imagenet
+from helpers import make_tiny_imagenet, trained_web_run
 from neuralcodes.config import DataConfig
 from neuralcodes.data import prepare
 
@@ -46,3 +46,10 @@ def tiny_cache(tiny_source: Path, tiny_cache_root: Path) -> Path:
 def tiny_data_config(tiny_source: Path, tiny_cache_root: Path, tiny_cache: Path) -> DataConfig:
     """A DataConfig for the prepared tiny dataset: 4 in-domain + 2 ood classes."""
     return DataConfig(source=str(tiny_source), cache_dir=str(tiny_cache_root), ood_classes=2)
+
+
+@pytest.fixture(scope="session")
+def web_run(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
+            tiny_cache: Path) -> Path:
+    """A tiny trained and evaluated run for the web tests (:func:`helpers.trained_web_run`)."""
+    return trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)

@@ -1,7 +1,7 @@
 """The web app's JSON API (FastAPI test client) on a tiny trained run.
 
 The run (a tiny ConvNet trained on the generated fixture: 4 in-domain classes, 2 ood classes of
-20 images) is built once per session by :func:`trained_web_run`; the browser test reuses it.
+20 images) is built once per session (conftest's ``web_run``); the browser test reuses it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import trained_web_run
 from neuralcodes.cli import build_parser, main
 from neuralcodes.config import Config
 from neuralcodes.data import Dataset, Splits, make_splits
@@ -42,11 +41,9 @@ def png(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> 
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
-        tiny_cache: Path) -> Path:
-    run = trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)
-    shutil.rmtree(RunDir(run).root / "codes", ignore_errors=True)  # create_app computes them
-    return run
+def run(web_run: Path) -> Path:
+    shutil.rmtree(RunDir(web_run).root / "codes", ignore_errors=True)  # create_app computes them
+    return web_run
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import trained_web_run
 from neuralcodes.runs import RunDir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,13 +45,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
-        tiny_cache: Path) -> Path:
-    return trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)
-
-
-@pytest.fixture(scope="module")
-def server(run: Path) -> Iterator[str]:
+def server(web_run: Path) -> Iterator[str]:
     """``neuralcodes serve``'s app under uvicorn in a thread, on a free localhost port."""
     import uvicorn
 
@@ -60,7 +53,7 @@ def server(run: Path) -> Iterator[str]:
 
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
-    app = create_app(run, device="cpu")
+    app = create_app(web_run, device="cpu")
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(),
                                         log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -478,12 +471,12 @@ def test_10_docs_and_redoc_work_offline(page):
 # --------------------------------------------------------------------------- 11-13
 
 
-def test_11_results_speak_to_a_user(page, run, monkeypatch):
+def test_11_results_speak_to_a_user(page, web_run, monkeypatch):
     ref = types.ModuleType("neuralcodes.report.reference")
     ref.course_reference = lambda: {"map": {"5": 0.28695, "6": 0.31776, "7": 0.34487},
                                     "test_top1": 0.35, "test_top5": 0.6134}
     monkeypatch.setitem(sys.modules, "neuralcodes.report.reference", ref)
-    RunDir(run).report_html.write_text("<!doctype html><html lang=en><title>r</title></html>")
+    RunDir(web_run).report_html.write_text("<!doctype html><html lang=en><title>r</title></html>")
     try:
         page.open("#/results")
         text = page.pg.locator("#view-results").inner_text()
@@ -499,7 +492,7 @@ def test_11_results_speak_to_a_user(page, run, monkeypatch):
         page.pg.click("text=Read the full report")
         page.pg.wait_for_url("**/report.html")
     finally:
-        RunDir(run).report_html.unlink()
+        RunDir(web_run).report_html.unlink()
     page.open("#/query/2")
     assert "pre-ReLU" in page.pg.locator("#query-about").inner_text()
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import trained_web_run
 from neuralcodes.web.security import CSP, Busy, DecodeLimiter, SameOriginPost, SecurityHeaders
 
 fastapi = pytest.importorskip("fastapi")
@@ -126,16 +125,10 @@ def test_the_limiter_never_runs_more_than_its_slots():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path, tiny_cache_root: Path,
-        tiny_cache: Path) -> Path:
-    return trained_web_run(tmp_path_factory, tiny_source, tiny_cache_root)
-
-
-@pytest.fixture(scope="module")
-def client(run: Path) -> Iterator[TestClient]:
+def client(web_run: Path) -> Iterator[TestClient]:
     from neuralcodes.web import create_app
 
-    with TestClient(create_app(run, device="cpu")) as c:
+    with TestClient(create_app(web_run, device="cpu")) as c:
         yield c
 
 
@@ -198,7 +191,7 @@ def _free_port() -> int:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_the_page_runs_under_its_csp_in_chromium(run, tmp_path):
+def test_the_page_runs_under_its_csp_in_chromium(web_run, tmp_path):
     """No CSP violation while the page loads, browses and searches with an upload."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium")
@@ -207,7 +200,7 @@ def test_the_page_runs_under_its_csp_in_chromium(run, tmp_path):
 
     from neuralcodes.web import create_app
 
-    srv = uvicorn.Server(uvicorn.Config(create_app(run, device="cpu"), host="127.0.0.1",
+    srv = uvicorn.Server(uvicorn.Config(create_app(web_run, device="cpu"), host="127.0.0.1",
                                         port=_free_port(), log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

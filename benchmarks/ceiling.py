@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import plain_train_step  # noqa: E402
 from neuralcodes.config import Config, TrainConfig  # noqa: E402
 from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
+from neuralcodes.kernels.choice import cpu_identity  # noqa: E402
 from neuralcodes.kernels.nnpack import use_nnpack  # noqa: E402
 from neuralcodes.retrieval import extract_codes  # noqa: E402
 from neuralcodes.training.step import build_model  # noqa: E402
@@ -126,17 +127,20 @@ def layers_pass(precision: str, batch: int, train: bool) -> tuple[Callable[[], N
     return run_all, work
 
 
-def project_call(precision: str, batch: int, train: bool) -> Callable[[], object]:
-    """The project's own work on one batch: a training step, or neural codes (layers 5-7)."""
+def project_call(precision: str, batch: int, train: bool,
+                 kernels: dict[str, Any]) -> Callable[[], object]:
+    """The project's own work on one batch: a training step, or neural codes (layers 5-7);
+    the convolution kernels ``cpu_conv=auto`` chose go into ``kernels`` (key ``kernels``)."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 64, 64, 3), dtype=torch.uint8, generator=gen)
     if train:
         cfg = Config(train=TrainConfig(device="cpu", precision=precision, batch_size=batch))
-        step = project_step(cfg, 190)
+        step = project_step(cfg, 190, kernels)
         labels = torch.randint(0, 190, (batch,), generator=gen)
         return lambda: step(images, labels)
     cfg = Config(train=TrainConfig(device="cpu", precision=precision))
-    model = build_model(cfg, 190, torch.device("cpu"), inference=True)
+    model = build_model(cfg, 190, torch.device("cpu"), inference=True, batch_size=batch)
+    kernels["kernels"] = model.kernel_choice.to_dict()
     array = images.numpy()
     return lambda: extract_codes(model, array, precision=precision, batch_size=batch,
                                  progress=False)
@@ -146,7 +150,8 @@ def measure(precision: str, batch: int, train: bool, rounds: int,
             plain: bool) -> dict[str, Any]:
     """The layers pass, the project's work (and the plain fp32 step) in turns for ``rounds``."""
     run_layers, gflop = layers_pass(precision, batch, train)
-    contenders = {"layers": run_layers, "project": project_call(precision, batch, train)}
+    kernels: dict[str, Any] = {}
+    contenders = {"layers": run_layers, "project": project_call(precision, batch, train, kernels)}
     if plain:
         step = plain_train_step(190, precision)
         gen = torch.Generator().manual_seed(1)
@@ -165,7 +170,8 @@ def measure(precision: str, batch: int, train: bool, rounds: int,
         "ceiling_img_per_s": round(batch / statistics.median(times["layers"]), 1),
         "project_img_per_s": round(batch / statistics.median(times["project"]), 1),
         "headroom_ratio": round(statistics.median(
-            p / q for p, q in zip(times["project"], times["layers"], strict=True)), 3)}
+            p / q for p, q in zip(times["project"], times["layers"], strict=True)), 3),
+        "project_kernels": kernels.get("kernels")}
     if plain:
         out["plain_img_per_s"] = round(batch / statistics.median(times["plain"]), 1)
         out["ceiling_vs_plain_ratio"] = round(statistics.median(
@@ -193,6 +199,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
+        "cpu_kind": cpu_identity(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "matmul_gflop_per_s": {"fp32": matmul_gflops(torch.float32)}}
     if native:

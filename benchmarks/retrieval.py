@@ -5,7 +5,9 @@ Prints one JSON object. Everything runs on generated data, so no trained run is 
 
 - ``codes``: neural codes per second of the full-size ConvNet (190 classes) at batch 500, the
   project's extraction against plain PyTorch (and the course's Keras model where TensorFlow is
-  installed) per precision, interleaved; medians, bests and ``*_ratio`` keys.
+  installed) per precision, interleaved; medians, bests and ``*_ratio`` keys; the convolution
+  kernels ``cpu_conv=auto`` chose for inference at that batch (``kernels``), and with
+  ``--forced`` each forced kernel in fp32 too (``project_fp32_vs_fp32:onednn_ratio`` ...).
 - ``map``: similarities + ranking + AP for 5,000 ood-like queries (10 classes x 500, each
   querying the other 4,999) for layers 5 (16,384 dims), 6 and 7 (2,048): total time, the
   similarity matrix alone, and the ranking-and-AP part alone (similarities precomputed).
@@ -34,15 +36,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import keras_codes, plain_codes  # noqa: E402
+from neuralcodes.config import Config, TrainConfig  # noqa: E402
 from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
-from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack  # noqa: E402
-from neuralcodes.model import ConvNet  # noqa: E402
+from neuralcodes.kernels.choice import cpu_identity  # noqa: E402
 from neuralcodes.retrieval import CodeIndex, extract_codes, l2_normalize  # noqa: E402
 from neuralcodes.retrieval.metrics import (  # noqa: E402
     CHUNK_BYTES,
     ranking_metrics_from_scores,
     self_retrieval_metrics,
 )
+from neuralcodes.training.step import build_model  # noqa: E402
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
@@ -65,26 +68,38 @@ def clustered_codes(n: int, dim: int, n_classes: int, spread: float, seed: int
     return l2_normalize(x), labels
 
 
-def bench_codes(batch: int, rounds: int, precisions: list[str]) -> dict[str, Any]:
+def inference_model(precision: str, batch: int, cpu_conv: str = "auto") -> torch.nn.Module:
+    """The model as ``neuralcodes codes`` builds it for ``batch`` images per pass in
+    ``precision`` (channels-last, the ``cpu_conv`` kernels, the kernels.cpu settings)."""
+    cfg = Config(train=TrainConfig(device="cpu", precision=precision, cpu_conv=cpu_conv))
+    return build_model(cfg, 190, torch.device("cpu"), inference=True, batch_size=batch)
+
+
+def bench_codes(batch: int, rounds: int, precisions: list[str],
+                forced: bool = False) -> dict[str, Any]:
     """Codes img/s of the project (what ``neuralcodes codes`` runs: channels-last, the
-    ``cpu_conv=auto`` kernels, the kernels.cpu settings) against plain PyTorch up to fc7 (and
-    the course's Keras model when TensorFlow is installed), one batch of ``batch`` images per
-    turn, contenders interleaved for ``rounds`` rounds."""
-    cpu_kernels.configure("cpu")
-    model = ConvNet(190).eval().to(memory_format=torch.channels_last)
+    ``cpu_conv=auto`` kernels chosen for ``batch``, the kernels.cpu settings) against plain
+    PyTorch up to fc7 (and the course's Keras model when TensorFlow is installed), one batch of
+    ``batch`` images per turn, contenders interleaved for ``rounds`` rounds; ``forced``: also
+    the fp32 model with each kernel forced."""
     images = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
     tensor = torch.from_numpy(images)
     contenders: dict[str, Callable[[], Any]] = {}
-    for precision in precisions:
-        nnpack = precision == "fp32" and _auto_nnpack()
+    kernels: dict[str, Any] = {}
+    variants = [(p, "auto") for p in precisions] + (
+        [("fp32", k) for k in ("onednn", "nnpack")] if forced and "fp32" in precisions else [])
+    for precision, cpu_conv in variants:
+        model = inference_model(precision, batch, cpu_conv)
+        name = f"project_{precision}" + ("" if cpu_conv == "auto" else f":{cpu_conv}")
+        kernels[name] = model.kernel_choice.to_dict()
 
-        def project(p: str = precision, nn: bool = nnpack) -> Any:
-            use_nnpack(model, nn)
-            return extract_codes(model, images, precision=p, batch_size=batch, progress=False)
+        def project(m: torch.nn.Module = model, p: str = precision) -> Any:
+            return extract_codes(m, images, precision=p, batch_size=batch, progress=False)
 
-        contenders[f"project_{precision}"] = project
-        plain = plain_codes(190, precision)
-        contenders[f"plain_{precision}"] = lambda f=plain: f(tensor, None)
+        contenders[name] = project
+        if cpu_conv == "auto":
+            plain = plain_codes(190, precision)
+            contenders[f"plain_{precision}"] = lambda f=plain: f(tensor, None)
     keras = keras_codes(190, torch.get_num_threads()) if "fp32" in precisions else None
     if keras is not None:
         contenders["keras_fp32"] = lambda: keras(tensor, None)
@@ -100,8 +115,8 @@ def bench_codes(batch: int, rounds: int, precisions: list[str]) -> dict[str, Any
     out: dict[str, Any] = {
         "batch": batch, "rounds": rounds, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_kernels.native_bf16(),
-        "auto_cpu_conv": "nnpack" if _auto_nnpack() else "onednn",
+        "cpu_native_bf16": cpu_kernels.native_bf16(), "cpu": cpu_identity(),
+        "kernels": kernels,
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "keras": "measured" if keras is not None else "not measured (TensorFlow not installed)"}
@@ -115,11 +130,11 @@ def bench_codes(batch: int, rounds: int, precisions: list[str]) -> dict[str, Any
         if precision == "fp32" and keras is not None:
             out["project_fp32_vs_keras_ratio"] = round(statistics.median(
                 x / y for x, y in zip(a, speeds["keras_fp32"], strict=True)), 3)
+    for name in speeds:
+        if name.startswith("project_fp32:"):
+            out[f"project_fp32_vs_{name[8:]}_ratio"] = round(statistics.median(
+                x / y for x, y in zip(speeds["project_fp32"], speeds[name], strict=True)), 3)
     return out
-
-
-def _auto_nnpack() -> bool:
-    return nnpack_enabled("auto", torch.device("cpu"))
 
 
 def bench_map(repeat: int) -> dict[str, Any]:
@@ -149,7 +164,7 @@ def bench_map(repeat: int) -> dict[str, Any]:
 
 
 def bench_query(repeat: int) -> dict[str, Any]:
-    model = use_nnpack(ConvNet(190).eval(), _auto_nnpack())  # what `neuralcodes search` runs
+    model = inference_model("fp32", 1)  # what `neuralcodes search` runs for one image
     db, _ = clustered_codes(5000, 2048, 10, 3.0, seed=0)
     index = CodeIndex(2048).add(db)
     image = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
@@ -232,6 +247,8 @@ def main() -> None:
     parser.add_argument("--codes-rounds", type=int, default=4)
     parser.add_argument("--codes-precisions", default=None,
                         help="default: fp32, and bf16 where the CPU has native bf16")
+    parser.add_argument("--forced", action="store_true",
+                        help="codes: also fp32 with each convolution kernel forced (cpu_conv)")
     parser.add_argument("--ann-n", type=int, default=1_000_000)
     parser.add_argument("--ann-queries", type=int, default=200)
     parser.add_argument("--nlist", type=int, default=1024)
@@ -243,7 +260,9 @@ def main() -> None:
     if "codes" in sections:
         precisions = (args.codes_precisions.split(",") if args.codes_precisions
                       else ["fp32", "bf16"] if cpu_kernels.native_bf16() else ["fp32"])
-        result["codes"] = bench_codes(args.codes_batch, args.codes_rounds, precisions)
+        cpu_kernels.configure("cpu")
+        result["codes"] = bench_codes(args.codes_batch, args.codes_rounds, precisions,
+                                      args.forced)
     if "map" in sections:
         result["map"] = bench_map(args.repeat)
     if "query" in sections:

@@ -8,11 +8,14 @@ architecture with torch's defaults (NCHW, Adam(lr 1e-4, amsgrad), bf16 by autoca
 precision, the course's Keras model when TensorFlow is installed (never a dependency), and with
 ``--loop`` the real training loop (``_train_epoch``: gather, conversion, step, progress bar) on
 as many images as a round of bare steps. The JSON gives, per contender, the best and the median
-img/s over the rounds, ``*_ratio`` keys (median of the per-round ratios), the CPU capability,
-the native-bf16 flag, and the load average before and after.
+img/s over the rounds, ``*_ratio`` keys (median of the per-round ratios; ``project_fp32_vs_
+fp32:onednn_ratio`` and the like compare ``cpu_conv=auto`` with a forced kernel), the CPU (family,
+model, capability, native bf16, AMX), each configuration's convolution kernels as ``cpu_conv``
+chose them (``kernels``), and the load average before and after.
 
     python benchmarks/train_throughput.py                      # fp32 (+ bf16 on native-bf16 CPUs)
     python benchmarks/train_throughput.py --configs fp32,fp32:onednn,bf16 --rounds 8 --loop
+    python benchmarks/train_throughput.py --configs fp32,fp32:onednn,fp32:nnpack,bf16 --rounds 6
     python benchmarks/train_throughput.py --device cuda --configs fp32,bf16,bf16:compile --no-plain
 """
 
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import keras_train_step, plain_train_step  # noqa: E402
 from neuralcodes.config import Config, TrainConfig  # noqa: E402
 from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
-from neuralcodes.kernels.nnpack import nnpack_enabled  # noqa: E402
+from neuralcodes.kernels.choice import cpu_identity, kernel_choice  # noqa: E402
 from neuralcodes.training.batches import SplitData  # noqa: E402
 from neuralcodes.training.distributed import Dist  # noqa: E402
 from neuralcodes.training.loop import _train_epoch  # noqa: E402
@@ -71,11 +74,16 @@ def project_config(spec: str, args: argparse.Namespace) -> Config:
     return dataclasses.replace(Config(), train=train)
 
 
-def project_step(cfg: Config, classes: int) -> Callable[[torch.Tensor, torch.Tensor], object]:
-    """The project's training step (what ``train`` runs per batch), built as ``train`` does."""
+def project_step(cfg: Config, classes: int, kernels: dict[str, Any] | None = None
+                 ) -> Callable[[torch.Tensor, torch.Tensor], object]:
+    """The project's training step (what ``train`` runs per batch), built as ``train`` does;
+    the convolution kernels chosen go into ``kernels`` (key ``kernels``) when given."""
     t = cfg.train
     device = torch.device(t.device)
     model = build_model(cfg, classes, device)
+    choice = kernel_choice(model)
+    if kernels is not None and choice is not None:
+        kernels["kernels"] = choice.to_dict()
     net = torch.compile(model) if t.compile else model
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
@@ -169,6 +177,7 @@ def main() -> None:
     pairs: dict[str, tuple[str, str]] = {}
     build: dict[str, float] = {}
     notes: dict[str, str] = {}
+    kernels: dict[str, Any] = {}
 
     def add(name: str, make: Callable[[], Callable[..., object]], images: int = n) -> None:
         began = time.perf_counter()
@@ -185,7 +194,9 @@ def main() -> None:
              else keras_train_step(args.classes, torch.get_num_threads()))
     for spec in specs:
         cfg = project_config(spec, args)
-        add(f"project_{spec}", lambda c=cfg: project_step(c, args.classes))
+        record: dict[str, Any] = {}
+        add(f"project_{spec}", lambda c=cfg, r=record: project_step(c, args.classes, r))
+        kernels[f"project_{spec}"] = record.get("kernels")
         note = precision_warning(device, cfg.train.precision)
         if note:
             notes[f"project_{spec}"] = note
@@ -198,6 +209,14 @@ def main() -> None:
             if "keras_fp32" not in contenders:
                 add("keras_fp32", lambda: keras)
             pairs[f"project_{spec}_vs_keras_ratio"] = (f"project_{spec}", "keras_fp32")
+    for spec in specs:  # cpu_conv=auto against each forced kernel of the same configuration
+        parts = spec.split(":")
+        if "onednn" in parts or "nnpack" in parts:
+            continue
+        for forced in ("onednn", "nnpack"):
+            if f"{spec}:{forced}" in specs:
+                pairs[f"project_{spec}_vs_{spec}:{forced}_ratio"] = (f"project_{spec}",
+                                                                    f"project_{spec}:{forced}")
     if args.loop:
         cfg = project_config(specs[0], args)
         add(f"loop_{specs[0]}", lambda: project_loop(cfg, args.classes, 3 * n), 3 * n)
@@ -213,7 +232,7 @@ def main() -> None:
                         else platform.processor() or platform.machine()),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_vendor": cpu_kernels.cpu_vendor(), "cpu_native_bf16": native,
-        "auto_cpu_conv": "nnpack" if nnpack_enabled("auto", torch.device("cpu")) else "onednn",
+        "cpu": cpu_identity(), "kernels": kernels,
         "freed_memory_kept": cpu_kernels.keep_freed_memory(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "batch_size": n, "rounds": args.rounds,

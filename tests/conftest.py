@@ -11,10 +11,16 @@ Fixtures:
   prepared cache, with ``ood_classes=2``: ``load_data(cfg)`` then gives 4 in-domain classes
   (80 images -> 64 / 8 / 8) and 2 ood classes (40 images) without decoding anything again.
   Change it freely (it is yours), e.g. ``dataclasses.replace(cfg, seed=1)``.
+
+Tests never time the CPU kernels: ``NEURALCODES_KERNEL_TIMINGS`` names the fake timing table
+``kernel_timings.json`` (conv2 and conv4 in NNPACK, conv3 and conv5 in oneDNN wherever NNPACK
+applies), for this process and the commands it starts; ``tests/test_kernel_choice.py`` removes it
+to test the measurement and its cache.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +28,9 @@ import pytest
 from helpers import make_tiny_imagenet, trained_web_run
 from neuralcodes.config import DataConfig
 from neuralcodes.data import prepare
+from neuralcodes.kernels.choice import TIMINGS_ENV
+
+os.environ[TIMINGS_ENV] = str(Path(__file__).with_name("kernel_timings.json"))
 
 
 @pytest.fixture(scope="session")

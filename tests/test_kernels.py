@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralcodes.config import ModelConfig
-from neuralcodes.errors import NeuralCodesError
 from neuralcodes.kernels.nnpack import (
     NNPACK_MIN_BATCH,
     NnpackConv2d,
-    nnpack_enabled,
+    eligible_layers,
+    nnpack_applies,
     nnpack_layers,
     use_nnpack,
 )
@@ -95,33 +95,18 @@ def test_use_nnpack_switches_conv2_to_conv5_and_keeps_the_function():
         assert torch.equal(model(small), small_logits)
 
 
-def test_nnpack_only_for_fp32_cpu_without_compile(monkeypatch):
-    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: True)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert nnpack_enabled("auto", CPU) and nnpack_enabled("nnpack", CPU)
-    assert not nnpack_enabled("onednn", CPU)
-    for setting in ("auto", "nnpack"):
-        assert not nnpack_enabled(setting, CUDA)
-        assert not nnpack_enabled(setting, CPU, precision="bf16")
-        assert not nnpack_enabled(setting, CPU, compile=True)
+def test_nnpack_applies_only_to_fp32_on_a_cpu_without_compile():
+    assert nnpack_applies(CPU)
+    assert not nnpack_applies(CUDA)
+    assert not nnpack_applies(CPU, precision="bf16")
+    assert not nnpack_applies(CPU, compile=True)
 
 
-def test_auto_leaves_intel_avx512_cpus_to_onednn(monkeypatch):
-    from neuralcodes.kernels import cpu
-
-    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: True)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "GenuineIntel")
-    assert not nnpack_enabled("auto", CPU)
-    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AuthenticAMD")  # Zen 4: AVX2's FMA rate
-    assert nnpack_enabled("auto", CPU)
-    assert nnpack_enabled("nnpack", CPU)
-
-
-def test_missing_nnpack_and_bad_settings_are_clear_errors(monkeypatch):
-    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)
-    assert not nnpack_enabled("auto", CPU)
-    with pytest.raises(NeuralCodesError, match="no NNPACK"):
-        nnpack_enabled("nnpack", CPU)
-    with pytest.raises(NeuralCodesError, match="unknown cpu_conv 'winograd'"):
-        nnpack_enabled("winograd", CPU)
+@needs_nnpack
+def test_use_nnpack_runs_only_the_named_layers_in_nnpack():
+    model = ConvNet(5, ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=16))
+    assert eligible_layers(model) == ["conv2", "conv3", "conv4", "conv5"]  # not the 4x4 conv1
+    use_nnpack(model, layers=["conv3", "conv5"])
+    assert nnpack_layers(model) == ["conv3", "conv5"]
+    use_nnpack(model, layers=["conv2"])  # the others go back to the default kernels
+    assert nnpack_layers(model) == ["conv2"] and type(model.conv3) is nn.Conv2d

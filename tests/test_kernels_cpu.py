@@ -11,17 +11,9 @@ import torch
 from neuralcodes.kernels import cpu
 
 
-@pytest.mark.parametrize(("capability", "vendor", "nnpack"), [
-    ("AVX2", "GenuineIntel", True), ("AVX2", "AuthenticAMD", True), ("DEFAULT", "", True),
-    ("AVX512", "AuthenticAMD", True), ("AVX512", "GenuineIntel", False), ("AVX512", "", False)])
-def test_nnpack_preferred_below_avx512_and_on_amd_avx512(capability, vendor, nnpack):
-    assert cpu.nnpack_preferred(capability, vendor) is nnpack
-
-
 def test_cpu_vendor_and_native_bf16_answer_on_any_machine():
     assert isinstance(cpu.cpu_vendor(), str)
     assert isinstance(cpu.native_bf16(), bool)
-    assert isinstance(cpu.nnpack_preferred(), bool)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -18,7 +18,7 @@ from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig, res
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.evaluation import evaluate, evaluate_split
 from neuralcodes.files import read_json
-from neuralcodes.kernels.nnpack import nnpack_enabled, nnpack_layers
+from neuralcodes.kernels.nnpack import nnpack_layers
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.training import loop
 from neuralcodes.training.batches import SplitData, augment_batch, epoch_order
@@ -153,7 +153,14 @@ def test_end_to_end_trains_early_stops_and_keeps_best(trained):
     assert saved["versions"]["torch"] == torch.__version__
     log = run.log.read_text()
     assert run.curves.stat().st_size > 1000 and log.count("epoch ") >= len(m)
-    assert ("(conv2-5 in NNPACK)" in log) == nnpack_enabled("auto", torch.device("cpu"))
+    # cpu_conv=auto: below NNPACK's minimum batch (this run's is 8) only oneDNN applies, and
+    # the run's saved facts and log say so
+    kernels = saved["kernels"]
+    assert kernels["setting"] == "auto" and kernels["mode"] == "train" and kernels["batch"] == 8
+    assert kernels["how"] == "one kernel applies"
+    assert kernels["layers"] == dict.fromkeys(("conv2", "conv3", "conv4", "conv5"), "onednn")
+    assert kernels["cpu"] and kernels["torch"] == torch.__version__
+    assert "convolution kernels: conv2, conv3, conv4, conv5 in oneDNN (train, fp32, batch 8" in log
 
 
 def test_evaluate_writes_table_above_chance(trained, capsys):
@@ -182,9 +189,11 @@ def test_trained_run_loads_the_eval_mode_best_model(trained):
     model, dataset, splits = run.model, run.dataset, run.splits
     assert not model.training and run.config.model == LEARNER and len(splits.in_classes) == 4
     assert run.epoch == read_json(RunDir(trained).train_state)["best_epoch"]
-    # the run's cpu_conv setting (auto) chooses the kernels of the loaded model too
-    assert nnpack_layers(model) == (["conv2", "conv3", "conv4", "conv5"]
-                                    if nnpack_enabled("auto", torch.device("cpu")) else [])
+    # the run's cpu_conv setting (auto) chooses the kernels of the loaded model too, for
+    # inference at the codes' batch
+    assert nnpack_layers(model) == (["conv2", "conv4"] if torch.backends.nnpack.is_available()
+                                    else [])
+    assert model.kernel_choice.mode == "inference" and model.kernel_choice.batch == 250
     data = SplitData.load(dataset, splits, "val", torch.device("cpu"))
     m = evaluate_split(model, data, device=torch.device("cpu"))
     best_row = min(rows(trained), key=lambda r: r["val_loss"])

@@ -5,7 +5,9 @@ evaluation uses), one ranking of random codes and one PCA fit on this machine wi
 settings (seconds in all); :func:`estimate_stages` turns those speeds and the data sizes into an
 expected wall time per stage, counting the work each stage really does. On a CPU with native
 bf16 arithmetic the probe also times bf16 training, so the plan can say what
-``--set train.precision=bf16`` would gain, measured rather than guessed.
+``--set train.precision=bf16`` would gain, measured rather than guessed. Building the probe's
+models chooses the CPU convolution kernels for training and for inference (measured once per
+machine: :mod:`neuralcodes.kernels.choice`); the plan says which.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from neuralcodes.config import Config
 from neuralcodes.evaluation import EVAL_BATCH
+from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.kernels.cpu import native_bf16
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
 from neuralcodes.retrieval.pca import PCA
@@ -53,6 +56,8 @@ class Speeds:
     bf16_train_ips: float | None = None  # the same training in bf16, where the CPU has it native
     pca_s: float = 0.0  # seconds to fit the PCA study's PCA on PROBE_PCA random codes
     code_dims: dict[str, int] = dataclasses.field(default_factory=dict)  # layer -> code length
+    # train / inference -> the CPU convolution kernels chosen, in words
+    kernels: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,17 @@ class StageEstimate:
 def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
     """Time training, inference, ranking and a checkpoint write briefly with ``cfg``'s model and
     settings (the checkpoint goes to a temporary file in ``folder``, then is removed)."""
-    train_ips = measure_throughput(cfg, num_classes, steps=2, warmup=1)
+    kernels: dict[str, str] = {}
+
+    def note_kernels(model: torch.nn.Module) -> None:
+        choice = kernel_choice(model)
+        if choice is not None and choice.layers:
+            kernels[choice.mode] = choice.describe()
+
+    train_ips = measure_throughput(cfg, num_classes, steps=2, warmup=1, on_model=note_kernels)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, num_classes, device, inference=True)
+    note_kernels(model)
     images = torch.randint(0, 256, (PROBE_BATCH, model.image_size, model.image_size, 3),
                            dtype=torch.uint8)
     with eval_mode(model), autocast(device, cfg.train.precision):
@@ -93,7 +106,7 @@ def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
     if device.type == "cpu" and cfg.train.precision == "fp32" and native_bf16():
         bf16_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="bf16"))
         bf16 = measure_throughput(bf16_cfg, num_classes, steps=2, warmup=1)
-    return Speeds(train_ips, infer_ips, ranking_s, checkpoint_s, bf16, pca_s, code_dims)
+    return Speeds(train_ips, infer_ips, ranking_s, checkpoint_s, bf16, pca_s, code_dims, kernels)
 
 
 def _sync(device: torch.device) -> None:
@@ -176,6 +189,7 @@ def format_duration(seconds: float) -> str:
 def plan_lines(cfg: Config, estimates: list[StageEstimate], speeds: Speeds) -> list[str]:
     """The plan's time lines: one per stage, and what bf16 would gain where it is native."""
     lines = [f"  {e.name:<10} ~{format_duration(e.seconds):>9}  ({e.detail})" for e in estimates]
+    lines += [f"Convolution kernels, {mode}: {text}" for mode, text in speeds.kernels.items()]
     if speeds.bf16_train_ips:
         gain = speeds.bf16_train_ips / speeds.train_ips
         lines.append(f"This CPU has native bf16: --set train.precision=bf16 trains {gain:.1f}x "

@@ -240,8 +240,11 @@ class TrainedRun:
 
     @classmethod
     def load(cls, path: str | Path, *, checkpoint: str = "best",
-             device: str | torch.device = "auto") -> TrainedRun:
-        """Load ``checkpoint`` (best or last) of the run at ``path`` onto ``device``."""
+             device: str | torch.device = "auto", batch_size: int | None = None,
+             precision: str | None = None) -> TrainedRun:
+        """Load ``checkpoint`` (best or last) of the run at ``path`` onto ``device``, its
+        convolution kernels chosen for batches of ``batch_size`` in ``precision`` (defaults:
+        ``build_model``'s inference batch, the run's precision)."""
         import torch
 
         from neuralcodes.runtime import resolve_device
@@ -256,7 +259,7 @@ class TrainedRun:
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         try:
             model = build_model(cfg, len(splits.in_classes), dev, weights=ckpt["model"],
-                                inference=True)
+                                inference=True, batch_size=batch_size, precision=precision)
         except (KeyError, RuntimeError) as e:
             raise NeuralCodesError(f"{rd.checkpoint(checkpoint)}: weights do not fit this run's "
                                    f"model ({str(e).splitlines()[0]})") from None

@@ -13,6 +13,10 @@ import torch
 from neuralcodes.config import PRECISIONS
 from neuralcodes.errors import NeuralCodesError
 
+#: Images per forward pass of codes, index and search (their --batch-size default), and the batch
+#: an inference model's convolution kernels are chosen for unless told otherwise.
+INFER_BATCH = 250
+
 #: The autocast dtype of each precision (fp32: no autocast).
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = dict(
     zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))

@@ -59,6 +59,11 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "neuralcodes"
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """The cache root of the ``data.cache_dir`` setting (None: :func:`default_cache_dir`)."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def download_url(url: str | None = None) -> str:
     """Where the official archive comes from: ``url`` (``data.url``/``--url``), else
     ``$NEURALCODES_URL``, else the cs231n address."""
@@ -78,7 +83,7 @@ def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True
     ``url`` (None: :func:`download_url`) may be a mirror: the file is the same archive, kept under
     the official name, so a download begun from one address can be finished from another.
     """
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_root(cache_dir)
     url = download_url(url)
     dest = root / "downloads" / Path(TINY_IMAGENET_URL).name
     if dest.exists():
@@ -109,7 +114,7 @@ def prepare_cache(source: str | Path | None, cache_dir: str | Path | None, *,
                   workers: int | None = None, progress: bool = True, url: str | None = None
                   ) -> tuple[Path, bool]:
     """:func:`prepare`, also saying whether the cache was built now (True) or found (False)."""
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_root(cache_dir)
     if source is None:
         source = fetch_official(root, progress=progress, url=url, md5=TINY_IMAGENET_MD5)
     stamp = _file_stamp(Path(source).expanduser())

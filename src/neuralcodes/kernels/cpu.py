@@ -6,9 +6,10 @@ batch 100; interleaved runs, best step of several:
 - :func:`keep_freed_memory`: glibc returns every freed block above 32 MB to the OS at once, so
   each step's large activations and gradients came back as fresh pages: ~150,000 page faults per
   training step; a bf16 step took 1.47 s instead of 1.8 s without them (0 faults).
-- :func:`nnpack_preferred`: Zen 4 runs AVX-512 at AVX2's multiply-add rate (two 256-bit halves),
-  so NNPACK's Winograd/FFT convolutions beat oneDNN's direct ones there as on AVX2 CPUs: fp32
-  training 43 img/s with NNPACK vs 34 with oneDNN.
+- NNPACK's Winograd/FFT convolutions beat oneDNN's direct ones on Zen 4, which runs AVX-512 at
+  AVX2's multiply-add rate (fp32 training 43 img/s with NNPACK vs 34 with oneDNN), and lose on
+  other AVX-512 CPUs: which kernel each convolution runs in is measured on the machine
+  (:mod:`neuralcodes.kernels.choice`), not guessed from the vendor.
 
 Measured and not kept: torch.compile (inductor) of the bf16 step (68 s to compile on 2 cores,
 no faster: 63 vs 64 img/s), NCHW instead of channels-last (bf16 54 vs 64 img/s; fp32 with NNPACK
@@ -83,18 +84,6 @@ def cpu_vendor() -> str:
     except OSError:
         pass
     return ""
-
-
-def nnpack_preferred(capability: str | None = None, vendor: str | None = None) -> bool:
-    """Whether NNPACK's fp32 convolutions should beat oneDNN's on this CPU (``cpu_conv=auto``).
-
-    Yes below AVX-512 (NNPACK has AVX2 kernels only; 15% faster training on an AVX2 EPYC) and on
-    AMD's AVX-512 (Zen 4 splits 512-bit multiply-adds into two 256-bit ones: 43 vs 34 img/s);
-    no on Intel's AVX-512, whose two 512-bit FMA units double oneDNN's rate.
-    """
-    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
-    vendor = cpu_vendor() if vendor is None else vendor
-    return not capability.startswith("AVX512") or vendor == "AuthenticAMD"
 
 
 def native_bf16() -> bool:

@@ -14,10 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuralcodes.config import CPU_CONVS
-from neuralcodes.errors import NeuralCodesError
-from neuralcodes.kernels.cpu import nnpack_preferred
-
 #: NNPACK transforms the kernels anew on every call, which only pays off over a batch: on a 2-core
 #: AVX2 EPYC the full model's forward pass took 84 ms with NNPACK vs 43 ms without for 1 image,
 #: the same for 16 and 1.5 s vs 2.1 s for 100. (PyTorch's own NNPACK heuristic also wants 16.)
@@ -91,18 +87,26 @@ def _recast(conv: nn.Conv2d, cls: type[nn.Conv2d]) -> nn.Conv2d:
     return new
 
 
-def use_nnpack(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Run ``model``'s eligible convolutions in NNPACK (``enabled``) or in PyTorch's default
+def use_nnpack(model: nn.Module, enabled: bool = True,
+               layers: list[str] | None = None) -> nn.Module:
+    """Run ``model``'s eligible convolutions in NNPACK (``enabled``; only those named in
+    ``layers`` when given, the others in PyTorch's default kernels) or all in PyTorch's default
     kernels again; returns ``model``, changed in place. The parameters stay the same objects, so
     an optimizer built before keeps working. Apply it before wrapping in DDP or compiling."""
     if enabled and not torch.backends.nnpack.is_available():  # (this also initialises it)
         raise RuntimeError("NNPACK is not available in this build of torch")
-    target = NnpackConv2d if enabled else nn.Conv2d
-    for parent in list(model.modules()):
+    for prefix, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
+            full = f"{prefix}.{name}" if prefix else name
+            target = NnpackConv2d if enabled and (layers is None or full in layers) else nn.Conv2d
             if _eligible(child) and type(child) is not target:
                 setattr(parent, name, _recast(child, target))
     return model
+
+
+def eligible_layers(model: nn.Module) -> list[str]:
+    """Names of the convolutions of ``model`` that NNPACK can run (conv2-conv5 of the ConvNet)."""
+    return [name for name, m in model.named_modules() if _eligible(m)]
 
 
 def nnpack_layers(model: nn.Module) -> list[str]:
@@ -110,22 +114,7 @@ def nnpack_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, NnpackConv2d)]
 
 
-def nnpack_enabled(setting: str, device: torch.device, precision: str = "fp32",
-                   compile: bool = False) -> bool:
-    """Whether :func:`use_nnpack` should be applied under the ``train.cpu_conv`` ``setting``.
-
-    NNPACK only serves fp32 on a CPU, and not under torch.compile. ``auto`` uses it where torch's
-    CPU kernels top out at AVX2, and on AMD's AVX-512 (which runs at AVX2's multiply-add rate);
-    oneDNN's kernels win on Intel's AVX-512 (:func:`neuralcodes.kernels.cpu.nnpack_preferred`).
-    Measured with benchmarks/train_throughput.py: fp32 training +15-25% on a 2-core AVX2 EPYC,
-    42.8 vs 34.4 img/s on a 2-core Zen 4. ``nnpack`` forces it on a CPU in fp32; ``onednn`` never
-    uses it.
-    """
-    if setting not in CPU_CONVS:
-        raise NeuralCodesError(f"unknown cpu_conv '{setting}' (choose {', '.join(CPU_CONVS)})")
-    if setting == "onednn" or device.type != "cpu" or precision != "fp32" or compile:
-        return False
-    available = torch.backends.nnpack.is_available()
-    if setting == "nnpack" and not available:
-        raise NeuralCodesError("cpu_conv nnpack: this build of torch has no NNPACK")
-    return available and (setting == "nnpack" or nnpack_preferred())
+def nnpack_applies(device: torch.device, precision: str = "fp32", compile: bool = False) -> bool:
+    """Whether NNPACK can serve a model's convolutions at all: fp32 on a CPU, not under
+    torch.compile (whether it is faster there is measured: :mod:`neuralcodes.kernels.choice`)."""
+    return device.type == "cpu" and precision == "fp32" and not compile

@@ -30,6 +30,7 @@ from neuralcodes.files import atomic_open
 from neuralcodes.model import CODE_LAYERS
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import (
+    INFER_BATCH,
     autocast,
     available_memory,
     eval_mode,
@@ -38,7 +39,7 @@ from neuralcodes.runtime import (
 )
 
 SPLITS: tuple[str, ...] = ("ood", "train", "val", "test")
-DEFAULT_BATCH = 250
+DEFAULT_BATCH = INFER_BATCH
 VARIANT: dict[bool, str] = {False: "pre", True: "post"}  # file and JSON names of the variants
 
 
@@ -196,7 +197,8 @@ def run_codes(
                 None, precision)]
     if todo:
         if trained is None:
-            trained = TrainedRun.load(rd.root, checkpoint=checkpoint, device=device)
+            trained = TrainedRun.load(rd.root, checkpoint=checkpoint, device=device,
+                                      batch_size=batch_size, precision=precision)
         model, dataset, splits = trained.model, trained.dataset, trained.splits
         index = split_indices(splits, split)
         _check_memory(model, len(index), split, len(todo))

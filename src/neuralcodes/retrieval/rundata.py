@@ -32,24 +32,28 @@ class RunData:
     device: str = "auto"
     precision: str = "fp32"
     progress: bool = True
+    batch_size: int | None = None  # the model's kernels are chosen for it (None: the default)
     _trained: TrainedRun | None = field(default=None, repr=False)
     _dataset: Dataset | None = field(default=None, repr=False)
     _splits: Splits | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, run: str | Path, config: Config | None = None, *, device: str | None = None,
-             precision: str | None = None, progress: bool = True) -> RunData:
-        """Open ``run``; ``device``/``precision`` None: those of ``config`` (its ``train``)."""
+             precision: str | None = None, progress: bool = True,
+             batch_size: int | None = None) -> RunData:
+        """Open ``run``; ``device``/``precision`` None: those of ``config`` (its ``train``);
+        ``batch_size``: the inference batch the model's kernels are chosen for."""
         rd = RunDir.existing(run)
         cfg = config if config is not None else rd.read_config()
         return cls(rd, cfg, device or cfg.train.device, precision or cfg.train.precision,
-                   progress)
+                   progress, batch_size)
 
     @property
     def trained(self) -> TrainedRun:
         """The model with its dataset and splits (loaded on first use)."""
         if self._trained is None:
-            self._trained = TrainedRun.load(self.dir.root, device=self.device)
+            self._trained = TrainedRun.load(self.dir.root, device=self.device,
+                                            batch_size=self.batch_size, precision=self.precision)
             self._dataset, self._splits = self._trained.dataset, self._trained.splits
         return self._trained
 

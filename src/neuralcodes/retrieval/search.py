@@ -111,7 +111,8 @@ def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None =
     if not files:  # before any progress bar or loading: the error line stands alone
         raise NeuralCodesError(f"{folder}: no readable images found (no image files: "
                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    r = RunData.open(run, device=device, precision=precision, progress=progress)
+    r = RunData.open(run, device=device, precision=precision, progress=progress,
+                     batch_size=batch_size)
     images, ok, failed = read_images(files, progress)
     if not ok:
         raise NeuralCodesError(f"{folder}: no readable images found"

@@ -66,7 +66,7 @@ from neuralcodes.data import Dataset, Splits, load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.evaluation import evaluate_split
 from neuralcodes.files import read_json, write_json, write_text
-from neuralcodes.kernels.nnpack import nnpack_layers
+from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.model import ConvNet, count_parameters
 from neuralcodes.runs import RunDir, check_same_splits
 from neuralcodes.runtime import threads
@@ -250,6 +250,7 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
             "config": cfg.to_dict(),
             "data": _data_facts(dataset, splits),
             "model": {"parameters": count_parameters(model)},
+            "kernels": _kernel_facts(model),
             "distributed": {"world_size": dist.world, "backend": dist.backend},
             "versions": versions(),
         } | ({"changes": changes} if changes else {}))
@@ -273,8 +274,10 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
             log.info(f"{'resuming' if resume else 'training'} {run.root}: {num_classes} classes, "
                      f"{len(train_data)} train / {len(val_data)} val images, "
                      f"{count_parameters(model):,} parameters, device {device}, {t.precision}"
-                     + (" (conv2-5 in NNPACK)" if nnpack_layers(model) else "")
                      + (f", {dist.world} processes" if dist.world > 1 else ""))
+            choice = kernel_choice(model)
+            if choice is not None and choice.layers and device.type == "cpu":
+                log.info(f"convolution kernels: {choice.describe()}")
             warning = precision_warning(device, t.precision)
             if warning:
                 log.warning(f"warning: {warning}")
@@ -410,6 +413,12 @@ def _write_progress(s: _Session, finished: bool) -> None:
         "stopped_epoch": es.stopped_epoch, "stopped_early": es.stopped_epoch is not None,
         "patience": es.patience, "kept": s.kept, "finished": finished, "device": str(s.device),
     })
+
+
+def _kernel_facts(model: torch.nn.Module) -> dict[str, Any] | None:
+    """What config.json records about the CPU convolution kernels the run trains with."""
+    choice = kernel_choice(model)
+    return choice.to_dict() if choice is not None else None
 
 
 def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:

@@ -8,21 +8,26 @@ import torch
 import torch.nn.functional as F
 
 from neuralcodes.config import Config, TrainConfig
+from neuralcodes.data.cache import cache_root
+from neuralcodes.kernels import choice as kernels
 from neuralcodes.kernels.cpu import configure as configure_cpu
-from neuralcodes.kernels.nnpack import nnpack_enabled, use_nnpack
 from neuralcodes.model import ConvNet
-from neuralcodes.runtime import autocast, to_input
+from neuralcodes.runtime import INFER_BATCH, autocast, to_input
 from neuralcodes.training.batches import augment_batch
 
 
 def build_model(cfg: Config, num_classes: int, device: torch.device, *,
-                weights: dict[str, Any] | None = None, inference: bool = False) -> ConvNet:
+                weights: dict[str, Any] | None = None, inference: bool = False,
+                batch_size: int | None = None, precision: str | None = None) -> ConvNet:
     """A ConvNet on ``device`` with ``cfg``'s kernels and memory format, from fresh (seeded)
     weights or ``weights`` (a state dict).
 
-    ``inference=True`` gives the eval-mode model of a trained run (kernels for the run's
-    precision, channels-last, no torch.compile); otherwise the training settings ``cfg.train``
-    choose. Process-wide CPU settings (:func:`neuralcodes.kernels.cpu.configure`) are applied.
+    ``inference=True`` gives the eval-mode model of a trained run (channels-last, no
+    torch.compile) for batches of ``batch_size`` (default :data:`INFER_BATCH`) in ``precision``
+    (default the run's); otherwise the training settings ``cfg.train`` choose. The convolution
+    kernels follow ``train.cpu_conv`` (``auto``: measured here once and cached,
+    :mod:`neuralcodes.kernels.choice`); the choice is ``model.kernel_choice``. Process-wide CPU
+    settings (:func:`neuralcodes.kernels.cpu.configure`) are applied.
     """
     t = cfg.train
     configure_cpu(device)
@@ -32,8 +37,16 @@ def build_model(cfg: Config, num_classes: int, device: torch.device, *,
     model = model.to(device)
     if inference:
         model.eval()
-    use_nnpack(model, nnpack_enabled(t.cpu_conv, device, t.precision, t.compile and not inference))
-    return model.to(memory_format=torch.channels_last) if inference or t.channels_last else model
+    channels_last = inference or t.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    choice = kernels.choose(
+        model, setting=t.cpu_conv, device=device, precision=precision or t.precision,
+        batch=batch_size or (INFER_BATCH if inference else t.batch_size), train=not inference,
+        compile=t.compile and not inference, channels_last=channels_last,
+        cache_dir=cache_root(cfg.data.cache_dir))
+    kernels.apply(model, choice)
+    return model
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:

@@ -4,6 +4,7 @@ for precisions this CPU only emulates."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -15,21 +16,26 @@ from neuralcodes.training.step import build_model, make_optimizer, train_step
 
 
 def measure_throughput(cfg: Config, num_classes: int = 190, *, steps: int = 5, warmup: int = 2,
-                       progress: bool = False) -> float:
+                       progress: bool = False,
+                       on_model: Callable[[torch.nn.Module], object] | None = None) -> float:
     """Training images per second of ``cfg``'s model and settings, on random uint8 batches.
 
     Times ``steps`` real training steps (gather, convert, forward, backward, Adam) at
     ``cfg.train.batch_size`` after ``warmup`` untimed ones (compilation happens there).
+    ``on_model`` is shown the model built (e.g. to read its kernel choice).
     """
     with threads(cfg.train.threads):
-        return _measure(cfg, num_classes, steps, warmup, progress)
+        return _measure(cfg, num_classes, steps, warmup, progress, on_model)
 
 
-def _measure(cfg: Config, num_classes: int, steps: int, warmup: int, progress: bool) -> float:
+def _measure(cfg: Config, num_classes: int, steps: int, warmup: int, progress: bool,
+             on_model: Callable[[torch.nn.Module], object] | None) -> float:
     t = cfg.train
     device = device_for(t.device)
     gen = torch.Generator().manual_seed(0)
     model = build_model(cfg, num_classes, device)
+    if on_model is not None:
+        on_model(model)
     net = torch.compile(model) if t.compile else model
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from neuralcodes import cli, retrieval
 from neuralcodes.config import Config, apply_overrides
@@ -184,6 +185,17 @@ def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config,
     assert batches == [EVAL_BATCH] * 3  # one warm-up pass, two timed
     assert speeds.code_dims == {"5": 8 * 8 * 8, "6": 32, "7": 32}  # TINY_MODEL's codes
     assert speeds.infer_ips > 0 and speeds.pca_s > 0
+    # the probe's models chose their convolution kernels (from the tests' fake timing table):
+    # the plan says which, for training and for inference
+    nnpack = torch.backends.nnpack.is_available()
+    assert set(speeds.kernels) == {"train", "inference"}
+    assert ("conv2, conv4 in NNPACK; conv3, conv5 in oneDNN (train, fp32, batch 16"
+            in speeds.kernels["train"]) == nnpack
+    assert "(inference, fp32, batch 250" in speeds.kernels["inference"]
+    sizes = {"train": 64, "val": 8, "test": 8, "ood": 40}
+    lines = estimate.plan_lines(cfg, estimate.estimate_stages(cfg, sizes, speeds), speeds)
+    assert [line[:35] for line in lines if line.startswith("Convolution")] == [
+        "Convolution kernels, train: conv2, ", "Convolution kernels, inference: con"]
 
 
 def test_the_retrieval_estimate_counts_the_pca_study():

@@ -127,7 +127,8 @@ class TrainConfig:
     precision: Annotated[Precision, RESUMABLE] = "fp32"
     compile: Annotated[bool, RESUMABLE] = False
     channels_last: Annotated[bool, RESUMABLE] = True
-    # fp32 CPU kernels of conv2-conv5: auto | nnpack | onednn
+    # fp32 CPU kernels of conv2-conv5: auto (each layer's faster kernel, measured once on this
+    # CPU and cached: kernels/choice.py) | nnpack | onednn (forced)
     cpu_conv: Annotated[Literal["auto", "nnpack", "onednn"], RESUMABLE] = "auto"
     threads: Annotated[PositiveInt | None, RESUMABLE] = None  # torch intra-op threads
 

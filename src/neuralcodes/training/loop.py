@@ -217,7 +217,11 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
     if checkpoint is not None:
         check_same_splits(run, saved, splits.hash)
 
+    if not dist.main:
+        dist.barrier()  # rank 0 measures the CPU kernels (once per machine); the others read them
     model = build_model(cfg, num_classes, device)
+    if dist.main:
+        dist.barrier()
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     stopping = EarlyStopping(t.patience)

@@ -181,7 +181,8 @@ def bench_query(repeat: int) -> dict[str, Any]:
         times.append(time.perf_counter() - start)
     code = extract_codes(model, image, layers=("6",), progress=False)["6"]
     search_only = _best(lambda: index.search(code, 5), repeat)
-    return {"database": 5000, "layer": "6", "median_ms": round(statistics.median(times) * 1e3, 2),
+    return {"kernels": model.kernel_choice.to_dict(),
+            "database": 5000, "layer": "6", "median_ms": round(statistics.median(times) * 1e3, 2),
             "best_ms": round(min(times) * 1e3, 2), "search_only_ms": round(search_only * 1e3, 3)}
 
 

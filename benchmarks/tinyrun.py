@@ -16,6 +16,7 @@ from helpers import make_tiny_imagenet  # noqa: E402
 from neuralcodes.config import Config  # noqa: E402
 from neuralcodes.data import prepare  # noqa: E402
 from neuralcodes.evaluation import evaluate  # noqa: E402
+from neuralcodes.runs import RunDir  # noqa: E402
 from neuralcodes.training.loop import train  # noqa: E402
 
 
@@ -33,3 +34,8 @@ def build_run(root: Path, *, classes: int, per_class: int, ood_classes: int,
     train(cfg, root / "run", progress=False)
     evaluate(root / "run", progress=False, device="cpu")
     return root / "run"
+
+
+def run_kernels(run: Path) -> dict[str, Any] | None:
+    """The CPU convolution kernels the run trained with, as its config.json records them."""
+    return RunDir.existing(run).saved().get("kernels")

@@ -69,6 +69,7 @@ def main() -> None:
             run = build_run(Path(tmp))
             out["build_generated_run_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
+        out["run_kernels"] = tinyrun.run_kernels(run)
         client = TestClient(create_app(run, device="cpu"))
         out["create_app_s"] = round(time.perf_counter() - t0, 2)
         info = client.get("/api/info").json()

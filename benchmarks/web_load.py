@@ -193,6 +193,7 @@ def main() -> None:
                            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or build_run(Path(tmp))
+        out["run_kernels"] = tinyrun.run_kernels(run)
         data = big_png(args.side)
         proc, url = start_server(run, args.src, Path(tmp) / "server.log")
         try:

@@ -15,15 +15,17 @@ import platform
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from neuralcodes import cli
+from neuralcodes.kernels.choice import cpu_identity
 
 SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny-imagenet-40.zip"
 
 
-def _one_run(zip_path: Path, root: Path) -> dict[str, float]:
+def _one_run(zip_path: Path, root: Path) -> dict[str, Any]:
     out = root / "run"
     argv = ["run", "--preset", "quick", "--data", str(zip_path), "--cache-dir",
             str(root / "cache"), "--out", str(out), "--no-progress"]
@@ -31,10 +33,12 @@ def _one_run(zip_path: Path, root: Path) -> dict[str, float]:
         raise SystemExit("the quick run failed")
     timings = json.loads((out / "timings.json").read_text())
     epochs = [json.loads(line)["seconds"] for line in (out / "metrics.jsonl").read_text().split()]
-    ratios = {stage: round(timings["estimate"][stage] / seconds, 3)
-              for stage, seconds in timings["actual"].items() if seconds > 0}
+    ratios: dict[str, Any] = {stage: round(timings["estimate"][stage] / seconds, 3)
+                              for stage, seconds in timings["actual"].items() if seconds > 0}
     warm = epochs[1:] or epochs
     ratios["train_epoch"] = round(timings["estimate"]["train_epoch"] / statistics.median(warm), 3)
+    kernels = json.loads((out / "config.json").read_text()).get("kernels") or {}
+    ratios["kernels"] = kernels.get("layers")
     return ratios
 
 
@@ -54,6 +58,7 @@ def main() -> None:
         "runs": runs,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kind": cpu_identity(),
         "load_average": os.getloadavg(),
     }, indent=2))
 

@@ -55,8 +55,9 @@ KERNELS: tuple[str, ...] = ("onednn", "nnpack")
 #: Seconds one measurement may take at most (warm-up included); it happens once per machine
 #: for each (precision, train/inference, batch size, threads, model shape).
 BUDGET_S = 10.0
-#: Interleaved timing rounds at most (each layer, each kernel, once per round); the fastest kept.
-MAX_ROUNDS = 3
+#: Interleaved timing rounds (each layer, each kernel, once per round), at least and at most; the
+#: fastest of each kept, so that one preemption on a busy machine does not decide.
+MIN_ROUNDS, MAX_ROUNDS = 2, 3
 #: Environment variable naming a JSON timing table to use instead of measuring.
 TIMINGS_ENV = "NEURALCODES_KERNEL_TIMINGS"
 #: Bump when the cache file's layout changes.
@@ -279,11 +280,11 @@ def _seconds(fn: Callable[[], None]) -> float:
 
 def measure_layers(model: nn.Module, options: dict[str, list[str]], batch: int, train: bool,
                    channels_last: bool, budget_s: float = BUDGET_S) -> tuple[Timings, int]:
-    """Seconds per call of each layer in each of its candidate kernels, the fastest of up to
-    :data:`MAX_ROUNDS` interleaved rounds, on the layer's real input shape at ``batch`` (or at
-    the largest batch whose round fits the budget, at least :data:`NNPACK_MIN_BATCH`, when a
-    warm-up at that small batch says one round at ``batch`` would not); returns the timings and
-    the batch they were taken at."""
+    """Seconds per call of each layer in each of its candidate kernels, the fastest of
+    :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS` interleaved rounds, on the layer's real input shape
+    at ``batch``, or at the largest batch whose rounds fit the budget (at least
+    :data:`NNPACK_MIN_BATCH`) when a warm-up at that small batch says those at ``batch`` would
+    not; returns the timings and the batch they were taken at."""
     began = time.perf_counter()
     todo = [n for n, kernels in options.items() if len(kernels) > 1]
     shapes = _input_shapes(model, todo, channels_last)
@@ -295,19 +296,21 @@ def measure_layers(model: nn.Module, options: dict[str, list[str]], batch: int, 
         modules[n], shapes[n], small, train, channels_last).items()} for n in todo}
     per_image = sum(sum(v.values()) for v in warm.values()) / small
     left = budget_s - (time.perf_counter() - began)
-    timed = min(batch, int(0.8 * left / per_image) if per_image > 0 else batch)
-    if timed < small:  # no time left for a round: the warm-up's timings decide
-        return _with_single(warm, options), small
-    calls = {n: _layer_calls(modules[n], shapes[n], timed, train, channels_last) for n in todo}
+    timed = min(batch, int(0.8 * left / (MIN_ROUNDS * per_image)) if per_image > 0 else batch)
     timings: Timings = {n: {k: float("inf") for k in options[n]} for n in todo}
-    for r in range(MAX_ROUNDS):
+    rounds = 0
+    if timed <= small:  # little time: the warm-up is the first sample, at the small batch
+        timed, timings, rounds = small, warm, 1
+    calls = {n: _layer_calls(modules[n], shapes[n], timed, train, channels_last) for n in todo}
+    while rounds < MAX_ROUNDS:
         round_began = time.perf_counter()
         for name in todo:
-            for kernel in options[name][::1 if r % 2 == 0 else -1]:  # A B, then B A
-                t = _seconds(calls[name][kernel])
-                timings[name][kernel] = min(timings[name][kernel], t)
+            for kernel in options[name][::1 if rounds % 2 == 0 else -1]:  # A B, then B A
+                timings[name][kernel] = min(timings[name][kernel],
+                                            _seconds(calls[name][kernel]))
+        rounds += 1
         spent, last = time.perf_counter() - began, time.perf_counter() - round_began
-        if spent + last > budget_s:
+        if rounds >= MIN_ROUNDS and spent + last > budget_s:
             break
     return _with_single(timings, options), timed
 

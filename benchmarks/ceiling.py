@@ -19,6 +19,7 @@ for reference.
 
     python benchmarks/ceiling.py
     python benchmarks/ceiling.py --rounds 6 --no-plain
+    python benchmarks/ceiling.py --precisions bf16 --parts train
 """
 
 from __future__ import annotations
@@ -192,6 +193,9 @@ def main() -> None:
     p.add_argument("--infer-batch", type=int, default=500, help="inference batch")
     p.add_argument("--rounds", type=int, default=4, help="turns per contender")
     p.add_argument("--no-plain", action="store_true", help="no plain-PyTorch fp32 step")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated (default: fp32, and bf16 where the CPU has it native)")
+    p.add_argument("--parts", default="train,infer", help="train, infer or both")
     args = p.parse_args()
     cpu_kernels.configure("cpu")
     native = cpu_kernels.native_bf16()
@@ -204,19 +208,25 @@ def main() -> None:
         "matmul_gflop_per_s": {"fp32": matmul_gflops(torch.float32)}}
     if native:
         out["matmul_gflop_per_s"]["bf16"] = matmul_gflops(torch.bfloat16)
-    for precision in ["fp32", "bf16"] if native else ["fp32"]:
-        out[precision] = {
-            "train": measure(precision, args.batch_size, True, args.rounds,
-                             precision == "fp32" and not args.no_plain),
-            "infer": measure(precision, args.infer_batch, False, args.rounds, False)}
+    precisions = (args.precisions.split(",") if args.precisions
+                  else ["fp32", "bf16"] if native else ["fp32"])
+    parts = args.parts.split(",")
+    for precision in precisions:
+        out[precision] = {}
+        if "train" in parts:
+            out[precision]["train"] = measure(precision, args.batch_size, True, args.rounds,
+                                              precision == "fp32" and not args.no_plain)
+        if "infer" in parts:
+            out[precision]["infer"] = measure(precision, args.infer_batch, False, args.rounds,
+                                              False)
         print(f"{precision}: measured", file=sys.stderr, flush=True)
     goals: dict[str, Any] = {}
-    if native:
-        for key, part in (("bf16_train_img_per_s", "train"),
-                          ("bf16_infer_img_per_s_batch_500", "infer")):
+    for key, part in (("bf16_train_img_per_s", "train"),
+                      ("bf16_infer_img_per_s_batch_500", "infer")):
+        if part in out.get("bf16", {}):
             top = out["bf16"][part]["ceiling_img_per_s"]
             goals[key] = {"goal": GOALS[key], "ceiling": top, "attainable": top >= GOALS[key]}
-    if not args.no_plain:
+    if not args.no_plain and "train" in out.get("fp32", {}):
         ratio = out["fp32"]["train"]["ceiling_vs_plain_ratio"]
         goals["fp32_train_vs_plain_ratio"] = {"goal": GOALS["fp32_train_vs_plain_ratio"],
                                               "ceiling": ratio,

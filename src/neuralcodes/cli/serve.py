@@ -51,6 +51,9 @@ def main(args: argparse.Namespace) -> int:
                          max_pixels=int(args.max_megapixels * 1e6),
                          allowed_hosts=LOCAL_HOSTS if is_loopback(args.host) else None,
                          settings=cfg.retrieval, progress=True)
+    refused = app.state.retrieval.index_error
+    if refused:  # `serve --index` with an index it may not use: one line, nothing served
+        raise NeuralCodesError(refused)
     print(f"neuralcodes: serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

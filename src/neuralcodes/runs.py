@@ -285,12 +285,21 @@ def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Data
 
 def prepare_command(saved: dict[str, Any], cache: Path) -> str:
     """The ``neuralcodes prepare`` command that rebuilds a run's cache where it recorded it (the
-    cache folder's name is a hash of the source's content, so the same source gives it back)."""
+    cache folder's name is a hash of the source's content, so the same source gives it back),
+    with the run's data settings spelled out (none is taken from a file unseen)."""
+    import json
     import shlex
+
+    from neuralcodes.config import DataConfig
 
     source = saved["data"].get("source") or saved["config"]["data"].get("source")
     parts = ["neuralcodes", "prepare"]
     if source:
         parts += ["--data", str(source)]
     parts += ["--cache-dir", str(cache.parent)]
+    ours, default = Config.from_dict(saved["config"]).to_dict()["data"], \
+        Config(data=DataConfig()).to_dict()["data"]
+    for key, value in ours.items():
+        if key not in ("source", "cache_dir", "url") and value != default[key]:
+            parts += ["--set", f"data.{key}={json.dumps(value, separators=(',', ':'))}"]
     return " ".join(shlex.quote(p) for p in parts)

@@ -160,10 +160,27 @@ def test_an_early_stopped_run_says_how_to_train_on(tmp_path):
     todo, line = training_left(tmp_path, 4)
     assert not todo and "early stopping ended" in line and "at epoch 3" in line
     assert f"neuralcodes train --resume {tmp_path} --epochs 4 --set train.patience=1" in line
+    assert not training_left(tmp_path, 4, patience=0)[0]
+    assert training_left(tmp_path, 4, patience=1)[0]  # the patience raised: it trains on
     assert training_left(tmp_path, 3) == (False, f"skipped: {tmp_path} already holds a finished "
                                                  "training run (3 epochs)")
     write_json(rd.train_state, {"epochs_completed": 3, "stopped_early": False, "finished": True})
     assert training_left(tmp_path, 4)[0]
+
+
+def test_train_resume_on_an_early_stopped_run_says_how_to_go_on(run_copy, capsys):
+    rd = RunDir(run_copy)
+    last = torch.load(rd.last_checkpoint, weights_only=False)
+    last["early_stopping"].update(bad_epochs=1, stopped_epoch=2)  # as if epoch 2 stopped it
+    torch.save(last, rd.last_checkpoint)
+    capsys.readouterr()
+    assert cli(["train", "--resume", str(run_copy), "--epochs", "3", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "not training on: early stopping ended" in err and "train.patience=1" in err
+    assert read_json(rd.train_state)["epochs_completed"] == 2
+    assert cli(["train", "--resume", str(run_copy), "--epochs", "3", "--no-progress",
+                "--set", "train.patience=1"]) == 0
+    assert read_json(rd.train_state)["epochs_completed"] == 3
 
 
 # --------------------------------------------------------------------------- retrieval settings

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,8 @@ def recorded(path: str | Path) -> Fingerprint | None:
                 last = f.read().decode("utf-8", "replace").rstrip().rsplit("\n", 1)[-1]
             found = (json.loads(last[len(_MD_PREFIX):-len(_MD_SUFFIX)])
                      if last.startswith(_MD_PREFIX) and last.endswith(_MD_SUFFIX) else None)
-    except (OSError, ValueError, KeyError, AttributeError, EOFError):
-        return None
+    except (OSError, ValueError, KeyError, AttributeError, EOFError, zipfile.BadZipFile):
+        return None  # damaged or foreign: it records nothing, so it is made again
     return found if isinstance(found, dict) else None
 
 
@@ -255,12 +256,11 @@ def is_current(path: Path, fp: Fingerprint) -> tuple[bool, str]:
 
 
 def needs_run(stage: str, paths: Sequence[Path] | Path, fp: Fingerprint, *,
-              force: bool = False, quiet_when_missing: bool = False) -> bool:
+              force: bool = False) -> bool:
     """Whether a stage must (re)compute ``paths``; logs one line saying why, or that it is
     skipped, e.g. ``codes: ood-prerelu.npz: the weights changed since it was computed
     (best.pt is now epoch 4, ...): recomputing``."""
-    if force:
-        log.info(f"{stage}: --force: recomputing")
+    if force:  # asked for: no line
         return True
     why = check(paths, fp)
     if why is None:
@@ -268,9 +268,8 @@ def needs_run(stage: str, paths: Sequence[Path] | Path, fp: Fingerprint, *,
         log.info(f"{stage}: skipped: {first.name} is up to date "
                  f"({describe_weights(fp.get('weights'))})")
         return False
-    if why.endswith("does not exist yet"):
-        if not quiet_when_missing:
-            log.info(f"{stage}: computing")
+    if why.endswith("does not exist yet"):  # the stage's header says it runs: no line
+        log.debug(f"{stage}: computing")
         return True
     log.info(f"{stage}: {why}: recomputing")
     return True

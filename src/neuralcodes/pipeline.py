@@ -86,7 +86,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _log_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
     _stage("train")
-    todo, why = training_left(rd.root, cfg.train.max_epochs)
+    todo, why = training_left(rd.root, cfg.train.max_epochs, cfg.train.patience)
     if why:
         log.info(why)
     if todo:
@@ -145,7 +145,7 @@ def _log_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_cla
           f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "
           f"early stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
           f"output in {rd.root}/")
-    if not training_left(rd.root, cfg.train.max_epochs)[0]:
+    if not training_left(rd.root, cfg.train.max_epochs, cfg.train.patience)[0]:
         return
     speeds = probe_speeds(cfg, n_classes, rd.root)
     stages = estimate_stages(cfg, sizes, speeds)

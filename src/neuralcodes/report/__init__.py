@@ -39,7 +39,9 @@ def write_report(run: str | Path, config: Config | None = None) -> tuple[Path, P
     if facts["eval"] is None:
         raise NeuralCodesError(f"{rd.root}: no eval.json from its current weights yet; run "
                                f"`neuralcodes evaluate {rd.root}` first")
-    inputs = {name: lineage.digest(made or {}) for name, made in facts["made_by"].items()}
+    inputs = {name: lineage.digest(made) if made else  # written before fingerprints: its bytes
+              hashlib.sha256((rd.root / name).read_bytes()).hexdigest()[:16]
+              for name, made in facts["made_by"].items()}
     for path in (rd.metrics, rd.train_state, rd.config):
         if path.is_file():
             inputs[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -127,10 +127,12 @@ def is_finished(run: str | Path) -> bool:
     return path.is_file() and bool(read_json(path).get("finished"))
 
 
-def training_left(run: str | Path, max_epochs: int) -> tuple[bool, str]:
+def training_left(run: str | Path, max_epochs: int, patience: int | None = None
+                  ) -> tuple[bool, str]:
     """Whether ``run`` has training left to do at an epoch limit of ``max_epochs``, and the
     line that says so: a finished run trains on when the limit was raised, unless early
-    stopping ended it (then the line says how to go on)."""
+    stopping ended it and ``patience`` is not higher than it was (then the line says how to
+    go on)."""
     rd = RunDir(Path(run))
     if not is_finished(rd.root):
         return True, ""
@@ -138,7 +140,8 @@ def training_left(run: str | Path, max_epochs: int) -> tuple[bool, str]:
     done = int(state.get("epochs_completed") or 0)
     if done >= max_epochs:
         return False, f"skipped: {rd.root} already holds a finished training run ({done} epochs)"
-    if state.get("stopped_early"):
+    if state.get("stopped_early") and (patience is None
+                                       or patience <= int(state.get("patience") or 0)):
         return False, early_stopped_line(rd, state.get("stopped_epoch"), state.get("patience"),
                                          max_epochs)
     return True, f"{rd.root} trained {done} epochs; the limit is now {max_epochs}: training on"

@@ -184,7 +184,7 @@ def test_colour_histograms_and_layer_evidence():
     assert ev["per_layer"]["5"]["sparsity"] == 0.0  # all positive
     base = ev["colour_similarity_baseline"]
     assert base["same_class_pairs"] == pytest.approx(1.0) and base["random_pairs"] < 0.5
-    assert 0 <= ev["top5_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
+    assert 0 <= ev["top_k_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
     for layer in ("5", "7"):  # the baselines stand beside every layer's value
         assert ev["per_layer"][layer]["colour_similarity_random_pairs"] == base["random_pairs"]
         assert ev["per_layer"][layer]["colour_similarity_same_class_pairs"] == pytest.approx(1.0)

@@ -37,7 +37,7 @@ classes, scores; ``k = retrieval.k``). ``top<k>_layer<L>.png`` per layer and
                            "colour_similarity_random_pairs",
                            "colour_similarity_same_class_pairs", "sparsity"}},
      "colour_similarity_baseline": {"random_pairs", "same_class_pairs"},
-     "top5_changed": {"5-6": n, ...}, "top5_overlap": {"5-6": mean, ...}}
+     "top_k_changed": {"5-6": n, ...}, "top_k_overlap": {"5-6": mean, ...}}  # k = top_k
 
 ``pca.json``, ``pca.png``: mAP of PCA / PCA-whitened codes (fitted on in-domain train codes)::
 

@@ -13,9 +13,9 @@ Fixtures:
   Change it freely (it is yours), e.g. ``dataclasses.replace(cfg, seed=1)``.
 
 Tests never time the CPU kernels: ``NEURALCODES_KERNEL_TIMINGS`` names the fake timing table
-``kernel_timings.json`` (conv2 and conv4 in NNPACK, conv3 and conv5 in oneDNN wherever NNPACK
-applies), for this process and the commands it starts; ``tests/test_kernel_choice.py`` removes it
-to test the measurement and its cache.
+``kernel_timings.json`` (conv2 in NNPACK, conv3-conv5 in oneDNN wherever NNPACK applies), for
+this process and the commands it starts; ``tests/test_kernel_choice.py`` removes it to test the
+measurement and its cache.
 """
 
 from __future__ import annotations

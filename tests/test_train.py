@@ -191,7 +191,7 @@ def test_trained_run_loads_the_eval_mode_best_model(trained):
     assert run.epoch == read_json(RunDir(trained).train_state)["best_epoch"]
     # the run's cpu_conv setting (auto) chooses the kernels of the loaded model too, for
     # inference at the codes' batch
-    assert nnpack_layers(model) == (["conv2", "conv4"] if torch.backends.nnpack.is_available()
+    assert nnpack_layers(model) == (["conv2"] if torch.backends.nnpack.is_available()
                                     else [])
     assert model.kernel_choice.mode == "inference" and model.kernel_choice.batch == 250
     data = SplitData.load(dataset, splits, "val", torch.device("cpu"))

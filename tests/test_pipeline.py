@@ -196,7 +196,7 @@ def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config,
     sizes = {"train": 64, "val": 8, "test": 8, "ood": 40}
     lines = estimate.plan_lines(cfg, estimate.estimate_stages(cfg, sizes, speeds), speeds)
     assert [line[:35] for line in lines if line.startswith("Convolution")] == [
-        "Convolution kernels, train: conv2, ", "Convolution kernels, inference: con"]
+        "Convolution kernels, train: conv2 i", "Convolution kernels, inference: con"]
 
 
 def test_the_retrieval_estimate_counts_the_pca_study():

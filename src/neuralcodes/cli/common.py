@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from neuralcodes.config import Config, apply_overrides, resumable_settings
+from neuralcodes.config import Config, apply_overrides, describe_resumable
 from neuralcodes.errors import NeuralCodesError
 
 #: Short aliases: flag -> (section, key, help); values stay strings except ``--epochs``.
@@ -109,7 +109,7 @@ def run_config(args: argparse.Namespace, saved: Config) -> Config:
     changed = [d for d in saved.differences(cfg)
                if not d.startswith("retrieval.")]
     if changed:
-        allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
+        allowed = describe_resumable()
         raise NeuralCodesError(f"cannot change {changed[0]} for a trained run; only retrieval.* "
                                f"and {allowed} may change")
     return cfg

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from neuralcodes.config import Config, apply_overrides, describe_resumable
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.text import printable
 
 #: Short aliases: flag -> (section, key, help); values stay strings except ``--epochs``.
 ALIASES: dict[str, tuple[str, str, str]] = {
@@ -128,8 +129,8 @@ def run_lock(run: str | Path, command: str) -> contextlib.AbstractContextManager
 class _TqdmHandler(logging.Handler):
     """Log lines on stderr beside the progress bars, so stdout stays clean for results."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
+    def emit(self, record: logging.LogRecord) -> None:  # names in messages escaped
+        tqdm.write("\n".join(map(printable, self.format(record).split("\n"))), file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,8 @@ class CodeSet:
             arrays["paths"] = np.array(self.paths, dtype=str)
         if self.precision is not None:
             arrays["precision"] = np.str_(self.precision)
-        with atomic_open(path, "wb") as f:  # a file object: np.savez adds no ".npz"
+        size = sum(a.nbytes for a in arrays.values()) + 16 * len(self.index)
+        with atomic_open(path, "wb", size=size) as f:  # a file object: np.savez adds no ".npz"
             np.savez(f, index=self.index.astype(np.int64), labels=self.labels.astype(np.int64),
                      relu=np.bool_(self.relu), **arrays)
         return Path(path)

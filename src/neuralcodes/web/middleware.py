@@ -209,8 +209,8 @@ class TokenAuth:
             from starlette.responses import RedirectResponse
 
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            where = scope.get("root_path", "") + scope.get("path", "/") + (f"?{rest}" if rest
-                                                                          else "")
+            path = scope.get("raw_path") or scope.get("path", "/").encode()
+            where = path.decode("latin-1") + (f"?{rest}" if rest else "")
             response = RedirectResponse(where, 303)
             response.set_cookie(TOKEN_COOKIE, self.token.decode(), httponly=True,
                                 samesite="strict", path="/")

@@ -1,0 +1,85 @@
+"""What decoding an upload in a killable worker process costs (issue 21).
+
+Usage: ``PYTHONPATH=src python benchmarks/decode_overhead.py [--rounds N]``. Decodes the same
+ordinary uploads (a 640x480 photo-like JPEG, a 1024x768 PNG) N times in this process
+(:func:`neuralcodes.imageio.decode_image`) and through :class:`neuralcodes.decodepool.DecodePool`
+(a reused worker: the bytes go through a pipe, the 64x64 result comes back), in turns (A B A B,
+so drift cancels). Prints one JSON object: the medians and their difference per file, plus the
+time to start the pool (its fork server imports NumPy and Pillow once) and to replace a killed
+worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from neuralcodes import imageio
+from neuralcodes.decodepool import DecodePool, DecodeTimeout
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def photo(width: int, height: int, fmt: str) -> bytes:
+    """A smooth image with some noise (compresses like a photo)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)],
+                    -1)
+    noise = np.random.default_rng(0).integers(-12, 12, base.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    out: dict[str, object] = {"cpu": cpu_name(), "cpus": os.cpu_count(),
+                              "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    pool = DecodePool(1, timeout_s=30)
+    try:
+        t0 = time.perf_counter()
+        pool.warm()
+        out["pool_start_s"] = round(time.perf_counter() - t0, 3)
+        for name, data in (("jpeg_640x480", photo(640, 480, "JPEG")),
+                           ("png_1024x768", photo(1024, 768, "PNG"))):
+            direct, pooled = [], []
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                imageio.decode_image(data)
+                direct.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                pool.run(imageio.decode_image, data)
+                pooled.append(time.perf_counter() - t0)
+            d, p = statistics.median(direct) * 1000, statistics.median(pooled) * 1000
+            out[name] = {"bytes": len(data), "in_process_ms": round(d, 2),
+                         "worker_ms": round(p, 2), "overhead_ms": round(p - d, 2)}
+        try:
+            pool.run(time.sleep, 5, timeout_s=0.1)
+        except DecodeTimeout:
+            pass
+        t0 = time.perf_counter()
+        pool.run(int, "1")  # starts the replacement, then runs a trivial job
+        out["replace_killed_worker_s"] = round(time.perf_counter() - t0, 3)
+    finally:
+        pool.close()
+    out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

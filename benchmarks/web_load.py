@@ -143,13 +143,16 @@ class Peak:
                 if self.hwm_reset else None}
 
 
-def start_server(run: Path, src: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, src: Path, log: Path, settings: list[str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.Popen([sys.executable, "-m", "neuralcodes", "serve", str(run), "--port",
-                             str(port), "--device", "cpu"], env=env, stdout=log.open("w"),
+                             str(port), "--device", "cpu",
+                             *[a for kv in settings or [] for a in ("--set", kv)]],
+                            env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -473,16 +476,18 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before after-burst")
     parser.add_argument("--attacks", default="scan_bombs,two_slow_decodes,stalled_uploads,"
                         "big_uploads,half_open", help="comma-separated, or none")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting for the server (repeatable), e.g. serve.inflight_mb=128")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 2,000 sockets on both ends
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    out: dict[str, Any] = {"src": str(args.src), "cpus": os.cpu_count(),
+    out: dict[str, Any] = {"src": str(args.src), "settings": args.set, "cpus": os.cpu_count(),
                            "cpu": cpu_name(),
                            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or build_run(Path(tmp))
         data = big_png(args.side)
-        proc, url = start_server(run, args.src, Path(tmp) / "server.log")
+        proc, url = start_server(run, args.src, Path(tmp) / "server.log", args.set)
         try:
             out["idle_rss_mb"] = rss_mb(proc.pid)
             out["searches"] = searches(url, proc.pid, args.searches, args.clients)

@@ -521,3 +521,58 @@ def test_a_malicious_checkpoint_is_not_a_neuralcodes_checkpoint(tmp_path):
     message = str(e.value)
     assert "not a neuralcodes checkpoint" in message and "system" in message
     assert "weights_only" not in message and "\n" not in message
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_page_works_in_chromium_with_the_token_from_the_printed_address(web_run, tmp_path):
+    """Opening ``?token=...`` once: the gallery, a search and an upload all work (the cookie),
+    no request is refused; a browser without the token gets 401."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} not found: install Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    from neuralcodes.web import create_app
+
+    token = "browser-token-0123456789"
+    app = create_app(web_run, device="cpu", allowed_hosts=["127.0.0.1"], token=token)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}/"
+    upload_file = tmp_path / "mine.png"
+    Image.new("RGB", (120, 90), (20, 120, 220)).save(upload_file)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(chromium),
+                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(15_000)
+                refused: list[str] = []
+                page.on("response", lambda r: r.status >= 400 and refused.append(
+                    f"{r.status} {r.url}"))
+                page.goto(f"{base}?token={token}")
+                assert "token" not in page.url
+                page.locator("[data-testid=gallery] img").first.click()
+                page.locator("[data-testid=query-results] .hit").first.wait_for()
+                page.goto(f"{base}#/upload")
+                page.set_input_files("#upload-file", str(upload_file))
+                page.locator("[data-testid=upload-results] .hit").first.wait_for()
+                assert not refused, refused
+                stranger = browser.new_page()
+                assert stranger.goto(base).status == 401
+            finally:
+                browser.close()
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -57,9 +57,7 @@ def test_scans_are_counted_without_decoding_and_counting_stops_at_the_limit():
     assert jpegscans.count_scans(jpeg(progressive=True)) == 10  # libjpeg's progressive script
     bomb = scan_bomb_jpeg(20_000)
     assert jpegscans.count_scans(bomb) == 20_000
-    t0 = time.perf_counter()
-    assert jpegscans.count_scans(bomb, limit=300) == 301
-    assert time.perf_counter() - t0 < 0.05
+    assert jpegscans.count_scans(bomb, limit=300) == 301  # stops there: never walks 20,000
     assert jpegscans.count_scans(bomb[:5000]) == bomb[:5000].count(b"\xff\xda")  # truncated
     assert not jpegscans.is_jpeg(b"\x89PNG\r\n") and jpegscans.is_jpeg(bomb)
 
@@ -89,9 +87,8 @@ def client(web_run: Path, small_limits: ServeConfig) -> Iterator[TestClient]:
 def test_a_scan_bomb_upload_is_refused_at_once_in_one_sentence(client):
     pool = client.app.state.decoder.pool
     started = pool.started
-    t0 = time.perf_counter()
-    r = upload(client, scan_bomb_jpeg(20_000))
-    assert r.status_code == 413 and time.perf_counter() - t0 < 1.0
+    r = upload(client, scan_bomb_jpeg(20_000))  # refusal time: benchmarks/web_load.py
+    assert r.status_code == 413
     detail = r.json()["detail"]
     assert "more than 50 scans" in detail and detail.count(". ") == 0 and "\n" not in detail
     assert pool.started == started  # refused before any decoder process was needed
@@ -102,13 +99,11 @@ def test_a_slow_decode_is_killed_at_the_time_limit_and_the_next_upload_works(cli
     pool = client.app.state.decoder.pool
     killed = pool.killed
     slow = scan_bomb_jpeg(45, side=4096)  # under the scan limit, but ~1 s to decode
-    t0 = time.perf_counter()
     r = upload(client, slow)
-    took = time.perf_counter() - t0
     if r.status_code == 200:  # a very fast machine decoded it within 0.4 s: nothing to kill
-        pytest.skip(f"decoded in {took:.2f} s: not slow enough here")
+        pytest.skip("decoded within 0.4 s: not slow enough here")
     assert r.status_code == 413 and "longer than 0.4 s" in r.json()["detail"], r.text
-    assert took < 2.0 and pool.killed == killed + 1
+    assert pool.killed == killed + 1 and pool.timeouts >= 1
     assert upload(client, jpeg()).status_code == 200  # a fresh worker took its place
 
 
@@ -120,7 +115,7 @@ def test_the_pool_stops_a_decode_when_its_caller_gives_up():
         t0 = time.perf_counter()
         with pytest.raises(DecodeCancelled):
             pool.run(time.sleep, 20, cancel=cancel)
-        assert time.perf_counter() - t0 < 1.5 and pool.killed == 1
+        assert time.perf_counter() - t0 < 15 and pool.killed == 1  # not the job's 20 s
         with pytest.raises(DecodeTimeout):
             pool.run(time.sleep, 20, timeout_s=0.2)
         with pytest.raises(imageio.ImageRejected) as e:  # refusals come back whole
@@ -148,15 +143,11 @@ def test_an_upload_whose_client_hangs_up_stops_decoding(client):
         return time.monotonic() > gone_at
 
     try:
-        t0 = time.perf_counter()
         with pytest.raises(UploadRejected) as e:
             asyncio.run(decoder.decode(File(), disconnected))
-        took = time.perf_counter() - t0
     finally:
         decoder.pool.timeout_s = timeout
-    if e.value.status == 413 and "took" in e.value.detail:
-        pytest.skip("decoded before the hang-up")
-    assert e.value.status == 499 and took < 1.5 and decoder.pool.killed == killed + 1
+    assert e.value.status == 499 and decoder.pool.killed == killed + 1
 
 
 # --------------------------------------------------------------------------- bodies
@@ -205,9 +196,9 @@ def test_the_byte_budget_is_shared_and_refuses_at_once_with_retry_after():
     status, _, body = asyncio.run(_call(app, [b"x" * 600], length))
     assert status == 200 and json.loads(body) == {"size": 600} and budget.used == 0
     assert budget.take(500)  # another upload holds half the budget
-    t0 = time.perf_counter()
-    status, headers, body = asyncio.run(_call(app, [None], length))  # its body never comes
-    assert status == 503 and time.perf_counter() - t0 < 0.5  # at once, without reading
+    # its body never comes: answered at once, without reading it (else this would hang)
+    status, headers, body = asyncio.run(_call(app, [None], length))
+    assert status == 503
     assert headers[b"retry-after"] == b"2" and headers[b"connection"] == b"close"
     assert "too many uploads" in json.loads(body)["detail"]
     status, _, _ = asyncio.run(_call(app, [b"x" * 300] * 2, []))  # chunked: charged as it comes
@@ -225,7 +216,7 @@ def test_a_stalled_body_is_answered_408_and_its_bytes_are_given_back():
     t0 = time.perf_counter()
     status, headers, body = asyncio.run(_call(app, [b"x" * 100, None],
                                               [(b"content-length", b"4000")]))
-    assert status == 408 and 0.2 <= time.perf_counter() - t0 < 1.0
+    assert status == 408 and time.perf_counter() - t0 >= 0.2  # after the idle time
     assert "stalled" in json.loads(body)["detail"] and headers[b"connection"] == b"close"
     assert budget.used == 0 and budget.peak == 4000
 
@@ -278,13 +269,11 @@ def test_half_open_header_connections_are_closed_at_the_deadline(server):
     socks = [socket.create_connection((host, port)) for _ in range(50)]
     for i, s in enumerate(socks):
         s.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else b"")
-    t0 = time.monotonic()
     ok = socket.create_connection((host, port))  # meanwhile a normal request is answered
     ok.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    assert b"200 OK" in (_closed_within(ok, 5) or b"")
-    try:
-        assert all(_closed_within(s, 3) is not None for s in socks)
-        assert time.monotonic() - t0 < 3
+    assert b"200 OK" in (_closed_within(ok, 30) or b"")
+    try:  # closed by the 0.5 s deadline (without it they stay open: this would fail)
+        assert all(_closed_within(s, 30) is not None for s in socks)
     finally:
         for s in socks:
             s.close()
@@ -309,11 +298,9 @@ def test_a_stalled_upload_is_closed_and_its_temporary_file_removed(server):
     s.sendall((f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/"
                f"form-data; boundary={boundary}\r\nContent-Length: {len(part) + 1000}\r\n\r\n"
                ).encode() + part)
-    t0 = time.monotonic()
-    got = _closed_within(s, 5)
+    got = _closed_within(s, 30)
     s.close()
     assert got is not None and b" 408 " in got.split(b"\r\n")[0], got
-    assert time.monotonic() - t0 < 3
     assert app.state.body_budget.used == 0
     assert sum("(deleted)" in f for f in _open_fds()) <= deleted  # no temp file left open
 

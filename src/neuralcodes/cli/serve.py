@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from neuralcodes.retrieval import RunData
+    from neuralcodes.retrieval.search import open_index
     from neuralcodes.runs import RunDir
     from neuralcodes.web import LOCAL_HOSTS, create_app, is_loopback
     from neuralcodes.web.protocol import protocol_with_header_timeout
@@ -73,12 +75,18 @@ def main(args: argparse.Namespace) -> int:
     else:
         allowed = list(cfg.serve.allowed_hosts)
     _check_can_listen(args.host, args.port)  # before the (slow) loading, not after
+    if args.index:  # a wrong index: its one line before the ood codes are computed
+        open_index(args.index, RunData.open(args.run, precision=cfg.train.precision,
+                                            reader=True))
     print(f"neuralcodes: loading {args.run} ...", flush=True)
     with console_logging():
         app = create_app(args.run, args.index, device=cfg.train.device,
                          precision=cfg.train.precision, allowed_hosts=allowed,
                          settings=cfg.retrieval, serve=cfg.serve, token=token, warm=True,
                          progress=True)
+    refused = app.state.retrieval.index_error
+    if refused:  # `serve --index` with an index it may not use: one line, nothing served
+        raise NeuralCodesError(refused)
     where = allowed[0] if not local else args.host
     if ":" in where and not where.startswith("["):
         where = f"[{where}]"

@@ -186,3 +186,19 @@ def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
     if not RunDir(out).eval_json.is_file():
         evaluate(out, progress=False, device="cpu")
     return out
+
+
+def scan_bomb_jpeg(scans: int, side: int = 64) -> bytes:
+    """A progressive JPEG of a flat ``side`` x ``side`` image whose last (tiny, all-zero
+    refinement) scan is repeated until the file holds ``scans`` scans: a few bytes per scan,
+    while libjpeg goes over every block of the image for each one (``side=2048``: ~3 ms a scan
+    here). Crafted in memory; never written to the repository."""
+    import re
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 130, 140)).save(buf, "JPEG", progressive=True,
+                                                         quality=90)
+    data = buf.getvalue()
+    starts = [m.start() for m in re.finditer(rb"\xff\xda", data)]
+    last = data[starts[-1]:-2]  # the last scan, up to EOI
+    return data[:-2] + last * (scans - len(starts)) + b"\xff\xd9"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,12 +74,42 @@ def test_disk_full_in_torch_save_is_one_line_with_the_space_needed(tmp_path, mon
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
                            "failed writing file data/0: file write failed")
 
-    message = r"could not write .*last.pt: no space left on device \(it needs about 2 MB; 0\.0 MB"
-    with pytest.raises(NeuralCodesError, match=message) as e, atomic_path(target) as tmp:
+    # the size needed is the new file's (41 MiB), not the previous one's nor what was written
+    # when the disk filled; the partial file's bytes count as free (it is removed)
+    message = (r"could not write .*last.pt: no space left on device \(it needs about 41 MB; "
+               r"0\.0 MB free\)")
+    with pytest.raises(NeuralCodesError, match=message) as e, \
+            atomic_path(target, size=41 * 2**20) as tmp:
         full({}, tmp)
     assert "\n" not in str(e.value)
     assert target.read_bytes() == before  # the previous checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    # without a size: how far the write got, as a lower bound
+    with pytest.raises(NeuralCodesError, match=r"needs more than 1 KB, where the disk filled"), \
+            atomic_path(target) as tmp:
+        full({}, tmp)
+
+
+def test_checkpoints_and_codes_tell_the_disk_full_message_their_size(tmp_path, monkeypatch):
+    from neuralcodes import files
+    from neuralcodes.retrieval.codes import CodeSet
+    from neuralcodes.training.checkpoint import save_checkpoint, tensor_bytes
+
+    w = torch.zeros(1 << 20)  # 4 MiB, saved twice under two names: counted once
+    assert tensor_bytes({"model": {"a": w, "b": w}, "n": [torch.zeros(256)]}) == 4 * 2**20 + 1024
+    seen = []
+    real = files.atomic_path
+
+    def spy(path, suffix="", size=None):
+        seen.append(size)
+        return real(path, suffix, size)
+
+    monkeypatch.setattr(files, "atomic_path", spy)
+    monkeypatch.setattr("neuralcodes.training.checkpoint.atomic_path", spy)
+    save_checkpoint(tmp_path / "c.pt", {"model": {"w": w}})
+    CodeSet({"6": np.zeros((10, 2048), np.float32)}, np.arange(10), np.zeros(10, int),
+            False).save(tmp_path / "c.npz")
+    assert seen[0] == 4 * 2**20 and seen[1] >= 10 * 2048 * 4
 
 
 def test_enospc_oserror_names_the_path(tmp_path):

@@ -151,6 +151,45 @@ class RetrievalConfig:
         return v
 
 
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+@dataclass(config=_STRICT)
+class ServeConfig:
+    """``neuralcodes serve``'s limits and exposure (none of them changes a result, so all may
+    change freely: README "The web app" explains each)."""
+
+    max_upload_mb: Annotated[float, Field(gt=0, le=1024), RESUMABLE] = 20.0  # MiB per upload
+    max_megapixels: Annotated[float, Field(gt=0, le=10_000), RESUMABLE] = 50.0  # per upload
+    # a JPEG with more scans is refused before decoding (real ones have 1 to about 15)
+    max_jpeg_scans: Annotated[int, Field(ge=1, le=100_000, strict=True), RESUMABLE] = 300
+    # decoder processes (= decodes at once); a decode past the time limit is killed
+    decode_workers: Annotated[int, Field(ge=1, le=64, strict=True), RESUMABLE] = 2
+    decode_timeout_s: Annotated[Seconds, RESUMABLE] = 10.0
+    # how long an upload waits for a free decoder before 503 (longer than the time limit, so
+    # that uploads which run into the limit cannot by themselves make others fail)
+    decode_wait_s: Annotated[Seconds, RESUMABLE] = 15.0
+    # request bytes held at once over all connections (spooled to temporary files); beyond
+    # it a request gets 503 with Retry-After at once
+    inflight_mb: Annotated[float, Field(gt=0, le=1 << 20), RESUMABLE] = 256.0
+    header_timeout_s: Annotated[Seconds, RESUMABLE] = 10.0  # to send a request's headers
+    body_timeout_s: Annotated[Seconds, RESUMABLE] = 10.0  # the longest pause within a body
+    keep_alive_s: Annotated[Seconds, RESUMABLE] = 5.0  # an idle connection is closed after
+    # host names the app answers to besides the local ones (needed with a non-loopback --host)
+    allowed_hosts: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]*-]+$")]],
+                             RESUMABLE] = dataclasses.field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _waits(self) -> ServeConfig:
+        if self.decode_wait_s <= self.decode_timeout_s:
+            raise ValueError(f"serve.decode_wait_s ({self.decode_wait_s:g}) must be longer "
+                             f"than serve.decode_timeout_s ({self.decode_timeout_s:g})")
+        if self.inflight_mb < self.max_upload_mb:
+            raise ValueError(f"serve.inflight_mb ({self.inflight_mb:g}) must hold at least one "
+                             f"upload (serve.max_upload_mb = {self.max_upload_mb:g})")
+        return self
+
+
 @dataclass(config=_STRICT)
 class Config:
     """Everything that defines a run."""
@@ -159,6 +198,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
+    serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -204,6 +244,20 @@ def resumable_settings() -> frozenset[tuple[str, str]]:
             if any(m is RESUMABLE for m in getattr(hint, "__metadata__", ())):
                 found.add((section.name, key))
     return frozenset(found)
+
+
+def describe_resumable() -> str:
+    """The resumable settings for a message: ``section.*`` for a section that is all
+    resumable, else ``section.key`` one by one."""
+    found = resumable_settings()
+    parts = []
+    for section in dataclasses.fields(Config):
+        keys = [f.name for f in dataclasses.fields(section.default_factory)]
+        if all((section.name, k) in found for k in keys):
+            parts.append(f"{section.name}.*")
+        else:
+            parts += [f"{section.name}.{k}" for k in keys if (section.name, k) in found]
+    return ", ".join(parts)
 
 
 def _describe(e: pydantic.ValidationError) -> str:

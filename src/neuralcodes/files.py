@@ -48,11 +48,13 @@ def require_folder(path: str | os.PathLike[str], what: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str = "", size: int | None = None
+                ) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
     ``suffix`` keeps an extension on the temporary name for writers that look at it
-    (``np.save`` appends ``.npy``, matplotlib picks the format from it).
+    (``np.save`` appends ``.npy``, matplotlib picks the format from it). ``size``: about how
+    many bytes the file will hold, if the caller knows, for the disk-full message.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,28 +67,39 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     except (OSError, RuntimeError) as e:
-        raise write_error(path, tmp_path, e) from e
+        raise write_error(path, tmp_path, e, size) from e
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_error(path: Path, tmp: Path, e: BaseException) -> NeuralCodesError:
-    """One line for a failed write of ``path``; ``tmp`` is the partial file (its size tells how
-    far the write got). torch reports a full disk as a RuntimeError, so free space decides."""
+def write_error(path: Path, tmp: Path, e: BaseException, size: int | None = None
+                ) -> NeuralCodesError:
+    """One line for a failed write of ``path``; ``tmp`` is the partial file (removed right
+    after, so its bytes count as free) and ``size`` the file's expected size, if known (else
+    the message says how far the write got). torch reports a full disk as a RuntimeError, so
+    free space decides."""
     written = tmp.stat().st_size if tmp.exists() else 0
-    previous = path.stat().st_size if path.exists() else 0
-    free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
-    need = max(written, previous)
+    free_now = shutil.disk_usage(path.parent).free if path.parent.exists() else None
     no_space = getattr(e, "errno", None) == errno.ENOSPC or (
-        isinstance(e, RuntimeError) and free is not None and free < max(need, 1 << 20))
+        isinstance(e, RuntimeError) and free_now is not None
+        and free_now < max(1 << 20, (size or 0) - written))
     if no_space:
-        amount = (f"about {_mb(need)} MB" if need >= 2**20 else f"about {max(need >> 10, 1)} KB"
-                  if need else "more space")
+        free = (free_now or 0) + written  # once the partial file is gone
+        if size:
+            amount = f"about {_amount(size)}"
+        elif written:
+            amount = f"more than {_amount(written)}, where the disk filled"
+        else:
+            amount = "more space"
         return NeuralCodesError(f"could not write {path}: no space left on device (it needs "
-                                f"{amount}; {_mb(free or 0)} MB free); the previous version, "
+                                f"{amount}; {_mb(free)} MB free); the previous version, "
                                 "if any, is unchanged")
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
     return NeuralCodesError(f"could not write {path}: {reason}")
+
+
+def _amount(n: int) -> str:
+    return f"{_mb(n)} MB" if n >= 2**20 else f"{max(n >> 10, 1)} KB"
 
 
 def _mb(n: int) -> str:
@@ -105,9 +118,11 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file for writing; it replaces ``path`` only if the block succeeds."""
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", size: int | None = None,
+                **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; it replaces ``path`` only if the block succeeds
+    (``size``: as :func:`atomic_path`)."""
+    with atomic_path(path, size=size) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
         f.flush()
         os.fsync(f.fileno())

@@ -27,14 +27,14 @@ import ctypes
 import ctypes.util
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from neuralcodes import pngstrips
+from neuralcodes import jpegscans, pngstrips
 from neuralcodes.errors import NeuralCodesError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ IMAGE_SIZE = 64
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Most scans a JPEG upload may have (real files: 1 to about 15; see :mod:`neuralcodes.jpegscans`).
+DEFAULT_MAX_SCANS = 300
 #: Most memory one decode may need (uploads): 7000x7000 PNGs fit (in strips), 5 MP WebPs do.
 DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
 #: The pixel limit for the user's own files: none but Pillow's decompression-bomb guard.
@@ -86,25 +88,40 @@ class ImageRejected(NeuralCodesError):
         self.status = status
         self.source = source
 
+    def __reduce__(self) -> tuple[type, tuple[str, int, str | None]]:  # pickled whole (workers)
+        return (type(self), (self.reason, self.status, self.source))
+
 
 @dataclass(frozen=True)
 class ImageInfo:
     """What :func:`decode_image` saw and did."""
 
     format: str
-    width: int  #: original width (before orientation)
-    height: int  #: original height
+    width: int  #: width as stored in the file (before the EXIF orientation)
+    height: int  #: height as stored
     mode: str  #: Pillow mode of the file, e.g. "RGB", "P", "RGBA", "I;16"
     upscaled: bool  #: a side was shorter than ``size``: the model sees an enlarged image
     method: str  #: "direct", "draft" (JPEG DCT scaling) or "strips" (PNG, box-reduced)
     decode_bytes: int  #: the estimated peak memory of the decode
     rows_per_strip: int = 0  #: "strips": rows decoded at a time
     transparent: bool = False  #: the file has an alpha channel or a transparent colour (on white)
+    orientation: int = 1  #: the EXIF orientation applied (1: none; 5-8 swap width and height)
+
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        """(width, height) as every viewer shows the image: after the EXIF orientation."""
+        return displayed(self.width, self.height, self.orientation)
 
     def as_dict(self) -> dict[str, object]:
-        """The fields the web API reports for an upload."""
-        return {"format": self.format, "width": self.width, "height": self.height,
+        """The fields the web API reports for an upload (its size as displayed)."""
+        width, height = self.displayed_size
+        return {"format": self.format, "width": width, "height": height,
                 "upscaled": self.upscaled, "transparent": self.transparent}
+
+
+def displayed(width: int, height: int, turn: int) -> tuple[int, int]:
+    """A stored ``width`` x ``height`` as displayed under EXIF orientation ``turn``."""
+    return (height, width) if turn in (5, 6, 7, 8) else (width, height)
 
 
 def _name(source: Source) -> str | None:
@@ -172,11 +189,13 @@ def _short(e: BaseException) -> str:
 
 def probe(source: Source, formats: tuple[str, ...] | None = UPLOAD_FORMATS
           ) -> tuple[str, int, int]:
-    """``(format, width, height)`` from the header alone (nothing is decoded)."""
+    """``(format, width, height)`` from the header alone (nothing is decoded); the size as
+    displayed, i.e. after the EXIF orientation found in the header."""
     fp, own = _file(source)
     try:
         with _open(fp, formats, _name(source)) as im:
-            return str(im.format), im.size[0], im.size[1]
+            return (str(im.format),
+                    *displayed(im.size[0], im.size[1], _header_orientation(im)))
     finally:
         if own:
             fp.close()
@@ -246,6 +265,15 @@ def orientation(exif: bytes | None) -> int:
         return 1
 
 
+def _header_orientation(im: Image.Image) -> int:
+    """The EXIF orientation known from an opened (not loaded) image; 1 if none."""
+    try:
+        turn = im.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001  (broken EXIF: shown as stored)
+        return 1
+    return turn if turn in TRANSPOSE else 1
+
+
 def reduce_factor(width: int, height: int, size: int) -> int:
     """The box-reduction factor that keeps both sides at least ``REDUCING_GAP * size``."""
     return max(1, min(width, height) // (REDUCING_GAP * size))
@@ -254,18 +282,23 @@ def reduce_factor(width: int, height: int, size: int) -> int:
 def decode_image(source: Source, *, size: int = IMAGE_SIZE,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
-                 formats: tuple[str, ...] | None = UPLOAD_FORMATS
-                 ) -> tuple[np.ndarray, ImageInfo]:
+                 formats: tuple[str, ...] | None = UPLOAD_FORMATS,
+                 max_scans: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """A user image (bytes, a path or a binary file) as a uint8 ``(size, size, 3)`` RGB array,
     with what was seen and done (:class:`ImageInfo`). ``formats``: the accepted Pillow formats
-    (None: any Pillow reads). Raises :class:`ImageRejected` with a one-line reason."""
+    (None: any Pillow reads). ``max_scans``: the most scans a JPEG may have (None: any; see
+    :mod:`neuralcodes.jpegscans`), counted before anything is decoded. Raises
+    :class:`ImageRejected` with a one-line reason."""
     name = _name(source)
     fp, own = _file(source)
     try:
         with _open(fp, formats, name) as im:
             info = _plan(im, size, max_pixels, max_decode_bytes, name)
+            if max_scans is not None and info.format == "JPEG":
+                check_scans(fp, max_scans, name)
             try:
-                rgb = _decode(im, fp, info, size)
+                rgb, turn = _decode(im, fp, info, size)
+                info = replace(info, orientation=turn)
             except (OSError, SyntaxError, ValueError, EOFError, pngstrips.PngError) as e:
                 raise ImageRejected(f"corrupt or truncated {info.format} file ({_short(e)})",
                                     400, name) from None
@@ -275,6 +308,35 @@ def decode_image(source: Source, *, size: int = IMAGE_SIZE,
     if info.decode_bytes > TRIM_ABOVE_BYTES:
         release_memory()
     return rgb, info
+
+
+def decode_in_worker(source: Source, *, pillow_max_pixels: int | None,
+                     **kwargs: object) -> tuple[np.ndarray, ImageInfo]:
+    """:func:`decode_image` in a decoder process (:mod:`neuralcodes.decodepool`), under the
+    calling process's Pillow decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)."""
+    Image.MAX_IMAGE_PIXELS = pillow_max_pixels
+    return decode_image(source, **kwargs)  # type: ignore[arg-type]
+
+
+def check_scans(fp: BinaryIO, limit: int, name: str | None = None) -> None:
+    """Refuse (413) a JPEG with more than ``limit`` scans, before decoding it."""
+    fp.seek(0)
+    data = fp.getbuffer() if isinstance(fp, io.BytesIO) else fp.read()
+    try:
+        n = jpegscans.count_scans(data, limit)
+    finally:
+        if isinstance(data, memoryview):
+            data.release()
+        fp.seek(0)
+    if n > limit:
+        raise too_many_scans(limit, name)
+
+
+def too_many_scans(limit: int, name: str | None = None) -> ImageRejected:
+    """The refusal of a JPEG with more than ``limit`` scans."""
+    return ImageRejected(f"JPEG refused: it has more than {limit:,} scans (ordinary JPEGs have "
+                         "at most about 15, and each scan is decoded in full); save it again "
+                         "as a baseline JPEG or a PNG", 413, name)
 
 
 def _plan(im: Image.Image, size: int, max_pixels: int, max_decode_bytes: int,
@@ -307,8 +369,9 @@ def _plan(im: Image.Image, size: int, max_pixels: int, max_decode_bytes: int,
                      rows_per_strip=rows, transparent=_has_alpha(im))
 
 
-def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int) -> np.ndarray:
-    """Decode, orient, convert and resize (see the module doc)."""
+def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int
+            ) -> tuple[np.ndarray, int]:
+    """Decode, orient, convert and resize (see the module doc); (pixels, EXIF orientation)."""
     if info.method == "strips":
         w, h = im.size
         rgb, exif = pngstrips.decode_strips(im, fp, to_rgb, reduce_factor(w, h, size),
@@ -328,7 +391,7 @@ def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int) -> np.nda
             im.close()  # frees the decoded pixels now, not when the caller is done
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(rgb, dtype=np.uint8), turn
 
 
 def _load_libc() -> ctypes.CDLL | None:

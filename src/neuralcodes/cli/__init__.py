@@ -18,6 +18,7 @@ from types import TracebackType
 
 from neuralcodes import __version__
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.text import printable
 
 #: Every subcommand: the module that defines it (with ``register(subparsers)``) and its summary.
 #: Only the chosen command's module is imported, so ``--help`` and light commands start fast
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NeuralCodesError as e:  # one line, even if a message quotes a multi-line reason
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-        print(f"neuralcodes: error: {first}", file=sys.stderr)
+        print(f"neuralcodes: error: {printable(first)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neuralcodes: interrupted", file=sys.stderr)
@@ -92,17 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if e.errno == errno.ENOSPC:
             print("neuralcodes: error: no space left on device"
-                  + (f" while writing {e.filename}" if e.filename else ""), file=sys.stderr)
+                  + (f" while writing {printable(str(e.filename))}" if e.filename else ""),
+                  file=sys.stderr)
         else:
-            where = f": {e.filename}" if e.filename else ""
-            print(f"neuralcodes: error: {e.strerror or e}{where}", file=sys.stderr)
+            where = f": {printable(str(e.filename))}" if e.filename else ""
+            print(f"neuralcodes: error: {printable(str(e.strerror or e))}{where}",
+                  file=sys.stderr)
         return 2
     except zipfile.BadZipFile as e:  # a cut-short .npz: name the file numpy was reading
         name = _zip_name(e.__traceback__)
         if name is None:
             return _internal_error(e)
-        print(f"neuralcodes: error: {name}: damaged or incomplete file ({e}); delete it and "
-              "make it again", file=sys.stderr)
+        print(f"neuralcodes: error: {printable(name)}: damaged or incomplete file ({e}); "
+              "delete it and make it again", file=sys.stderr)
         return 2
     except Exception as e:  # a bug: still one line, the traceback only on request
         return _internal_error(e)
@@ -113,7 +116,7 @@ def _internal_error(e: Exception) -> int:
     if os.environ.get("NEURALCODES_DEBUG"):
         raise e
     first = str(e).splitlines()[0] if str(e) else ""
-    print(f"neuralcodes: error: internal error ({type(e).__name__}: {first}); "
+    print(f"neuralcodes: error: internal error ({type(e).__name__}: {printable(first)}); "
           "NEURALCODES_DEBUG=1 shows the traceback", file=sys.stderr)
     return 1
 

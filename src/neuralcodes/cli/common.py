@@ -20,8 +20,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from neuralcodes.config import Config, apply_overrides, resumable_settings
+from neuralcodes.config import Config, apply_overrides, describe_resumable
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.text import printable
 
 #: Short aliases: flag -> (section, key, help); values stay strings except ``--epochs``.
 ALIASES: dict[str, tuple[str, str, str]] = {
@@ -109,7 +110,7 @@ def run_config(args: argparse.Namespace, saved: Config) -> Config:
     changed = [d for d in saved.differences(cfg)
                if not d.startswith("retrieval.")]
     if changed:
-        allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
+        allowed = describe_resumable()
         raise NeuralCodesError(f"cannot change {changed[0]} for a trained run; only retrieval.* "
                                f"and {allowed} may change")
     return cfg
@@ -128,8 +129,8 @@ def run_lock(run: str | Path, command: str) -> contextlib.AbstractContextManager
 class _TqdmHandler(logging.Handler):
     """Log lines on stderr beside the progress bars, so stdout stays clean for results."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
+    def emit(self, record: logging.LogRecord) -> None:  # names in messages escaped
+        tqdm.write("\n".join(map(printable, self.format(record).split("\n"))), file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from neuralcodes.cli.common import (
 )
 from neuralcodes.retrieval.codes import DEFAULT_BATCH
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES
+from neuralcodes.text import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
                                       device=cfg.train.device, precision=cfg.train.precision,
                                       batch_size=args.batch_size,
                                       progress=not args.no_progress)
-    for _, why in failed:
-        print(f"skipped: {why}")
-    print(f"{path}: {n:,} images indexed" + (f", {len(failed)} unreadable" if failed else ""))
+    for _, why in failed:  # names escaped: a file name cannot drive the terminal
+        print(f"skipped: {printable(why)}")
+    print(f"{printable(path)}: {n:,} images indexed"
+          + (f", {len(failed)} unreadable" if failed else ""))
     return 0

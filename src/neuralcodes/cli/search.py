@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
+from neuralcodes.text import printable
 
 LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
 
@@ -56,18 +57,21 @@ def main(args: argparse.Namespace) -> int:
                       precision=cfg.train.precision, relu=relu, progress=True)
     if relu is None:
         relu = bool((lineage.recorded(args.index) or {}).get("settings", {}).get("relu"))
-    _, width, height = imageio.probe(args.image, formats=None)
+    _, width, height = imageio.probe(args.image, formats=None)  # as displayed (EXIF)
     for note in imageio.query_notes(width, height):  # what was done to the query: said once
-        print(f"neuralcodes: note: {args.image}: {note}", file=sys.stderr, flush=True)
+        print(f"neuralcodes: note: {printable(args.image)}: {note}", file=sys.stderr,
+              flush=True)
+    # every name is escaped (printable): a file name cannot drive the terminal
     print(f"layer {layer}, {'post' if relu else 'pre'}-ReLU codes, "
-          f"{'index ' + args.index if args.index else 'the ood set'}:", flush=True)
+          f"{'index ' + printable(args.index) if args.index else 'the ood set'}:", flush=True)
     if len(hits) < k:  # exact search returns min(k, database size) results
         what = "indexed" if args.index else "ood"
         flag = "retrieval.k" if args.k is None else "-k"
         print(f"neuralcodes: note: {flag} {k} is more than the {len(hits)} {what} images; "
               f"showing all {len(hits)}", file=sys.stderr, flush=True)
     for h in hits:
-        print(f"{h.rank:>3}  {h.score:.4f}  {h.path}" + (f"  ({h.label})" if h.label else ""))
+        print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
+              + (f"  ({printable(h.label)})" if h.label else ""))
     if args.figure:
-        print(f"figure: {args.figure}")
+        print(f"figure: {printable(args.figure)}")
     return 0

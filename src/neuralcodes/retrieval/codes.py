@@ -70,7 +70,8 @@ class CodeSet:
             arrays["precision"] = np.str_(self.precision)
         if self.made_by is not None:
             arrays[lineage.KEY] = np.str_(json.dumps(self.made_by))
-        with atomic_open(path, "wb") as f:  # a file object: np.savez adds no ".npz"
+        size = sum(a.nbytes for a in arrays.values()) + 16 * len(self.index)
+        with atomic_open(path, "wb", size=size) as f:  # a file object: np.savez adds no ".npz"
             np.savez(f, index=self.index.astype(np.int64), labels=self.labels.astype(np.int64),
                      relu=np.bool_(self.relu), **arrays)
         return Path(path)

@@ -22,6 +22,7 @@ from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
 from neuralcodes.retrieval.index import CodeIndex
 from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.text import printable
 
 
 @dataclass
@@ -184,9 +185,11 @@ def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path
                  progress=progress)
     hits = s.search_images(query[None], layer, k)[0]
     if figure:
-        row = RetrievalRow(query, Path(image).name if not isinstance(image, np.ndarray) else "",
-                           [Result(s.image(h.position), h.score, h.label or Path(h.path).name)
+        row = RetrievalRow(query, printable(Path(image).name)
+                           if not isinstance(image, np.ndarray) else "",
+                           [Result(s.image(h.position), h.score,
+                                   h.label or printable(Path(h.path).name))
                             for h in hits])
         plot_retrieval([row], figure, title=f"layer {layer}, {VARIANT[s.relu]}-ReLU codes, "
-                       f"{s.source} database")
+                       f"{printable(s.source)} database")
     return hits

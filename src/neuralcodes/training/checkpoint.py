@@ -3,7 +3,9 @@ states a checkpoint holds."""
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,28 @@ CHECKPOINT_FORMAT = 1
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     """Write ``obj`` to ``path`` atomically: the previous file stays whole until the rename."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples), each storage once:
+    about the size of ``torch.save(obj)``."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return sum(seen.values())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -29,8 +51,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise NeuralCodesError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # objects beyond tensors and plain data: never loaded
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it asks to load {found.group(1)})" if found else ""
+        raise NeuralCodesError(f"{path}: not a neuralcodes checkpoint{what}; it holds Python "
+                               "objects other than tensors and plain data, and such a file is "
+                               "never loaded") from None
     except Exception as e:  # a truncated or foreign file
-        raise NeuralCodesError(f"{path}: not a readable neuralcodes checkpoint ({e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NeuralCodesError(f"{path}: not a readable neuralcodes checkpoint ({first})"
+                               ) from e
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

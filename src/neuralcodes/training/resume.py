@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from neuralcodes.config import Config, resumable_settings
+from neuralcodes.config import Config, describe_resumable
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.runs import RunDir
 from neuralcodes.training.checkpoint import load_checkpoint
@@ -25,7 +25,7 @@ def check_resumable(saved: Config, cfg: Config, start_from: str = "last") -> lis
     may = {"train.lr"} if start_from == "best" else set()
     diffs = [d for d in saved.differences(cfg) if d.split(":")[0] not in may]
     if diffs:
-        allowed = ", ".join(f"{a}.{k}" for a, k in sorted(resumable_settings()))
+        allowed = describe_resumable()
         extra = "" if start_from == "best" else " (and train.lr with --from best)"
         raise NeuralCodesError(f"cannot change {diffs[0]} when resuming; only {allowed} may "
                                f"change{extra}")

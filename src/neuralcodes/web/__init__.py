@@ -1,7 +1,7 @@
 """The local web app of ``neuralcodes serve`` (see :mod:`neuralcodes.web.app`)."""
 
 from neuralcodes.web.app import create_app
-from neuralcodes.web.middleware import LOCAL_HOSTS, BodyLimit, is_loopback
+from neuralcodes.web.middleware import LOCAL_HOSTS, BodyBudget, is_loopback
 from neuralcodes.web.service import MAX_K, ServedRun
 from neuralcodes.web.uploads import (
     DEFAULT_MAX_PIXELS,
@@ -12,5 +12,5 @@ from neuralcodes.web.uploads import (
 )
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "LOCAL_HOSTS", "MAX_K",
-           "UPLOAD_FORMATS", "BodyLimit", "ServedRun", "UploadRejected", "create_app",
+           "UPLOAD_FORMATS", "BodyBudget", "ServedRun", "UploadRejected", "create_app",
            "decode_upload", "is_loopback"]

@@ -24,48 +24,67 @@ then answers only requests addressed to a local host name (no DNS rebinding).
 """
 
 import base64
+import contextlib
+import threading
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from neuralcodes.config import RetrievalConfig
+from neuralcodes.config import RetrievalConfig, ServeConfig
 from neuralcodes.kernels.cpu import return_freed_memory
-from neuralcodes.web.middleware import MULTIPART_OVERHEAD, BodyLimit, add_host_check
+from neuralcodes.text import printable
+from neuralcodes.web.middleware import (
+    MULTIPART_OVERHEAD,
+    BodyBudget,
+    Budget,
+    TokenAuth,
+    add_host_check,
+)
 from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
 from neuralcodes.web.security import DecodeLimiter, SameOriginPost, SecurityHeaders
 from neuralcodes.web.service import MAX_K, ServedRun
 from neuralcodes.web.uploads import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_UPLOAD_BYTES,
     UPLOAD_FORMATS,
+    UploadDecoder,
     UploadRejected,
     UploadStore,
-    decode_upload,
     format_bytes,
     png_bytes,
 )
 
+MB = 2**20
+
 
 def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: str = "auto",
-               precision: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, allowed_hosts: list[str] | None = None,
-               settings: RetrievalConfig | None = None, progress: bool = False) -> Any:
+               precision: str | None = None, max_upload_bytes: int | None = None,
+               max_pixels: int | None = None, allowed_hosts: list[str] | None = None,
+               settings: RetrievalConfig | None = None, serve: ServeConfig | None = None,
+               token: str | None = None, warm: bool = False, progress: bool = False) -> Any:
     """The FastAPI app serving the trained run ``run_dir`` (and an index from ``neuralcodes
     index``, if given). The run's ood codes are computed and saved first if missing (with a
     progress bar if ``progress``). ``allowed_hosts``: the only ``Host`` headers answered (None:
     any); ``serve`` on a loopback address allows only local names, so that a web page cannot
     reach the app through DNS rebinding. ``settings``: the retrieval settings to serve with
-    (layers, k, pre/post-ReLU; default: the run's own). ``precision`` None: the run's own."""
-    from fastapi import File, Form, HTTPException, Query, UploadFile
+    (layers, k, pre/post-ReLU; default: the run's own). ``precision`` None: the run's own.
+    ``serve``: the limits (:class:`neuralcodes.config.ServeConfig`; ``max_upload_bytes`` and
+    ``max_pixels`` override two of them). ``token``: every route then needs it
+    (:class:`neuralcodes.web.middleware.TokenAuth`). ``warm``: start the decoder processes
+    with the app (a server), not on the first upload."""
+    from fastapi import File, Form, HTTPException, Query, Request, UploadFile
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, RedirectResponse, Response
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
+    from starlette.concurrency import run_in_threadpool
 
     from neuralcodes import __version__
 
+    limits = serve or ServeConfig()
+    max_upload_bytes = (int(limits.max_upload_mb * MB) if max_upload_bytes is None
+                        else max_upload_bytes)
+    max_pixels = int(limits.max_megapixels * 1e6) if max_pixels is None else max_pixels
     retrieval = ServedRun(run_dir, index, device=device, precision=precision,
                           settings=settings, progress=progress)
     return_freed_memory()  # a server: memory goes back after a burst (see kernels.cpu)
@@ -73,22 +92,41 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     max_k = max(1, min(MAX_K, n - 1))
     static = resources.files("neuralcodes.web") / "static"
     uploads = UploadStore()
+    # at most `decode_workers` decodes at a time, each in a killable worker process
+    limiter = DecodeLimiter(slots=limits.decode_workers, wait_s=limits.decode_wait_s)
+    decoder = UploadDecoder(limiter, max_bytes=max_upload_bytes, max_pixels=max_pixels,
+                            max_scans=limits.max_jpeg_scans, timeout_s=limits.decode_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        if warm:  # in the background: the server answers at once
+            threading.Thread(target=decoder.pool.warm, daemon=True).start()
+        try:
+            yield
+        finally:
+            decoder.close()
+
     # /docs with its scripts served from the fastapi-offline package (no CDN); /redoc leads
     # there (the bundled ReDoc still fetches its logo from a CDN)
     app = FastAPIOffline(
         title="neuralcodes", version=__version__, static_url="/static-docs", redoc_url=None,
-        favicon_url="/static/favicon.svg",
+        favicon_url="/static/favicon.svg", lifespan=lifespan,
         description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
-        f"of the trained run `{retrieval.run.root.name}`. Images are addressed by their "
-        "integer id in the out-of-domain set.")
-    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD,
-                       upload_limit=max_upload_bytes)
+        f"of the trained run `{printable(retrieval.run.root.name)}`. Images are addressed by "
+        "their integer id in the out-of-domain set.")
+    budget = Budget(max(int(limits.inflight_mb * MB), max_upload_bytes + MULTIPART_OVERHEAD))
+    app.add_middleware(BodyBudget, limit=max_upload_bytes + MULTIPART_OVERHEAD,
+                       upload_limit=max_upload_bytes, budget=budget,
+                       idle_s=limits.body_timeout_s)
     app.add_middleware(SameOriginPost)  # a cross-site POST gets 403
+    if token is not None:
+        app.add_middleware(TokenAuth, token=token)
     add_host_check(app, allowed_hosts)
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, errors included
-    limiter = DecodeLimiter(slots=2, wait_s=10.0)  # at most two image decodes at a time
     limiter.install(app)  # Busy -> 503 with Retry-After
     app.state.decode_limiter = limiter
+    app.state.decoder = decoder
+    app.state.body_budget = budget
     app.state.retrieval = retrieval
     n_index = 0 if retrieval.index is None else len(retrieval.index.codes)
     ImageId = PathParam(ge=0, lt=n, description=f"an ood image id, 0 to {n - 1}")
@@ -165,24 +203,25 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     @app.post("/api/search", summary="Search with an uploaded JPEG, PNG or WebP image",
               response_model=SearchResult,
               responses={400: {"description": "empty, corrupt or truncated image"},
-                         413: {"description": "too many bytes or pixels"},
-                         415: {"description": "not a JPEG, PNG or WebP image"}})
-    def search_upload(
+                         408: {"description": "the body stalled (no data for "
+                               f"{limits.body_timeout_s:g} s)"},
+                         413: {"description": "too many bytes, pixels or JPEG scans, or the "
+                               f"decode took over {limits.decode_timeout_s:g} s"},
+                         415: {"description": "not a JPEG, PNG or WebP image"},
+                         503: {"description": "busy: retry after Retry-After seconds"}})
+    async def search_upload(
+        request: Request,
         file: UploadFile = File(description="a JPEG, PNG or WebP image of any size"),
         k: int = Form(retrieval.k, ge=1, le=max_k, description="results per layer"),
         database: str = Form("ood", description="ood, or index (with serve --index)"),
     ) -> dict[str, Any]:
-        data = file.file.read(max_upload_bytes + 1)
         try:
-            if len(data) > max_upload_bytes:
-                raise UploadRejected(413, "file too large (limit "
-                                     f"{format_bytes(max_upload_bytes)})")
-            with limiter.slot():
-                image, meta = decode_upload(data, max_pixels)
-            result = retrieval.search_image(image, k, database)
+            image, meta = await decoder.decode(file, request.is_disconnected)
+            result = await run_in_threadpool(retrieval.search_image, image, k, database)
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None
-        meta = {**meta, "filename": file.filename,
+        name = None if file.filename is None else printable(file.filename)
+        meta = {**meta, "filename": name,
                 "url": "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()}
         meta["upload_id"] = uploads.add(image, meta)
         result["query"].update(meta)

@@ -7,15 +7,19 @@
   binds localhost, but any web page the user visits could otherwise make the browser post to it.
   A request without ``Origin`` and ``Sec-Fetch-Site`` (curl, scripts) is allowed.
 - :class:`DecodeLimiter`: at most ``slots`` image decodes at a time; others wait up to
-  ``wait_s`` seconds and then get 503 with ``Retry-After`` (:class:`Busy`).
+  ``wait_s`` seconds and then get 503 with ``Retry-After`` (:class:`Busy`). Threads wait with
+  :meth:`DecodeLimiter.slot`, coroutines with :meth:`DecodeLimiter.aslot` (which holds no
+  thread while it waits, and stops waiting when its request is cancelled).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -143,6 +147,10 @@ class Busy(Exception):
         self.retry_after_s = retry_after_s
 
 
+class Cancelled(Exception):
+    """The request went away while it waited for a decode slot."""
+
+
 class DecodeLimiter:
     """At most ``slots`` decodes at a time (threads: sync endpoints run in a thread pool).
 
@@ -169,6 +177,29 @@ class DecodeLimiter:
             with self._lock:
                 self.refused += 1
             raise Busy(self.retry_after_s)
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+            self._sem.release()
+
+    @asynccontextmanager
+    async def aslot(self, cancel: threading.Event | None = None) -> AsyncIterator[None]:
+        """:meth:`slot` for coroutines: polls every 20 ms instead of blocking a thread; gives
+        up (:class:`Cancelled`) as soon as ``cancel`` is set."""
+        deadline = time.monotonic() + self.wait_s
+        while not self._sem.acquire(blocking=False):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    self.refused += 1
+                raise Busy(self.retry_after_s)
+            await asyncio.sleep(0.02)
         with self._lock:
             self.active += 1
             self.peak = max(self.peak, self.active)

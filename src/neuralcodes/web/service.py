@@ -14,6 +14,7 @@ from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval import Searcher, exact_top_k, extract_code_variants
 from neuralcodes.retrieval.metrics import chance_average_precision, ranking_metrics
+from neuralcodes.text import printable
 from neuralcodes.web.uploads import UploadRejected, png_bytes
 
 #: The largest k the API answers (capped further by the database size).
@@ -82,10 +83,12 @@ class ServedRun:
                 "class_name": self.dataset.names[label], "url": f"api/image/{i}"}
 
     def index_item(self, i: int) -> dict[str, Any]:
-        """Entry ``i`` of the index as the API describes it (file name only, not its folder)."""
+        """Entry ``i`` of the index as the API describes it (its file name only, not its folder,
+        escaped: :func:`neuralcodes.text.printable`)."""
         assert self.index is not None
         return {"id": i, "label": None, "wnid": None,
-                "class_name": Path(self.index.paths[i]).name, "url": f"api/index-image/{i}"}
+                "class_name": printable(Path(self.index.paths[i]).name),
+                "url": f"api/index-image/{i}"}
 
     def gallery(self, offset: int, limit: int, label: int | None = None) -> dict[str, Any]:
         """A page of the ood images, of one class if ``label`` is given (ids stay global)."""
@@ -103,7 +106,7 @@ class ServedRun:
         out = [{"name": "ood", "size": len(self), "description": "the out-of-domain images"}]
         if self.index is not None:
             out.append({"name": "index", "size": len(self.index.codes),
-                        "description": Path(self.index.source).name})
+                        "description": printable(Path(self.index.source).name)})
         return out
 
     @functools.lru_cache(maxsize=8192)  # noqa: B019  (one Retrieval per app, lives as long)
@@ -114,8 +117,11 @@ class ServedRun:
         assert searcher is not None
         try:
             return png_bytes(searcher.image(i))
-        except NeuralCodesError as e:
-            raise UploadRejected(404, f"index image {i} is no longer readable ({e})") from None
+        except NeuralCodesError as e:  # the file name only: no server path in an answer
+            why = getattr(e, "reason", None) or "unreadable"
+            name = printable(Path(searcher.paths[i]).name)
+            raise UploadRejected(404, f"index image {i} ({name}) is no longer readable "
+                                 f"({why})") from None
 
     # -- search ---------------------------------------------------------------------------------
 

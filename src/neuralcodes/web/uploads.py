@@ -6,6 +6,8 @@ images are decoded); this module maps its refusals to HTTP statuses and keeps re
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import secrets
 import threading
@@ -15,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from neuralcodes import imageio
+from neuralcodes import imageio, jpegscans
+from neuralcodes.decodepool import DecodeCancelled, DecodePool, DecodeTimeout, WorkerFailed
 
 #: The model's input size (the cached images' side).
 #: Upload limits (``create_app`` arguments, ``serve --max-upload-mb/--max-megapixels``).
@@ -34,25 +37,91 @@ class UploadRejected(Exception):
         self.detail = detail
 
 
-def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
+def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_scans: int | None = imageio.DEFAULT_MAX_SCANS
+                  ) -> tuple[np.ndarray, dict]:
     """Upload bytes -> (uint8 (64, 64, 3) model input, ``{"format", "width", "height",
     "upscaled", "transparent", "notes"}``), decoded with bounded memory by
     :mod:`neuralcodes.imageio`.
 
-    Only JPEG, PNG and WebP are accepted (415 otherwise); the pixel count and the memory the
-    decode needs are checked from the header first (413); corrupt or truncated files give 400.
-    Transparent areas are composited on white; an image smaller than 64x64 is enlarged. A
-    non-square image is squeezed to 64x64 (the aspect ratio is not kept), exactly as
+    Only JPEG, PNG and WebP are accepted (415 otherwise); the pixel count, the memory the
+    decode needs and a JPEG's scans are checked before decoding (413); corrupt or truncated
+    files give 400. Transparent areas are composited on white; an image smaller than 64x64 is
+    enlarged. A non-square image is squeezed to 64x64 (the aspect ratio is not kept), exactly as
     the images of ``neuralcodes index`` and the query of ``neuralcodes search`` are. ``notes``
     says all of this to people (:func:`neuralcodes.imageio.query_notes`).
     """
     try:
-        image, info = imageio.decode_image(data, max_pixels=max_pixels)
+        image, info = imageio.decode_image(data, max_pixels=max_pixels, max_scans=max_scans)
     except imageio.ImageRejected as e:
         raise UploadRejected(e.status, e.reason) from None
+    return image, describe(info)
+
+
+def describe(info: imageio.ImageInfo) -> dict[str, Any]:
+    """What the API says about a decoded upload: format, size as displayed, notes."""
     meta = info.as_dict()
-    meta["notes"] = imageio.query_notes(info.width, info.height, transparent=info.transparent)
-    return image, meta
+    meta["notes"] = imageio.query_notes(*info.displayed_size, transparent=info.transparent)
+    return meta
+
+
+class UploadDecoder:
+    """Decodes uploads in killable worker processes (:class:`neuralcodes.decodepool.DecodePool`),
+    at most ``limiter.slots`` at a time (:class:`neuralcodes.web.security.DecodeLimiter`), each
+    stopped after ``timeout_s``, or as soon as its client hangs up; a JPEG with more than
+    ``max_scans`` scans is refused before it takes a slot."""
+
+    def __init__(self, limiter: Any, *, max_bytes: int, max_pixels: int, max_scans: int,
+                 timeout_s: float) -> None:
+        self.limiter = limiter
+        self.max_bytes, self.max_pixels, self.max_scans = max_bytes, max_pixels, max_scans
+        self.pool = DecodePool(limiter.slots, timeout_s)
+
+    async def decode(self, file: Any, disconnected: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """An ``UploadFile`` -> (64x64 image, description); ``disconnected``: an async callable
+        telling whether the client went away. Raises :class:`UploadRejected`."""
+        from starlette.concurrency import run_in_threadpool
+
+        from neuralcodes.web.security import Cancelled
+
+        data = await file.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise UploadRejected(413, f"file too large (limit {format_bytes(self.max_bytes)})")
+        if not data:
+            raise UploadRejected(400, "the file is empty")
+        if jpegscans.is_jpeg(data) and await run_in_threadpool(  # refused without a slot
+                jpegscans.count_scans, data, self.max_scans) > self.max_scans:
+            raise UploadRejected(413, imageio.too_many_scans(self.max_scans).reason)
+        cancel = threading.Event()
+
+        async def watch() -> None:
+            while not await disconnected():
+                await asyncio.sleep(0.1)
+            cancel.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            async with self.limiter.aslot(cancel):
+                run = functools.partial(self.pool.run, imageio.decode_in_worker, data,
+                                        cancel=cancel, max_pixels=self.max_pixels,
+                                        max_scans=self.max_scans,
+                                        pillow_max_pixels=Image.MAX_IMAGE_PIXELS)
+                image, info = await run_in_threadpool(run)
+        except imageio.ImageRejected as e:
+            raise UploadRejected(e.status, e.reason) from None
+        except DecodeTimeout as e:
+            raise UploadRejected(413, f"image refused: {e}; send a smaller or simpler "
+                                 "image") from None
+        except (DecodeCancelled, Cancelled):
+            raise UploadRejected(499, "the client went away; the decode was stopped") from None
+        except WorkerFailed as e:
+            raise UploadRejected(400, f"this image could not be decoded ({e})") from None
+        finally:
+            watcher.cancel()
+        return image, describe(info)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def png_bytes(image: np.ndarray) -> bytes:

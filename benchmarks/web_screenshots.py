@@ -32,10 +32,17 @@ SIZES = {"desktop": (1366, 900), "phone": (390, 844)}
 
 
 def build_run(root: Path) -> Path:
-    """A small generated run: 12 classes x 30 images, 4 of them out-of-domain (120 images)."""
-    return tinyrun.build_run(root, classes=12, per_class=30, ood_classes=4,
-                             model={"conv_widths": [8] * 5, "fc_width": 32, "batch_norm": True},
-                             training={"max_epochs": 6, "batch_size": 16, "lr": 3e-3})
+    """A small generated run: 12 classes x 30 images, 4 of them out-of-domain (120 images),
+    with its retrieval study and report."""
+    from neuralcodes.report import write_report
+    from neuralcodes.retrieval import run_study
+
+    run = tinyrun.build_run(root, classes=12, per_class=30, ood_classes=4,
+                            model={"conv_widths": [8] * 5, "fc_width": 32, "batch_norm": True},
+                            training={"max_epochs": 6, "batch_size": 16, "lr": 3e-3})
+    run_study(run, progress=False, device="cpu")
+    write_report(run)
+    return run
 
 
 def serve(run: Path) -> tuple[Any, str]:
@@ -65,7 +72,23 @@ def photo() -> bytes:
     return buf.getvalue()
 
 
-def shoot(base: str, out: Path) -> list[str]:
+def shoot_report(browser: Any, base: str, run: Path, out: Path) -> list[str]:
+    """report.html as the app serves it (under its CSP) and as opened from disk."""
+    written = []
+    for size, (w, h) in SIZES.items():
+        page = browser.new_page(viewport={"width": w, "height": h})
+        for name, url in (("report-app", base + "report.html"),
+                          ("report-disk", (run / "report.html").resolve().as_uri())):
+            page.goto(url)
+            page.wait_for_load_state("load")
+            path = out / f"{name}-{size}.png"
+            page.screenshot(path=str(path), full_page=True)
+            written.append(str(path))
+        page.close()
+    return written
+
+
+def shoot(base: str, out: Path, run: Path) -> list[str]:
     from playwright.sync_api import sync_playwright
 
     views = [("gallery", "#/gallery"), ("gallery-class", "#/gallery?class=8"),
@@ -100,6 +123,7 @@ def shoot(base: str, out: Path) -> list[str]:
             page.screenshot(path=str(path))
             written.append(str(path))
             page.close()
+        written += shoot_report(browser, base, run, out)
         browser.close()
     return written
 
@@ -116,7 +140,7 @@ def main() -> None:
         run = args.run or build_run(Path(tmp))
         server, base = serve(run)
         try:
-            files = shoot(base, args.out)
+            files = shoot(base, args.out, run)
         finally:
             server.should_exit = True
     print(json.dumps({"screenshots": files}, indent=2))

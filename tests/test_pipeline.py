@@ -41,18 +41,19 @@ def _report_numbers_match_json(run):
     md = (run / "report.md").read_text()
     ev = json.loads((run / "eval.json").read_text())
     for split, m in ev["splits"].items():
-        row = re.search(rf"^\| {split} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", md, re.M)
+        row = re.search(rf"^\| {split} \| ([0-9.]+) \| ([0-9.]+)% \| ([0-9.]+)% \|", md, re.M)
         assert row, f"no {split} row in the report"
-        assert [float(v) for v in row.groups()] == pytest.approx(
-            [m["loss"], m["top1"], m["top5"]], abs=6e-4)
+        loss, top1, top5 = (float(v) for v in row.groups())
+        assert (loss, top1, top5) == pytest.approx(
+            (m["loss"], 100 * m["top1"], 100 * m["top5"]), abs=6e-2)
     maps = json.loads((run / "retrieval" / "map.json").read_text())
     for variant in ("pre", "post"):
         for layer, m in maps[variant].items():
             row = re.search(rf"^\| layer {layer} \([a-z0-9 ]+\) \| {variant}-ReLU \| "
-                            r"([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", md, re.M)
+                            r"([0-9.]+)% \| ([0-9.]+)% \| ([0-9.]+)% \|", md, re.M)
             assert row, f"no mAP row for layer {layer} {variant}"
             assert [float(v) for v in row.groups()] == pytest.approx(
-                [m["map"], m["p@5"], m["p@10"]], abs=6e-4)
+                [100 * m["map"], 100 * m["p@5"], 100 * m["p@10"]], abs=6e-2)
     data = json.loads((run / "config.json").read_text())["data"]
     assert len(data["ood_classes"]) == 2
     for c in data["ood_classes"]:

@@ -73,6 +73,7 @@ def collect(run: str | Path) -> dict[str, Any]:
         "retrieval": _retrieval_facts(rd),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
+        "timings": _read_optional(rd.timings),
         # How the text names the artifacts it cites (relative to the run directory).
         "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
             ("map", rd.map_json), ("pca", rd.pca_json), ("evidence", rd.evidence_json),
@@ -101,8 +102,9 @@ def _retrieval_facts(rd: RunDir) -> dict[str, Any]:
                            "evidence": _read_optional(rd.evidence_json)}
     combined = rd.top_figure(None)
     per_layer = [rd.top_figure(layer) for layer in LAYERS]
-    out["figures"] = ([combined] if combined.is_file()
-                      else [p for p in per_layer if p.is_file()])
+    # each layer's figure at a legible size; the layers side by side as one more figure
+    out["figures"] = [p for p in per_layer if p.is_file()]
+    out["combined_figure"] = combined if combined.is_file() else None
     out["pca_plot"] = rd.pca_plot if rd.pca_plot.is_file() else None
     return out
 
@@ -141,5 +143,6 @@ def _find_improved_runs(rd: RunDir, saved: dict[str, Any]) -> list[dict[str, Any
                                 ("batch_norm", cfg.get("model", {}).get("batch_norm"))) if on]
         if used:
             found.append({"name": path.name, "techniques": used,
-                          "eval": read_json(other.eval_json)})
+                          "eval": read_json(other.eval_json),
+                          "max_epochs": cfg.get("train", {}).get("max_epochs")})
     return found

@@ -194,7 +194,9 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
             "split": "train", "images": len(next(iter(train.values())))}, "table": table})
     result["pca"] = read_json(run.dir.pca_json)
     if redo_pca or not run.dir.pca_plot.is_file():
-        plot_pca(result["pca"]["table"], run.dir.pca_plot,
+        chance = read_json(run.dir.map_json).get("chance_map") if run.dir.map_json.is_file() \
+            else None
+        plot_pca(result["pca"]["table"], run.dir.pca_plot, chance=chance,
                  title=f"PCA-compressed {VARIANT[main]}-ReLU codes (fitted on train)")
     return result
 

@@ -401,7 +401,11 @@ def _write_progress(s: _Session, finished: bool) -> None:
     write_text(s.run.metrics, "".join(json.dumps(r) + "\n" for r in s.rows))
     now = time.monotonic()
     if finished or now - s.plotted >= PLOT_INTERVAL_S:  # every epoch of a real run
-        plot_learning_curves(s.rows, s.run.curves, reference=course_reference()["epochs"])
+        # the course's curves only beside a run of as many classes: a loss of 15 classes and
+        # one of 190 are not on the same scale
+        ref = course_reference()
+        same = s.model.num_classes == ref["num_classes"]
+        plot_learning_curves(s.rows, s.run.curves, reference=ref["epochs"] if same else None)
         s.plotted = now
     es = s.stopping
     write_json(s.run.train_state, {

@@ -354,10 +354,8 @@ def test_cli_prepare_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_ZIP.is_file(), reason=f"shared real-image zip absent: {SHARED_ZIP}")
 def test_shared_40_class_zip(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
     ds, sp = load_data(DataConfig(source=str(SHARED_ZIP), cache_dir=str(tmp_path)),
-                       progress=False)
-    assert time.perf_counter() - t0 < 60  # generous; the benchmark measures the real speed
+                       progress=False)  # its speed: benchmarks/prepare.py
     assert len(ds) == 20_000 and len(ds.wnids) == 40 and ds.manifest["num_rejected"] == 0
     assert set(ds.manifest["counts"].values()) == {500}
     assert sp.sizes() == {"train": 12_000, "val": 1_500, "test": 1_500, "ood": 5_000,

@@ -45,7 +45,7 @@ class Bar(tqdm):
         self._last_t = 0.0
         self._last_n: float | None = None
         super().__init__(*args, **kwargs)
-        if self._lines and not self.total and self.bar_format == LOG_FORMAT:
+        if self._lines and not self.total and getattr(self, "bar_format", None) == LOG_FORMAT:
             self.bar_format = None  # no percentage without a total (a download of unknown size)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool | None:

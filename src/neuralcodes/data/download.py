@@ -59,8 +59,8 @@ def download(url: str, dest: str | os.PathLike[str], md5: str | None, *, progres
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     failures = 0
-    bar = progress_bar(desc=f"download {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
-               disable=not progress)
+    bar = progress_bar(desc=f"download {dest.name}", unit="B", unit_scale=True,
+                       unit_divisor=1024, disable=not progress)
     try:
         while True:
             have = part.stat().st_size if part.exists() else 0

@@ -3,9 +3,11 @@
 Usage: ``python benchmarks/web_screenshots.py [--run RUN] [--out DIR]``. Without ``--run`` it
 builds a small generated run first (a tiny ConvNet, 8 in-domain and 4 ood generated classes,
 120 ood images, about a minute on a CPU). Drives Debian's Chromium (``/usr/bin/chromium``)
-through Playwright, at 1366x900 and 390x844, and writes ``<view>-<width>.png`` (full page) into
-``--out`` (default: ``test-artifacts/screenshots``) for a person to review. Prints the list of
-files as JSON.
+through Playwright, at 1366x900 and 390x844, and writes ``<view>-<size>.png`` (full page) into
+``--out`` (default: ``test-artifacts/screenshots``) for a person to review: every view, the
+states around them (``state-*``: loading, server down, a corrected address, a page past the end,
+a busy server and an unreadable file on upload), and ``report.html`` as the app serves it and
+as opened from disk (``report-app-*``, ``report-disk-*``). Prints the list of files as JSON.
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ SIZES = {"desktop": (1366, 900), "phone": (390, 844)}
 
 
 def build_run(root: Path) -> Path:
-    """A small generated run: 12 classes x 30 images, 4 of them out-of-domain (120 images)."""
-    return tinyrun.build_run(root, classes=12, per_class=30, ood_classes=4,
-                             model={"conv_widths": [8] * 5, "fc_width": 32, "batch_norm": True},
-                             training={"max_epochs": 6, "batch_size": 16, "lr": 3e-3})
+    """A small generated run: 12 classes x 30 images, 4 of them out-of-domain (120 images),
+    with its retrieval study and report."""
+    from neuralcodes.report import write_report
+    from neuralcodes.retrieval import run_study
+
+    run = tinyrun.build_run(root, classes=12, per_class=30, ood_classes=4,
+                            model={"conv_widths": [8] * 5, "fc_width": 32, "batch_norm": True},
+                            training={"max_epochs": 6, "batch_size": 16, "lr": 3e-3})
+    run_study(run, progress=False, device="cpu")
+    write_report(run)
+    return run
 
 
 def serve(run: Path) -> tuple[Any, str]:
@@ -65,7 +74,76 @@ def photo() -> bytes:
     return buf.getvalue()
 
 
-def shoot(base: str, out: Path) -> list[str]:
+def _answer(answer: dict[str, Any]) -> Any:
+    """A route handler that answers with ``answer`` (Playwright passes a handler that takes two
+    arguments the request too, so no default argument here)."""
+    return lambda route: route.fulfill(**answer)
+
+
+def shoot_states(page: Any, base: str, out: Path, size: str) -> list[str]:
+    """The states a user meets besides the views: loading, the server down, a corrected
+    address, a page past the end, a busy server and an unreadable file on upload."""
+    written = []
+
+    def snap(name: str) -> None:
+        path = out / f"{name}-{size}.png"
+        page.screenshot(path=str(path), full_page=True)
+        written.append(str(path))
+
+    held: list[Any] = []
+    page.route("**/api/info", lambda route: held.append(route))
+    page.goto("about:blank")
+    page.goto(base + "#/gallery")
+    page.locator("#app-status").wait_for()
+    snap("state-loading")
+    held[0].abort()
+    page.unroute("**/api/info")
+    page.route("**/api/info", lambda route: route.abort())  # its retries fail too
+    page.locator("#error [data-testid=retry]").wait_for()
+    snap("state-server-down")
+    page.unroute("**/api/info")
+    for name, hash_ in (("state-address-corrected", "#/query/3?k=999&layer=9"),
+                        ("state-gallery-past-end", "#/gallery?page=99")):
+        page.goto("about:blank")
+        page.goto(base + hash_)
+        page.wait_for_load_state("networkidle")
+        page.wait_for_function("() => !document.querySelector('.busy')")
+        snap(name)
+    for name, answer in (
+            ("state-upload-busy", {"status": 503, "headers": {"Retry-After": "9"}, "json": {
+                "detail": "the server is busy decoding other images; retry in 9 s"}}),
+            ("state-upload-unreadable", {"status": 400, "json": {
+                "detail": "photo.png is not a readable image: corrupt header (Truncated File "
+                          "Read)"}})):
+        page.route("**/api/search", _answer(answer))
+        page.goto("about:blank")
+        page.goto(base + "#/upload")
+        page.wait_for_function("() => document.querySelector('#run-name').textContent")
+        page.set_input_files("#upload-file", files=[{
+            "name": "photo.png", "mimeType": "image/png", "buffer": photo()}])
+        page.locator("#error").wait_for()
+        snap(name)
+        page.unroute("**/api/search")
+    return written
+
+
+def shoot_report(browser: Any, base: str, run: Path, out: Path) -> list[str]:
+    """report.html as the app serves it (under its CSP) and as opened from disk."""
+    written = []
+    for size, (w, h) in SIZES.items():
+        page = browser.new_page(viewport={"width": w, "height": h})
+        for name, url in (("report-app", base + "report.html"),
+                          ("report-disk", (run / "report.html").resolve().as_uri())):
+            page.goto(url)
+            page.wait_for_load_state("load")
+            path = out / f"{name}-{size}.png"
+            page.screenshot(path=str(path), full_page=True)
+            written.append(str(path))
+        page.close()
+    return written
+
+
+def shoot(base: str, out: Path, run: Path) -> list[str]:
     from playwright.sync_api import sync_playwright
 
     views = [("gallery", "#/gallery"), ("gallery-class", "#/gallery?class=8"),
@@ -94,12 +172,14 @@ def shoot(base: str, out: Path) -> list[str]:
             path = out / f"upload-result-{size}.png"
             page.screenshot(path=str(path), full_page=True)
             written.append(str(path))
+            written += shoot_states(page, base, out, size)
             page.goto(base + "docs")
             page.wait_for_load_state("networkidle")
             path = out / f"docs-{size}.png"
             page.screenshot(path=str(path))
             written.append(str(path))
             page.close()
+        written += shoot_report(browser, base, run, out)
         browser.close()
     return written
 
@@ -116,7 +196,7 @@ def main() -> None:
         run = args.run or build_run(Path(tmp))
         server, base = serve(run)
         try:
-            files = shoot(base, args.out)
+            files = shoot(base, args.out, run)
         finally:
             server.should_exit = True
     print(json.dumps({"screenshots": files}, indent=2))

@@ -87,11 +87,13 @@ def test_pca_plot_draws_the_table(tmp_path, monkeypatch):
     # the plotted points are the table's: one curve per (layer, whiten), the full code flat
     ax = figs[0].axes[0]
     curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
-              for line in ax.get_lines()}
-    assert curves["layer 5 PCA"] == (dims, pytest.approx([0.5, 0.6, 0.7, 0.8]))
-    assert curves["layer 5 whitened"][1] == pytest.approx([0.52, 0.62, 0.72, 0.82])
-    assert curves["layer 6 PCA"] == (dims, pytest.approx([0.1, 0.11, 0.12, 0.13]))
-    assert list(curves["layer 5 full"][1]) == [0.95, 0.95]
+              for line in ax.get_lines() if not line.get_label().startswith("_")}
+    curves |= {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+               for c in ax.containers}  # the points, drawn with their error bars
+    assert curves["layer 5 PCA"] == (dims, pytest.approx([50, 60, 70, 80]))  # percent
+    assert curves["layer 5 whitened"][1] == pytest.approx([52, 62, 72, 82])
+    assert curves["layer 6 PCA"] == (dims, pytest.approx([10, 11, 12, 13]))
+    assert list(curves["layer 5 full"][1]) == [95, 95]
     assert curves["layer 6 full"][0] == [0, 1]  # axhline: across the whole axes
     # and they are in the image: layer 5 (C0, blue) above layer 6 (C1, orange), rising
     rows = {c: np.nonzero(np.abs(png[..., :3].astype(int) - rgb).sum(-1) < 40)
@@ -101,3 +103,27 @@ def test_pca_plot_draws_the_table(tmp_path, monkeypatch):
     y, x = rows["C0"]
     left, right = x < np.quantile(x, 0.2), x > np.quantile(x, 0.8)
     assert np.median(y[left]) > np.median(y[right])  # higher mAP to the right: rising curve
+
+
+def test_pca_plot_shows_chance_and_the_intervals(tmp_path, monkeypatch):
+    """The issue's plot spanned 26-28.3% with chance (20.8%) off the chart and no intervals."""
+    from neuralcodes import figures
+
+    table = [{"layer": "6", "dims": "full", "whiten": False, "map": 0.274},
+             {"layer": "6", "dims": 16, "whiten": False, "map": 0.280, "diff_vs_full": 0.006,
+              "ci95": [0.001, 0.011]},
+             {"layer": "6", "dims": 64, "whiten": False, "map": 0.270, "diff_vs_full": -0.004,
+              "ci95": [-0.009, 0.002]}]
+    figs = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    plot_pca(table, tmp_path / "pca.png", chance=0.208)
+    ax = figs[0].axes[0]
+    chance = [line for line in ax.get_lines() if line.get_label() == "chance (random ranking)"]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == pytest.approx([20.8, 20.8])
+    assert ax.get_ylim()[0] < 20.8 < ax.get_ylim()[1]
+    (bars,) = ax.containers
+    segments = bars.lines[2][0].get_segments()  # one vertical segment per point
+    # each point's interval: the full code's mAP plus the interval of its difference
+    assert [(seg[0][1], seg[1][1]) for seg in segments] == [
+        pytest.approx((27.5, 28.5)), pytest.approx((26.5, 27.6))]

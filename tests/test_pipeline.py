@@ -42,18 +42,19 @@ def _report_numbers_match_json(run):
     md = (run / "report.md").read_text()
     ev = json.loads((run / "eval.json").read_text())
     for split, m in ev["splits"].items():
-        row = re.search(rf"^\| {split} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", md, re.M)
+        row = re.search(rf"^\| {split} \| ([0-9.]+) \| ([0-9.]+)% \| ([0-9.]+)% \|", md, re.M)
         assert row, f"no {split} row in the report"
-        assert [float(v) for v in row.groups()] == pytest.approx(
-            [m["loss"], m["top1"], m["top5"]], abs=6e-4)
+        loss, top1, top5 = (float(v) for v in row.groups())
+        assert (loss, top1, top5) == pytest.approx(
+            (m["loss"], 100 * m["top1"], 100 * m["top5"]), abs=6e-2)
     maps = json.loads((run / "retrieval" / "map.json").read_text())
     for variant in ("pre", "post"):
         for layer, m in maps[variant].items():
             row = re.search(rf"^\| layer {layer} \([a-z0-9 ]+\) \| {variant}-ReLU \| "
-                            r"([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", md, re.M)
+                            r"([0-9.]+)% \| ([0-9.]+)% \| ([0-9.]+)% \|", md, re.M)
             assert row, f"no mAP row for layer {layer} {variant}"
             assert [float(v) for v in row.groups()] == pytest.approx(
-                [m["map"], m["p@5"], m["p@10"]], abs=6e-4)
+                [100 * m["map"], 100 * m["p@5"], 100 * m["p@10"]], abs=6e-2)
     data = json.loads((run / "config.json").read_text())["data"]
     assert len(data["ood_classes"]) == 2
     for c in data["ood_classes"]:
@@ -105,6 +106,30 @@ def test_other_configuration_in_the_same_directory_is_refused(argv, tmp_path, ca
     assert "another configuration" in err and "model.fc_width" in err
 
 
+def test_quick_improved_differs_from_quick_only_by_the_two_techniques():
+    quick, improved = build_config("quick", []), build_config("quick-improved", [])
+    diffs = quick.differences(improved)
+    assert sorted(d.split(":")[0] for d in diffs) == ["model.batch_norm", "train.augment"]
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_plan_prints_the_plan_and_creates_nothing(command, tiny_source, tmp_path, capsys,
+                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    where = ["--out", "out"] if command == "run" else ["--name", "out", "--runs-dir", "runs"]
+    argv = [command, "--plan", "--data", str(tiny_source), "--cache-dir", "cache", *where,
+            *[a for a in TINY if a != "--no-progress"], "--set", "train.max_epochs=40"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [], "--plan created something"
+    assert "4 in-domain classes: 64 training, 8 validation, 8 test images; 40 out-of-domain" \
+        in out
+    train = re.search(r"^  train +~ *[0-9.]+ (s|min|h) +\((.*)\)$", out, re.M)
+    assert train and "10 epochs, as many as the course's run needed" in train.group(2)
+    assert "at most" in train.group(2) and "for all 40" in train.group(2)
+    assert (re.search(r"^  retrieval +~", out, re.M) is not None) == (command == "run")
+
+
 def test_presets_and_differences():
     quick = build_config("quick", ["train.max_epochs=1", "data.source=x.zip"])
     assert quick.data.max_classes == 20 and quick.train.max_epochs == 1
@@ -152,7 +177,13 @@ def test_plan_states_the_measured_bf16_gain_only_where_it_was_measured():
     fp32 = Speeds(train_ips=40.0, infer_ips=200.0, ranking_s=0.05, checkpoint_s=2.0)
     stages = estimate_stages(cfg, sizes, fp32)
     epoch = 76_000 / 40 + 9_500 / 200 + 1.25 * 2.0
-    assert stages[0].seconds == pytest.approx(100 * epoch)
+    # expected: the 10 epochs the course's run needed; the upper bound: all 100 allowed
+    assert stages[0].seconds == pytest.approx(10 * epoch)
+    assert stages[0].upper == pytest.approx(100 * epoch)
+    line = plan_lines(cfg, stages, fp32)[0]
+    assert "10 epochs, as many as the course's run needed" in line
+    assert f"at most {format_duration(100 * epoch)} for all 100" in line
+    assert f"~{format_duration(10 * epoch):>9}" in line
     assert stages[1].seconds == pytest.approx(95_000 / 200)
     assert not any("bf16" in line for line in plan_lines(cfg, stages, fp32))
     both = dataclasses.replace(fp32, bf16_train_ips=90.0)

@@ -68,7 +68,7 @@ def test_tables_and_verdict_come_from_the_numbers(tmp_path):
     run = _fake_run(tmp_path / "r1", {"5": 0.21, "6": 0.333, "7": 0.30}, extra_map=SIGNIFICANT_6)
     md_path, html_path = write_report(run)
     md = md_path.read_text()
-    assert "| layer 6 (fc6) | pre-ReLU | 0.333 | 0.433 | 0.383 |" in md
+    assert "| layer 6 (fc6) | pre-ReLU | 33.3% | 43.3% | 38.3% |" in md
     assert "Our ranking is layer 6 > layer 7 > layer 5" in md
     assert "This confirms the paper" in md
     assert "40,516,382" in md
@@ -86,8 +86,8 @@ def test_verdict_follows_a_different_ordering(tmp_path):
     assert "Our ranking is layer 7 > layer 6 > layer 5" in md
     assert "does not confirm" in md
     assert "layer 7\nis significantly better than layer 6" in md
-    ours = re.search(r"\| layer 7 \(fc7\) \| ([0-9.]+) \| ([0-9.]+) \|", md)
-    assert ours and float(ours.group(1)) == 0.345
+    ours = re.search(r"\| layer 7 \(fc7\) \| ([0-9.]+)% \| ", md)
+    assert ours and float(ours.group(1)) == 34.5
 
 
 def test_improved_sibling_run_is_measured(tmp_path):
@@ -97,7 +97,7 @@ def test_improved_sibling_run_is_measured(tmp_path):
     facts = collect(tmp_path / "base")
     assert [r["name"] for r in facts["improved"]] == ["better"]
     md = write_report(tmp_path / "base")[0].read_text()
-    assert "measured in run `better`" in md and "+0.070" in md
+    assert "measured in run `better`" in md and "+7.0 pp" in md
     assert "not measured" in md  # augmentation has no run here
 
 
@@ -106,9 +106,9 @@ def test_html_is_self_contained(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(run / "curves.png")
-    Image.new("RGB", (8, 8), "blue").save(run / "retrieval" / "top5_layers.png")
+    Image.new("RGB", (8, 8), "blue").save(run / "retrieval" / "top5_layer6.png")
     md = render(collect(run))
-    assert "](curves.png)" in md and "](retrieval/top5_layers.png)" in md
+    assert "](curves.png)" in md and "](retrieval/top5_layer6.png)" in md
     html = to_html(md + "\n<script src='https://x.example/a.js'></script>\n", "t", run)
     assert "data:image/png;base64," in html and "src=\"curves.png\"" not in html
     sources = _links(html)
@@ -119,12 +119,13 @@ def test_html_is_self_contained(tmp_path):
 
 
 def _links(html: str) -> list[str]:
-    """Every src and href attribute of the page's real elements."""
+    """Every src and href attribute of the page's real elements (links within the page
+    aside)."""
     found = []
 
     class Parser(HTMLParser):
         def handle_starttag(self, tag, attrs):
-            found.extend(v for k, v in attrs if k in ("src", "href"))
+            found.extend(v for k, v in attrs if k in ("src", "href") and not v.startswith("#"))
 
     Parser().feed(html)
     return found
@@ -153,18 +154,142 @@ def test_course_reference_is_the_notebooks_numbers():
     assert course_reference()["map"]["5"] == 0.28695
 
 
+def _set_data(run, **changes):
+    saved = json.loads((run / "config.json").read_text())
+    saved["data"].update(changes)
+    write_json(run / "config.json", saved)
+
+
 def test_course_comparison_per_epoch_and_final(tmp_path):
     run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25})
+    _set_data(run, ood_classes=[{"wnid": f"n{i}", "name": f"c{i}"} for i in range(10)])
     md = write_report(run)[0].read_text()
     # epoch 2: val loss 2.5 against the course's 3.7511; val top-1 0.1 against 0.1784.
-    assert ("| 2 | 3.4000 | 4.1655 | -0.7655 | 2.5000 | 3.7511 | -1.2511 | 0.200 | 0.116 | "
-            "+0.084 | 0.100 | 0.178 | -0.078 |") in md
+    assert ("| 2 | 3.4000 | 4.1655 | -0.7655 | 2.5000 | 3.7511 | -1.2511 | 20.0% | 11.6% | "
+            "+8.4 pp | 10.0% | 17.8% | -7.8 pp |") in md
     assert "| 4 |" not in _section(md, "### Epoch by epoch")  # only epochs both have
-    assert "compares the\n3 epochs both have" in md
-    assert "| test | 4.0000 | 2.8915 | 0.310 | 0.350 | 0.600 | 0.613 |" in md
-    assert "| train | 2.0000 | 1.3232 | 0.410 | 0.684 | 0.600 | 0.887 |" in md
-    assert "| layer 5 (last pool) | 0.200 | 0.287 |" in md
-    assert "| layer 7 (fc7) | 0.250 | 0.345 |" in md
+    assert "compares the 3 epochs both have" in md
+    assert "| test | 4.0000 | 2.8915 | 31.0% | 35.0% | 60.0% | 61.3% |" in md
+    assert "| train | 2.0000 | 1.3232 | 41.0% | 68.4% | 60.0% | 88.7% |" in md
+    # the same ood set's size and classes as the course's: mAP side by side as it is
+    assert "| layer 5 (last pool) | 20.0% | 28.7% |" in md
+    assert "| layer 7 (fc7) | 25.0% | 34.5% |" in md
+
+
+def test_other_class_counts_are_compared_in_normalised_units(tmp_path):
+    """15 classes against the course's 190: no raw difference of losses (ln 15 vs ln 190) or
+    accuracies; loss / ln C and accuracy / chance instead, and mAP / chance for another ood
+    set."""
+    run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25})
+    _set_data(run, num_classes=15)
+    md = write_report(run)[0].read_text()
+    epochs = _section(md, "### Epoch by epoch")
+    assert "Δ" not in epochs and "differs from the course's by" not in epochs
+    assert "ln 15 = 2.71" in epochs and "ln 190 = 5.25" in epochs
+    # epoch 2: val loss 2.5 / ln 15 = 0.92 against 3.7511 / ln 190 = 0.71; val top-1 0.1 x 15
+    assert "| 2 | 0.92 | 0.71 | 1.50× | 33.90× |" in epochs
+    results = _section(md, "## Results")
+    assert "| test | 4.0000 | 2.8915 |" not in results
+    assert "| test | 1.48 | 0.55 | 4.65× | 66.50× |" in results  # 4/ln15, 0.31*15, 0.35*190
+    comparison = _section(md, "## Comparison")
+    assert "÷ chance" in comparison and "not on one scale" in comparison
+
+
+def test_a_weak_model_is_too_weak_to_test_the_papers_claim(tmp_path):
+    run = _fake_run(tmp_path / "r1", {"5": 0.21, "6": 0.333, "7": 0.30}, top1=0.22,
+                    extra_map=SIGNIFICANT_6)  # test top-1 12%: far above chance, below 25%
+    md = write_report(run)[0].read_text()
+    assert "This confirms" not in md and "Yes: layer 6" not in md
+    assert "too weak to test the paper's claim" in _section(md, "## Answers")
+    assert "**This model is too weak to test the paper's claim:** its test top-1 accuracy is " \
+        "12.0%" in md
+    assert "below the 25% this report asks" in md.split("## Answers")[0]
+    # a model above the bar gets the verdict, qualified by what the intervals cover
+    md = write_report(_fake_run(tmp_path / "r2", {"5": 0.21, "6": 0.333, "7": 0.30},
+                                extra_map=SIGNIFICANT_6))[0].read_text()
+    assert "Yes: layer 6 is significantly better" in md and "This confirms" in md
+    assert "variance between training runs was not\nmeasured" in md
+
+
+def test_answers_come_first_numbered_as_the_assignment_with_links_to_their_evidence(tmp_path):
+    from PIL import Image
+
+    run = _fake_run(tmp_path / "r1", {"5": 0.21, "6": 0.333, "7": 0.30}, extra_map=SIGNIFICANT_6)
+    for layer in "567":
+        Image.new("RGB", (8, 8), "blue").save(run / "retrieval" / f"top5_layer{layer}.png")
+    write_json(run / "retrieval" / "evidence.json", {
+        "relu": False, "first_queries": 10,
+        "per_layer": {"5": {"colour_similarity": 0.62, "p@5": 0.3},
+                      "6": {"colour_similarity": 0.55, "p@5": 0.4}}})
+    md_path, html_path = write_report(run)
+    md = md_path.read_text()
+    assert md.split("\n## ")[1].startswith("Answers")  # the first section
+    answers = _section(md, "## Answers")
+    numbers = re.findall(r"^- \*\*([0-9.]+) — ", answers, re.M)
+    assert numbers == ["1", "2.1", "2.2", "2.3", "3.1", "3.2", "3.3", "3.4"]
+    items = re.split(r"^- ", answers, flags=re.M)[1:]
+    assert all(len(re.findall(r"\]\(#[a-z0-9-]+\)", item)) == 1 for item in items), items
+    assert "Test top-1 31.0% and top-5 60.0%" in answers
+    assert "layer 5 21.0%, layer 6 33.3%, layer 7 30.0%" in answers
+    assert "Layer 5's results are the closest to the query in colour" in answers
+    # every link of the page leads to a heading of the page
+    html = html_path.read_text()
+    ids = set(re.findall(r' id="([^"]+)"', html))
+    targets = re.findall(r'href="#([^"]+)"', html)
+    assert len(targets) == 8 and set(targets) <= ids, set(targets) - ids
+
+
+def test_html_scroll_areas_are_keyboard_reachable_in_a_main_landmark(tmp_path):
+    from neuralcodes.report.render import style_hashes
+
+    run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25})
+    html = write_report(run)[1].read_text()
+    assert html.count("<main>") == 1 and "</main>\n</body>" in html
+    tables = html.count("<table>")
+    assert tables >= 5
+    boxes = re.findall(r'<div aria-label="table: [^"]+" class="scroll" role="region" '
+                       r'tabindex="0">\s*<table>', html)
+    assert len(boxes) == tables
+    assert 'name="viewport"' in html
+    (digest,) = style_hashes(html)
+    assert digest.startswith("'sha256-") and len(digest) == 53  # 'sha256-' + 44 base64 + "'"
+
+
+def test_no_paragraph_is_said_twice(tmp_path):
+    run = _fake_run(tmp_path / "r1", {"5": 0.21, "6": 0.333, "7": 0.30}, extra_map=SIGNIFICANT_6)
+    rows = [{"layer": "6", "dims": "full", "whiten": False, "map": 0.30},
+            {"layer": "6", "dims": 64, "whiten": False, "map": 0.298, "diff_vs_full": -0.002,
+             "ci95": [-0.006, 0.002]}]
+    write_json(run / "retrieval" / "pca.json", {"relu": False, "table": rows})
+    md = write_report(run)[0].read_text()
+    paragraphs = [p.strip() for p in md.split("\n\n") if len(p.strip()) > 80]
+    repeated = {p for p in paragraphs if paragraphs.count(p) > 1}
+    assert not repeated, repeated
+    assert md.count("compresses to 64 dimensions") == 1
+
+
+def test_the_command_to_measure_the_techniques_fits_the_run(tmp_path):
+    from neuralcodes.pipeline import preset_config
+
+    run = _fake_run(tmp_path / "quick", {"5": 0.2, "6": 0.3, "7": 0.25})
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"] = preset_config("quick")
+    saved["config"]["data"]["source"] = "data/tiny 40.zip"
+    write_json(run / "config.json", saved)
+    md = write_report(run)[0].read_text()
+    twin = (tmp_path / "quick-improved").as_posix()
+    assert (f"`neuralcodes run --preset quick-improved --data 'data/tiny 40.zip' --out {twin}`"
+            in md)
+    assert "--preset improved" not in md
+    md = write_report(_fake_run(tmp_path / "full", {"5": 0.2, "6": 0.3, "7": 0.25}))[0].read_text()
+    assert "`neuralcodes run --preset improved --out " in md
+    other = _fake_run(tmp_path / "other", {"5": 0.2, "6": 0.3, "7": 0.25})
+    saved = json.loads((other / "config.json").read_text())
+    saved["config"]["train"]["max_epochs"] = 7
+    write_json(other / "config.json", saved)
+    md = write_report(other)[0].read_text()
+    assert (f"`neuralcodes run --config {other}/config.json --set train.augment=true "
+            "--set model.batch_norm=true --out") in md
 
 
 def test_learning_curves_draw_the_course_dashed(tmp_path, monkeypatch):
@@ -215,12 +340,12 @@ def test_report_states_the_exact_chance_map(tmp_path):
     md = write_report(run)[0].read_text()
     exact = float(chance_average_precision(4999, 2499))  # 5,000 ood images in 2 classes of 2,500
     share = 2499 / 4999  # the share of relevant items: not the expected AP
-    assert f"expected mAP of {exact:.4f}" in md and f"{share:.4f}" not in md
+    assert f"expected mAP of {100 * exact:.2f}%" in md and f"{100 * share:.2f}%" not in md
     assert "assuming the classes are equally large" in md
     run2 = _fake_run(tmp_path / "r2", {"5": 0.2, "6": 0.3, "7": 0.25},
                      extra_map={"chance_map": 0.10127})
     md2 = write_report(run2)[0].read_text()
-    assert ("expected mAP of 0.1013 here\n(the exact expectation for this ood set, from "
+    assert ("expected mAP of 10.13% here\n(the exact expectation for this ood set, from "
             "`retrieval/map.json`)") in md2
 
 
@@ -230,7 +355,7 @@ def test_report_states_the_exact_chance_map(tmp_path):
 def test_layer_differences_significant_or_not(tmp_path):
     maps = {"5": 0.21, "6": 0.333, "7": 0.33}
     md = write_report(_fake_run(tmp_path / "sig", maps, extra_map=SIGNIFICANT_6))[0].read_text()
-    assert "- layer 6 − layer 7: +0.033 (95% CI +0.020 to +0.046): significant" in md
+    assert "- layer 6 − layer 7: +3.3 pp (95% CI +2.0 to +4.6 pp): significant" in md
     assert "Layer 6 is best: its mAP is significantly higher than each other layer's." in md
 
     flat = {"pairs": [{"a": "6", "b": "7", "diff": 0.003, "ci95": [-0.004, 0.010],
@@ -238,7 +363,7 @@ def test_layer_differences_significant_or_not(tmp_path):
                       {"a": "6", "b": "5", "diff": 0.12, "ci95": [0.10, 0.14],
                        "significant": True}], "best_layer": None}
     md = write_report(_fake_run(tmp_path / "flat", maps, extra_map=flat))[0].read_text()
-    assert ("- layer 6 − layer 7: +0.003 (95% CI -0.004 to +0.010): no significant difference"
+    assert ("- layer 6 − layer 7: +0.3 pp (95% CI -0.4 to +1.0 pp): no significant difference"
             in md)
     assert "No layer is significantly better than all the others." in md
     assert "is best: its mAP" not in md and "This confirms" not in md
@@ -273,9 +398,9 @@ def test_training_state_missing_is_said(tmp_path):
 def test_classifier_at_chance_is_called_so(tmp_path):
     md = write_report(_fake_run(tmp_path / "r1", {"5": 0.1, "6": 0.1, "7": 0.1},
                                 top1=0.105))[0].read_text()  # test top-1 0.005 = 1/190
-    assert "**The classifier is at chance level:** test top-1 accuracy 0.005" in md
+    assert "**The classifier is at chance level:** test top-1 accuracy 0.5%" in md
     md = write_report(_fake_run(tmp_path / "r2", {"5": 0.1, "6": 0.1, "7": 0.1}))[0].read_text()
-    assert "at chance level" not in md and "Test top-1 accuracy is 0.310" in md
+    assert "at chance level" not in md and "Test top-1 accuracy is 31.0%" in md
 
 
 def test_pca_and_evidence_state_their_baselines(tmp_path):
@@ -293,7 +418,7 @@ def test_pca_and_evidence_state_their_baselines(tmp_path):
         "colour_similarity_baseline": {"random_pairs": 0.45, "same_class_pairs": 0.58}})
     md = write_report(run)[0].read_text()
     assert "Layer 6 compresses to 64 dimensions without a significant loss" in md
-    assert "at 16 dimensions it loses 0.050" in md
+    assert "at 16 dimensions it loses 5.0 pp" in md
     assert "Baselines: random pairs of ood images 0.450, pairs of the same class\n  0.580" in md
     assert "Layer 5 returns results closer in colour than" in md
 
@@ -314,7 +439,8 @@ def test_report_without_optional_artifacts(tmp_path):
     md = md_path.read_text()
     assert md.count("No retrieval measurements yet.") == 2
     assert "### Epoch by epoch" in md and "| test |" in md
-    assert "<h2>Comparison with the paper" in html_path.read_text()
+    assert ('<h2 id="comparison-with-the-paper-and-the-courses-reference">Comparison with the '
+            'paper') in html_path.read_text()
 
 
 def test_templates_and_reference_ship_as_package_data():
@@ -331,15 +457,15 @@ def test_templates_and_reference_ship_as_package_data():
 def test_train_test_gap_is_called_overfitting_only_beyond_noise(tmp_path):
     run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25})  # 100 images per split
     md = write_report(run)[0].read_text()
-    assert "Train top-1 exceeds test top-1 by 0.100, less than twice its standard error" in md
+    assert "Train top-1 exceeds test top-1 by 10.0 pp, less than twice its standard error" in md
     assert "shows how much the model" not in md
     ev = json.loads((run / "eval.json").read_text())
     for m in ev["splits"].values():
         m["n"] = 9500
     write_json(run / "eval.json", ev)
     md = write_report(run)[0].read_text()
-    assert ("Train top-1 exceeds test top-1 by 0.100, more than twice its standard error of\n"
-            "0.007: the train-test gap shows how much the model overfits.") in md
+    assert ("Train top-1 exceeds test top-1 by 10.0 pp, more than twice its standard error of\n"
+            "0.7 pp: the train-test gap shows how much the model overfits.") in md
 
 
 def _html_tables(html: str) -> list[list[list[str]]]:
@@ -384,9 +510,9 @@ def test_pca_sentences_and_table_are_well_formed(tmp_path):
     write_json(run / "retrieval" / "pca.json", {"relu": False, "table": rows})
     md_path, html_path = write_report(run)
     md = md_path.read_text()
-    # A space before the parenthesis after each verdict, in both places it is said.
-    assert len(re.findall(r"without a significant loss\s\(mAP", md)) == 4  # layers 5, 6; twice
-    assert len(re.findall(r"with a significant gain\s\(mAP", md)) == 2  # layer 7, twice
+    # A space before the parenthesis after each verdict, said once (the comparison links to it).
+    assert len(re.findall(r"without a significant loss\s\(mAP", md)) == 2  # layers 5, 6
+    assert len(re.findall(r"with a significant gain\s\(mAP", md)) == 1  # layer 7
     assert not re.search(r"(loss|gain)\(", md)
     # The PCA table: every row has the header's cells and ends in its closing pipe.
     start = md.index("| codes | 16 | 64 | full |")
@@ -395,10 +521,10 @@ def test_pca_sentences_and_table_are_well_formed(tmp_path):
     assert all(line.endswith(" |") or line.endswith("---|") for line in table)
     assert not any(line.endswith("| ") for line in table)
     assert {line.count("|") for line in table} == {5}
-    assert table[2] == "| layer 5 | 0.150 | 0.198 | 0.200 |"
+    assert table[2] == "| layer 5 | 15.0% | 19.8% | 20.0% |"
     # The HTML table has as many cells per row as its header, none of them empty.
     pca_tables = [t for t in _html_tables(html_path.read_text())
                   if t and t[0] == ["codes", "16", "64", "full"]]
     assert len(pca_tables) == 1
     assert [len(r) for r in pca_tables[0]] == [4] * 7 and all(all(r) for r in pca_tables[0])
-    assert pca_tables[0][-1] == ["layer 7 (whitened)", "0.200", "0.254", "0.250"]
+    assert pca_tables[0][-1] == ["layer 7 (whitened)", "20.0%", "25.4%", "25.0%"]

@@ -253,17 +253,17 @@ def test_the_progress_bar_ends_on_the_figures_of_the_epoch_line(tmp_path, tiny_d
                                                                 monkeypatch):
     """The bar's last drawn postfix is the epoch's train loss/acc (metrics.jsonl and the log
     line), although the postfix is otherwise refreshed only every 10 steps."""
-    from tqdm.std import tqdm as plain_tqdm
+    from neuralcodes.progress import Bar
 
     drawn: dict[str, list[str | None]] = {}
 
-    class Recording(plain_tqdm):
+    class Recording(Bar):
         def display(self, msg: str | None = None, pos: int | None = None) -> object:
             if msg is None:  # a drawing of the bar (msg "" is the clearing on close)
                 drawn.setdefault(self.desc, []).append(self.postfix)
             return super().display(msg, pos)
 
-    monkeypatch.setattr(loop, "tqdm", Recording)
+    monkeypatch.setattr(loop, "progress_bar", Recording)
     cfg = tiny_config(tiny_data_config, max_epochs=2, patience=5,
                       batch_size=3)  # 64 images: 22 steps, the last not a multiple of 10
     train(cfg, tmp_path / "run", progress=True)

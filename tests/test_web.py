@@ -7,6 +7,7 @@ The run (a tiny ConvNet trained on the generated fixture: 4 in-domain classes, 2
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import shutil
 import socket
@@ -572,11 +573,20 @@ def test_results_give_chance_levels_p10_figures_and_the_course_reference(client,
     assert client.get("/api/figure/config.png").status_code == 404
     assert res["report_url"] is None and client.get("/report.html").status_code == 404
     made = load_codes(RunDir(run).codes("ood", False)).made_by  # made from the served weights
-    RunDir(run).report_html.write_text("<html><title>report</title></html>\n"
+    RunDir(run).report_html.write_text("<html><title>report</title>"
+                                       "<style>body{color:red}</style></html>\n"
                                        + lineage.text_line(made))
     try:
         res = client.get("/api/results").json()
-        assert client.get(res["report_url"]).text.startswith("<html>")
+        page = client.get(res["report_url"])
+        assert page.text.startswith("<html>")
+        # the report's own inline style is allowed by its hash (it rendered unstyled under
+        # the app's policy), nothing else inline, and no script at all
+        digest = base64.b64encode(hashlib.sha256(b"body{color:red}").digest()).decode()
+        policy = page.headers["content-security-policy"]
+        assert f"style-src 'self' 'sha256-{digest}';" in policy
+        assert "script-src 'none'" in policy and "unsafe-inline" not in policy
+        assert "frame-ancestors 'none'" in policy
     finally:
         RunDir(run).report_html.unlink()
     assert res["reference"]["map"] == {"5": 0.28695, "6": 0.31776, "7": 0.34487}

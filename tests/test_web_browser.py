@@ -182,8 +182,10 @@ def test_gallery_click_shows_three_layers_of_marked_results(page, server):
             mark = "✓" if hit["same_class"] else "✗"
             assert card.get_by_test_id("mark").inner_text() == mark
             assert card.get_attribute("class") == ("hit same" if hit["same_class"] else "hit diff")
-            shown = card.locator(".score").inner_text()
-            assert float(shown) == pytest.approx(hit["score"], abs=0.6 * 10 ** -(len(shown) - 2))
+            # the headline is the rank; the similarity reads in two decimals
+            assert card.get_by_test_id("rank").text_content() == f"rank {hi + 1}"
+            shown = re.fullmatch(r"similarity (-?\d\.\d\d)", card.locator(".score").inner_text())
+            assert shown and float(shown.group(1)) == pytest.approx(hit["score"], abs=0.0051)
             assert card.locator("img").get_attribute("src") == hit["url"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.pg.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
@@ -235,7 +237,9 @@ def test_2_a_failed_upload_clears_the_previous_preview_and_message(page):
                                                         "text/plain"))
     error = page.pg.locator("#error")
     error.wait_for(state="visible")
-    assert error.inner_text() == "notes.txt: not a JPEG, PNG or WebP image"
+    assert error.inner_text() == ("notes.txt is not a JPEG, PNG or WebP image, the formats this "
+                                  "app reads. Choose an image in one of them.")
+    assert error.locator("[data-testid=retry]").count() == 0  # the same file would fail again
     assert page.pg.locator("#upload-query").is_hidden()
     assert "generated.png" not in page.pg.locator("#view-upload").inner_text()
     assert _hits(page, "upload").count() == 0
@@ -248,16 +252,19 @@ def test_2_a_failed_upload_clears_the_previous_preview_and_message(page):
 # --------------------------------------------------------------------------- 3-5
 
 
-def test_3_scores_that_differ_read_differently_and_ap_has_its_chance_level(page, server):
+def test_3_scores_read_as_rank_and_similarity_and_ap_has_its_chance_level(page, server):
+    """Issue 22: the headline was a cosine of 3-6 decimals (two hits both "0.990459"); now each
+    card leads with its rank, the similarity has two decimals, the exact value its tooltip."""
     page.open("#/query/5?k=20")
     expected = httpx.get(f"{server}api/search/5?k=20").json()
     for li, layer in enumerate(expected["layers"]):
         box = page.pg.locator("[data-testid=query-results] .layer").nth(li)
+        ranks = [t.split()[-1] for t in box.get_by_test_id("rank").all_text_contents()]
+        assert ranks == [str(i) for i in range(1, 21)]
         shown = box.locator(".score").all_inner_texts()
-        scores = [h["score"] for h in layer["hits"]]
-        for i in range(1, len(scores)):
-            if scores[i - 1] - scores[i] >= 1e-6:  # float32 noise below that
-                assert shown[i] != shown[i - 1], (shown, scores)
+        assert shown == [f"similarity {h['score']:.2f}" for h in layer["hits"]]
+        titles = box.locator(".score").evaluate_all("s => s.map(x => x.title)")
+        assert titles == [f"cosine similarity {h['score']:.6f}" for h in layer["hits"]]
         assert box.get_by_test_id("chance").inner_text() == \
             f"chance {100 * expected['chance_ap']:.1f}%"
     about = page.pg.locator("#query-about").inner_text()
@@ -423,7 +430,10 @@ def test_8_phone_no_overflow_big_targets_one_row_nav_layers_side_by_side(phone):
         lines = th.evaluate("e => Math.round(e.getBoundingClientRect().height / "
                             "parseFloat(getComputedStyle(e).lineHeight || 20))")
         assert lines <= 2
-    assert phone.pg.locator("#curves img").evaluate("i => i.getBoundingClientRect().width") >= 600
+    # issue 22: nothing cut off: every table and figure fits the phone's width
+    for box in phone.pg.locator("#results-body .table-wrap, #results-body .figure").all():
+        assert box.evaluate("e => e.scrollWidth <= e.clientWidth + 1 && "
+                            "e.getBoundingClientRect().right <= innerWidth"), box.inner_html()[:80]
     phone.pg.screenshot(path=str(ARTIFACTS / "web-phone-results.png"), full_page=True)
 
 
@@ -445,12 +455,13 @@ def test_9_gallery_names_filters_pages_and_fills_its_rows(page, server):
     page.settle()
     ids = page.pg.locator("#gallery a").evaluate_all("a => a.map(x => Number(x.dataset.id))")
     assert ids == [it["id"] for it in items if it["label"] == label]
+    # issue 22: a page past the end shows the last page, and the address says so
     page.open(f"#/gallery?class={label}&page=2")
-    assert page.pg.locator("#gallery a").count() == 0
-    assert "No images on page 2" in page.pg.locator("#gallery-status").inner_text()
-    prev = page.pg.locator("#view-gallery .pager a[rel=prev]").first
-    assert prev.get_attribute("href") == f"#/gallery?class={label}"
-    assert "page 2 of 1" in page.pg.locator(".pager .range").first.inner_text()
+    page.pg.wait_for_url(re.compile(rf".*#/gallery\?class={label}$"))
+    page.settle()
+    assert page.pg.locator("#gallery a").count() == 20
+    assert "There is no page 2" in page.pg.locator("#notice").inner_text()
+    assert page.pg.locator(".pager .range").first.inner_text() == "1–20 of 20 · page 1 of 1"
 
 
 def test_10_docs_and_redoc_work_offline(page):
@@ -482,7 +493,9 @@ def test_11_results_speak_to_a_user(page, web_run, monkeypatch):
         text = page.pg.locator("#view-results").inner_text()
         assert "Task" not in text and "pre-ReLU" in text
         heads = page.pg.locator("[data-testid=map-table] thead th").all_inner_texts()
-        assert heads == ["layer", "mAP", "chance", "P@5", "P@10", "course mAP"]
+        assert heads == ["layer", "mAP", "P@5", "P@10", "course"]
+        chance = page.pg.locator("[data-testid=map-table] tfoot").inner_text()
+        assert chance.startswith("chance") and "%" in chance
         row = page.pg.locator("[data-testid=map-table] tbody tr").first.inner_text()
         assert re.search(r"\d+\.\d%", row) and "28.7%" in row
         foot = page.pg.locator("[data-testid=eval-table] tfoot").inner_text()
@@ -607,6 +620,215 @@ def test_15b_the_page_shows_the_servers_notes_about_the_query(page):
     page.pg.wait_for_url("**#/upload/*")
     page.settle()
     assert page.pg.locator("#upload-notes li").all_inner_texts() == ["A note from the server."]
+
+
+# ---------------------------------------------------------------- issue 22: never a dead end
+
+
+def _unreachable_was_expected(page: Page) -> None:
+    """Requests the test made fail on purpose are not problems."""
+    page.problems[:] = [p for p in page.problems if "ERR_FAILED" not in p]
+
+
+def test_22_first_load_shows_its_loading_state_then_recovers_when_the_server_returns(page):
+    held: list = []
+    down = {"on": False}
+    page.pg.route("**/api/info", lambda route: route.abort() if down["on"] else held.append(route))
+    page.pg.goto(page.base + "#/results")
+    while not held:
+        page.pg.wait_for_timeout(20)
+    status = page.pg.locator("#app-status")
+    assert status.is_visible() and "Loading" in status.inner_text()  # not a blank page
+    down["on"] = True
+    held[0].abort()  # the server is unreachable
+    error = page.pg.locator("#error")
+    error.wait_for()
+    assert "did not answer" in error.inner_text() and "neuralcodes serve" in error.inner_text()
+    assert status.is_hidden()
+    # navigation while the server is down keeps saying so (no dead link, no blank view)
+    page.pg.click("nav[aria-label=Main] >> text=Gallery")
+    page.pg.wait_for_url("**#/gallery")
+    assert page.pg.locator("#error [data-testid=retry]").is_visible()
+    page.pg.unroute("**/api/info")  # the server is back: the retry starts the app
+    page.pg.click("#error [data-testid=retry]")
+    page.settle()
+    assert page.pg.locator("#view-gallery").is_visible() and error.is_hidden()
+    assert page.pg.locator("#gallery a").count() == 40
+    page.pg.click("nav[aria-label=Main] >> text=Results")  # and navigation works on
+    page.settle()
+    assert page.pg.locator("[data-testid=eval-table]").is_visible()
+    _unreachable_was_expected(page)
+
+
+def test_22_the_app_retries_by_itself_while_the_server_is_down(page):
+    calls = []
+
+    def down_once(route: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            route.abort()
+        else:
+            route.continue_()
+
+    page.pg.route("**/api/info", down_once)
+    page.pg.clock.install()
+    page.pg.goto(page.base + "#/gallery")
+    page.pg.locator("#error [data-testid=retry]").wait_for()
+    assert "Try again (automatically in 5 s)" in page.pg.locator("#error").inner_text()
+    page.pg.clock.run_for(6000)
+    page.settle()
+    assert len(calls) == 2 and page.pg.locator("#gallery a").count() == 40
+    _unreachable_was_expected(page)
+
+
+def test_22_a_failed_load_says_what_happened_and_retries_after_the_servers_wait(page):
+    page.expected_status.add(503)
+    page.open("#/query/3")
+    busy = {"on": True}
+
+    def search(route: object) -> None:
+        if busy["on"]:
+            route.fulfill(status=503, headers={"Retry-After": "2"},
+                          json={"detail": "the server is busy decoding other images"})
+        else:
+            route.continue_()
+
+    page.pg.route(re.compile(r".*/api/search/4\?.*"), search)
+    page.go("#/query/4")
+    error = page.pg.locator("#error")
+    assert "The server is busy" in error.inner_text() and "wait 2 s" in error.inner_text()
+    retry = page.pg.locator("#error [data-testid=retry]")
+    assert retry.is_disabled() and retry.inner_text() == "Try again (in 2 s)"
+    busy["on"] = False
+    page.pg.wait_for_function("() => !document.querySelector('#error .retry').disabled")
+    retry.click()
+    page.settle()
+    assert _hits(page).count() == 15 and error.is_hidden()
+
+
+def test_22_a_failed_upload_clears_the_address_and_offers_its_retry(page):
+    page.expected_status.update({400, 503})
+    page.open("#/upload")
+    page.pg.set_input_files("#upload-file", files=_file("first.png", _png(21)))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    first = page.pg.url
+    answers = iter([
+        {"status": 503, "headers": {"Retry-After": "1"},
+         "json": {"detail": "the server is busy decoding other images; retry in 1 s"}},
+        {"status": 400, "json": {"detail": "b.png is not a readable image: corrupt header "
+                                           "(Truncated File Read)"}}])
+    page.pg.route("**/api/search", lambda route: route.fulfill(**next(answers)))
+    page.pg.set_input_files("#upload-file", files=_file("b.png", _png(22)))
+    retry = page.pg.locator("#error [data-testid=retry]")
+    retry.wait_for()
+    # the address no longer names the previous upload: a reload would show its results
+    assert page.pg.url.endswith("#/upload") and page.pg.url != first
+    assert "busy" in page.pg.locator("#error").inner_text()
+    page.pg.wait_for_function("() => !document.querySelector('#error .retry').disabled")
+    retry.click()  # the same file again: now the server cannot read it
+    page.pg.locator("#error", has_text="could not be read").wait_for()
+    text = page.pg.locator("#error").inner_text()
+    assert text.startswith("b.png could not be read as an image") and "Choose another" in text
+    assert retry.count() == 0  # the file is the problem: no retry with it
+    page.pg.unroute("**/api/search")
+    page.pg.set_input_files("#upload-file", files=_file("c.png", _png(23)))
+    page.pg.wait_for_url("**#/upload/*")
+    page.settle()
+    assert _hits(page, "upload").count() == 15 and page.pg.url != first
+
+
+def test_22_address_parameters_are_checked_and_corrected_in_the_address(page):
+    page.open("#/query/3?k=999&layer=9")
+    assert page.pg.url.endswith("#/query/3")
+    notice = page.pg.locator("#notice").inner_text()
+    assert "k=999 is not valid (1 to 39 results per layer)" in notice
+    assert "layer=9 is not valid" in notice
+    assert _hits(page).count() == 15  # the defaults: 5 per layer, all layers
+    page.go("#/query/3?k=10&layer=6")
+    assert page.pg.url.endswith("#/query/3?k=10&layer=6") and page.pg.locator("#notice").is_hidden()
+    assert _hits(page).count() == 10
+    page.go("#/gallery?page=abc&x=1")
+    assert page.pg.url.endswith("#/gallery")
+
+
+def test_22_page_numbers_are_clamped_with_a_last_page_link(page):
+    page.open()
+    page.pg.evaluate("() => { state.pageSize = 12; }")  # 40 images: 4 pages
+    page.go("#/gallery?page=99")
+    assert page.pg.url.endswith("#/gallery?page=4")
+    pager = page.pg.locator("#view-gallery .pager").first
+    assert pager.locator(".range").inner_text() == "37–40 of 40 · page 4 of 4"
+    assert "1 to" not in page.pg.locator("#announce").inner_text()
+    assert "images 37 to 40 of 40" in page.pg.locator("#announce").inner_text()
+    page.go("#/gallery?page=2")
+    last = pager.get_by_label("Last page (4)")
+    assert last.get_attribute("href") == "#/gallery?page=4"
+    assert pager.get_by_label("First page").get_attribute("href") == "#/gallery"
+
+
+def test_22_thumbnails_are_large_enough_and_5_per_layer_show_at_1366(page):
+    page.open("#/query/2")
+    page.pg.wait_for_function("() => [...document.querySelectorAll('.hit img')]"
+                              ".every(i => i.complete)")
+    for box in page.pg.locator("[data-testid=query-results] .layer").all():
+        rects = box.locator(".hit img").evaluate_all(
+            "i => i.map(x => x.getBoundingClientRect()).map(r => [r.width, r.bottom])")
+        assert all(w >= 96 for w, _ in rects), rects
+        assert sum(bottom <= DESKTOP["height"] for _, bottom in rects) >= 5, rects
+    first = page.pg.locator("[data-testid=query-results] .hit a").first
+    first.hover()
+    page.pg.wait_for_timeout(300)  # the zoom's transition
+    assert first.locator("img").evaluate("i => i.getBoundingClientRect().width") >= 190
+
+
+def test_22_post_relu_rows_show_no_course_number(page):
+    def both(route: object) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["map"] = body["map"] + [dict(m, relu=True) for m in body["map"]]
+        route.fulfill(response=response, json=body)
+
+    page.pg.route("**/api/results", both)
+    page.open("#/results")
+    rows = page.pg.locator("[data-testid=map-table] tbody tr").all()
+    assert len(rows) == 6
+    for row in rows:
+        cells = row.locator("td").all_inner_texts()
+        if cells[0] == "post-ReLU":
+            assert cells[-1] == "—"
+        else:
+            assert cells[-1].endswith("%")
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_22_the_report_is_styled_in_the_app_and_from_disk_and_axe_clean(browser, server,
+                                                                       web_run, viewport):
+    from neuralcodes.report import write_report
+
+    axe_module = pytest.importorskip("axe_playwright_python.sync_playwright")
+    size = DESKTOP if viewport == "desktop" else PHONE
+    html = write_report(web_run)[1]
+    p = Page(browser, server, size)
+    try:
+        for url in (server + "report.html", html.resolve().as_uri()):
+            p.pg.goto(url)
+            p.pg.wait_for_load_state("load")
+            # the report's own style applies (the app's CSP blocked it before)
+            assert p.pg.locator("main").evaluate("m => getComputedStyle(m).maxWidth") == "960px"
+            width = p.pg.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= size["width"], (url, width)
+            assert p.pg.locator("h2").first.inner_text() == "Answers"
+            result = axe_module.Axe().run(p.pg)
+            bad = [(v["id"], v["impact"]) for v in result.response["violations"]
+                   if v["impact"] in ("serious", "critical")]
+            assert not bad, (url, bad)
+            p.pg.screenshot(path=str(ARTIFACTS / f"report-{viewport}.png"), full_page=True)
+        assert not p.problems, p.problems  # a blocked style would be a console error
+    finally:
+        p.pg.close()
+        RunDir(web_run).report_html.unlink()
+        RunDir(web_run).report_md.unlink()
 
 
 # --------------------------------------------------------------------------- accessibility

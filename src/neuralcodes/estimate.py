@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from neuralcodes.config import Config
+from neuralcodes.course import course_reference
 from neuralcodes.evaluation import EVAL_BATCH
 from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.kernels.cpu import native_bf16
@@ -63,8 +64,16 @@ class Speeds:
 @dataclass(frozen=True)
 class StageEstimate:
     name: str
-    seconds: float
+    seconds: float  # the expected time
     detail: str
+    upper: float | None = None  # the most it can take (training: every epoch allowed), if more
+
+
+def expected_epochs(cfg: Config) -> int:
+    """Epochs training is expected to run: as many as the course's reference run needed before
+    early stopping ended it (10), plus the patience, within the epoch limit."""
+    reference = course_reference()["early_stopping"]["stopped_after_epoch"]
+    return min(cfg.train.max_epochs, reference + cfg.train.patience)
 
 
 def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
@@ -138,12 +147,18 @@ def estimate_stages(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> list[
     # an epoch: its steps, the validation pass, last.pt and (when the epoch is best) best.pt
     epoch = (sizes["train"] / speeds.train_ips + sizes["val"] / speeds.infer_ips
              + 1.25 * speeds.checkpoint_s)
-    epochs = cfg.train.max_epochs
+    limit, expected = cfg.train.max_epochs, expected_epochs(cfg)
     evaluated = sizes["train"] + sizes["val"] + sizes["test"]
+    if expected < limit:
+        detail = (f"{expected} epochs, as many as the course's run needed before early stopping "
+                  f"ended it; at most {format_duration(limit * epoch)} for all {limit}; "
+                  f"{epoch:.1f} s per epoch at {speeds.train_ips:.0f} img/s")
+    else:
+        detail = (f"{limit} epoch{'s' * (limit != 1)} at most, {epoch:.1f} s per epoch at "
+                  f"{speeds.train_ips:.0f} img/s")
     return [
-        StageEstimate("train", epochs * epoch,
-                      f"{epoch:.1f} s per epoch at {speeds.train_ips:.0f} img/s, at most "
-                      f"{epochs} epochs; early stopping usually ends it sooner"),
+        StageEstimate("train", expected * epoch, detail,
+                      limit * epoch if expected < limit else None),
         StageEstimate("evaluate", evaluated / speeds.infer_ips,
                       f"{evaluated:,} images at {speeds.infer_ips:.0f} img/s"),
         _retrieval(cfg, sizes, speeds),
@@ -174,7 +189,7 @@ def _retrieval(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstim
 
 def seconds_per_epoch(estimates: list[StageEstimate], cfg: Config) -> float:
     """The training stage's estimate for one epoch."""
-    return next(e.seconds for e in estimates if e.name == "train") / cfg.train.max_epochs
+    return next(e.seconds for e in estimates if e.name == "train") / expected_epochs(cfg)
 
 
 def format_duration(seconds: float) -> str:
@@ -189,6 +204,11 @@ def format_duration(seconds: float) -> str:
 def plan_lines(cfg: Config, estimates: list[StageEstimate], speeds: Speeds) -> list[str]:
     """The plan's time lines: one per stage, and what bf16 would gain where it is native."""
     lines = [f"  {e.name:<10} ~{format_duration(e.seconds):>9}  ({e.detail})" for e in estimates]
+    total = sum(e.seconds for e in estimates)
+    upper = sum(e.upper or e.seconds for e in estimates)
+    if len(estimates) > 1:
+        lines.append(f"  {'in all':<10} ~{format_duration(total):>9}"
+                     + (f"  (at most {format_duration(upper)})" if upper > total else ""))
     lines += [f"Convolution kernels, {mode}: {text}" for mode, text in speeds.kernels.items()]
     if speeds.bf16_train_ips:
         gain = speeds.bf16_train_ips / speeds.train_ips

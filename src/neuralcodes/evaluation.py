@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json, write_json, write_text
+from neuralcodes.progress import bar as progress_bar
 from neuralcodes.retrieval.metrics import topk_correct
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
@@ -37,7 +37,7 @@ def evaluate_split(
     dist = dist or Dist()
     lo, hi = dist.shard(len(data))
     sums = torch.zeros(4, dtype=torch.float64)
-    with eval_mode(model), tqdm(total=hi - lo, unit="img", desc=desc, disable=not progress,
+    with eval_mode(model), progress_bar(total=hi - lo, unit="img", desc=desc, disable=not progress,
                                 leave=False, dynamic_ncols=True) as bar:
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)

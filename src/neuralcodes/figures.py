@@ -104,6 +104,7 @@ class _Cell:
     top: str
     bottom: str = ""
     bottom_colour: str = "black"
+    badge: str = ""  # ✓ or ✗, drawn large on the image's corner (not colour alone)
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
@@ -118,7 +119,7 @@ def _result_cell(r: Result, rank: int) -> _Cell:
     mark = {True: " ✓", False: " ✗", None: ""}[r.same]
     colour = {True: SAME_COLOUR, False: OTHER_COLOUR, None: NEUTRAL_COLOUR}[r.same]
     return _Cell(r.image, colour, f"{rank}. {_short(r.label)}", f"sim {r.score:.3f}{mark}",
-                 colour if r.same is not None else "black")
+                 colour if r.same is not None else "black", mark.strip())
 
 
 def _render(grid: Sequence[Sequence[_Cell | None]], path: str | Path, *, scale: int,
@@ -151,6 +152,11 @@ def _render(grid: Sequence[Sequence[_Cell | None]], path: str | Path, *, scale: 
             canvas[y + frame:y + side - frame, x + frame:x + side - frame] = _upscale(
                 cell.image[..., :3], scale)[:side - 2 * frame, :side - 2 * frame]
             texts.append((x + side / 2, y - 2, cell.top, "black", "bottom", {}))
+            if cell.badge:  # the mark itself, white on the frame's colour, top-left corner
+                texts.append((x + frame + 1, y + frame + 1, cell.badge, "white", "top", {
+                    "ha": "left", "fontsize": 11, "weight": "bold", "bbox": {
+                        "boxstyle": "round,pad=0.15", "fc": cell.frame, "ec": "white",
+                        "lw": 1}}))
             if cell.bottom:
                 texts.append((x + side / 2, y + side + 2, cell.bottom, cell.bottom_colour, "top",
                               {}))
@@ -164,7 +170,7 @@ def _render(grid: Sequence[Sequence[_Cell | None]], path: str | Path, *, scale: 
     ax.set_ylim(height - 0.5, -0.5)
     ax.axis("off")
     for tx, ty, text, colour, va, kw in texts:
-        ax.text(tx, ty, text, ha="center", va=va, color=colour, **({"fontsize": 8} | kw))
+        ax.text(tx, ty, text, va=va, color=colour, **({"fontsize": 8, "ha": "center"} | kw))
     if title:
         ax.text(width / 2, pad, title, ha="center", va="top", fontsize=11)
     with atomic_path(path, suffix=".png") as tmp:
@@ -211,30 +217,46 @@ def _save(fig: Any, path: str | Path, metadata: dict[str, str] | None = None) ->
 
 
 def plot_pca(table: Sequence[dict[str, Any]], path: str | Path, *, title: str = "",
-             metadata: dict[str, str] | None = None) -> Path:
-    """mAP against PCA dimensions per layer: solid = PCA, dashed = PCA-whitening, dotted
-    horizontal line = the uncompressed code."""
+             chance: float | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """mAP (%) against PCA dimensions per layer: solid = PCA, dashed = PCA-whitening, dotted
+    horizontal line = the uncompressed code; error bars: the 95% interval of each point's
+    difference to the uncompressed code (where recorded), drawn around the point; grey dashed:
+    ``chance``, the mAP of a random ranking (the y-axis always includes it)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     layers = sorted({row["layer"] for row in table})
     for i, layer in enumerate(layers):
         colour = f"C{i}"
-        for whiten, style in ((False, "o-"), (True, "s--")):
-            pts = sorted((row["dims"], row["map"]) for row in table if row["layer"] == layer
-                         and row["dims"] != "full" and bool(row.get("whiten")) == whiten)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour,
-                        label=f"layer {layer}" + (" whitened" if whiten else " PCA"))
         full = [row["map"] for row in table if row["layer"] == layer and row["dims"] == "full"]
+        for whiten, style in ((False, "o-"), (True, "s--")):
+            rows = sorted((row for row in table if row["layer"] == layer
+                           and row["dims"] != "full" and bool(row.get("whiten")) == whiten),
+                          key=lambda row: row["dims"])
+            if not rows:
+                continue
+            xs = [row["dims"] * (0.96 if whiten else 1.0) for row in rows]  # apart, not hidden
+            ys = [100 * row["map"] for row in rows]
+            err = None
+            if full and all(row.get("ci95") for row in rows):
+                err = [[max(0.0, y - 100 * (full[0] + row["ci95"][0])) for y, row in
+                        zip(ys, rows, strict=True)],
+                       [max(0.0, 100 * (full[0] + row["ci95"][1]) - y) for y, row in
+                        zip(ys, rows, strict=True)]]
+            ax.errorbar(xs, ys, yerr=err, fmt=style, color=colour, capsize=2, lw=1.2,
+                        label=f"layer {layer}" + (" whitened" if whiten else " PCA"))
         if full:
-            ax.axhline(full[0], color=colour, ls=":", lw=1.2, label=f"layer {layer} full")
+            ax.axhline(100 * full[0], color=colour, ls=":", lw=1.2,
+                       label=f"layer {layer} full")
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", ls="--", lw=1.2, label="chance (random ranking)")
+        ax.set_ylim(bottom=min(ax.get_ylim()[0], 100 * chance - 1))
     ax.set_xscale("log", base=2)
     dims = sorted({row["dims"] for row in table if row["dims"] != "full"})
     if dims:
         ax.set_xticks(dims, [str(d) for d in dims])
         ax.minorticks_off()
     ax.set_xlabel("PCA dimensions")
-    ax.set_ylabel("mAP (ood)")
+    ax.set_ylabel("mAP (ood), %")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=len(layers))
     ax.set_title(title or "PCA-compressed neural codes")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, add_progress_option, config_from_args
 
-PRESET_NAMES = ("assignment", "quick", "improved")
+PRESET_NAMES = ("assignment", "quick", "improved", "quick-improved")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run directory (default: runs/<preset>)")
     p.add_argument("--preset", choices=PRESET_NAMES, default="assignment",
                    help="assignment: the exact protocol (default); quick: a CPU smoke run that "
-                        "still makes every artifact; improved: + augmentation and batch norm")
+                        "still makes every artifact; improved: + augmentation and batch norm; "
+                        "quick-improved: quick + the same two techniques (compare it with quick "
+                        "in minutes)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the plan (data sizes, expected time of every stage on this "
+                        "machine from a short probe) and exit without creating anything")
     add_progress_option(p)
     add_config_options(p, "--data", "--cache-dir", "--url", "--epochs", "--device", "--precision")
     p.set_defaults(func=main)
@@ -32,6 +37,11 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, preset_config(args.preset))
     out = args.out or Path("runs") / args.preset
+    if args.plan:
+        from neuralcodes.plan import plan
+
+        print("\n".join(plan(cfg, out, command="run", preset=args.preset)))
+        return 0
     with console_logging(), run_lock(out, "run"):
         report = run(cfg, out, preset=args.preset, progress=not args.no_progress)
     print(report)  # stdout: the report's path (the log went to stderr)

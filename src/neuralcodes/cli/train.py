@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="with --resume: last (default) continues exactly where it stopped; "
                        "best goes back to the kept weights (best.pt) with a fresh Adam, and "
                        "train.lr may change too (after a NaN loss)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the plan (data sizes, expected training time on this machine "
+                        "from a short probe) and exit without creating anything")
     add_progress_option(p)
     add_config_options(p, "--data", "--cache-dir", "--url", "--epochs", "--device", "--precision")
     p.set_defaults(func=main)
@@ -50,6 +53,11 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out)
     else:
         out = Path(args.runs_dir) / (args.name or time.strftime("convnet-%Y%m%d-%H%M%S"))
+    if args.plan:
+        from neuralcodes.plan import plan
+
+        print("\n".join(plan(cfg, out, command="train")))
+        return 0
     with console_logging(), run_lock(out, "train"):
         run = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress,
                     start_from=args.start_from)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from neuralcodes.data.source import (
     IMAGE_SHAPE,
@@ -29,6 +28,7 @@ from neuralcodes.data.source import (
     read_member,
 )
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.progress import bar as progress_bar
 
 ROW_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 CHUNK_IMAGES = 512  # images per worker task
@@ -74,7 +74,7 @@ def decode_all(src: Source, items: list[Item], out: Path, offset: int, *, worker
     # forked workers inherit this (and the archive the parent already opened and parsed)
     _WORKER.update(src=src.path, root=src.root, out=str(out), offset=offset, zip=src.archive)
     try:
-        with tqdm(total=len(items), desc="decode train images", unit="img",
+        with progress_bar(total=len(items), desc="decode train images", unit="img",
                   disable=not progress) as bar:
             if processes == 1:
                 for task in tasks:

@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.progress import Bar
+from neuralcodes.progress import bar as progress_bar
 
 #: The official archive (cs231n, Stanford).
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -59,8 +59,8 @@ def download(url: str, dest: str | os.PathLike[str], md5: str | None, *, progres
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     failures = 0
-    bar = tqdm(desc=f"download {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
-               disable=not progress)
+    bar = progress_bar(desc=f"download {dest.name}", unit="B", unit_scale=True,
+                       unit_divisor=1024, disable=not progress)
     try:
         while True:
             have = part.stat().st_size if part.exists() else 0
@@ -87,7 +87,7 @@ def download(url: str, dest: str | os.PathLike[str], md5: str | None, *, progres
     return dest
 
 
-def _fetch(url: str, part: Path, have: int, timeout: float, bar: tqdm) -> bool:
+def _fetch(url: str, part: Path, have: int, timeout: float, bar: Bar) -> bool:
     """One attempt: append the rest of the file to ``part``. True when the file is complete."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:

@@ -8,14 +8,22 @@ never states something the tables next to it contradict.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import shlex
+from pathlib import Path
 from typing import Any
+
+from neuralcodes.report.facts import chance_map_of_sizes, equal_class_sizes
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
 PAPER_BEST_LAYER = "6"
 #: Colour similarities (means without recorded intervals) closer than this count as equal.
 COLOUR_TIE = 0.01
+#: Below this test top-1 accuracy a model is too weak to test the paper's claims about its
+#: codes (the course's reference model reached 35% on 190 classes).
+MIN_TOP1_FOR_CLAIMS = 0.25
 
 
 def _variant(facts: dict[str, Any]) -> str:
@@ -71,6 +79,11 @@ def course_curves(facts: dict[str, Any]) -> dict[str, Any] | None:
     keys = ("train_loss", "val_loss", "train_acc", "val_acc")
     rows = [{"epoch": r["epoch"], **{k: (r.get(k), c[k], None if r.get(k) is None
                                          else r[k] - c[k]) for k in keys}} for r, c in both]
+    cmp = comparability(facts)
+    norm = [{"epoch": r["epoch"],
+             **{k: (_normalise(k, r.get(k), cmp["run_classes"]),
+                    _normalise(k, c[k], cmp["course_classes"])) for k in keys}}
+            for r, c in both]
     mean = {k: sum(row[k][2] for row in rows) / len(rows) for k in keys
             if all(row[k][2] is not None for row in rows)}
     data = facts["saved"].get("data", {})
@@ -87,7 +100,48 @@ def course_curves(facts: dict[str, Any]) -> dict[str, Any] | None:
         setup.append(f"{steps:,} step{'s' * (steps != 1)} per epoch instead of "
                      f"{ref['steps_per_epoch']}")
     return {"rows": rows, "n": len(rows), "mean": mean, "setup_differences": setup,
-            "run_epochs": len(facts["epochs"]), "course_epochs": len(course)}
+            "run_epochs": len(facts["epochs"]), "course_epochs": len(course),
+            "like_for_like": cmp["same_classes"], "normalised": norm}
+
+
+def comparability(facts: dict[str, Any]) -> dict[str, Any]:
+    """Whether this run's numbers compare directly with the course's: the same number of
+    in-domain classes (losses and accuracies) and of ood classes and images (mAP)."""
+    ref = facts["course"]
+    data = facts["saved"].get("data", {})
+    run_classes = facts["architecture"]["num_classes"]
+    chance = facts.get("chance") or {}
+    course_ood = ref.get("ood", {"classes": 10, "images": 5000})
+    return {"run_classes": run_classes, "course_classes": ref["num_classes"],
+            "same_classes": run_classes == ref["num_classes"],
+            "run_ood": {"classes": chance.get("classes") or len(data.get("ood_classes") or []),
+                        "images": chance.get("images")},
+            "course_ood": course_ood,
+            "same_ood": (chance.get("classes"), chance.get("images")) == (
+                course_ood["classes"], course_ood["images"])}
+
+
+def _normalise(key: str, value: float | None, classes: int) -> float | None:
+    """A loss as a share of ln C (1 = a uniform guess over C classes), an accuracy as a
+    multiple of chance (1/C)."""
+    if value is None:
+        return None
+    return value / math.log(classes) if key.endswith("loss") else value * classes
+
+
+def quality(facts: dict[str, Any]) -> dict[str, Any] | None:
+    """Is the classifier good enough for its codes to test the paper's claims?"""
+    test = ((facts.get("eval") or {}).get("splits") or {}).get("test")
+    if not test:
+        return None
+    n = facts["architecture"]["num_classes"]
+    chance = 1 / n
+    se = math.sqrt(chance * (1 - chance) / max(1, test.get("n") or 1))
+    at_chance = test["top1"] <= chance + 2 * se
+    return {"top1": test["top1"], "chance": chance, "times_chance": test["top1"] * n,
+            "at_chance": at_chance, "threshold": MIN_TOP1_FOR_CLAIMS,
+            "weak": at_chance or test["top1"] < MIN_TOP1_FOR_CLAIMS,
+            "course_top1": facts["course"]["evaluation"]["test"]["top1"]}
 
 
 # --------------------------------------------------------------------------- classification
@@ -115,10 +169,21 @@ def results(facts: dict[str, Any]) -> dict[str, Any] | None:
                                for m in (train, test)))
     course = facts["course"]["evaluation"]
     side = [{"split": s, "run": splits.get(s), "course": course[s]} for s in course]
+    cmp = comparability(facts)
+    for row in side:
+        run = row["run"] or {}
+        row["norm"] = {
+            "loss": (_normalise("loss", run.get("loss"), n_cls),
+                     _normalise("loss", row["course"]["loss"], cmp["course_classes"])),
+            "top1": (_normalise("acc", run.get("top1"), n_cls),
+                     _normalise("acc", row["course"]["top1"], cmp["course_classes"])),
+            "top5": (None if run.get("top5") is None else run["top5"] / chance5,
+                     row["course"]["top5"] / min(1.0, 5 / cmp["course_classes"]))}
     return {"splits": splits, "epoch": ev.get("epoch"), "checkpoint": ev.get("checkpoint"),
             "chance_top1": chance1, "chance_top5": chance5, "at_chance": at_chance,
             "test": test, "train": train, "gap": gap, "gap_se": gap_se,
-            "gap_significant": gap is not None and gap > 2 * gap_se, "side_by_side": side}
+            "gap_significant": gap is not None and gap > 2 * gap_se, "side_by_side": side,
+            "like_for_like": cmp["same_classes"]}
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -159,7 +224,14 @@ def layers(facts: dict[str, Any]) -> dict[str, Any] | None:
     else:
         verdict = "inconclusive"
     course_map = facts["course"]["map"]
+    cmp = comparability(facts)
+    course_ood = cmp["course_ood"]
+    course_chance = chance_map_of_sizes(equal_class_sizes(course_ood["images"],
+                                                          course_ood["classes"]))
     return {
+        "course_chance": course_chance,
+        "course_times_chance": {k: v / course_chance for k, v in course_map.items()},
+        "like_for_like": cmp["same_ood"] and cmp["same_classes"], "comparability": cmp,
         "variant": variant, "maps": ours, "order": order, "best_point": order[0],
         "per_layer": {k: per[k] for k in ours}, "all": maps,
         "chance": chance, "chance_source": (facts.get("chance") or {}).get("source"),
@@ -253,11 +325,40 @@ def techniques(facts: dict[str, Any]) -> dict[str, Any]:
     for run in facts.get("improved", []):
         top1 = run["eval"]["splits"]["test"]["top1"]
         note = {"name": run["name"], "techniques": run["techniques"], "top1": top1,
-                "diff": None if base is None else top1 - base}
+                "diff": None if base is None else top1 - base,
+                "max_epochs": run.get("max_epochs"),
+                "same_budget": run.get("max_epochs") == facts["saved"].get("config", {}).get(
+                    "train", {}).get("max_epochs")}
         for t in run["techniques"]:
             measured.setdefault(t, []).append(note)
     data = facts["saved"].get("data", {})
     n_classes = data.get("num_classes") or 1
     return {"measured": measured, "base": base,
             "per_class": data.get("sizes", {}).get("train", 0) // n_classes,
-            "params": facts["architecture"]["total"]}
+            "params": facts["architecture"]["total"], "command": improve_command(facts),
+            "minutes": sum((facts.get("timings") or {}).get("actual", {}).values()) / 60 or None}
+
+
+def improve_command(facts: dict[str, Any]) -> str:
+    """The command that trains this run's twin with the two techniques, next to it: the same
+    data, classes and epoch budget (the matching preset where this run is one)."""
+    from neuralcodes.config import Config
+    from neuralcodes.pipeline import preset_config
+
+    cfg = Config.from_dict(facts["saved"]["config"])
+    source = cfg.data.source
+    data = f" --data {shlex.quote(source)}" if source else ""
+    twin = Path(facts["root"]).parent / f"{facts['run']}-improved"  # a sibling: found by the report
+    with contextlib.suppress(ValueError):
+        twin = twin.relative_to(Path.cwd())
+    out = shlex.quote(twin.as_posix())
+    for name, twin in (("quick", "quick-improved"), ("assignment", "improved")):
+        preset = Config.from_dict(preset_config(name))
+        budget = (preset.train.max_epochs, preset.train.patience) == (
+            cfg.train.max_epochs, cfg.train.patience)  # resumable, yet part of the comparison
+        if budget and not preset.differences(cfg) and not cfg.train.augment \
+                and not cfg.model.batch_norm:
+            return f"neuralcodes run --preset {twin}{data} --out {out}"
+    config = shlex.quote(f"{facts['root']}/config.json")
+    return (f"neuralcodes run --config {config} --set train.augment=true "
+            f"--set model.batch_norm=true --out {out}")

@@ -82,6 +82,7 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
         "retrieval": _retrieval_facts(rd, lin, k),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
+        "timings": _read_optional(rd.timings),
         # How the text names the artifacts it cites (relative to the run directory).
         "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
             ("map", rd.map_json), ("pca", rd.pca_json), ("evidence", rd.evidence_json),
@@ -148,8 +149,10 @@ def _retrieval_facts(rd: RunDir, lin: _Lineage, k: int) -> dict[str, Any]:
                            "evidence": lin.read(rd.evidence_json, again)}
     combined = rd.top_figure(k)
     per_layer = [rd.top_figure(k, layer) for layer in LAYERS]
-    figures = [combined] if combined.is_file() else [p for p in per_layer if p.is_file()]
-    out["figures"] = [p for p in figures if lin.current(p, again)]
+    # each layer's figure at a legible size; the layers side by side as one more figure
+    out["figures"] = [p for p in per_layer if p.is_file() and lin.current(p, again)]
+    out["combined_figure"] = (combined if combined.is_file() and lin.current(combined, again)
+                              else None)
     out["pca_plot"] = rd.pca_plot if lin.current(rd.pca_plot, again) else None
     return out
 
@@ -188,5 +191,6 @@ def _find_improved_runs(rd: RunDir, saved: dict[str, Any]) -> list[dict[str, Any
                                 ("batch_norm", cfg.get("model", {}).get("batch_norm"))) if on]
         if used:
             found.append({"name": path.name, "techniques": used,
-                          "eval": read_json(other.eval_json)})
+                          "eval": read_json(other.eval_json),
+                          "max_epochs": cfg.get("train", {}).get("max_epochs")})
     return found

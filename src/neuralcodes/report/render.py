@@ -9,8 +9,10 @@ through (it is shown as text), and every image is read from the run directory an
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import logging
+import math
 import mimetypes
 import re
 import xml.etree.ElementTree as ET
@@ -22,16 +24,40 @@ from neuralcodes.report import analysis
 
 log = logging.getLogger(__name__)
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
-         "padding:0 1rem;line-height:1.5;color:#222}table{border-collapse:collapse;"
-         "margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}"
-         "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+#: The page's one stylesheet, inline so that report.html is one file; the web app serves the
+#: page with a policy that allows exactly this style (its sha256: :func:`style_hashes`).
+STYLE = ("body{font-family:system-ui,sans-serif;margin:0;line-height:1.5;color:#222}"
+         "main{max-width:60rem;margin:2rem auto;padding:0 1rem}"
+         "table{border-collapse:collapse;margin:0}td,th{border:1px solid #ccc;"
+         "padding:.25rem .6rem;text-align:right;white-space:nowrap}"
+         "td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}"
          "code{background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}"
-         # wide tables scroll inside their box on a phone instead of widening the page
-         "table{display:block;max-width:100%;overflow-x:auto}")
+         "a{color:#0550ae}"
+         # wide tables and figures scroll inside a labelled box that the keyboard can reach
+         ".scroll{max-width:100%;overflow-x:auto;margin:1rem 0}"
+         ".scroll:focus-visible{outline:2px solid #0969da;outline-offset:2px}"
+         # a figure keeps a legible size on a phone: scroll sideways rather than shrink it
+         "@media (max-width:40rem){.scroll img{max-width:none;width:40rem}}")
 
 
 # --------------------------------------------------------------------------- Jinja2 filters
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A share as a percentage (``27.4%``), the report's one unit for accuracies and mAP."""
+    return "—" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def pp(x: float | None, digits: int = 1, unsigned: bool = False) -> str:
+    """A difference of two percentages in percentage points (``+0.3 pp``)."""
+    if x is None:
+        return "—"
+    return f"{100 * x:.{digits}f} pp" if unsigned else f"{100 * x:+.{digits}f} pp"
+
+
+def times(x: float | None) -> str:
+    """A multiple (``1.33×``)."""
+    return "—" if x is None else f"{x:.2f}×"
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -53,8 +79,20 @@ def cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def interval(lo: float, hi: float, digits: int = 3) -> str:
-    return f"95% CI {lo:+.{digits}f} to {hi:+.{digits}f}"
+def interval(lo: float, hi: float, digits: int = 1) -> str:
+    """A 95% interval of a difference of shares, in percentage points."""
+    return f"95% CI {100 * lo:+.{digits}f} to {100 * hi:+.{digits}f} pp"
+
+
+def anchor(heading: str) -> str:
+    """The id of a heading: GitHub's rule (lower case, punctuation dropped, spaces to hyphens),
+    so that the Markdown's links work on GitHub and in report.html alike."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower(), flags=re.ASCII)
+    return text.replace(" ", "-")
+
+
+def _slugify(value: str, separator: str) -> str:  # python-markdown's toc extension API
+    return anchor(value)
 
 
 def _environment(base: Path) -> Any:
@@ -64,9 +102,9 @@ def _environment(base: Path) -> Any:
         loader=jinja2.PackageLoader("neuralcodes.report", "templates"),
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined, autoescape=False)
-    env.filters.update(fmt=fmt, signed=signed, thousands=thousands, cell=cell,
-                       rel=lambda p: _relative(Path(p), base))
-    env.globals["interval"] = interval
+    env.filters.update(fmt=fmt, signed=signed, thousands=thousands, cell=cell, pct=pct, pp=pp,
+                       times=times, rel=lambda p: _relative(Path(p), base))
+    env.globals.update(interval=interval, log=math.log)
     return env
 
 
@@ -86,6 +124,7 @@ def render(facts: dict[str, Any]) -> str:
         "curves": analysis.course_curves(facts), "results": analysis.results(facts),
         "layers": analysis.layers(facts), "evidence": analysis.evidence(facts),
         "pca": analysis.pca(facts), "techniques": analysis.techniques(facts),
+        "quality": analysis.quality(facts),
     }
     text = _environment(base).get_template("report.md.j2").render(**view)
     text = re.sub(r"\n+(#+ )", r"\n\n\1", text)  # a blank line before every heading
@@ -112,12 +151,38 @@ def _inline_images(base: Path) -> Any:
                     parents[img].remove(img)
                 else:
                     img.set("src", data)
+                    _scroll_box(parents[img], parents, img.get("alt") or "figure")
+            for table in list(root.iter("table")):
+                head = [th.text or "" for th in table.iter("th")][:3]
+                _scroll_box(table, parents, "table: " + ", ".join(h for h in head if h))
 
     class InlineImages(Extension):
         def extendMarkdown(self, md: Any) -> None:  # noqa: N802 (python-markdown's API)
             md.treeprocessors.register(Inline(md), "inline_images", 0)
 
     return InlineImages()
+
+
+def _scroll_box(node: ET.Element, parents: dict[ET.Element, ET.Element], label: str) -> None:
+    """Put ``node`` (a table, or the paragraph holding an image) into a scroll box that the
+    keyboard can reach and a screen reader names (axe: scrollable-region-focusable)."""
+    parent = parents.get(node)
+    if parent is None:
+        return
+    box = ET.Element("div", {"class": "scroll", "tabindex": "0", "role": "region",
+                             "aria-label": label})
+    index = list(parent).index(node)
+    parent.remove(node)
+    box.append(node)
+    box.tail, node.tail = node.tail, None
+    parent.insert(index, box)
+    parents[node], parents[box] = box, parent
+
+
+def style_hashes(page: str) -> list[str]:
+    """CSP sources (``'sha256-...'``) of every inline ``<style>`` of an HTML page."""
+    return ["'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+            for m in re.findall(r"<style>(.*?)</style>", page, flags=re.S)]
 
 
 def _data_uri(base: Path, src: str) -> str | None:
@@ -136,12 +201,14 @@ def to_html(markdown_text: str, title: str, base: str | Path) -> str:
     """One self-contained HTML page from the report's Markdown (images relative to ``base``)."""
     import markdown
 
-    md = markdown.Markdown(extensions=["tables", _inline_images(Path(base))])
+    md = markdown.Markdown(extensions=["tables", "toc", _inline_images(Path(base))],
+                           extension_configs={"toc": {"slugify": _slugify}})
     # Raw HTML and <http://...> autolinks in the text stay text: nothing can load from outside.
     md.preprocessors.deregister("html_block")
     for name in ("html", "autolink", "automail"):
         md.inlinePatterns.deregister(name)
     body = md.convert(markdown_text)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+            f"<body>\n<main>\n{body}\n</main>\n</body></html>\n")

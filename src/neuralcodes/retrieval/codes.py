@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
 from neuralcodes.model import CODE_LAYERS
+from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import (
     INFER_BATCH,
@@ -142,7 +142,7 @@ def extract_code_variants(
     model.to(dev)
     n = len(images)
     out: dict[bool, dict[str, np.ndarray]] = {bool(v): {} for v in variants}
-    with eval_mode(model), tqdm(total=n, unit="img", desc="codes", disable=not progress,
+    with eval_mode(model), progress_bar(total=n, unit="img", desc="codes", disable=not progress,
                                 leave=False, dynamic_ncols=True) as bar:
         for start in range(0, n, batch_size):
             x = to_input(np.array(images[start:start + batch_size]), dev)  # writable copy

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from neuralcodes import imageio
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.progress import bar as progress_bar
 
 IMAGE_SIZE = imageio.IMAGE_SIZE
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -61,8 +61,9 @@ def read_images(paths: Iterable[str | Path], progress: bool = False
     while first < len(paths) and not ok:
         read(paths[first])
         first += 1
-    for p in tqdm(paths[first:], initial=first, total=len(paths), unit="img", desc="reading",
-                  disable=not progress or first == len(paths), leave=False):
+    for p in progress_bar(paths[first:], initial=first, total=len(paths), unit="img",
+                          desc="reading", disable=not progress or first == len(paths),
+                          leave=False):
         read(p)
     arr = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return arr, ok, failed

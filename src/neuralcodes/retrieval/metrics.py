@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.progress import bar as progress_bar
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)
@@ -205,7 +205,7 @@ def _in_chunks(
     q, n = len(query_labels), len(database_labels)
     chunk = chunk_size or max(1, CHUNK_BYTES // (40 * max(n, 1)))
     parts: list[RankingMetrics] = []
-    with tqdm(total=q, unit="query", desc=desc, disable=not progress, leave=False,
+    with progress_bar(total=q, unit="query", desc=desc, disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
         for start in range(0, q, chunk):
             stop = min(start + chunk, q)

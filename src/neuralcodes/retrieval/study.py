@@ -202,7 +202,8 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
     if lineage.needs_run("PCA study", [run.dir.pca_json, run.dir.pca_plot], fp, force=force):
         train = _train_codes(run, main, pca_images, layers)
         table = pca_study(train, codes, cfg.pca_dims, progress)
-        plot_pca(table, run.dir.pca_plot, metadata=lineage.png_metadata(fp),
+        plot_pca(table, run.dir.pca_plot, chance=result["map"].get("chance_map"),
+                 metadata=lineage.png_metadata(fp),
                  title=f"PCA-compressed {VARIANT[main]}-ReLU codes (fitted on train)")
         write_json(run.dir.pca_json, lineage.stamped({"relu": main, "fit": {
             "split": "train", "images": len(next(iter(train.values())))}, "table": table}, fp))

@@ -58,7 +58,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuralcodes.config import Config
 from neuralcodes.course import course_reference
@@ -68,6 +67,7 @@ from neuralcodes.evaluation import evaluate_split
 from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.model import ConvNet, count_parameters
+from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runs import RunDir, check_same_splits
 from neuralcodes.runtime import threads
 from neuralcodes.training.batches import SplitData, epoch_order
@@ -368,9 +368,9 @@ def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
     s.net.train()
     done = 0
     began = time.perf_counter()
-    bar = tqdm(total=len(data), initial=min(start_step * t.batch_size, len(data)), unit="img",
-               desc=f"epoch {epoch}/{t.max_epochs}", disable=not s.progress, leave=False,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(data), initial=min(start_step * t.batch_size, len(data)),
+                       unit="img", desc=f"epoch {epoch}/{t.max_epochs}",
+                       disable=not s.progress, leave=False, dynamic_ncols=True)
     with bar:
         for step in range(start_step, n_steps):
             chunk = order[step * t.batch_size:(step + 1) * t.batch_size]
@@ -438,7 +438,11 @@ def _write_progress(s: _Session, finished: bool) -> None:
     write_text(s.run.metrics, "".join(json.dumps(r) + "\n" for r in s.rows))
     now = time.monotonic()
     if finished or now - s.plotted >= PLOT_INTERVAL_S:  # every epoch of a real run
-        plot_learning_curves(s.rows, s.run.curves, reference=course_reference()["epochs"])
+        # the course's curves only beside a run of as many classes: a loss of 15 classes and
+        # one of 190 are not on the same scale
+        ref = course_reference()
+        same = s.model.num_classes == ref["num_classes"]
+        plot_learning_curves(s.rows, s.run.curves, reference=ref["epochs"] if same else None)
         s.plotted = now
     es = s.stopping
     write_json(s.run.train_state, {

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from neuralcodes.config import Config
+from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runtime import threads
 from neuralcodes.training.distributed import device_for
 from neuralcodes.training.step import build_model, make_optimizer, train_step
@@ -45,7 +45,8 @@ def _measure(cfg: Config, num_classes: int, steps: int, warmup: int, progress: b
     labels = torch.randint(0, num_classes, (4 * n,), generator=gen).to(device)
     model.train()
     began = 0.0
-    for i in tqdm(range(warmup + steps), desc="throughput", disable=not progress, leave=False):
+    for i in progress_bar(range(warmup + steps), desc="throughput", disable=not progress,
+                          leave=False):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -33,6 +33,7 @@ from typing import Any
 
 from neuralcodes.config import RetrievalConfig, ServeConfig
 from neuralcodes.kernels.cpu import return_freed_memory
+from neuralcodes.report.render import style_hashes
 from neuralcodes.text import printable
 from neuralcodes.web.middleware import (
     MULTIPART_OVERHEAD,
@@ -43,7 +44,7 @@ from neuralcodes.web.middleware import (
 )
 from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
-from neuralcodes.web.security import DecodeLimiter, SameOriginPost, SecurityHeaders
+from neuralcodes.web.security import CSP, DecodeLimiter, SameOriginPost, SecurityHeaders
 from neuralcodes.web.service import MAX_K, ServedRun
 from neuralcodes.web.uploads import (
     UPLOAD_FORMATS,
@@ -146,10 +147,16 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
         return FileResponse(str(static / "favicon.svg"), media_type="image/svg+xml")
 
     @app.get("/report.html", include_in_schema=False)
-    def report() -> FileResponse:
+    def report() -> Response:
         if not retrieval.run.report_html.is_file():
             raise HTTPException(404, "this run has no report.html yet: run `neuralcodes report`")
-        return FileResponse(retrieval.run.report_html, media_type="text/html")
+        # one self-contained page: its own inline style (allowed by hash, nothing else
+        # inline), its figures as data: URLs, no script at all
+        page = retrieval.run.report_html.read_text(encoding="utf-8")
+        policy = CSP.replace("style-src 'self'", "style-src 'self' " + " ".join(
+            style_hashes(page))).replace("script-src 'self'", "script-src 'none'")
+        return Response(page, media_type="text/html",
+                        headers={"Content-Security-Policy": policy})
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 

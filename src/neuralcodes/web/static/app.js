@@ -37,14 +37,8 @@ const pct = (x, digits = 1) =>
 const num = (x, digits = 3) =>
   x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toFixed(digits);
 
-/** Fewest decimals (3 to 6) at which different scores also read differently. */
-function scoreDigits(scores) {
-  for (let d = 3; d < 6; d++) {
-    const text = scores.map((s) => s.toFixed(d));
-    if (scores.every((s, i) => i === 0 || s === scores[i - 1] || text[i] !== text[i - 1])) return d;
-  }
-  return 6;
-}
+/** A cosine similarity as people read it: two decimals (the rank orders equal-looking ones). */
+const similarity = (score) => score.toFixed(2);
 
 function formatBytes(n) {
   for (const [unit, size] of [["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
@@ -71,9 +65,17 @@ function begin() {
 const current = (token) => token.seq === state.seq;
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    const error = new Error("the server did not answer");
+    error.unreachable = true; // the server stopped, or the network is down
+    throw error;
+  }
   const type = response.headers.get("content-type") || "";
-  const body = type.includes("application/json") ? await response.json() : null;
+  const body = type.includes("application/json") ? await response.json().catch(() => null) : null;
   if (!response.ok) {
     let detail = body && body.detail;
     if (Array.isArray(detail)) {
@@ -81,13 +83,67 @@ async function api(path, options = {}) {
     }
     const error = new Error(detail || `${response.status} ${response.statusText}`);
     error.status = response.status;
+    const after = Number(response.headers.get("retry-after"));
+    if (Number.isFinite(after) && after > 0) error.retryAfter = Math.min(after, 120);
     throw error;
   }
   return body;
 }
 
-function showError(message) {
+/** What went wrong and what to do, in plain words (`what`: what the app was doing). */
+function explain(err, what) {
+  if (err.unreachable) {
+    return `The server did not answer while ${what}. Check that \`neuralcodes serve\` is still ` +
+      "running (and the network), then try again: the app retries by itself too.";
+  }
+  if (err.status === 503) {
+    return `The server is busy (${err.message}) while ${what}. ` +
+      (err.retryAfter ? `It asks to wait ${err.retryAfter} s; the button below retries then.` : "Try again in a moment.");
+  }
+  if (err.status >= 500) {
+    return `The server failed while ${what} (error ${err.status}: ${err.message}). Try again; ` +
+      "if it fails again, the server's log says why.";
+  }
+  return `${err.message.charAt(0).toUpperCase()}${err.message.slice(1)}.`.replace(/\.\.$/, ".");
+}
+
+let retryTimer = null;
+
+/** The error box: a message and, with `retry`, a "Try again" button (counting down the
+ *  server's Retry-After first; `auto`: press it by itself when the count ends). */
+function showError(message, retry = null, retryAfter = 0, auto = false) {
   const box = $("error");
+  clearInterval(retryTimer);
+  box.replaceChildren();
+  box.hidden = !message;
+  if (!message) return;
+  box.append(el("span", { class: "error-text", text: message }));
+  if (!retry) return;
+  const button = el("button", { type: "button", class: "retry", "data-testid": "retry" });
+  let left = Math.ceil(retryAfter);
+  const tick = () => {
+    // the server's Retry-After: wait it out; the app's own retries: the button works at once
+    button.disabled = left > 0 && !auto;
+    button.textContent = left <= 0 ? "Try again" : auto ? `Try again (automatically in ${left} s)` : `Try again (in ${left} s)`;
+    if (left <= 0) {
+      clearInterval(retryTimer);
+      if (auto) retry();
+    }
+    left -= 1;
+  };
+  button.addEventListener("click", () => { showError(""); retry(); });
+  box.append(" ", button);
+  tick();
+  if (left >= 0 && (retryAfter > 0 || auto)) retryTimer = setInterval(tick, 1000);
+}
+
+/** A failed request of the current view: say what happened and offer to load it again. */
+function failed(err, what) {
+  showError(explain(err, what), () => route(), err.retryAfter || 0);
+}
+
+function showNotice(message) {
+  const box = $("notice");
   box.textContent = message || "";
   box.hidden = !message;
 }
@@ -146,6 +202,38 @@ function readLayer(params) {
   return state.info.layers.includes(layer) ? layer : "all";
 }
 
+/** Values in the address that the view cannot use are replaced there (no new history entry)
+ *  by the ones it shows, and said once; returns the notes. */
+function normalise(parts, params, valid) {
+  const notes = [];
+  const clean = {};
+  for (const [key, value] of params) {
+    if (!(key in valid)) {
+      notes.push(`“${key}” is not a setting of this page`);
+      continue;
+    }
+    const [ok, shown, rule] = valid[key](value);
+    if (ok) clean[key] = value;
+    else notes.push(`${key}=${value} is not valid (${rule}): showing ${shown}`);
+  }
+  if (notes.length) {
+    history.replaceState(null, "", hashFor(parts, clean));
+    showNotice(`The address was corrected: ${notes.join("; ")}.`);
+  }
+  return notes;
+}
+
+function kRule(value) {
+  const k = Number(value);
+  return [String(k) === value && Number.isInteger(k) && k >= 1 && k <= state.info.max_k,
+    `${state.info.k} per layer`, `1 to ${state.info.max_k} results per layer`];
+}
+
+function layerRule(value) {
+  return [state.info.layers.includes(value), "all layers",
+    `layer ${state.info.layers.join(", ")} or all`];
+}
+
 function go(hash, keepFocus = false) {
   state.keepFocus = keepFocus;
   if (location.hash === hash) route();
@@ -181,7 +269,9 @@ function setTitle(title) {
 }
 
 async function route() {
+  if (!state.info) return boot();
   showError("");
+  showNotice("");
   // a new route supersedes (aborts) the previous request: its loading state must not linger
   for (const box of document.querySelectorAll(".status.busy")) {
     setStatus(box.id.replace(/-status$/, ""), "");
@@ -196,7 +286,7 @@ async function route() {
     else if (view === "api" && !arg) await renderApi();
     else notFound(`There is no page “${location.hash}” in this app.`);
   } catch (err) {
-    if (err.name !== "AbortError") showError(err.message);
+    if (err.name !== "AbortError") failed(err, "loading this page");
   } finally {
     state.keepFocus = false;
   }
@@ -214,7 +304,11 @@ async function renderGallery(params) {
   const info = state.info;
   const label = params.get("class");
   const cls = info.classes.find((c) => String(c.label) === label);
-  const page = Math.max(1, Math.trunc(Number(params.get("page"))) || 1);
+  normalise(["gallery"], params, {
+    class: (v) => [Boolean(cls), "all classes", "a class of the list"],
+    page: (v) => [/^[1-9][0-9]*$/.test(v), "page 1", "a page number from 1"],
+  });
+  let page = /^[1-9][0-9]*$/.test(params.get("page") || "") ? Number(params.get("page")) : 1;
   state.lastGallery = location.hash || "#/gallery";
   $("query-back").setAttribute("href", state.lastGallery);
   show("gallery", cls ? `Gallery: ${cls.class_name}${page > 1 ? `, page ${page}` : ""}`
@@ -238,8 +332,15 @@ async function renderGallery(params) {
     throw err;
   }
   if (!current(token)) return;
-  grid.classList.remove("stale");
   const pages = Math.max(1, Math.ceil(data.total / state.pageSize));
+  if (page > pages) {
+    // past the end: the last page instead, and the address says so
+    history.replaceState(null, "", hashFor(["gallery"], { class: cls && cls.label, page: pages > 1 ? pages : null }));
+    showNotice(`There is no page ${page}: ${cls ? "this class fills" : "the gallery has"} ${pages} page${pages === 1 ? "" : "s"}; showing the last.`);
+    state.keepFocus = true;
+    return renderGallery(parseHash().params);
+  }
+  grid.classList.remove("stale");
   grid.replaceChildren(...data.items.map((item) => {
     const img = el("img", { src: item.url, alt: "", width: 64, height: 64, loading: "lazy" });
     return el("li", {}, el("a", {
@@ -248,21 +349,16 @@ async function renderGallery(params) {
     }, img, el("span", { class: "cap" }, el("span", { class: "id", text: `#${item.id}` }),
       el("span", { class: "name", text: item.class_name }))));
   }));
-  if (data.items.length === 0) {
-    setStatus("gallery", `No images on page ${page}: ${cls ? "this class fills" : "the gallery has"} ` +
-      `${pages} page${pages === 1 ? "" : "s"}.`);
-  } else {
-    setStatus("gallery", "");
-  }
+  setStatus("gallery", data.items.length ? "" : "No images here.");
   const first = data.items.length ? offset + 1 : 0;
   const last = offset + data.items.length;
   for (const pager of document.querySelectorAll("#view-gallery .pager")) {
-    const link = (p, text, rel) => (p >= 1 && p <= pages && p !== page
-      ? el("a", { class: "button", href: hashFor(["gallery"], { class: cls && cls.label, page: p > 1 ? p : null }), rel, text })
-      : el("span", { class: "button disabled", "aria-disabled": "true", text }));
-    pager.replaceChildren(link(page - 1, "← Previous", "prev"),
+    const link = (p, text, rel, label) => (p >= 1 && p <= pages && p !== page
+      ? el("a", { class: "button", href: hashFor(["gallery"], { class: cls && cls.label, page: p > 1 ? p : null }), rel, text, "aria-label": label })
+      : el("span", { class: "button disabled", "aria-disabled": "true", text, "aria-label": label }));
+    pager.replaceChildren(link(1, "«", null, "First page"), link(page - 1, "← Previous", "prev"),
       el("span", { class: "range", text: `${first}–${last} of ${data.total} · page ${page} of ${pages}` }),
-      link(page + 1, "Next →", "next"));
+      link(page + 1, "Next →", "next"), link(pages, "»", null, `Last page (${pages})`));
   }
   announce(`Gallery page ${page} of ${pages}: images ${first} to ${last} of ${data.total}.`);
 }
@@ -302,11 +398,13 @@ function hitCard(hit, k, layer) {
   const mark = same === true ? "✓" : same === false ? "✗" : "";
   const words = same === true ? "same class" : same === false ? "another class" : "";
   const inner = [
-    el("img", { src: hit.url, alt: "", width: 64, height: 64 }),
-    el("span", { class: "mark", "data-testid": "mark", "aria-hidden": "true", text: mark }),
+    el("span", { class: "pic" },
+      el("img", { src: hit.url, alt: "", width: 96, height: 96, loading: "lazy" }),
+      el("span", { class: "rank", "data-testid": "rank" }, el("span", { class: "sr-only", text: "rank " }), String(hit.rank)),
+      el("span", { class: "mark", "data-testid": "mark", "aria-hidden": "true", text: mark })),
     el("span", { class: "meta" },
-      el("span", { class: "score", title: "cosine similarity", text: hit.scoreText }),
-      el("span", { class: "name", text: `${hit.rank}. ${hit.class_name || ""}` }),
+      el("span", { class: "name", text: hit.class_name || "" }),
+      el("span", { class: "score", title: `cosine similarity ${hit.score.toFixed(6)}`, text: `similarity ${similarity(hit.score)}` }),
       words ? el("span", { class: "sr-only", text: `, ${words}` }) : null),
   ];
   const isOod = hit.url.startsWith("api/image/");
@@ -324,8 +422,7 @@ function renderLayers(view, result, layer) {
   const shown = result.layers.filter((l) => layer === "all" || l.layer === layer);
   container.classList.toggle("all", layer === "all");
   container.replaceChildren(...shown.map((l) => {
-    const digits = scoreDigits(l.hits.map((h) => h.score));
-    const hits = l.hits.map((h) => ({ ...h, scoreText: h.score.toFixed(digits) }));
+    const hits = l.hits;
     const box = el("section", { class: "layer", "data-layer": l.layer, "aria-labelledby": `${view}-h-${l.layer}` },
       el("h3", { id: `${view}-h-${l.layer}`, text: `Layer ${l.layer}` }));
     const facts = el("p", { class: "facts" });
@@ -378,6 +475,9 @@ function paintResult(view, result, layer, announceText, focus) {
 
 async function renderQuery(arg, params) {
   const info = state.info;
+  if (/^\d+$/.test(arg) && Number(arg) < info.gallery_size) {
+    normalise(["query", arg], params, { k: kRule, layer: layerRule });
+  }
   const k = readK(params);
   const layer = readLayer(params);
   const image = $("query-image");
@@ -457,6 +557,13 @@ function paintUpload(result, layer, focus) {
 }
 
 async function renderUpload(uid, params) {
+  if (uid) {
+    normalise(["upload", uid], params, {
+      k: kRule, layer: layerRule,
+      db: (v) => [state.info.databases.some((d) => d.name === v), "the out-of-domain images",
+        state.info.databases.map((d) => d.name).join(" or ")],
+    });
+  }
   const k = readK(params);
   const layer = readLayer(params);
   const db = state.info.databases.some((d) => d.name === params.get("db")) ? params.get("db") : "ood";
@@ -530,7 +637,17 @@ async function uploadFile(file) {
     if (current(token)) {
       clearUpload();
       setStatus("upload", "");
-      if (err.name !== "AbortError") showError(`${file.name}: ${err.message}`);
+      // the address must not keep the previous upload's id: a reload would show its results
+      const { parts: now, params: kept } = parseHash();
+      if (now[0] === "upload" && now[1]) {
+        kept.delete("k");
+        history.replaceState(null, "", hashFor(["upload"], Object.fromEntries(kept)));
+      }
+      if (err.name !== "AbortError") {
+        // the same file again helps only when the server, not the file, was the problem
+        const transient = err.unreachable || err.status >= 500;
+        showError(uploadError(file, err), transient ? () => uploadFile(file) : null, err.retryAfter || 0);
+      }
     }
     return;
   } finally {
@@ -541,6 +658,22 @@ async function uploadFile(file) {
   const uid = result.query.upload_id;
   state.uploads.set(`${uid} ${result.k} ${db}`, result);
   go(hashFor(["upload", uid], { k: result.k, layer: layer === "all" ? null : layer, db: db === "ood" ? null : db }));
+}
+
+/** Why an upload failed and what to do, in plain words. */
+function uploadError(file, err) {
+  if (err.unreachable || err.status === 503 || err.status >= 500) {
+    return explain(err, `searching with ${file.name}`);
+  }
+  if (err.status === 413) return `${file.name} is too large for this server: ${err.message}. Choose a smaller image.`;
+  if (err.status === 415) {
+    return `${file.name} is not a JPEG, PNG or WebP image, the formats this app reads. Choose an image in one of them.`;
+  }
+  if (err.status === 400 || err.status === 422) {
+    return `${file.name} could not be read as an image: the file may be damaged or cut short. ` +
+      `Choose another image. (Details: ${err.message}.)`;
+  }
+  return `${file.name}: ${explain(err, `searching with ${file.name}`)}`;
 }
 
 function imageFrom(items) {
@@ -637,17 +770,18 @@ async function renderResults() {
     `P@5 and P@10 the share of the same class among the top 5 and 10. This app searches ${variant(r.relu)} codes.` }));
   if (r.map && r.map.length) {
     const variants = new Set(r.map.map((m) => m.relu));
-    const head = ["layer", ...(variants.size > 1 ? ["codes"] : []), "mAP", "chance", "P@5", "P@10"];
-    if (ref && Object.keys(ref.map).length) head.push("course mAP");
-    const rows = r.map.map((m) => {
-      const row = [m.layer, ...(variants.size > 1 ? [variant(m.relu)] : []), pct(m.map), pct(m.chance_map),
-        pct(m["p@5"]), pct(m["p@10"])];
-      if (ref && Object.keys(ref.map).length) row.push(pct(ref.map[m.layer]));
-      return row;
-    });
-    parts.push(table("map-table", head, rows));
-    parts.push(el("p", { class: "muted", text: `${r.map[0].n_queries} queries; chance is the mean AP of a random ranking. Source: ${r.map_source}.` +
-      (ref ? ` Course numbers: ${ref.source}.` : "") }));
+    const course = ref && Object.keys(ref.map).length;
+    // chance is the same for every layer: one footer row, so the table fits a phone
+    const head = ["layer", ...(variants.size > 1 ? ["codes"] : []), "mAP", "P@5", "P@10", ...(course ? ["course"] : [])];
+    const rows = r.map.map((m) => [m.layer, ...(variants.size > 1 ? [variant(m.relu)] : []), pct(m.map),
+      pct(m["p@5"]), pct(m["p@10"]),
+      // the course measured pre-ReLU codes only: no number beside a post-ReLU row
+      ...(course ? [m.relu ? "—" : pct(ref.map[m.layer])] : [])]);
+    const c = r.map[0];
+    const foot = [["chance", ...(variants.size > 1 ? [""] : []), pct(c.chance_map), pct(c.chance_p), pct(c.chance_p), ...(course ? [""] : [])]];
+    parts.push(table("map-table", head, rows, foot));
+    parts.push(el("p", { class: "muted", text: `${r.map[0].n_queries} queries; chance: the mean AP of a random ranking, and the share of the query's class among the other images. Source: ${r.map_source}.` +
+      (course ? ` Course: the course's mAP (${ref.source}), pre-ReLU codes only, on its own ood set of 5,000 images in 10 classes.` : "") }));
   } else {
     parts.push(el("p", { class: "empty", text: "No retrieval results yet." }));
   }
@@ -687,19 +821,53 @@ async function renderApi() {
 
 // ---------------------------------------------------------------- start
 
-async function start() {
+function start() {
   $("skip").addEventListener("click", (e) => {
     e.preventDefault();
     const view = document.querySelector(".view:not([hidden]) h1");
     (view || $("main")).focus();
   });
-  try {
-    state.info = await api("api/info");
-  } catch (err) {
-    showError(`The app cannot reach its server: ${err.message}`);
-    return;
+  // every navigation goes through route(), which boots the app first while it has no info:
+  // links keep working after the server comes back
+  window.addEventListener("hashchange", route);
+  boot();
+}
+
+const BOOT_RETRY_S = 5;
+let booting = null;
+
+/** Load /api/info (a loading state shows meanwhile), set the app up, then show the view;
+ *  while the server cannot be reached, say so and try again every few seconds. */
+function boot() {
+  if (!booting) {
+    booting = (async () => {
+      appLoading(true);
+      try {
+        state.info = await api("api/info");
+      } catch (err) {
+        booting = null;
+        appLoading(false);
+        showError(`The app could not start. ${explain(err, "starting")}`, () => boot(),
+          err.retryAfter || BOOT_RETRY_S, true);
+        return;
+      }
+      appLoading(false);
+      showError("");
+      setup(state.info);
+      state.keepFocus = true; // a page load leaves focus alone, so Tab reaches the skip link first
+      await route();
+    })();
   }
-  const info = state.info;
+  return booting;
+}
+
+function appLoading(on) {
+  const box = $("app-status");
+  box.hidden = !on;
+  box.classList.toggle("busy", on);
+}
+
+function setup(info) {
   $("run-name").textContent = `run ${info.run}`;
   $("gallery-caption").textContent = `The ${info.gallery_size} out-of-domain images ` +
     `(${info.classes.length} classes the network never saw in training). Choose one to find the most similar others.`;
@@ -710,9 +878,6 @@ async function start() {
   buildControls("query");
   buildControls("upload");
   setupUpload(info);
-  window.addEventListener("hashchange", route);
-  state.keepFocus = true; // a page load leaves focus alone, so Tab reaches the skip link first
-  await route();
 }
 
 start();

@@ -3,6 +3,7 @@ oracles on toy sets, and the registry."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -310,3 +311,57 @@ def test_registry_names_every_family_and_refuses_unknown_names():
         get("nope")
     with pytest.raises(NeuralCodesError, match="unknown method 'mac'"):
         get("mac", "reranking")
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def test_methods_study_on_a_tiny_model_gives_a_complete_table(tmp_path):
+    from neuralcodes.config import ModelConfig
+    from neuralcodes.model import ConvNet
+    from neuralcodes.retrieval.methods.study import (
+        SplitImages,
+        methods_study,
+        write_methods_figure,
+    )
+
+    torch.manual_seed(0)
+    model = ConvNet(3, ModelConfig(conv_widths=(4, 4, 4, 4, 8), fc_width=16))
+    rng = np.random.default_rng(0)
+
+    def split(n: int, classes: int) -> SplitImages:
+        labels = np.arange(n) % classes
+        images = rng.integers(0, 60, (n, 64, 64, 3), dtype=np.uint8)
+        images[..., labels % 3] += 150  # a colour per class: something to retrieve
+        return SplitImages(images, labels)
+
+    table = methods_study(model, {"train": split(40, 3), "val": split(24, 3),
+                                  "ood": split(30, 3)},
+                          maps=("conv5",), dims=(4, 8), rerankers=("aqe", "dba"))
+    rows = {r["method"]: r for r in table["rows"]}
+    assert table["reference"] in ("layer5", "fc6", "fc7")
+    assert rows[table["reference"]]["diff"] == 0
+    for name in ("fc6", "fc7", "layer5", "conv5/mac", "conv5/spoc", "conv5/spoc-centre",
+                 "conv5/gem-p3", "conv5/gem-fit", "conv5/rmac", "fc6+pca4", "fc6+pcaw8",
+                 "fc7+lw8"):
+        assert name in rows, name
+    assert rows["conv5/gem-fit"]["params"]["p"] == table["fit"]["gem_p"]["conv5"]
+    reranked = [r for r in table["rows"] if r["family"] == "reranking"]
+    assert [r["method"] for r in reranked] == [f"{table['reranked']}+aqe",
+                                                f"{table['reranked']}+dba"]
+    best_val = max((r for r in table["rows"] if r["family"] != "reranking"),
+                   key=lambda r: r["val_map"])
+    assert table["reranked"] == best_val["method"]  # chosen on validation images
+    for r in table["rows"]:
+        assert 0 <= r["map"] <= 1 and r["ci95"][0] <= r["diff"] <= r["ci95"][1]
+        assert r["significant"] == (r["ci95"][0] > 0 or r["ci95"][1] < 0)
+        assert r["ms_per_query"] >= 0
+    json.dumps(table)  # JSON-able
+    assert write_methods_figure(table, tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_gem_grid_equals_gem_one_p_at_a_time():
+    maps = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    grid = pooling.gem_grid(maps.to(memory_format=torch.channels_last), (1.0, 3.0, 8.0))
+    for p, v in grid.items():
+        np.testing.assert_allclose(v, pooling.gem(maps, p), atol=1e-6)

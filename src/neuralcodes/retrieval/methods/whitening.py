@@ -24,6 +24,7 @@ float32 codes (``project`` the same before the normalisation).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class FitData:
     codes: np.ndarray  # (N, D)
     labels: np.ndarray  # (N,)
     split: str  # "train" or "val": never "ood"
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.split not in FIT_SPLITS:
@@ -53,6 +55,24 @@ class FitData:
                                    f"{codes.shape} and {len(self.labels)} labels")
         object.__setattr__(self, "codes", codes)
         object.__setattr__(self, "labels", np.asarray(self.labels))
+
+    def pca(self, k: int) -> PCA:
+        """A PCA of these codes with at least ``k`` axes, fitted once and shared by every
+        transform fitted on this data (fitting is the slow part: one fit at 512 axes serves
+        PCA at 64, 128 and 256 and the learned whitening's reduction)."""
+        cached = self._cache.get("pca")
+        if cached is None or len(cached.components) < k:
+            cached = self._cache["pca"] = PCA.fit(self.codes, k)
+        return cached
+
+    @property
+    def mean_variance(self) -> float:
+        """The mean variance of the coordinates (trace of the covariance / D)."""
+        if "mean_variance" not in self._cache:
+            centred = self.codes - self.codes.mean(axis=0)
+            self._cache["mean_variance"] = float((centred ** 2).sum()) / (
+                len(centred) - 1) / centred.shape[1]
+        return float(self._cache["mean_variance"])
 
 
 @dataclass
@@ -71,12 +91,10 @@ class PCAWhitening:
         if self.dims > min(x.shape[1], len(x) - 1):
             raise NeuralCodesError(f"PCA to {self.dims} dimensions needs codes of at least that "
                                    f"length and more training codes ({x.shape})")
-        self.pca = PCA.fit(x, self.dims)
-        mean_variance = float(((x - self.pca.mean) ** 2).sum(axis=1).mean()) * len(x) / (
-            len(x) - 1) / x.shape[1]
+        self.pca = data.pca(self.dims)
         s = self.shrinkage
-        self.scale = np.sqrt((1 - s) * self.pca.variances + s * mean_variance + 1e-12
-                             ).astype(np.float32)
+        self.scale = np.sqrt((1 - s) * self.pca.variances[:self.dims] + s * data.mean_variance
+                             + 1e-12).astype(np.float32)
         return self
 
     def project(self, codes: np.ndarray) -> np.ndarray:
@@ -96,7 +114,7 @@ class LearnedWhitening:
 
     dims: int
     shrinkage: float = 0.01
-    max_input: int = 1024
+    max_input: int = 512
     mean: np.ndarray | None = field(default=None, repr=False)
     matrix: np.ndarray | None = field(default=None, repr=False)  # (dims, D)
 
@@ -104,8 +122,9 @@ class LearnedWhitening:
         x = data.codes.astype(np.float64)
         pre = None
         if x.shape[1] > self.max_input:
-            pre = PCA.fit(data.codes, min(self.max_input, len(x) - 1))
-            x = (x - pre.mean) @ pre.components.T.astype(np.float64)
+            pre = data.pca(min(self.max_input, len(x) - 1))
+            components = pre.components[:min(self.max_input, len(x) - 1)].astype(np.float64)
+            x = (x - pre.mean) @ components.T
         d = x.shape[1]
         if self.dims > d:
             raise NeuralCodesError(f"learned whitening to {self.dims} dimensions needs codes of "
@@ -119,7 +138,7 @@ class LearnedWhitening:
         matrix = rotate @ whiten
         mean = x.mean(axis=0)
         if pre is not None:  # fold the PCA in: one matrix from the raw codes
-            matrix = matrix @ pre.components.astype(np.float64)
+            matrix = matrix @ components
             mean = pre.mean.astype(np.float64)
         self.mean, self.matrix = mean.astype(np.float32), matrix.astype(np.float32)
         return self

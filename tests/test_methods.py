@@ -337,7 +337,8 @@ def test_methods_study_on_a_tiny_model_gives_a_complete_table(tmp_path):
 
     table = methods_study(model, {"train": split(40, 3), "val": split(24, 3),
                                   "ood": split(30, 3)},
-                          maps=("conv5",), dims=(4, 8), rerankers=("aqe", "dba"))
+                          maps=("conv5",), dims=(4, 8), rerankers=("aqe", "dba"),
+                          gem_fit_images=20)  # p from 20 of the 40 training images
     rows = {r["method"]: r for r in table["rows"]}
     assert table["reference"] in ("layer5", "fc6", "fc7")
     assert rows[table["reference"]]["diff"] == 0
@@ -346,6 +347,7 @@ def test_methods_study_on_a_tiny_model_gives_a_complete_table(tmp_path):
                  "fc7+lw8"):
         assert name in rows, name
     assert rows["conv5/gem-fit"]["params"]["p"] == table["fit"]["gem_p"]["conv5"]
+    assert table["fit"]["train_images"] == 40 and table["fit"]["gem_fit_images"] == 20
     reranked = [r for r in table["rows"] if r["family"] == "reranking"]
     assert [r["method"] for r in reranked] == [f"{table['reranked']}+aqe",
                                                 f"{table['reranked']}+dba"]

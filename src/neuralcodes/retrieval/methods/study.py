@@ -122,14 +122,22 @@ def methods_study(
     start = time.perf_counter()
     kw = {"relu": relu, "device": device, "precision": precision, "batch_size": batch_size,
           "progress": progress}
-    train = extract_features(model, data["train"].images, data["train"].labels, "train",
-                             gem_ps={m: pooling.GEM_P_GRID for m in maps}, **kw)
+    # GeM's whole p grid only for the images p is fitted on; the others get the chosen p
+    n_fit = min(gem_fit_images, len(data["train"].labels))
+    head = extract_features(model, data["train"].images[:n_fit], data["train"].labels[:n_fit],
+                            "train", gem_ps={m: pooling.GEM_P_GRID for m in maps}, **kw)
     gem_p, gem_fit = {}, {}
     for m in maps:
-        grid = {p: train.codes[gem_name(m, p)][:gem_fit_images] for p in pooling.GEM_P_GRID}
-        gem_p[m], scores = pooling.fit_gem_p(grid, train.labels[:gem_fit_images])
+        grid = {p: head.codes[gem_name(m, p)] for p in pooling.GEM_P_GRID}
+        gem_p[m], scores = pooling.fit_gem_p(grid, head.labels)
         gem_fit[m] = {f"{p:g}": s for p, s in scores.items()}
     ps = {m: sorted({3.0, gem_p[m]}) for m in maps}
+    train = head
+    if n_fit < len(data["train"].labels):
+        rest = extract_features(model, data["train"].images[n_fit:],
+                                data["train"].labels[n_fit:], "train", gem_ps=ps, **kw)
+        train = Features({k: np.concatenate([head.codes[k], v]) for k, v in rest.codes.items()},
+                         data["train"].labels, "train")
     val = extract_features(model, data["val"].images, data["val"].labels, "val", gem_ps=ps,
                            codes=tuple(PAPER_CODES), **kw)
     ood = extract_features(model, data["ood"].images, data["ood"].labels, "ood", gem_ps=ps,
@@ -157,7 +165,7 @@ def methods_study(
     return _table(rows, ood, {
         "relu": relu, "n_queries": len(ood), "maps": list(maps),
         "fit": {"train_images": len(train), "val_images": len(val),
-                "gem_fit_images": min(gem_fit_images, len(train)),
+                "gem_fit_images": n_fit,
                 "gem_p": gem_p, "gem_train_map": gem_fit},
         "whitened": ["fc6", "fc7", best_pooled.name], "reranked": chosen.name,
         "seconds": {"extract": round(extract_seconds, 2)}, "start": start})

@@ -25,6 +25,7 @@ import pytest
 
 from helpers import make_tiny_imagenet
 from neuralcodes import cli
+from neuralcodes.retrieval import CodeSet
 from neuralcodes.runs import RunDir
 
 TINY = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
@@ -153,7 +154,7 @@ def on_run(command: str) -> Callable[[Path, Case], list[str]]:
     """The command line of ``command`` working on the (damaged) run ``rd``."""
     def argv(rd: Path, c: Case) -> list[str]:
         return {
-            "evaluate": ["evaluate", str(rd), "--device", "cpu", "--no-progress"],
+            "evaluate": ["evaluate", str(rd), "--device", "cpu", "--no-progress", "--force"],
             "codes": ["codes", str(rd), "--device", "cpu", "--no-progress", "--force"],
             "retrieval": ["retrieval", str(rd), "--device", "cpu", "--no-progress"],
             "index": ["index", str(c.w.images), "--run", str(rd), "--out",
@@ -243,18 +244,8 @@ NPZ_DAMAGE = ("truncated", "foreign", "text", "empty")
 def _npz_cases() -> list:
     cases = []
     for how in NPZ_DAMAGE:
-        codes = _spoil(codes_file, how)
         index = _spoil(index_file, how)
         cases += [
-            pytest.param(lambda c, codes=codes: ["retrieval", str(codes(c.run())), "--device",
-                                                 "cpu", "--no-progress"],
-                         id=f"retrieval: codes .npz {how}"),
-            pytest.param(lambda c, codes=codes: ["codes", str(codes(c.run())), "--device", "cpu",
-                                                 "--no-progress"],
-                         id=f"codes: existing codes .npz {how}"),
-            pytest.param(lambda c, codes=codes: ["search", c.image, "--run", str(codes(c.run())),
-                                                 "--device", "cpu"],
-                         id=f"search: codes .npz {how}"),
             pytest.param(lambda c, index=index: ["search", c.image, "--run",
                                                  str(index(rd := c.run())), "--index",
                                                  str(index_file(rd)), "--device", "cpu"],
@@ -542,7 +533,26 @@ def test_serve_fails_before_listening(damage: str, world: World, tmp_path: Path)
 
 def test_a_real_process_prints_one_line_for_a_truncated_npz(world: World, tmp_path: Path) -> None:
     rd = Case(world, tmp_path).run()
-    truncate(codes_file(rd))
-    done = _subprocess(["retrieval", str(rd), "--device", "cpu", "--no-progress"])
+    truncate(index_file(rd))
+    done = _subprocess(["search", str(sorted(world.images.iterdir())[0]), "--run", str(rd),
+                        "--index", str(index_file(rd)), "--device", "cpu"])
     assert_one_line_error(done.returncode, done.stdout, done.stderr)
-    assert str(codes_file(rd)) in done.stderr  # the file is named
+    assert str(index_file(rd)) in done.stderr  # the file is named
+
+
+@pytest.mark.parametrize("how", NPZ_DAMAGE)
+@pytest.mark.parametrize("command", ["codes", "search"])
+def test_a_damaged_codes_file_of_a_run_is_made_again_saying_why(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str,
+        command: str) -> None:
+    """Codes are derived: a damaged file records nothing of what made it, so the stage reruns
+    (issue 17's one rule) instead of stopping."""
+    c = Case(world, tmp_path)
+    rd = _spoil(codes_file, how)(c.run())
+    argv = {"codes": ["codes", str(rd), "--device", "cpu", "--no-progress"],
+            "search": ["search", c.image, "--run", str(rd), "--device", "cpu"]}[command]
+    capsys.readouterr()
+    assert _main(argv) == 0
+    err = capsys.readouterr().err
+    assert "ood-prerelu.npz: it records nothing of what made it" in err and "recomputing" in err
+    assert CodeSet.load(codes_file(rd)).made_by is not None

@@ -316,7 +316,7 @@ def test_no_space_while_writing_results(base: Path, tmp_path: Path, command: str
     if command == "evaluate":
         path = RunDir(run).eval_json
         path.write_text('{"previous": true}')
-        argv = ["evaluate", str(run), "--device", "cpu", "--no-progress"]
+        argv = ["evaluate", str(run), "--device", "cpu", "--no-progress", "--force"]
     else:
         assert in_process(["codes", str(run), "--device", "cpu", "--no-progress"]) == 0
         path = RunDir(run).codes("ood", False)

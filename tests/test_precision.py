@@ -151,9 +151,14 @@ def test_search_and_index_use_the_run_precision(bf16_run, tmp_path):
     with linear_dtypes() as seen:
         Searcher(bf16_run, index=path, device="cpu").query_codes(image, "6")
     assert seen == {torch.bfloat16}
+    # an index holds codes of one precision: a query in another is refused, in one line
+    assert cli.main(["search", str(folder / "0.png"), "--run", str(bf16_run), "--index",
+                     str(path), "--device", "cpu", "--precision", "fp32"]) == 2
+    fp32, _, _ = build_index(folder, bf16_run, device="cpu", precision="fp32", progress=False,
+                             out=tmp_path / "fp32.npz")
     with linear_dtypes() as seen:
         assert cli.main(["search", str(folder / "0.png"), "--run", str(bf16_run),
-                         "--index", str(path), "--device", "cpu", "--precision", "fp32"]) == 0
+                         "--index", str(fp32), "--device", "cpu", "--precision", "fp32"]) == 0
     assert seen == {torch.float32}
 
 

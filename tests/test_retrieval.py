@@ -184,7 +184,7 @@ def test_colour_histograms_and_layer_evidence():
     assert ev["per_layer"]["5"]["sparsity"] == 0.0  # all positive
     base = ev["colour_similarity_baseline"]
     assert base["same_class_pairs"] == pytest.approx(1.0) and base["random_pairs"] < 0.5
-    assert 0 <= ev["top5_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
+    assert 0 <= ev["top_k_changed"]["5-7"] <= 10 and ev["first_queries"] == 10
     for layer in ("5", "7"):  # the baselines stand beside every layer's value
         assert ev["per_layer"][layer]["colour_similarity_random_pairs"] == base["random_pairs"]
         assert ev["per_layer"][layer]["colour_similarity_same_class_pairs"] == pytest.approx(1.0)
@@ -509,7 +509,9 @@ def test_study_of_a_database_smaller_than_10_has_no_precision_at_10(tiny_source,
 def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
         tmp_path, tiny_source, monkeypatch, capsys):
     """config.json keeps --data as typed (here relative to where training ran); search from
-    elsewhere uses the run's cache, and without the cache the absolute source the run recorded."""
+    elsewhere uses the run's cache; without it, the error names the `prepare` command that
+    restores it from the absolute source the run recorded."""
+    import shlex
     import shutil
 
     from neuralcodes.retrieval.rundata import RunData
@@ -529,6 +531,12 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     assert cli(["search", str(query), "--run", str(work / "run"), "-k", "3"]) == 0
     hits = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [h[0] for h in hits] == ["1", "2", "3"] and all("/images/" in h[2] for h in hits)
-    shutil.rmtree(cache)  # no cache either: prepared again from the recorded absolute source
+    shutil.rmtree(cache)  # no cache: one line naming the command that restores it (search
+    with pytest.raises(NeuralCodesError, match="is missing; restore it with") as e:  # prepares
+        RunData.open(work / "run").dataset  # noqa: B018                           # nothing)
+    assert not cache.exists()
+    command = str(e.value).split("`")[1]
+    assert command.startswith("neuralcodes prepare --data /")  # the recorded absolute source
+    assert cli(shlex.split(command)[1:] + ["--no-progress"]) == 0
     data = RunData.open(work / "run")
     assert len(data.dataset.labels) == 6 * 20 and len(data.splits.ood) == 2 * 20

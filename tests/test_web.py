@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neuralcodes import lineage
 from neuralcodes.cli import build_parser, main
 from neuralcodes.config import Config
 from neuralcodes.data import Dataset, Splits, make_splits
@@ -360,7 +361,10 @@ def test_results_page_shows_eval_json_map_json_and_the_curves(client, run):
     saved = {"pre": {"5": {"map": 0.25, "p@5": 0.5, "n_queries": 40},
                      "6": {"map": 0.5, "p@5": 0.6, "n_queries": 40}},
              "post": {"7": {"map": 0.75, "p@5": 0.7, "n_queries": 40}}}
-    write_json(rd.retrieval / "map.json", saved)
+    write_json(rd.retrieval / "map.json", saved)  # records nothing of what made it: not shown
+    assert client.get("/api/results").json()["map_source"].startswith("computed by the server")
+    made = load_codes(rd.codes("ood", False)).made_by  # made from the served weights: shown
+    write_json(rd.retrieval / "map.json", lineage.stamped(saved, made))
     try:
         res = client.get("/api/results").json()
     finally:
@@ -456,7 +460,7 @@ def test_serve_checks_its_index_before_computing_the_ood_codes(run, tmp_path, ca
                  "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err == (f"neuralcodes: error: {tmp_path / 'nope.npz'}: no index file; build one "
-                   "with `neuralcodes index FOLDER --run RUN`\n")
+                   f"with `neuralcodes index FOLDER --run {fresh}`\n")
     assert not (fresh / "codes").exists()  # nothing was computed
 
 
@@ -567,7 +571,9 @@ def test_results_give_chance_levels_p10_figures_and_the_course_reference(client,
     assert client.get("/api/figure/curves.png").content == RunDir(run).curves.read_bytes()
     assert client.get("/api/figure/config.png").status_code == 404
     assert res["report_url"] is None and client.get("/report.html").status_code == 404
-    RunDir(run).report_html.write_text("<html><title>report</title></html>")
+    made = load_codes(RunDir(run).codes("ood", False)).made_by  # made from the served weights
+    RunDir(run).report_html.write_text("<html><title>report</title></html>\n"
+                                       + lineage.text_line(made))
     try:
         res = client.get("/api/results").json()
         assert client.get(res["report_url"]).text.startswith("<html>")

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.files import write_json, write_text
+from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.retrieval.metrics import topk_correct
-from neuralcodes.runs import TrainedRun
+from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.batches import SplitData
 from neuralcodes.training.distributed import Dist
@@ -56,16 +57,24 @@ def evaluate_split(
 
 def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
              checkpoint: str = "best", precision: str | None = None,
-             batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+             batch_size: int = EVAL_BATCH, force: bool = False) -> dict[str, Any]:
     """Cross-entropy, top-1 and top-5 accuracy on train/val/test (eval mode: no dropout).
 
     ``checkpoint="best"`` evaluates the weights the run kept (``train.restore_best``: the best
     epoch's, or the last epoch's). ``precision`` None: the run's own (``train.precision``; a
     bf16 run evaluates under bf16 autocast). Writes ``eval.json`` (which records the precision)
-    and ``eval.csv`` into the run directory and returns the eval.json dict.
+    and ``eval.csv`` into the run directory and returns the eval.json dict. Skipped (the saved
+    dict returned) when eval.json records the same fingerprint (:mod:`neuralcodes.lineage`:
+    the weights' sha256, the precision, the partition), unless ``force``.
     """
     if batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {batch_size}")
+    rd = RunDir.existing(run)
+    fp = lineage.eval_fingerprint(
+        lineage.weights_identity(rd.checkpoint(checkpoint)),
+        precision or rd.read_config().train.precision, rd.saved()["data"]["splits_hash"])
+    if not lineage.needs_run("evaluate", rd.eval_json, fp, force=force):
+        return read_json(rd.eval_json)
     dev = resolve_device(device)
     trained = TrainedRun.load(run, checkpoint=checkpoint, device=dev)
     model, dataset, splits, rd = trained.model, trained.dataset, trained.splits, trained.dir
@@ -77,13 +86,14 @@ def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
         result["splits"][name] = evaluate_split(model, data, device=dev, precision=precision,
                                                 batch_size=batch_size, progress=progress,
                                                 desc=name)
-    write_json(rd.eval_json, result)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["split", "loss", "top1", "top5", "n"])
     for name, m in result["splits"].items():
         writer.writerow([name, f"{m['loss']:.6f}", f"{m['top1']:.6f}", f"{m['top5']:.6f}", m["n"]])
     write_text(rd.eval_csv, buf.getvalue())
+    result = lineage.stamped(result, fp)
+    write_json(rd.eval_json, result)  # last: eval.csv is current when eval.json is
     return result
 
 

@@ -122,8 +122,8 @@ def _result_cell(r: Result, rank: int) -> _Cell:
 
 
 def _render(grid: Sequence[Sequence[_Cell | None]], path: str | Path, *, scale: int,
-            title: str = "", gaps: Sequence[int] = (), headers: Sequence[tuple[int, int, str]] = ()
-            ) -> Path:
+            title: str = "", gaps: Sequence[int] = (), headers: Sequence[tuple[int, int, str]] = (),
+            metadata: dict[str, str] | None = None) -> Path:
     """Paint all images with their frames into one pixel canvas (fast and exact: one axes, no
     resampling) and put the labels on top as text; ``gaps``: columns followed by a wide gap,
     ``headers``: (first column, last column, text) above the grid."""
@@ -168,23 +168,24 @@ def _render(grid: Sequence[Sequence[_Cell | None]], path: str | Path, *, scale: 
     if title:
         ax.text(width / 2, pad, title, ha="center", va="top", fontsize=11)
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png", metadata=metadata)
     plt.close(fig)
     return Path(path)
 
 
 def plot_retrieval(rows: Sequence[RetrievalRow], path: str | Path, *, title: str = "",
-                   scale: int = 2) -> Path:
+                   scale: int = 2, metadata: dict[str, str] | None = None) -> Path:
     """The paper's Fig. 2/3: each query (left, blue frame) next to its results, sorted from
     most to least similar, framed green ✓ (same class) or red ✗ (other class), as a PNG.
-    Images are upscaled ``scale`` times (nearest neighbour)."""
+    Images are upscaled ``scale`` times (nearest neighbour); ``metadata``: PNG text chunks."""
     grid = [[_query_cell(row)] + [_result_cell(r, j + 1) for j, r in enumerate(row.results)]
             for row in rows]
-    return _render(grid, path, scale=scale, title=title, gaps=(0,))
+    return _render(grid, path, scale=scale, title=title, gaps=(0,), metadata=metadata)
 
 
 def plot_retrieval_layers(rows_by_layer: dict[str, Sequence[RetrievalRow]], path: str | Path, *,
-                          scale: int = 2, title: str = "") -> Path:
+                          scale: int = 2, title: str = "",
+                          metadata: dict[str, str] | None = None) -> Path:
     """All layers side by side: per query, the query then the top-k of each layer."""
     layers = list(rows_by_layer)
     k = max(len(r.results) for rs in rows_by_layer.values() for r in rs)
@@ -198,17 +199,19 @@ def plot_retrieval_layers(rows_by_layer: dict[str, Sequence[RetrievalRow]], path
         grid.append(cells)
     gaps = [0] + [li * k for li in range(1, len(layers))]
     headers = [(1 + li * k, li * k + k, f"layer {layer}") for li, layer in enumerate(layers)]
-    return _render(grid, path, scale=scale, title=title, gaps=gaps, headers=headers)
+    return _render(grid, path, scale=scale, title=title, gaps=gaps, headers=headers,
+                   metadata=metadata)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def _save(fig: Any, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight", metadata=metadata)
     _pyplot().close(fig)
     return Path(path)
 
 
-def plot_pca(table: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+def plot_pca(table: Sequence[dict[str, Any]], path: str | Path, *, title: str = "",
+             metadata: dict[str, str] | None = None) -> Path:
     """mAP against PCA dimensions per layer: solid = PCA, dashed = PCA-whitening, dotted
     horizontal line = the uncompressed code."""
     plt = _pyplot()
@@ -236,14 +239,15 @@ def plot_pca(table: Sequence[dict[str, Any]], path: str | Path, *, title: str = 
     ax.legend(fontsize=7, ncol=len(layers))
     ax.set_title(title or "PCA-compressed neural codes")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, metadata)
 
 
 FAMILY_COLOURS = {"paper": "#444444", "pooling": "C0", "whitening": "C2", "reranking": "C3"}
 
 
 def plot_methods(rows: Sequence[dict[str, Any]], path: str | Path, *, chance: float,
-                 reference: str, title: str = "") -> Path:
+                 reference: str, title: str = "", metadata: dict[str, str] | None = None
+                 ) -> Path:
     """The methods study (issue 19): one line per method, its mAP as a dot coloured by family,
     with the paired-bootstrap 95% interval of its difference to the ``reference`` drawn around
     it (reference mAP + interval: where the bar misses the reference's line, the difference is
@@ -270,4 +274,4 @@ def plot_methods(rows: Sequence[dict[str, Any]], path: str | Path, *, chance: fl
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title or "Methods beyond the paper, on the ood queries")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, metadata)

@@ -2,9 +2,11 @@
 
     prepare -> train -> evaluate -> codes, figures, mAP, PCA study -> report
 
-Each stage is skipped when its output for the same configuration already exists, so a run that was
-interrupted at any stage continues with the same command. A run directory that holds a different
-configuration is refused rather than silently mixed.
+Training is skipped when it finished (training on when ``--epochs`` raised the limit, unless early
+stopping ended it); every later stage is skipped exactly when its files record the fingerprint it
+would write now (:mod:`neuralcodes.lineage`), so a run that was interrupted at any stage continues
+with the same command, and new weights reach everything downstream. A run directory that holds a
+different configuration is refused rather than silently mixed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from neuralcodes import lineage
 from neuralcodes.config import Config
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.estimate import (
@@ -66,7 +69,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     from neuralcodes import data, retrieval
     from neuralcodes.evaluation import evaluate
     from neuralcodes.report import write_report
-    from neuralcodes.training.loop import is_finished, train
+    from neuralcodes.training.loop import train, training_left
 
     rd = RunDir(Path(out))
     if rd.config.is_file():
@@ -83,27 +86,26 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _log_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
     _stage("train")
-    if is_finished(rd.root):
-        log.info(f"skipped: {rd.root} already holds a finished training run")
-    else:
+    todo, why = training_left(rd.root, cfg.train.max_epochs, cfg.train.patience)
+    if why:
+        log.info(why)
+    if todo:
         with timings.stage("train"):
             train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
+    # every later stage reruns exactly when what made its files changed (neuralcodes.lineage)
     _stage("evaluate")
-    best = rd.best_checkpoint.stat().st_mtime
-    if rd.eval_json.is_file() and rd.eval_json.stat().st_mtime >= best:
-        log.info(f"skipped: {rd.eval_json} is up to date")
-    else:
-        with timings.stage("evaluate"):
-            evaluate(rd.root, progress=progress, device=cfg.train.device,
-                     precision=cfg.train.precision)
+    with timings.stage("evaluate", [rd.eval_json]):
+        evaluate(rd.root, progress=progress, device=cfg.train.device,
+                 precision=cfg.train.precision)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
-    with timings.stage("retrieval"):
-        retrieval.run_study(rd.root, progress=progress)
+    with timings.stage("retrieval", [rd.map_json, rd.top_json(cfg.retrieval.k),
+                                     rd.evidence_json, rd.pca_json]):
+        retrieval.run_study(rd.root, config=cfg, progress=progress)
 
     _stage("report")
-    md, html = write_report(rd.root)
+    md, html = write_report(rd.root, config=cfg)
     minutes = (time.perf_counter() - start) / 60
     log.info(f"\nDone in {minutes:.1f} min. Report: {md}\n                     {html}")
     return md
@@ -123,23 +125,27 @@ class _Timings:
         write_json(self.path, self.data)
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, outputs: list[Path] | None = None) -> Iterator[None]:
+        """Time the block; with ``outputs``, only when it rewrote one of them (a skipped
+        stage keeps the time it took when it ran)."""
+        before = [lineage.recorded(p) for p in outputs or []]
         began = time.perf_counter()
         yield
-        self.data["actual"][name] = round(time.perf_counter() - began, 2)
-        write_json(self.path, self.data)
+        if outputs is None or before != [lineage.recorded(p) for p in outputs]:
+            self.data["actual"][name] = round(time.perf_counter() - began, 2)
+            write_json(self.path, self.data)
 
 
 def _log_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
                 timings: _Timings) -> None:
     """Say what will happen, with the expected time of each stage from a short probe."""
-    from neuralcodes.training.loop import is_finished
+    from neuralcodes.training.loop import training_left
 
     log.info(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
           f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "
           f"early stopping (patience {cfg.train.patience}), precision {cfg.train.precision}; "
           f"output in {rd.root}/")
-    if is_finished(rd.root):
+    if not training_left(rd.root, cfg.train.max_epochs, cfg.train.patience)[0]:
         return
     speeds = probe_speeds(cfg, n_classes, rd.root)
     stages = estimate_stages(cfg, sizes, speeds)

@@ -12,7 +12,7 @@ is a trained run loaded for use (config, model, data).
     curves.png             learning curves
     eval.json, eval.csv    cross-entropy, top-1, top-5 on train/val/test
     codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
-    retrieval/             figures, mAP, PCA study, layer evidence, indexes of your images
+    retrieval/             figures (top{k}*), mAP, PCA study, layer evidence, indexes of your images
     report.md, report.html
     .lock                  held (flock) by the one process writing the run; names it
 """
@@ -20,7 +20,6 @@ is a trained run loaded for use (config, model, data).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -183,13 +182,13 @@ class RunDir:
     def map_json(self) -> Path:
         return self.retrieval / "map.json"
 
-    @property
-    def top_json(self) -> Path:
-        return self.retrieval / "top5.json"
+    def top_json(self, k: int) -> Path:
+        """The first queries' top ``k`` per layer (the figures' data)."""
+        return self.retrieval / f"top{k}.json"
 
-    def top_figure(self, layer: str | None = None) -> Path:
-        """The top-k figure of one layer, or of all layers side by side (``layer=None``)."""
-        return self.retrieval / (f"top5_layer{layer}.png" if layer else "top5_layers.png")
+    def top_figure(self, k: int, layer: str | None = None) -> Path:
+        """The top-``k`` figure of one layer, or of all layers side by side (``layer=None``)."""
+        return self.retrieval / (f"top{k}_layer{layer}.png" if layer else f"top{k}_layers.png")
 
     @property
     def evidence_json(self) -> Path:
@@ -264,26 +263,43 @@ class TrainedRun:
 
 
 def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Dataset, Splits]:
-    """The dataset and splits the run at ``rd`` was trained on, from wherever this runs.
+    """The dataset and splits the run at ``rd`` was trained on, from its recorded image cache.
 
-    The cache the run recorded serves when it is still there; otherwise the data is prepared
-    again from the configured source, or from the absolute source path the run recorded when
-    the configured one (perhaps relative to where training ran) is not found from here. Refused
-    in one line when the splits differ from the run's.
+    Reads only: nothing is downloaded or prepared here (only ``prepare``, ``train`` and ``run``
+    do that). A missing cache ends in one line naming it and the ``neuralcodes prepare``
+    command that restores it; splits that differ from the run's are refused in one line.
     """
-    from neuralcodes.data import Dataset, load_data, make_splits
+    from neuralcodes.data import Dataset, make_splits
 
     saved = saved if saved is not None else rd.saved()
     data = Config.from_dict(saved["config"]).data
     cache = Path(saved["data"]["cache"])
-    if cache.is_dir():
-        dataset = Dataset.load(cache)
-        splits = make_splits(dataset, data)
-    else:
-        recorded = saved["data"].get("source")
-        if (data.source and not Path(data.source).expanduser().exists() and recorded
-                and Path(recorded).exists()):
-            data = dataclasses.replace(data, source=recorded)
-        dataset, splits = load_data(data, progress=False)
+    if not (cache / "manifest.json").is_file():
+        raise NeuralCodesError(f"{rd.root}: its image cache {cache} is missing; restore it with "
+                               f"`{prepare_command(saved, cache)}`")
+    dataset = Dataset.load(cache)
+    splits = make_splits(dataset, data)
     check_same_splits(rd, saved, splits.hash)
     return dataset, splits
+
+
+def prepare_command(saved: dict[str, Any], cache: Path) -> str:
+    """The ``neuralcodes prepare`` command that rebuilds a run's cache where it recorded it (the
+    cache folder's name is a hash of the source's content, so the same source gives it back),
+    with the run's data settings spelled out (none is taken from a file unseen)."""
+    import json
+    import shlex
+
+    from neuralcodes.config import DataConfig
+
+    source = saved["data"].get("source") or saved["config"]["data"].get("source")
+    parts = ["neuralcodes", "prepare"]
+    if source:
+        parts += ["--data", str(source)]
+    parts += ["--cache-dir", str(cache.parent)]
+    ours, default = Config.from_dict(saved["config"]).to_dict()["data"], \
+        Config(data=DataConfig()).to_dict()["data"]
+    for key, value in ours.items():
+        if key not in ("source", "cache_dir", "url") and value != default[key]:
+            parts += ["--set", f"data.{key}={json.dumps(value, separators=(',', ':'))}"]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -8,6 +8,7 @@ from neuralcodes.cli.common import (
     add_batch_size_option,
     add_config_options,
     add_progress_option,
+    console_logging,
     run_config,
     run_lock,
 )
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "default code)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     add_batch_size_option(p, DEFAULT_BATCH)
-    p.add_argument("--force", action="store_true", help="recompute existing codes files")
+    p.add_argument("--force", action="store_true", help="recompute codes files even when they "
+                   "record the current weights (sha256), precision and partition")
     add_progress_option(p)
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
@@ -40,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes.runs import RunDir
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    with run_lock(args.run, "codes"):
+    with console_logging(), run_lock(args.run, "codes"):
         paths = run_codes(args.run, args.split, RELU[args.relu], checkpoint=args.checkpoint,
                           device=cfg.train.device, precision=cfg.train.precision,
                           batch_size=args.batch_size, progress=not args.no_progress,

@@ -8,6 +8,7 @@ from neuralcodes.cli.common import (
     add_batch_size_option,
     add_config_options,
     add_progress_option,
+    console_logging,
     run_config,
     run_lock,
 )
@@ -19,11 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="cross-entropy, top-1 and top-5 on train/val/test",
         description="Evaluate a trained run (eval mode, in the run's precision) on train, val "
-        "and test; print a table and write eval.json and eval.csv into the run directory.")
+        "and test; print a table and write eval.json and eval.csv into the run directory. "
+        "Skipped when eval.json was computed from the same weights (sha256), precision and "
+        "partition.")
     p.add_argument("run", help="the run directory (runs/<name>)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights (default: best)")
     add_batch_size_option(p, EVAL_BATCH)
+    p.add_argument("--force", action="store_true", help="evaluate even when eval.json is "
+                   "up to date")
     add_progress_option(p)
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
@@ -34,9 +39,9 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes.runs import RunDir
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    with run_lock(args.run, "evaluate"):
+    with console_logging(), run_lock(args.run, "evaluate"):
         result = evaluate(args.run, progress=not args.no_progress, device=cfg.train.device,
                           checkpoint=args.checkpoint, precision=cfg.train.precision,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, force=args.force)
     print(format_eval_table(result))
     return 0

@@ -19,12 +19,15 @@ PCA_FIT_IMAGES = 5000  # as neuralcodes.retrieval.study.PCA_FIT_IMAGES
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "retrieval", help="ood retrieval study: figures, mAP, PCA study, layer evidence",
-        description="Run the retrieval study of a trained run into RUN/retrieval/ (steps whose "
-        "output exists are skipped). Retrieval settings can be changed with --set retrieval."
-        "KEY=VALUE (k, figure_queries, pca_dims, layers, relu).")
+        description="Run the retrieval study of a trained run into RUN/retrieval/. A step is "
+        "skipped when its files record the weights (sha256) and settings it would use now, "
+        "and reruns, saying why, when they changed. Retrieval settings can be changed with "
+        "--set retrieval.KEY=VALUE (k, figure_queries, pca_dims, layers, relu); the figures "
+        "are named after their k (top<k>_layer<L>.png).")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--relu", default="both", choices=("pre", "post", "both"),
-                   help="codes to study (both: mAP for both, the rest for the run's default)")
+                   help="codes of the figures, evidence and PCA study (both: the run's "
+                   "retrieval.relu); map.json always has both")
     p.add_argument("--pca-images", type=int, default=PCA_FIT_IMAGES, metavar="N",
                    help=f"training images the PCA is fitted on (default: {PCA_FIT_IMAGES})")
     p.add_argument("--force", action="store_true", help="redo every step")

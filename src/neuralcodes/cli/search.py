@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from neuralcodes.cli.common import add_config_options, run_config
+from neuralcodes.cli.common import add_config_options, console_logging, run_config
 
 LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
 
@@ -31,12 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes import imageio
+    from neuralcodes import imageio, lineage
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import search
     from neuralcodes.runs import RunDir
 
-    cfg = run_config(args, RunDir.existing(args.run).read_config())
+    saved = RunDir.existing(args.run).read_config()
+    cfg = run_config(args, saved)
     k = cfg.retrieval.k if args.k is None else args.k
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
@@ -45,14 +46,20 @@ def main(args: argparse.Namespace) -> int:
                                "among a folder's images, index it with `neuralcodes index`)")
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
+    # an index holds one variant: its own unless retrieval.relu is set on this command
+    relu = (None if args.index and cfg.retrieval.relu == saved.retrieval.relu
+            else cfg.retrieval.relu)
     # everything that can fail runs before the first line is printed
-    hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
-                  figure=args.figure, device=cfg.train.device,
-                  precision=cfg.train.precision)
+    with console_logging():  # a line on stderr if the ood codes must be recomputed
+        hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
+                      figure=args.figure, device=cfg.train.device,
+                      precision=cfg.train.precision, relu=relu, progress=True)
+    if relu is None:
+        relu = bool((lineage.recorded(args.index) or {}).get("settings", {}).get("relu"))
     _, width, height = imageio.probe(args.image, formats=None)
     for note in imageio.query_notes(width, height):  # what was done to the query: said once
         print(f"neuralcodes: note: {args.image}: {note}", file=sys.stderr, flush=True)
-    print(f"layer {layer}, {'pre' if not cfg.retrieval.relu else 'post'}-ReLU codes, "
+    print(f"layer {layer}, {'post' if relu else 'pre'}-ReLU codes, "
           f"{'index ' + args.index if args.index else 'the ood set'}:", flush=True)
     if len(hits) < k:  # exact search returns min(k, database size) results
         what = "indexed" if args.index else "ood"

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from neuralcodes.retrieval import RunData
+    from neuralcodes.retrieval.search import open_index
     from neuralcodes.runs import RunDir
     from neuralcodes.web import LOCAL_HOSTS, create_app, is_loopback
 
@@ -43,6 +45,9 @@ def main(args: argparse.Namespace) -> int:
         raise NeuralCodesError("--max-upload-mb and --max-megapixels must be positive")
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     _check_can_listen(args.host, args.port)  # before the (slow) loading, not after
+    if args.index:  # a wrong index: its one line before the ood codes are computed
+        open_index(args.index, RunData.open(args.run, precision=cfg.train.precision,
+                                            reader=True))
     print(f"neuralcodes: loading {args.run} ...", flush=True)
     with console_logging():
         app = create_app(args.run, args.index, device=cfg.train.device,
@@ -51,6 +56,9 @@ def main(args: argparse.Namespace) -> int:
                          max_pixels=int(args.max_megapixels * 1e6),
                          allowed_hosts=LOCAL_HOSTS if is_loopback(args.host) else None,
                          settings=cfg.retrieval, progress=True)
+    refused = app.state.retrieval.index_error
+    if refused:  # `serve --index` with an index it may not use: one line, nothing served
+        raise NeuralCodesError(refused)
     print(f"neuralcodes: serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -10,8 +10,11 @@ turns it into one HTML page with its images embedded (:func:`to_html`).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from neuralcodes import lineage
+from neuralcodes.config import Config
 from neuralcodes.course import course_reference
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import write_text
@@ -23,13 +26,32 @@ __all__ = ["chance_map_of_sizes", "collect", "course_reference", "render", "to_h
            "write_report"]
 
 
-def write_report(run: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` for a run; returns their paths."""
+def write_report(run: str | Path, config: Config | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for a run; returns their paths.
+
+    Both end in the report's fingerprint (:mod:`neuralcodes.lineage`): the run's weights and
+    the fingerprints of every artifact it states (the training record and sibling runs'
+    evaluations included); they are rewritten only when it changed. ``config``: the run's
+    config as the command has it (the figures' ``retrieval.k``; default: the saved one).
+    """
     rd = RunDir.existing(run)
-    facts = collect(rd.root)
+    facts = collect(rd.root, k=None if config is None else config.retrieval.k)
     if facts["eval"] is None:
-        raise NeuralCodesError(f"{rd.root}: no eval.json yet; run `neuralcodes evaluate` first")
+        raise NeuralCodesError(f"{rd.root}: no eval.json from its current weights yet; run "
+                               f"`neuralcodes evaluate {rd.root}` first")
+    inputs = {name: lineage.digest(made) if made else  # written before fingerprints: its bytes
+              hashlib.sha256((rd.root / name).read_bytes()).hexdigest()[:16]
+              for name, made in facts["made_by"].items()}
+    for path in (rd.metrics, rd.train_state, rd.config):
+        if path.is_file():
+            inputs[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    for other in facts["improved"]:
+        inputs[f"../{other['name']}/eval.json"] = lineage.digest(other["eval"])
+    fp = lineage.report_fingerprint(facts["weights"], inputs)
+    if not lineage.needs_run("report", [rd.report_md, rd.report_html], fp):
+        return rd.report_md, rd.report_html
     markdown = render(facts)
-    write_text(rd.report_md, markdown)
-    write_text(rd.report_html, to_html(markdown, f"neuralcodes report — {facts['run']}", rd.root))
+    html = to_html(markdown, f"neuralcodes report — {facts['run']}", rd.root)
+    write_text(rd.report_md, markdown + lineage.text_line(fp) + "\n")
+    write_text(rd.report_html, html.rstrip() + "\n" + lineage.text_line(fp) + "\n")
     return rd.report_md, rd.report_html

@@ -195,7 +195,8 @@ def evidence(facts: dict[str, Any]) -> dict[str, Any] | None:
         "sparsity": {k: v["sparsity"] for k, v in sorted(per.items())
                      if v.get("sparsity") is not None},
         "dims": {k: v["dims"] for k, v in sorted(per.items()) if v.get("dims")},
-        "changed": ev.get("top5_changed") or {}, "first_queries": ev.get("first_queries", 10),
+        "changed": ev.get("top_k_changed") or ev.get("top5_changed") or {},
+        "top_k": ev.get("top_k", 5), "first_queries": ev.get("first_queries", 10),
         "random_precision": (facts.get("chance") or {}).get("precision"),
     }
 

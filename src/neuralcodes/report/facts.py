@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralcodes import lineage
 from neuralcodes.course import course_reference
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json
@@ -59,18 +60,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def collect(run: str | Path) -> dict[str, Any]:
-    """Read a run's saved artifacts into one dict of facts (missing parts are ``None``)."""
+def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
+    """Read a run's saved artifacts into one dict of facts (missing parts are ``None``).
+
+    ``k``: the figures' k (default: the run's ``retrieval.k``). Only artifacts made from the
+    run's current weights (``best.pt``; without it, those eval.json names) are read: one made
+    from other weights counts as missing and is listed in ``stale`` with the command that
+    recomputes it, so the report never mixes two sets of weights.
+    """
     rd = RunDir.existing(run)
     saved = rd.saved(data=False)
+    k = k if k is not None else int(saved["config"].get("retrieval", {}).get("k", 5))
+    lin = _Lineage(rd)
     facts: dict[str, Any] = {
         "run": rd.root.name, "root": str(rd.root), "saved": saved,
         "epochs": _read_jsonl(rd.metrics),
-        "eval": _read_optional(rd.eval_json),
+        "eval": lin.read(rd.eval_json, f"neuralcodes evaluate {rd.root}"),
         "state": _read_optional(rd.train_state),
         "curves": rd.curves if rd.curves.is_file() else None,
         "architecture": _architecture(saved),
-        "retrieval": _retrieval_facts(rd),
+        "retrieval": _retrieval_facts(rd, lin, k),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
         # How the text names the artifacts it cites (relative to the run directory).
@@ -79,7 +88,43 @@ def collect(run: str | Path) -> dict[str, Any]:
             ("train_state", rd.train_state), ("eval", rd.eval_json))},
     }
     facts["chance"] = _chance(facts["retrieval"]["map"], saved.get("data", {}))
+    facts["k"] = k
+    facts["weights"] = lin.weights
+    facts["made_by"] = lin.made_by
+    facts["stale"] = lin.stale
     return facts
+
+
+class _Lineage:
+    """Reads a run's JSON artifacts, keeping only those made from its current weights."""
+
+    def __init__(self, rd: RunDir) -> None:
+        self.rd = rd
+        self.weights: dict[str, Any] | None = None
+        if rd.best_checkpoint.is_file():
+            self.weights = lineage.weights_identity(rd.best_checkpoint)
+        elif rd.eval_json.is_file():
+            self.weights = (lineage.recorded(rd.eval_json) or {}).get("weights")
+        self.made_by: dict[str, lineage.Fingerprint | None] = {}  # file -> its fingerprint
+        self.stale: list[str] = []  # one line per artifact left out
+
+    def current(self, path: Path, command: str) -> bool:
+        """Whether ``path`` exists and was made from the current weights (else noted)."""
+        if not path.is_file():
+            return False
+        made = lineage.recorded(path)
+        name = path.relative_to(self.rd.root).as_posix()
+        if self.weights is not None and (made or {}).get("weights") != self.weights:
+            self.stale.append(f"`{name}` was made from "
+                              f"{lineage.describe_weights((made or {}).get('weights'))}, not "
+                              f"the run's {lineage.describe_weights(self.weights)}; "
+                              f"`{command}` recomputes it")
+            return False
+        self.made_by[name] = made
+        return True
+
+    def read(self, path: Path, command: str) -> Any:
+        return read_json(path) if self.current(path, command) else None
 
 
 def _architecture(saved: dict[str, Any]) -> dict[str, Any]:
@@ -96,14 +141,16 @@ def _architecture(saved: dict[str, Any]) -> dict[str, Any]:
     return {"num_classes": n, "rows": layer_table(model), "total": count_parameters(model)}
 
 
-def _retrieval_facts(rd: RunDir) -> dict[str, Any]:
-    out: dict[str, Any] = {"map": _read_optional(rd.map_json), "pca": _read_optional(rd.pca_json),
-                           "evidence": _read_optional(rd.evidence_json)}
-    combined = rd.top_figure(None)
-    per_layer = [rd.top_figure(layer) for layer in LAYERS]
-    out["figures"] = ([combined] if combined.is_file()
-                      else [p for p in per_layer if p.is_file()])
-    out["pca_plot"] = rd.pca_plot if rd.pca_plot.is_file() else None
+def _retrieval_facts(rd: RunDir, lin: _Lineage, k: int) -> dict[str, Any]:
+    again = f"neuralcodes retrieval {rd.root}"
+    out: dict[str, Any] = {"map": lin.read(rd.map_json, again),
+                           "pca": lin.read(rd.pca_json, again),
+                           "evidence": lin.read(rd.evidence_json, again)}
+    combined = rd.top_figure(k)
+    per_layer = [rd.top_figure(k, layer) for layer in LAYERS]
+    figures = [combined] if combined.is_file() else [p for p in per_layer if p.is_file()]
+    out["figures"] = [p for p in figures if lin.current(p, again)]
+    out["pca_plot"] = rd.pca_plot if lin.current(rd.pca_plot, again) else None
     return out
 
 

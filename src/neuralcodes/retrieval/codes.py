@@ -9,13 +9,15 @@ elementwise ReLU of those, so one forward pass yields both.
 A codes file ``runs/<name>/codes/<split>-<pre|post>relu.npz`` (:class:`CodeSet`) holds
 ``code5``, ``code6``, ``code7`` (float32 (N, D), unit L2 norm), ``index`` (int64 dataset
 indices), ``labels`` (int64 dataset class indices), ``relu`` (bool), ``precision`` (what the
-codes were computed in: fp32, bf16 or fp16; absent in files written before it was recorded)
-and, for an index of the user's own images, ``paths``. :func:`run_codes` (``neuralcodes codes
+codes were computed in: fp32, bf16 or fp16; absent in files written before it was recorded),
+``made_by`` (the fingerprint of what made them, JSON text: :mod:`neuralcodes.lineage`) and,
+for an index of the user's own images, ``paths``. :func:`run_codes` (``neuralcodes codes
 RUN``) writes them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
 from neuralcodes.model import CODE_LAYERS
@@ -52,6 +55,7 @@ class CodeSet:
     relu: bool  # post-ReLU (True) or pre-ReLU (False) activations
     paths: list[str] | None = None  # image files, for an index of a folder (key ``paths``)
     precision: str | None = None  # computed in fp32/bf16/fp16 (None: not recorded)
+    made_by: dict[str, Any] | None = None  # the fingerprint of what made them (lineage)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -63,6 +67,8 @@ class CodeSet:
             arrays["paths"] = np.array(self.paths, dtype=str)
         if self.precision is not None:
             arrays["precision"] = np.str_(self.precision)
+        if self.made_by is not None:
+            arrays[lineage.KEY] = np.str_(json.dumps(self.made_by))
         with atomic_open(path, "wb") as f:  # a file object: np.savez adds no ".npz"
             np.savez(f, index=self.index.astype(np.int64), labels=self.labels.astype(np.int64),
                      relu=np.bool_(self.relu), **arrays)
@@ -80,13 +86,17 @@ class CodeSet:
                 layers = {k[4:]: f[k] for k in sorted(f.files) if k.startswith("code")}
                 paths = f["paths"].tolist() if "paths" in f.files else None
                 precision = str(f["precision"]) if "precision" in f.files else None
+                made_by = (json.loads(str(f[lineage.KEY])) if lineage.KEY in f.files
+                           else None)
                 code_set = cls(layers, f["index"], f["labels"], bool(f["relu"]), paths,
-                               precision)
+                               precision, made_by if isinstance(made_by, dict) else None)
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise NeuralCodesError(f"{path}: not a readable codes file ({e})") from None
-        if not layers or any(len(v) != len(code_set.index) for v in layers.values()):
-            raise NeuralCodesError(f"{path}: codes file is inconsistent (no layers or wrong "
-                                   "lengths)")
+        n = len(code_set.index)
+        if (not layers or any(v.ndim != 2 or len(v) != n for v in layers.values())
+                or len(code_set.labels) != n or (paths is not None and len(paths) != n)):
+            raise NeuralCodesError(f"{path}: codes file is inconsistent (no layers, or its "
+                                   "codes, labels and paths differ in length)")
         return code_set
 
 
@@ -179,10 +189,11 @@ def run_codes(
 ) -> dict[bool, Path]:
     """Compute and save the codes of one split of a trained run; ``relu`` None: both variants.
 
-    ``precision`` None: the run's own (``train.precision``), recorded in each file. Files that
-    already exist are kept unless ``force``, or unless they record another precision than the
-    one asked for. ``trained`` may pass the run already loaded, to avoid loading it again.
-    Returns ``{relu: path}``.
+    ``precision`` None: the run's own (``train.precision``). A file is kept when it records the
+    same fingerprint (:func:`codes_fingerprint`: the weights' sha256, split, variant, precision,
+    partition), unless ``force``; otherwise it is recomputed and one line says why.
+    ``trained`` may pass the run already loaded, to avoid loading it again. Returns
+    ``{relu: path}``.
     """
     check_split(split)
     if batch_size < 1:
@@ -191,9 +202,10 @@ def run_codes(
     precision = precision or (trained.config if trained else rd.read_config()).train.precision
     variants = (False, True) if relu is None else (bool(relu),)
     paths = {v: rd.codes(split, v) for v in variants}
+    fps = {v: codes_fingerprint(rd, split, v, precision, checkpoint) for v in variants}
     todo = [v for v in variants
-            if force or not paths[v].is_file() or recorded_precision(paths[v]) not in (
-                None, precision)]
+            if lineage.needs_run(f"codes ({split}, {VARIANT[v]}-ReLU)", paths[v], fps[v],
+                                 force=force)]
     if todo:
         if trained is None:
             trained = TrainedRun.load(rd.root, checkpoint=checkpoint, device=device)
@@ -205,17 +217,16 @@ def run_codes(
                                        precision, progress)
         labels = np.asarray(dataset.labels[index], dtype=np.int64)
         for v in todo:
-            CodeSet(result[v], index, labels, v, precision=precision).save(paths[v])
+            CodeSet(result[v], index, labels, v, precision=precision,
+                    made_by=fps[v]).save(paths[v])
     return paths
 
 
-def recorded_precision(path: Path) -> str | None:
-    """The precision a codes file records (None: not recorded, or not readable)."""
-    try:
-        with np.load(path) as f:
-            return str(f["precision"]) if "precision" in f.files else None
-    except (OSError, ValueError, EOFError):
-        return None
+def codes_fingerprint(rd: RunDir, split: str, relu: bool, precision: str,
+                      checkpoint: str = "best") -> lineage.Fingerprint:
+    """What the codes of ``split`` in one variant must record to be current."""
+    return lineage.codes_fingerprint(lineage.weights_identity(rd.checkpoint(checkpoint)), split,
+                                     relu, precision, rd.saved()["data"]["splits_hash"])
 
 
 def _check_memory(model: Any, n: int, split: str, variants: int) -> None:

@@ -95,6 +95,6 @@ def layer_evidence(codes: CodeSet, metrics: dict[str, RankingMetrics], images: n
         "baseline_pairs_per_query": BASELINE_PAIRS,
         "per_layer": per_layer,
         "colour_similarity_baseline": baseline,
-        "top5_changed": changed,
-        "top5_overlap": overlap,
+        "top_k_changed": changed,  # of the first queries, those whose top-k sets differ
+        "top_k_overlap": overlap,
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
 from neuralcodes.files import require_folder
@@ -42,7 +43,8 @@ class Searcher:
                  kind: str = "exact", progress: bool = False) -> None:
         """``precision`` None: the run's own (``train.precision``), for the query codes and
         for the ood codes when they have to be computed."""
-        self.run = RunData.open(run, device=device, precision=precision, progress=progress)
+        self.run = RunData.open(run, device=device, precision=precision, progress=progress,
+                                reader=True)
         self.kind = kind
         if index is None:
             self.relu = self.run.relu(relu)
@@ -51,15 +53,7 @@ class Searcher:
             self.labels = self.run.class_names(self.codes.labels)
             self.source = "ood"
         else:
-            if not Path(index).is_file():
-                raise NeuralCodesError(f"{index}: no index file; build one with "
-                                       "`neuralcodes index FOLDER --run RUN`")
-            self.codes = CodeSet.load(index)
-            if self.codes.paths is None:
-                raise NeuralCodesError(f"{index}: not a folder index (no paths); build one with "
-                                       "`neuralcodes index FOLDER --run RUN`")
-            if relu is not None and bool(relu) != self.codes.relu:
-                raise NeuralCodesError(f"{index} holds {VARIANT[self.codes.relu]}-ReLU codes")
+            self.codes = open_index(index, self.run, relu)
             self.relu, self.paths = self.codes.relu, list(self.codes.paths)
             self.labels = [""] * len(self.paths)
             self.source = str(index)
@@ -96,6 +90,47 @@ class Searcher:
         return read_image(self.paths[position])
 
 
+def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> CodeSet:
+    """A folder index, refused in one line unless it was made by this run's current weights,
+    in the precision and ReLU variant asked for, and holds one path per code."""
+    path = Path(index)
+    again = f"run `neuralcodes index FOLDER --run {run.dir.root}` again"
+    if not path.is_file():
+        raise NeuralCodesError(f"{index}: no index file; build one with "
+                               f"`neuralcodes index FOLDER --run {run.dir.root}`")
+    codes = CodeSet.load(path)  # one line for a malformed file, or paths != codes
+    made = codes.made_by or {}
+    if codes.paths is None or made.get("stage") not in (None, "index"):
+        raise NeuralCodesError(f"{path.name}: not a folder index (no paths); build one with "
+                               f"`neuralcodes index FOLDER --run {run.dir.root}`")
+    if made.get("format") != lineage.FORMATS["index"]:
+        raise NeuralCodesError(f"{path.name} records no identity (made by an older neuralcodes) "
+                               f"or another format; {again}")
+    now = lineage.weights_identity(run.dir.best_checkpoint)
+    was, settings = made.get("weights") or {}, made.get("settings") or {}
+    if was.get("sha256") != now["sha256"]:
+        raise NeuralCodesError(
+            f"{path.name} was made with weights {str(was.get('sha256'))[:12]} (epoch "
+            f"{was.get('epoch')}, run {settings.get('run')}); this run's {now['file']} is "
+            f"{now['sha256'][:12]} (epoch {now['epoch']}): {again}")
+    if settings.get("train.precision") != run.precision:
+        raise NeuralCodesError(
+            f"{path.name} holds {settings.get('train.precision')} codes and this search computes "
+            f"{run.precision} codes: {again} with --precision {run.precision}, or search with "
+            f"--precision {settings.get('train.precision')}")
+    if relu is not None and bool(relu) != codes.relu:
+        raise NeuralCodesError(
+            f"{path.name} holds {VARIANT[codes.relu]}-ReLU codes and {VARIANT[bool(relu)]}-ReLU "
+            f"ones were asked for (retrieval.relu): {again} with --relu {VARIANT[bool(relu)]}")
+    dims = {layer: int(x.shape[1]) for layer, x in codes.layers.items()}
+    if (settings.get("dims") != dims or settings.get("images") != len(codes)
+            or settings.get("relu") != codes.relu):
+        raise NeuralCodesError(f"{path.name} does not hold what it records (code sizes "
+                               f"{settings.get('dims')} of {settings.get('images')} images; "
+                               f"found {dims} of {len(codes)}): {again}")
+    return codes
+
+
 def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None = None,
                 relu: bool | None = None, device: str = "auto", precision: str | None = None,
                 batch_size: int = DEFAULT_BATCH, progress: bool = True
@@ -120,16 +155,23 @@ def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None =
     layers = extract_codes(r.model, images, CODE_LAYERS, use_relu, batch_size, None,
                            r.precision, progress)
     path = Path(out) if out else r.dir.index(folder.resolve().name)
+    made_by = lineage.index_fingerprint(
+        lineage.weights_identity(r.dir.best_checkpoint), r.dir.root.resolve().name, use_relu,
+        r.precision, CODE_LAYERS, {layer: int(x.shape[1]) for layer, x in layers.items()},
+        len(ok))
     CodeSet(layers, np.arange(len(ok)), np.full(len(ok), -1), use_relu,
-            [str(p) for p in ok], r.precision).save(path)
+            [str(p) for p in ok], r.precision, made_by).save(path)
     return path, len(ok), failed
 
 
 def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path | None = None,
            layer: str = "6", k: int = 5, figure: str | Path | None = None,
-           device: str = "auto", precision: str | None = None) -> list[Hit]:
+           device: str = "auto", precision: str | None = None, relu: bool | None = None,
+           progress: bool = False) -> list[Hit]:
     """Rank the database (ood set by default, or a folder index) for one query image; the
-    query's codes are computed in ``precision`` (None: the run's own)."""
+    query's codes are computed in ``precision`` (None: the run's own) and ``relu`` (None: the
+    run's ``retrieval.relu`` for the ood set, the index's own for an index). Stale ood codes
+    are recomputed first (with a progress bar if ``progress``)."""
     if k < 1:
         raise NeuralCodesError(f"k must be positive, got {k}")
     if layer not in CODE_LAYERS:
@@ -137,11 +179,13 @@ def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path
     if figure:
         figure = require_folder(figure, "figure")
     query = image if isinstance(image, np.ndarray) else read_image(image)
-    s = Searcher(run, index=index, device=device, precision=precision)
+    s = Searcher(run, index=index, device=device, precision=precision, relu=relu,
+                 progress=progress)
     hits = s.search_images(query[None], layer, k)[0]
     if figure:
         row = RetrievalRow(query, Path(image).name if not isinstance(image, np.ndarray) else "",
                            [Result(s.image(h.position), h.score, h.label or Path(h.path).name)
                             for h in hits])
-        plot_retrieval([row], figure, title=f"layer {layer}, {s.source} database")
+        plot_retrieval([row], figure, title=f"layer {layer}, {VARIANT[s.relu]}-ReLU codes, "
+                       f"{s.source} database")
     return hits

@@ -7,7 +7,9 @@ unit-length codes (cosine); ties are broken by database index (lowest first). Av
 is computed over the full ranking (see :mod:`neuralcodes.retrieval.metrics`).
 
 Outputs of :func:`run_study` in ``runs/<name>/retrieval/`` (each step is skipped when its
-output exists; ``force=True`` redoes it). Layers are ``retrieval.layers`` of the config.
+files record the fingerprint it would write now, see :mod:`neuralcodes.lineage`;
+``force=True`` redoes it). Layers are ``retrieval.layers`` of the config. Every JSON file has
+a ``made_by`` key, every PNG a ``made_by`` text chunk.
 
 ``map.json``::
 
@@ -24,8 +26,9 @@ output exists; ``force=True`` redoes it). Layers are ``retrieval.layers`` of the
     Intervals: paired percentile bootstrap over the queries (the same resampled queries for
     both layers); ``significant``: the interval excludes 0.
 
-``top5.json``: the first ``figure_queries`` queries and their top-k per layer (ids, classes,
-scores). ``top5_layer<L>.png`` per layer and ``top5_layers.png``: query + top-k figures.
+``top<k>.json``: the first ``figure_queries`` queries and their top ``k`` per layer (ids,
+classes, scores; ``k = retrieval.k``). ``top<k>_layer<L>.png`` per layer and
+``top<k>_layers.png``: query + top-k figures.
 
 ``evidence.json`` (:func:`~neuralcodes.retrieval.evidence.layer_evidence`)::
 
@@ -34,7 +37,7 @@ scores). ``top5_layer<L>.png`` per layer and ``top5_layers.png``: query + top-k 
                            "colour_similarity_random_pairs",
                            "colour_similarity_same_class_pairs", "sparsity"}},
      "colour_similarity_baseline": {"random_pairs", "same_class_pairs"},
-     "top5_changed": {"5-6": n, ...}, "top5_overlap": {"5-6": mean, ...}}
+     "top_k_changed": {"5-6": n, ...}, "top_k_overlap": {"5-6": mean, ...}}  # k = top_k
 
 ``pca.json``, ``pca.png``: mAP of PCA / PCA-whitened codes (fitted on in-domain train codes)::
 
@@ -42,7 +45,7 @@ scores). ``top5_layer<L>.png`` per layer and ``top5_layers.png``: query + top-k 
      "table": [{"layer", "dims" (int or "full"), "whiten", "map", "p@5",
                 "diff_vs_full", "ci95", "significant"}]}   # the last three null on "full" rows
 
-Figures, top5.json, evidence and PCA use the run's default codes (``retrieval.relu`` in its
+Figures, top<k>.json, evidence and PCA use the run's default codes (``retrieval.relu`` in its
 config, pre-ReLU by default) unless ``relu`` is given; map.json has both variants.
 """
 
@@ -57,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralcodes import lineage
 from neuralcodes.config import Config
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import (
@@ -68,7 +72,13 @@ from neuralcodes.figures import (
 )
 from neuralcodes.files import read_json, write_json
 from neuralcodes.model import CODE_LAYERS
-from neuralcodes.retrieval.codes import VARIANT, CodeSet, extract_codes, gather_images
+from neuralcodes.retrieval.codes import (
+    VARIANT,
+    CodeSet,
+    codes_fingerprint,
+    extract_codes,
+    gather_images,
+)
 from neuralcodes.retrieval.evidence import layer_evidence
 from neuralcodes.retrieval.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -131,16 +141,20 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
     """The whole retrieval study of a trained run (see the module docstring for the files).
 
     ``config``: the run's config with retrieval settings changed (default: the saved one);
-    ``device``/``precision`` None: the config's ``train`` ones. ``relu`` None: mAP for both
-    pre- and post-ReLU codes, everything else for the run's default; True/False: only that
-    variant. Returns the contents of the JSON files written.
+    ``device``/``precision`` None: the config's ``train`` ones. map.json always holds both
+    pre- and post-ReLU codes; ``relu`` (None: the config's ``retrieval.relu``) picks the codes
+    of the figures, the evidence and the PCA study. Each step is skipped exactly when its files
+    record the fingerprint it would write now (:mod:`neuralcodes.lineage`: the codes' weights
+    and the retrieval settings it uses), unless ``force``; otherwise one line says why it
+    reruns. Returns the contents of the JSON files.
     """
     if pca_images < 2:
         raise NeuralCodesError(f"the PCA needs at least 2 training images, got {pca_images}")
     run = RunData.open(run_dir, config, device=device, precision=precision, progress=progress)
-    variants = (False, True) if relu is None else (bool(relu),)
     main = run.relu(relu)
     cfg = run.config.retrieval
+    layers = [layer for layer in CODE_LAYERS if layer in cfg.layers]
+    codes_fp = {v: codes_fingerprint(run.dir, "ood", v, run.precision) for v in (False, True)}
     result: dict[str, Any] = {}
     metrics: dict[bool, dict[str, RankingMetrics]] = {}
     seconds: dict[bool, float] = {}
@@ -153,49 +167,46 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
             seconds[v] = (time.perf_counter() - start) / len(metrics[v])
         return metrics[v]
 
-    map_path = run.dir.map_json
-    maps = read_json(map_path) if map_path.is_file() and not force else {}
-    todo = [v for v in variants if VARIANT[v] not in maps or "chance_map" not in maps
-            or VARIANT[v] not in maps.get("pairs", {})]
-    if todo:
-        maps.update(map_statistics(run.ood_codes(todo[0])))
+    fp = lineage.map_fingerprint(codes_fp, layers)
+    if lineage.needs_run("mAP", run.dir.map_json, fp, force=force):
+        maps: dict[str, Any] = map_statistics(run.ood_codes(False))
         maps["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
                              "confidence": 0.95, "unit": "query"}
-        for v in todo:
+        for v in (False, True):
             m = metrics_of(v)
-            if VARIANT[v] not in maps:
-                maps[VARIANT[v]] = {layer: _map_row(x, seconds[v]) for layer, x in m.items()}
+            maps[VARIANT[v]] = {layer: _map_row(x, seconds[v]) for layer, x in m.items()}
             pairs, best = layer_comparisons(m)
             maps.setdefault("pairs", {})[VARIANT[v]] = pairs
             maps.setdefault("best_layer", {})[VARIANT[v]] = best
-        write_json(map_path, maps)
-    result["map"] = maps
+        write_json(run.dir.map_json, lineage.stamped(maps, fp))
+    result["map"] = read_json(run.dir.map_json)
 
     codes = run.ood_codes(main)
     first = np.arange(min(cfg.figure_queries, len(codes)))
-    layers = [layer for layer in codes.layers if layer in cfg.layers]
-    figure_paths = [run.dir.top_figure(layer) for layer in layers] + [run.dir.top_figure()]
-    if force or not all(p.is_file() for p in figure_paths) or not _done(run.dir.top_json, main):
-        result["top5"] = _write_figures(run, codes, metrics_of(main), first)
-    else:
-        result["top5"] = read_json(run.dir.top_json)
+    top_json = run.dir.top_json(cfg.k)
+    figure_paths = [run.dir.top_figure(cfg.k, layer) for layer in layers]
+    figure_paths.append(run.dir.top_figure(cfg.k))
+    fp = lineage.figures_fingerprint(codes_fp[main], layers, cfg.k, cfg.figure_queries)
+    if lineage.needs_run("figures", [top_json, *figure_paths], fp, force=force):
+        _write_figures(run, codes, metrics_of(main), first, fp)
+    result["top"] = read_json(top_json)
     result["figures"] = [str(p) for p in figure_paths]
 
-    if force or not _done(run.dir.evidence_json, main):
+    fp = lineage.evidence_fingerprint(codes_fp[main], layers, cfg.k, cfg.figure_queries)
+    if lineage.needs_run("evidence", run.dir.evidence_json, fp, force=force):
         evidence = layer_evidence(codes, metrics_of(main), run.images(codes.index), len(first))
-        write_json(run.dir.evidence_json, evidence)
+        write_json(run.dir.evidence_json, lineage.stamped(evidence, fp))
     result["evidence"] = read_json(run.dir.evidence_json)
 
-    redo_pca = force or not _done(run.dir.pca_json, main)
-    if redo_pca:
+    fp = lineage.pca_fingerprint(codes_fp[main], layers, cfg.pca_dims, pca_images)
+    if lineage.needs_run("PCA study", [run.dir.pca_json, run.dir.pca_plot], fp, force=force):
         train = _train_codes(run, main, pca_images, layers)
         table = pca_study(train, codes, cfg.pca_dims, progress)
-        write_json(run.dir.pca_json, {"relu": main, "fit": {
-            "split": "train", "images": len(next(iter(train.values())))}, "table": table})
-    result["pca"] = read_json(run.dir.pca_json)
-    if redo_pca or not run.dir.pca_plot.is_file():
-        plot_pca(result["pca"]["table"], run.dir.pca_plot,
+        plot_pca(table, run.dir.pca_plot, metadata=lineage.png_metadata(fp),
                  title=f"PCA-compressed {VARIANT[main]}-ReLU codes (fitted on train)")
+        write_json(run.dir.pca_json, lineage.stamped({"relu": main, "fit": {
+            "split": "train", "images": len(next(iter(train.values())))}, "table": table}, fp))
+    result["pca"] = read_json(run.dir.pca_json)
     return result
 
 
@@ -204,11 +215,6 @@ def _map_row(m: RankingMetrics, seconds: float) -> dict[str, Any]:
     precision = {f"p@{k}": float(m.precision[k].mean()) if k in m.precision else None
                  for k in PRECISION_KS}
     return {"map": m.map, **precision, "n_queries": len(m.ap), "seconds": round(seconds, 3)}
-
-
-def _done(path: Path, relu: bool) -> bool:
-    """``path`` exists and was computed from codes of the same ReLU variant."""
-    return path.is_file() and read_json(path).get("relu") == relu
 
 
 def _train_codes(run: RunData, relu: bool, n_images: int, layers: Sequence[str] = CODE_LAYERS
@@ -240,16 +246,20 @@ def _rows(run: RunData, codes: CodeSet, m: RankingMetrics, first: np.ndarray
 
 
 def _write_figures(run: RunData, codes: CodeSet, metrics: dict[str, RankingMetrics],
-                   first: np.ndarray) -> dict[str, Any]:
+                   first: np.ndarray, fp: lineage.Fingerprint) -> dict[str, Any]:
+    k = run.config.retrieval.k
     variant = f"{VARIANT[codes.relu]}-ReLU"
+    meta = lineage.png_metadata(fp)
     rows = {layer: _rows(run, codes, m, first) for layer, m in metrics.items()}
     for layer, r in rows.items():
-        plot_retrieval(r, run.dir.top_figure(layer),
-                       title=f"Layer {layer} ({variant} codes): top-5 for the first "
+        plot_retrieval(r, run.dir.top_figure(k, layer), metadata=meta,
+                       title=f"Layer {layer} ({variant} codes): top-{k} for the first "
                              f"{len(first)} ood queries")
-    plot_retrieval_layers(rows, run.dir.top_figure())
+    plot_retrieval_layers(rows, run.dir.top_figure(k), metadata=meta,
+                          title=f"Top-{k} of the first {len(first)} ood queries per layer "
+                                f"({variant} codes)")
     names = run.class_names(codes.labels)
-    data = {"relu": codes.relu, "queries": [
+    data = {"relu": codes.relu, "k": k, "queries": [
         {"position": int(q), "dataset_index": int(codes.index[q]), "class": names[q],
          "layers": {layer: [{"position": int(j), "dataset_index": int(codes.index[j]),
                              "class": names[j], "score": float(s),
@@ -257,5 +267,6 @@ def _write_figures(run: RunData, codes: CodeSet, metrics: dict[str, RankingMetri
                             for j, s in zip(m.top[q], m.top_scores[q], strict=True)]
                     for layer, m in metrics.items()}}
         for q in first]}
-    write_json(run.dir.top_json, data)
+    data = lineage.stamped(data, fp)
+    write_json(run.dir.top_json(k), data)  # last: the figures are current when it is
     return data

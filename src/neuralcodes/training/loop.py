@@ -127,6 +127,34 @@ def is_finished(run: str | Path) -> bool:
     return path.is_file() and bool(read_json(path).get("finished"))
 
 
+def training_left(run: str | Path, max_epochs: int, patience: int | None = None
+                  ) -> tuple[bool, str]:
+    """Whether ``run`` has training left to do at an epoch limit of ``max_epochs``, and the
+    line that says so: a finished run trains on when the limit was raised, unless early
+    stopping ended it and ``patience`` is not higher than it was (then the line says how to
+    go on)."""
+    rd = RunDir(Path(run))
+    if not is_finished(rd.root):
+        return True, ""
+    state = read_json(rd.train_state)
+    done = int(state.get("epochs_completed") or 0)
+    if done >= max_epochs:
+        return False, f"skipped: {rd.root} already holds a finished training run ({done} epochs)"
+    if state.get("stopped_early") and (patience is None
+                                       or patience <= int(state.get("patience") or 0)):
+        return False, early_stopped_line(rd, state.get("stopped_epoch"), state.get("patience"),
+                                         max_epochs)
+    return True, f"{rd.root} trained {done} epochs; the limit is now {max_epochs}: training on"
+
+
+def early_stopped_line(rd: RunDir, stopped: Any, patience: Any, max_epochs: int) -> str:
+    """The line for a run early stopping ended before ``max_epochs``: how to train on."""
+    return (f"not training on: early stopping ended {rd.root} at epoch {stopped} (patience "
+            f"{patience}); to train on to {max_epochs} epochs anyway, raise the patience: "
+            f"`neuralcodes train --resume {rd.root} --epochs {max_epochs} --set "
+            f"train.patience={int(patience or 0) + 1}`")
+
+
 @dataclass
 class _Session:
     """Everything one call of :func:`train` works with."""
@@ -278,6 +306,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
             warning = precision_warning(device, t.precision)
             if warning:
                 log.warning(f"warning: {warning}")
+        if dist.main and stopping.should_stop and start_epoch <= t.max_epochs:
+            log.info(early_stopped_line(run, stopping.stopped_epoch, t.patience, t.max_epochs))
         _loop(s, train_data, val_data, start_epoch, start_step, partial)
     return run
 

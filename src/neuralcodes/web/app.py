@@ -211,7 +211,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
              response_class=Response,
              responses={200: {"content": {"image/png": {}}}, 404: {"description": "none"}})
     def figure(name: str) -> FileResponse:
-        path = figure_path(retrieval.run, name)
+        path = figure_path(retrieval, name)
         if path is None:
             raise HTTPException(404, f"this run has no figure '{name}'")
         return FileResponse(path, media_type="image/png")

@@ -15,37 +15,39 @@ from neuralcodes.files import read_json
 from neuralcodes.retrieval.metrics import chance_map
 
 if TYPE_CHECKING:
-    from neuralcodes.runs import RunDir
     from neuralcodes.web.service import ServedRun
 
 log = logging.getLogger(__name__)
 
-#: Figures the app may serve: name -> (title, how to find it in a run). Requests name a figure
-#: by one of these keys only, never by a path.
+#: Figures the app may serve: name -> (title, how to find it in a run for the run's k).
+#: Requests name a figure by one of these keys only, never by a path.
 FIGURES: dict[str, tuple[str, Any]] = {
-    "curves": ("Learning curves: loss and accuracy per epoch", lambda rd: rd.curves),
-    "top5_layers": ("The first ood queries and their top 5, layers side by side",
-                    lambda rd: rd.top_figure()),
-    **{f"top5_layer{x}": (f"The first ood queries and their top 5, layer {x}",
-                          lambda rd, x=x: rd.top_figure(x)) for x in ("5", "6", "7")},
-    "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd: rd.pca_plot),
+    "curves": ("Learning curves: loss and accuracy per epoch", lambda rd, k: rd.curves),
+    "top_layers": ("The first ood queries and their top {k}, layers side by side",
+                   lambda rd, k: rd.top_figure(k)),
+    **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
+                         lambda rd, k, x=x: rd.top_figure(k, x)) for x in ("5", "6", "7")},
+    "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd, k: rd.pca_plot),
 }
 
 _map_lock = threading.Lock()
 
 
-def figure_path(rd: RunDir, name: str) -> Path | None:
-    """The file of figure ``name`` (a key of :data:`FIGURES`) if the run has it."""
+def figure_path(served: ServedRun, name: str) -> Path | None:
+    """The file of figure ``name`` (a key of :data:`FIGURES`) if the run has it, made from the
+    weights being served (a figure of other weights is not shown)."""
     if name not in FIGURES:
         return None
-    path = Path(FIGURES[name][1](rd))
-    return path if path.is_file() else None
+    path = Path(FIGURES[name][1](served.run, served.figure_k))
+    if not path.is_file() or (name != "curves" and not served.current(path)):
+        return None
+    return path
 
 
 def run_results(served: ServedRun) -> dict[str, Any]:
     """Everything the results page shows (see :class:`neuralcodes.web.schemas.Results`)."""
     rd = served.run
-    eval_ = read_json(rd.eval_json) if rd.eval_json.is_file() else None
+    eval_ = read_json(rd.eval_json) if served.current(rd.eval_json) else None
     maps, source = _saved_map(served)
     if maps is None:
         maps, source = _computed_map(served), "computed by the server from the ood codes"
@@ -53,15 +55,16 @@ def run_results(served: ServedRun) -> dict[str, Any]:
     chance_ap, chance_p = _retrieval_chance(served)
     for row in maps:
         row.update(chance_map=chance_ap, chance_p=chance_p)
-    figures = [{"name": name, "title": title, "url": f"api/figure/{name}.png"}
-               for name, (title, _) in FIGURES.items() if figure_path(rd, name)]
+    figures = [{"name": name, "title": title.format(k=served.figure_k),
+                "url": f"api/figure/{name}.png"}
+               for name, (title, _) in FIGURES.items() if figure_path(served, name)]
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,
             "chance": {"top1": 1 / n_classes, "top5": min(5, n_classes) / n_classes},
             "reference": _reference(),
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
-            "report_url": "report.html" if rd.report_html.is_file() else None}
+            "report_url": "report.html" if served.current(rd.report_html) else None}
 
 
 def _retrieval_chance(served: ServedRun) -> tuple[float | None, float | None]:
@@ -77,7 +80,7 @@ def _retrieval_chance(served: ServedRun) -> tuple[float | None, float | None]:
 def _saved_map(served: ServedRun) -> tuple[list[dict[str, Any]] | None, str]:
     """mAP rows from ``retrieval/map.json`` (``{"pre"|"post": {layer: {"map", ...}}}``)."""
     path = served.run.map_json
-    if not path.is_file():
+    if not served.current(path):  # absent, or computed from other weights: not shown
         return None, ""
     rows = [{"layer": layer, "relu": variant == "post", "map": m["map"], "p@5": m.get("p@5"),
              "p@10": m.get("p@10"), "n_queries": m.get("n_queries", len(served))}

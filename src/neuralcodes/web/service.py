@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralcodes import lineage
 from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval import Searcher, exact_top_k, extract_code_variants
@@ -33,15 +34,22 @@ class ServedRun:
                  settings: RetrievalConfig | None = None, progress: bool = False) -> None:
         """``precision`` None: the run's own (``train.precision``) for every forward pass."""
         relu = None if settings is None else settings.relu
-        # the index first: a wrong one fails before the ood codes are computed (with a bar)
-        self.index = None if index is None else Searcher(run_dir, index=index, device=device,
-                                                         precision=precision)
-        if self.index is not None:
-            _check_layers("index", self.index, settings or self.index.run.config.retrieval)
+        # the index first: a wrong one is known before the ood codes are computed (with a bar);
+        # it is not served, and searches in it answer 409 with the reason (index_error)
+        self.index: Searcher | None = None
+        self.index_error: str | None = None
+        if index is not None:
+            try:
+                self.index = Searcher(run_dir, index=index, device=device, precision=precision)
+                _check_layers("index", self.index, settings or self.index.run.config.retrieval)
+            except NeuralCodesError as e:
+                self.index, self.index_error = None, str(e)
         self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
                             progress=progress)
         self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
+        self.weights = (self.ood.codes.made_by or {}).get("weights")
+        self.figure_k = self.ood.run.config.retrieval.k  # the run's own: its figures' k
         cfg = self.ood.run.config.retrieval if settings is None else settings
         self.layers = tuple(cfg.layers)
         self.k = int(cfg.k)
@@ -58,6 +66,11 @@ class ServedRun:
         self.computed_map: list[dict[str, Any]] | None = None  # see web.results
 
     # -- descriptions ---------------------------------------------------------------------------
+
+    def current(self, path: Path) -> bool:
+        """Whether artifact ``path`` exists and was made from the weights being served."""
+        made = lineage.recorded(path) if path.is_file() else None
+        return made is not None and made.get("weights") == self.weights
 
     def __len__(self) -> int:
         return len(self.ood.codes)
@@ -129,6 +142,8 @@ class ServedRun:
         if database not in ("ood", "index"):
             raise UploadRejected(400, f"unknown database '{database}' (choose ood or index)")
         searcher = self.ood if database == "ood" else self.index
+        if searcher is None and self.index_error:
+            raise UploadRejected(409, f"the index was refused: {self.index_error}")
         if searcher is None:
             raise UploadRejected(400, "no index is loaded (start `neuralcodes serve` with "
                                  "--index to search one)")

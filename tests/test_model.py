@@ -106,3 +106,27 @@ def test_torch_same_padding_equals_the_explicit_keras_pad(kernel):
         grads.append((out.detach(), xi.grad, conv.weight.grad))
     assert grads[0][0].shape == (2, 8, 13, 13)
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_feature_maps_are_the_conv_activations_and_agree_with_the_codes():
+    torch.manual_seed(0)
+    model = ConvNet(5, TINY).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.feature_maps(x, ("conv3", "conv4", "conv5", "pool5"), codes=("5", "6"))
+        codes = model.codes(x, layers=("5", "6"))
+        h = F.relu(model.pool(model.conv1(x)))
+        h = F.relu(model.pool(model.conv2(h)))
+        conv3 = F.relu(model.conv3(h))
+    assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == {
+        "conv3": (4, 16, 16), "conv4": (4, 16, 16), "conv5": (4, 16, 16), "pool5": (4, 8, 8),
+        "code5": (256,), "code6": (16,)}
+    assert torch.equal(maps["conv3"], conv3)
+    assert (maps["conv5"] >= 0).all()  # after the ReLU
+    # conv5 is the map before its pool: pooling it gives pool5, the ReLU of the layer-5 code
+    assert torch.equal(model.pool(maps["conv5"]), maps["pool5"])
+    assert torch.equal(maps["pool5"].flatten(1), F.relu(codes["5"]))
+    assert torch.equal(maps["code5"], codes["5"]) and torch.equal(maps["code6"], codes["6"])
+    assert list(model.feature_maps(x)) == ["conv5"]
+    with pytest.raises(ValueError, match="conv9"):
+        model.feature_maps(x, ("conv9",))

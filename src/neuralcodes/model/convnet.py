@@ -30,6 +30,9 @@ from torch import nn
 from neuralcodes.config import CODE_LAYERS, ModelConfig
 from neuralcodes.model.layers import SameMaxPool2d, same_conv2d
 
+#: Feature maps :meth:`ConvNet.feature_maps` gives by name.
+FEATURE_MAPS: tuple[str, ...] = ("conv3", "conv4", "conv5", "pool5")
+
 
 class ConvNet(nn.Module):
     """The assignment's ConvNet. ``forward`` returns logits; :meth:`codes` returns neural codes."""
@@ -73,11 +76,17 @@ class ConvNet(nn.Module):
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Layers 1-5 up to the last pool, before its ReLU: the pre-ReLU layer-5 map."""
+        return self._conv_maps(x)[-1]
+
+    def _conv_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """conv3, conv4 (after ReLU), conv5 before its pool and ReLU, and the pre-ReLU layer-5
+        map (conv5 -> pool)."""
         x = F.relu(self.pool(self.bn1(self.conv1(x))))
         x = F.relu(self.pool(self.bn2(self.conv2(x))))
-        x = F.relu(self.bn3(self.conv3(x)))
-        x = F.relu(self.bn4(self.conv4(x)))
-        return self.pool(self.bn5(self.conv5(x)))
+        c3 = F.relu(self.bn3(self.conv3(x)))
+        c4 = F.relu(self.bn4(self.conv4(c3)))
+        c5 = self.bn5(self.conv5(c4))
+        return c3, c4, c5, self.pool(c5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of float images (N, 3, H, W) in [0, 1]."""
@@ -98,9 +107,13 @@ class ConvNet(nn.Module):
         unknown = set(layers) - set(CODE_LAYERS)
         if unknown:
             raise ValueError(f"unknown code layer(s) {sorted(unknown)}; choose from {CODE_LAYERS}")
+        return self._codes_of(self._trunk(x), layers, relu)
+
+    def _codes_of(self, pre5_map: torch.Tensor, layers: Sequence[str], relu: bool
+                  ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         act = F.relu if relu else (lambda t: t)
-        pre5 = torch.flatten(self._trunk(x), 1)
+        pre5 = torch.flatten(pre5_map, 1)
         if "5" in layers:
             out["5"] = act(pre5)
         if "6" in layers or "7" in layers:
@@ -110,6 +123,33 @@ class ConvNet(nn.Module):
             if "7" in layers:
                 out["7"] = act(self.fc7(F.relu(pre6)))
         return {name: out[name] for name in layers}
+
+    def feature_maps(
+        self, x: torch.Tensor, names: Sequence[str] = ("conv5",), codes: Sequence[str] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Post-ReLU convolutional feature maps (N, C, H, W) by name, for pooled descriptors
+        (MAC, SPoC, GeM, R-MAC), and optionally the pre-ReLU neural codes of ``codes`` (as
+        :meth:`codes` gives them) from the same forward pass, without dropout.
+
+        Names: ``conv3``, ``conv4`` (16x16 for 64x64 images), ``conv5`` (ReLU(conv5) *before*
+        its 3x3/2 pool, 16x16) and ``pool5`` (after the pool, 8x8: the layer-5 code's map).
+        ``conv5`` is the map pooled descriptors are meant for, as in Tolias et al. and
+        Radenovic et al., who drop the network's last max-pool: the pool's overlapping 3x3
+        windows count most cells of the 16x16 map twice or four times in a sum (SPoC, GeM),
+        and R-MAC's regions need the finer grid (3 scales fit in 16x16, hardly in 8x8); MAC is
+        the same on both (a max of maxima). ReLU and max-pool commute, so ``pool5`` is exactly
+        the ReLU of the layer-5 code.
+        """
+        unknown = (set(names) - set(FEATURE_MAPS)) | (set(codes) - set(CODE_LAYERS))
+        if unknown:
+            raise ValueError(f"unknown feature map(s) or code layer(s) {sorted(unknown)}; "
+                             f"choose from {FEATURE_MAPS} and {CODE_LAYERS}")
+        c3, c4, c5, p5 = self._conv_maps(x)
+        maps = {"conv3": c3, "conv4": c4, "conv5": F.relu(c5), "pool5": F.relu(p5)}
+        out = {name: maps[name] for name in names}
+        if codes:
+            out.update({f"code{k}": v for k, v in self._codes_of(p5, codes, False).items()})
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,96 @@
+"""Descriptors of a split's images for the methods study, in one forward pass per batch: the
+paper's codes (layer 5, fc6, fc7; L2-normalised, pre- or post-ReLU) and the pooled descriptors
+of the conv maps (MAC, SPoC, SPoC with the centring prior, GeM for each p asked, R-MAC).
+
+The conv maps themselves are never kept: conv5's 256x16x16 map of 5,000 images alone would
+take 1.3 GB; each batch's maps are pooled and dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, l2_normalize
+from neuralcodes.retrieval.methods import pooling
+from neuralcodes.runtime import autocast, eval_mode, to_input
+
+#: The paper's codes by row name, and the code layer each is read from.
+PAPER_CODES: dict[str, str] = {"layer5": "5", "fc6": "6", "fc7": "7"}
+
+
+@dataclass
+class Features:
+    """Unit-length descriptors of N images by name (``fc6``, ``conv5/mac``, ``conv5/gem-p3``,
+    ...), their class labels and the split they come from."""
+
+    codes: dict[str, np.ndarray]
+    labels: np.ndarray
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def gem_name(layer: str, p: float) -> str:
+    return f"{layer}/gem-p{p:g}"
+
+
+def pooled_names(layer: str, gem_ps: Sequence[float] = ()) -> list[str]:
+    """Names of the descriptors :func:`extract_features` pools from ``layer``."""
+    return ([f"{layer}/{n}" for n in ("mac", "spoc", "spoc-centre", "rmac")]
+            + [gem_name(layer, p) for p in gem_ps])
+
+
+def _pool(maps: torch.Tensor, layer: str, gem_ps: Sequence[float]) -> dict[str, np.ndarray]:
+    maps = maps.float().contiguous()
+    out = {f"{layer}/mac": pooling.mac(maps), f"{layer}/spoc": pooling.spoc(maps),
+           f"{layer}/spoc-centre": pooling.spoc(maps, centre=True),
+           f"{layer}/rmac": pooling.rmac(maps)}
+    out.update({gem_name(layer, p): v for p, v in pooling.gem_grid(maps, gem_ps).items()})
+    return out
+
+
+def extract_features(
+    model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, split: str, *,
+    gem_ps: Mapping[str, Sequence[float]], codes: Sequence[str] = ("fc6", "fc7"),
+    relu: bool = False, batch_size: int = DEFAULT_BATCH, device: torch.device | None = None,
+    precision: str = "fp32", progress: bool = False,
+) -> Features:
+    """Descriptors of ``images`` (N, 64, 64, 3) uint8: the paper's ``codes`` (names of
+    :data:`PAPER_CODES`) and, for every conv map named in ``gem_ps`` (conv3, conv4, conv5),
+    its pooled descriptors with GeM at each p of ``gem_ps[map]``."""
+    if len(images) == 0:
+        raise NeuralCodesError(f"no {split} images to describe")
+    unknown = set(codes) - set(PAPER_CODES)
+    if unknown:
+        raise NeuralCodesError(f"unknown code(s) {sorted(unknown)}; choose from "
+                               f"{', '.join(PAPER_CODES)}")
+    dev = device or next(model.parameters()).device
+    layers = tuple(PAPER_CODES[c] for c in codes)
+    out: dict[str, np.ndarray] = {}
+    n = len(images)
+    with eval_mode(model), torch.inference_mode(), tqdm(
+            total=n, unit="img", desc=f"descriptors ({split})", disable=not progress,
+            leave=False, dynamic_ncols=True) as bar:
+        for start in range(0, n, batch_size):
+            x = to_input(np.array(images[start:start + batch_size]), dev)
+            with autocast(dev, precision):
+                raw = model.feature_maps(x, tuple(gem_ps), codes=layers)
+            batch: dict[str, np.ndarray] = {}
+            for name, layer in zip(codes, layers, strict=True):
+                t = raw[f"code{layer}"].float()
+                batch[name] = l2_normalize((torch.relu(t) if relu else t).cpu().numpy())
+            for layer, ps in gem_ps.items():
+                batch.update(_pool(raw[layer].cpu(), layer, ps))
+            for name, v in batch.items():
+                if name not in out:
+                    out[name] = np.empty((n, v.shape[1]), np.float32)
+                out[name][start:start + len(v)] = v
+            bar.update(len(x))
+    return Features(out, np.asarray(labels), split)

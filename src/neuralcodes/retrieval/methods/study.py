@@ -1,0 +1,283 @@
+"""The methods study: every method of the registry measured on the ood self-retrieval, beside
+the paper's codes, with the same statistics as the layer comparison.
+
+Protocol (the assignment's): every ood image queries the other ood images, its own entry
+excluded by index; AP over the full ranking; P@5, P@10. Everything a method fits or tunes comes
+from in-domain images only:
+
+1. descriptors (:mod:`.features`) of up to ``train_images`` training images (a fixed random
+   sample), all validation images and all ood images, in one pass each;
+2. GeM's p per conv map: the p of :data:`~.pooling.GEM_P_GRID` with the best self-retrieval
+   mAP on the first ``gem_fit_images`` of those training images;
+3. rows ``paper`` (layer5, fc6, fc7), ``pooling`` (MAC, SPoC, SPoC with the centring prior,
+   GeM p = 3 and p fitted, R-MAC on conv5; MAC, SPoC, fitted GeM on conv3/conv4);
+4. ``whitening``: PCA, PCA-whitening and learned whitening at 64/128/256 dimensions, fitted on
+   the training descriptors, of fc6, fc7 and of the pooled descriptor with the best
+   *validation* mAP; the shrinkage of PCA-whitening and learned whitening chosen on validation
+   images at 128 dimensions;
+5. ``reranking``: AQE, alpha-QE, DBA, k-reciprocal and diffusion on the descriptor (any row
+   above) with the best validation mAP, each with its parameters tuned on validation images
+   (:func:`~.reranking.tune`).
+
+Every row carries mAP, P@5, P@10, ``diff`` = its mAP minus the reference's (the best of the
+paper's codes on these queries) with the paired-bootstrap 95% interval (the project's
+:func:`~neuralcodes.retrieval.metrics.paired_bootstrap`; ``significant``: the interval excludes
+0), the validation mAP it was chosen by, and ``ms_per_query``: the time to score and rank one
+query against the database with that method (its transform of the codes and its re-ranking
+included; the forward pass and pooling, shared by all, are in ``seconds.extract``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, gather_images
+from neuralcodes.retrieval.methods import REGISTRY, FitData, get, pooling, reranking
+from neuralcodes.retrieval.methods.features import (
+    PAPER_CODES,
+    Features,
+    extract_features,
+    gem_name,
+)
+from neuralcodes.retrieval.methods.whitening import LearnedWhitening
+from neuralcodes.retrieval.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    RankingMetrics,
+    chance_map,
+    chance_precision,
+    paired_bootstrap,
+)
+
+MAPS: tuple[str, ...] = ("conv3", "conv4", "conv5")
+WHITEN_DIMS: tuple[int, ...] = (64, 128, 256)
+TUNE_DIMS = 128
+TRAIN_IMAGES = 5000
+GEM_FIT_IMAGES = 2000
+KS = (5, 10)
+RERANKERS: tuple[str, ...] = ("aqe", "alpha-qe", "dba", "k-reciprocal", "diffusion")
+
+
+@dataclass
+class SplitImages:
+    """uint8 images (N, 64, 64, 3) of one split with their class labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class _Row:
+    name: str
+    family: str
+    metrics: RankingMetrics
+    seconds: float
+    params: dict[str, Any]
+    val_map: float | None = None
+    dims: int | None = None
+
+
+def run_split_images(trained: Any, split: str, limit: int | None = None) -> SplitImages:
+    """A trained run's images of ``split`` (train: a fixed random sample of ``limit``)."""
+    index = np.asarray(getattr(trained.splits, split), np.int64)
+    if limit is not None and len(index) > limit:
+        index = np.sort(index[np.random.default_rng(0).choice(len(index), limit,
+                                                              replace=False)])
+    return SplitImages(gather_images(trained.dataset.images, index),
+                       np.asarray(trained.dataset.labels[index], np.int64))
+
+
+def run_methods_study(trained: Any, *, train_images: int = TRAIN_IMAGES, **kwargs: Any
+                      ) -> dict[str, Any]:
+    """:func:`methods_study` on a :class:`~neuralcodes.runs.TrainedRun`'s own splits, with its
+    ``retrieval.relu`` codes and its precision."""
+    cfg = trained.config
+    data = {"train": run_split_images(trained, "train", train_images),
+            "val": run_split_images(trained, "val"), "ood": run_split_images(trained, "ood")}
+    kwargs.setdefault("relu", cfg.retrieval.relu)
+    kwargs.setdefault("precision", cfg.train.precision)
+    return methods_study(trained.model, data, device=trained.device, **kwargs)
+
+
+def methods_study(
+    model: torch.nn.Module, data: dict[str, SplitImages], *, relu: bool = False,
+    maps: Sequence[str] = MAPS, dims: Sequence[int] = WHITEN_DIMS,
+    gem_fit_images: int = GEM_FIT_IMAGES, rerankers: Sequence[str] = RERANKERS,
+    device: torch.device | None = None, precision: str = "fp32",
+    batch_size: int = DEFAULT_BATCH, progress: bool = False,
+) -> dict[str, Any]:
+    """The study's table (see the module docstring) as a JSON-able dict: ``rows`` plus the
+    chance levels, the reference, what was fitted on what, and the time of each phase."""
+    for split in ("train", "val", "ood"):
+        if split not in data or len(data[split].labels) < 2:
+            raise NeuralCodesError(f"the methods study needs at least 2 {split} images")
+    start = time.perf_counter()
+    kw = {"relu": relu, "device": device, "precision": precision, "batch_size": batch_size,
+          "progress": progress}
+    # GeM's whole p grid only for the images p is fitted on; the others get the chosen p
+    n_fit = min(gem_fit_images, len(data["train"].labels))
+    head = extract_features(model, data["train"].images[:n_fit], data["train"].labels[:n_fit],
+                            "train", gem_ps={m: pooling.GEM_P_GRID for m in maps}, **kw)
+    gem_p, gem_fit = {}, {}
+    for m in maps:
+        grid = {p: head.codes[gem_name(m, p)] for p in pooling.GEM_P_GRID}
+        gem_p[m], scores = pooling.fit_gem_p(grid, head.labels)
+        gem_fit[m] = {f"{p:g}": s for p, s in scores.items()}
+    ps = {m: sorted({3.0, gem_p[m]}) for m in maps}
+    train = head
+    if n_fit < len(data["train"].labels):
+        rest = extract_features(model, data["train"].images[n_fit:],
+                                data["train"].labels[n_fit:], "train", gem_ps=ps, **kw)
+        train = Features({k: np.concatenate([head.codes[k], v]) for k, v in rest.codes.items()},
+                         data["train"].labels, "train")
+    val = extract_features(model, data["val"].images, data["val"].labels, "val", gem_ps=ps,
+                           codes=tuple(PAPER_CODES), **kw)
+    ood = extract_features(model, data["ood"].images, data["ood"].labels, "ood", gem_ps=ps,
+                           codes=tuple(PAPER_CODES), **kw)
+    extract_seconds = time.perf_counter() - start
+    for feats in (train, val, ood):  # the fitted GeM under its own name
+        for m in maps:
+            feats.codes[f"{m}/gem-fit"] = feats.codes[gem_name(m, gem_p[m])]
+
+    rows: list[_Row] = []
+    measure = _Measure(ood, val)
+    for name in PAPER_CODES:
+        rows.append(measure(name, "paper", lambda x: x, name))
+    pooled = [f"{m}/{p}" for m in maps for p in (
+        ("mac", "spoc", "spoc-centre", "gem-p3", "gem-fit", "rmac") if m == maps[-1]
+        else ("mac", "spoc", "gem-fit"))]
+    for name in pooled:
+        params = {"p": gem_p[name.split("/")[0]]} if name.endswith("gem-fit") else {}
+        rows.append(measure(name, "pooling", lambda x: x, name, params))
+    best_pooled = max((r for r in rows if r.family == "pooling"), key=lambda r: r.val_map or 0)
+    for base in ("fc6", "fc7", best_pooled.name):
+        rows += _whitening_rows(measure, train, val, base, dims)
+    chosen = max(rows, key=lambda r: r.val_map or 0)
+    rows += _rerank_rows(measure, train, val, chosen, rerankers)
+    return _table(rows, ood, {
+        "relu": relu, "n_queries": len(ood), "maps": list(maps),
+        "fit": {"train_images": len(train), "val_images": len(val),
+                "gem_fit_images": n_fit,
+                "gem_p": gem_p, "gem_train_map": gem_fit},
+        "whitened": ["fc6", "fc7", best_pooled.name], "reranked": chosen.name,
+        "seconds": {"extract": round(extract_seconds, 2)}, "start": start})
+
+
+class _Measure:
+    """Measures one method on the ood queries (and on the validation images, by which the
+    study chooses)."""
+
+    def __init__(self, ood: Features, val: Features) -> None:
+        self.ood, self.val = ood, val
+
+    def __call__(self, name: str, family: str, transform: Callable[[np.ndarray], np.ndarray],
+                 base: str, params: dict[str, Any] | None = None, *, dims: int | None = None,
+                 rerank: Callable[..., np.ndarray] | None = None) -> _Row:
+        val = transform(self.val.codes[base])
+        val_map = _metrics(val, self.val.labels, rerank, ks=()).map
+        t = time.perf_counter()
+        m = _metrics(transform(self.ood.codes[base]), self.ood.labels, rerank, ks=KS)
+        return _Row(name, family, m, time.perf_counter() - t, params or {}, val_map, dims)
+
+
+def _metrics(codes: np.ndarray, labels: np.ndarray, rerank: Callable[..., np.ndarray] | None,
+             ks: Sequence[int]) -> RankingMetrics:
+    ks = tuple(k for k in ks if k <= len(labels) - 1)
+    scores = codes @ codes.T if rerank is None else reranking.self_rerank(rerank, codes)
+    return reranking.score_metrics(scores, labels, ks=ks)
+
+
+def _whitening_rows(measure: _Measure, train: Features, val: Features, base: str,
+                    dims: Sequence[int]) -> list[_Row]:
+    rows = []
+    fit = FitData(train.codes[base], train.labels, "train")
+    sizes = [d for d in dims if d <= min(fit.codes.shape[1], len(fit.codes) - 1)]
+    n, d = fit.codes.shape
+    fit.pca(min(max([*sizes, LearnedWhitening.max_input]), d, n - 1))  # one fit serves all
+    for kind in ("pca", "pcaw", "lw"):
+        spec = get(kind, "whitening")
+        params: dict[str, Any] = {}
+        if spec.grid and sizes:
+            tune_at = min(sizes, key=lambda d: abs(d - TUNE_DIMS))
+            trials = []
+            for s in spec.grid["shrinkage"]:
+                w = spec.fn(tune_at, shrinkage=s).fit(fit)
+                trials.append((_metrics(w.transform(val.codes[base]), val.labels, None,
+                                        ()).map, -s, s))
+            params = {"shrinkage": max(trials)[2]}
+        for d in sizes:
+            w = spec.fn(d, **params).fit(fit)
+            rows.append(measure(f"{base}+{kind}{d}", "whitening", w.transform, base, params,
+                                dims=d))
+    return rows
+
+
+def _rerank_rows(measure: _Measure, train: Features, val: Features, chosen: _Row,
+                 names: Sequence[str]) -> list[_Row]:
+    """Re-ranking of the chosen descriptor (with its whitening, refitted the same way)."""
+    base, _, kind = chosen.name.partition("+")
+    transform: Callable[[np.ndarray], np.ndarray] = lambda x: x  # noqa: E731
+    if kind:
+        dims = chosen.dims or 0
+        spec = get(kind.rstrip("0123456789"), "whitening")
+        w = spec.fn(dims, **chosen.params).fit(FitData(train.codes[base], train.labels,
+                                                        "train"))
+        transform = w.transform
+    tune_data = FitData(transform(val.codes[base]), val.labels, "val")
+    rows = []
+    for name in names:
+        spec = get(name, "reranking")
+        params, _ = reranking.tune(spec.fn, spec.grid, tune_data)
+        rows.append(measure(f"{chosen.name}+{name}", "reranking", transform, base, params,
+                            dims=chosen.dims, rerank=_bind(spec.fn, params)))
+    return rows
+
+
+def _bind(fn: Callable[..., np.ndarray], params: dict[str, Any]) -> Callable[..., np.ndarray]:
+    def bound(q: np.ndarray, d: np.ndarray, ex: np.ndarray | None = None) -> np.ndarray:
+        return fn(q, d, ex, **params)
+    return bound
+
+
+def _table(rows: list[_Row], ood: Features, meta: dict[str, Any]) -> dict[str, Any]:
+    paper = [r for r in rows if r.family == "paper"]
+    reference = max(paper, key=lambda r: r.metrics.map)
+    out_rows = []
+    for r in rows:
+        d = paired_bootstrap(r.metrics.ap, reference.metrics.ap).to_json()
+        summary = r.metrics.summary()
+        out_rows.append({
+            "method": r.name, "family": r.family, "dims": r.dims or
+            int(ood.codes[r.name.split("+")[0]].shape[1]), "params": r.params,
+            "map": summary["map"], **{f"p@{k}": summary.get(f"p@{k}") for k in KS},
+            "val_map": r.val_map, "diff": d["diff"], "ci95": d["ci95"],
+            "significant": d["significant"],
+            "ms_per_query": round(1000 * r.seconds / len(ood), 4)})
+    start = meta.pop("start")
+    meta["seconds"]["total"] = round(time.perf_counter() - start, 2)
+    meta["seconds"]["methods"] = round(meta["seconds"]["total"] - meta["seconds"]["extract"], 2)
+    return {**meta, "reference": reference.name,
+            "chance_map": chance_map(ood.labels),
+            **{f"chance_p@{k}": chance_precision(ood.labels, k) for k in KS
+               if k <= len(ood) - 1},
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
+                          "confidence": 0.95, "unit": "query"},
+            "methods": {n: {"family": s.family, "description": s.description}
+                        for n, s in REGISTRY.items()},
+            "rows": out_rows}
+
+
+def write_methods_figure(table: dict[str, Any], path: str | Path) -> Path:
+    """The study's figure (:func:`neuralcodes.figures.plot_methods`)."""
+    from neuralcodes.figures import plot_methods
+
+    return plot_methods(table["rows"], path, chance=table["chance_map"],
+                        reference=table["reference"])

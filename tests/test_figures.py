@@ -117,7 +117,8 @@ def test_pca_plot_shows_chance_and_the_intervals(tmp_path, monkeypatch):
               "ci95": [-0.009, 0.002]}]
     figs = []
     save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    monkeypatch.setattr(figures, "_save",
+                        lambda fig, path, *rest: (figs.append(fig), save(fig, path, *rest))[1])
     plot_pca(table, tmp_path / "pca.png", chance=0.208)
     ax = figs[0].axes[0]
     chance = [line for line in ax.get_lines() if line.get_label() == "chance (random ranking)"]

@@ -487,7 +487,12 @@ def test_11_results_speak_to_a_user(page, web_run, monkeypatch):
     ref.course_reference = lambda: {"map": {"5": 0.28695, "6": 0.31776, "7": 0.34487},
                                     "test_top1": 0.35, "test_top5": 0.6134}
     monkeypatch.setitem(sys.modules, "neuralcodes.report.reference", ref)
-    RunDir(web_run).report_html.write_text("<!doctype html><html lang=en><title>r</title></html>")
+    from neuralcodes import lineage
+    from neuralcodes.retrieval import load_codes
+
+    made = load_codes(RunDir(web_run).codes("ood", False)).made_by  # from the served weights
+    RunDir(web_run).report_html.write_text(
+        "<!doctype html><html lang=en><title>r</title></html>\n" + lineage.text_line(made))
     try:
         page.open("#/results")
         text = page.pg.locator("#view-results").inner_text()

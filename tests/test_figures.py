@@ -81,7 +81,8 @@ def test_pca_plot_draws_the_table(tmp_path, monkeypatch):
               {"layer": "6", "dims": "full", "whiten": False, "map": 0.15}]
     figs = []
     save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    monkeypatch.setattr(figures, "_save", lambda fig, path, metadata=None: (
+        figs.append(fig), save(fig, path, metadata))[1])
     png = np.asarray(Image.open(plot_pca(table, tmp_path / "pca.png")))
     assert png.shape[0] > 200 and png.shape[1] > 300
     # the plotted points are the table's: one curve per (layer, whiten), the full code flat

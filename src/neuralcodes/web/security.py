@@ -177,6 +177,12 @@ class DecodeLimiter:
             with self._lock:
                 self.refused += 1
             raise Busy(self.retry_after_s)
+        with self._held():
+            yield
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """Count an acquired slot as active for the block, then release it."""
         with self._lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
@@ -200,15 +206,8 @@ class DecodeLimiter:
                     self.refused += 1
                 raise Busy(self.retry_after_s)
             await asyncio.sleep(0.02)
-        with self._lock:
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-        try:
+        with self._held():
             yield
-        finally:
-            with self._lock:
-                self.active -= 1
-            self._sem.release()
 
     def install(self, app: Any) -> None:
         """Answer :class:`Busy` with 503, ``Retry-After`` and a one-line ``detail``."""

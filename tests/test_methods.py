@@ -367,3 +367,74 @@ def test_gem_grid_equals_gem_one_p_at_a_time():
     grid = pooling.gem_grid(maps.to(memory_format=torch.channels_last), (1.0, 3.0, 8.0))
     for p, v in grid.items():
         np.testing.assert_allclose(v, pooling.gem(maps, p), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- wiring (issue 19)
+
+
+def test_cell_contributions_sum_to_the_score_and_follow_each_pooling():
+    from neuralcodes.retrieval.methods.pooled import cell_contributions
+
+    q = torch.tensor([[[1.0, 0.0], [0.0, 3.0]], [[0.0, 2.0], [0.0, 0.0]]])  # (C=2, 2, 2)
+    h = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[4.0, 0.0], [0.0, 0.0]]])
+    # SPoC by hand: g_q = (4, 2), g_h = (2, 4); f = g / |g|; score = (8 + 8) / 20 = 0.8
+    gq, gh, score = cell_contributions(q, h, "spoc")
+    assert score == pytest.approx(0.8)
+    # channel 0's term 8/20 goes to q's cells by x / 4, channel 1's 8/20 by x / 2
+    np.testing.assert_allclose(gq, [[0.1, 0.4], [0.0, 0.3]], atol=1e-6)
+    np.testing.assert_allclose(gh, [[0.4, 0.2], [0.2, 0.0]], atol=1e-6)
+    # MAC: each channel's whole term goes to its maximal cell
+    gq, gh, score = cell_contributions(q, h, "mac")
+    f_q, f_h = np.array([3.0, 2.0]) / math.sqrt(13), np.array([1.0, 4.0]) / math.sqrt(17)
+    assert score == pytest.approx(float(f_q @ f_h))
+    assert gq[1, 1] == pytest.approx(f_q[0] * f_h[0]) and gq[0, 1] == pytest.approx(
+        f_q[1] * f_h[1]) and gq[0, 0] == 0
+    for name, p in (("spoc-centre", None), ("gem", 3.0), ("rmac", None)):
+        gq, gh, score = cell_contributions(q, h, name, p)
+        assert gq.sum() == pytest.approx(score, rel=1e-5)
+        assert gh.sum() == pytest.approx(score, rel=1e-5)
+
+
+def test_the_cli_lists_exactly_the_registrys_pooling_methods():
+    from neuralcodes.cli.search import POOLING_METHODS
+    from neuralcodes.retrieval.methods.pooled import method_names
+
+    assert list(POOLING_METHODS) == method_names()
+
+
+def _row(name: str, family: str, diff: float, lo: float, hi: float, vs=None) -> dict:
+    return {"method": name, "family": family, "dims": 8, "params": {}, "map": 0.3 + diff,
+            "p@5": 0.4, "p@10": 0.35, "diff": diff, "ci95": [lo, hi],
+            "significant": lo > 0 or hi < 0, "vs": vs, "ms_per_query": 0.1}
+
+
+def test_the_verdict_says_beats_only_where_the_interval_excludes_zero():
+    from neuralcodes.retrieval.methods.stage import summary, verdict
+
+    vs = {"method": "fc7+pca8", "diff": 0.02, "ci95": [0.01, 0.03], "significant": True}
+    table = {"reference": "fc6", "n_queries": 100, "chance_map": 0.1, "rows": [
+        _row("fc6", "paper", 0.0, 0.0, 0.0), _row("conv5/spoc", "pooling", 0.05, 0.01, 0.09),
+        _row("conv5/mac", "pooling", 0.04, -0.01, 0.09),
+        _row("fc7+pca8", "whitening", -0.03, -0.05, -0.01),
+        _row("fc7+lw8", "whitening", -0.01, -0.02, 0.005, vs)]}
+    text = " ".join(verdict(table))
+    assert "1 of 4 methods beat it" in text and "conv5/spoc (+5.00 pp [+1.00, +9.00])" in text
+    assert "conv5/mac" not in text.split("beat it")[1].split(".")[0]  # its interval holds 0
+    assert "1 are worse than it" in text and "fc7+pca8" in text
+    assert "it beats PCA in 1 of 1 cases" in text
+    rows = summary(table)["rows"]
+    assert [r["reference"] for r in rows] == [True, False, False, False, False]
+
+
+def test_retrieval_methods_setting_is_validated():
+    from neuralcodes.config import Config
+
+    d = Config().to_dict()
+    for ok, families in ((True, ("pooling", "whitening", "reranking")), (False, ()),
+                         (["reranking", "pooling"], ("pooling", "reranking"))):
+        d["retrieval"]["methods"] = ok
+        assert Config.from_dict(d).retrieval.method_families() == families
+    for bad in ("yes", 1, ["pooling", "pooling"], ["diffusion"]):
+        d["retrieval"]["methods"] = bad
+        with pytest.raises(NeuralCodesError, match="retrieval.methods"):
+            Config.from_dict(d)

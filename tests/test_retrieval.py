@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neuralcodes import lineage
 from neuralcodes.cli import main as cli
 from neuralcodes.config import Config, DataConfig, ModelConfig
 from neuralcodes.errors import NeuralCodesError
@@ -215,6 +216,7 @@ def tiny_run(tiny_source: Path, tiny_cache_root: Path, tmp_path_factory) -> Path
     cfg.model = ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16)
     cfg.train.max_epochs, cfg.train.batch_size, cfg.train.device = 2, 16, "cpu"
     cfg.retrieval.pca_dims = (4, 16, 32)
+    cfg.retrieval.methods = False  # its own test below (test_methods_study_stage_...)
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(cfg, out, progress=False)
     return out
@@ -312,6 +314,47 @@ def test_run_study_writes_every_output_once(tiny_run, capsys):
     post = run_study(tiny_run, relu=True, progress=False)  # other codes: redone for them
     assert post["pca"]["relu"] is True and read_json(out / "top5.json")["relu"] is True
     assert post["evidence"]["relu"] is True and read_json(out / "map.json") == maps
+
+
+def test_methods_study_stage_writes_once_and_reruns_when_its_settings_change(tiny_run, capsys,
+                                                                             tmp_path, caplog):
+    from neuralcodes.retrieval.methods.stage import run_methods
+
+    rd = RunDir(tiny_run)
+    assert run_study(tiny_run, progress=False)["methods"] is None  # off in this run
+    assert not rd.methods_json.exists()
+    cfg = rd.read_config()
+    cfg.retrieval.methods = ["whitening"]
+    table = run_methods(tiny_run, config=cfg, progress=False)
+    made = lineage.recorded(rd.methods_json)
+    assert made["settings"]["retrieval.methods"] == ["whitening"]
+    assert made["weights"] == lineage.weights_identity(rd.best_checkpoint)
+    assert lineage.recorded(rd.methods_plot) == made
+    assert {r["family"] for r in table["rows"]} == {"paper", "whitening"}
+    assert "fc6+lw16" in {r["method"] for r in table["rows"]} and table["verdict"]
+    stamp = rd.methods_json.stat().st_mtime_ns
+    assert run_methods(tiny_run, config=cfg, progress=False) == table  # current: skipped
+    assert rd.methods_json.stat().st_mtime_ns == stamp
+    cfg.retrieval.methods = ["whitening", "reranking"]
+    with caplog.at_level("INFO"):
+        again = run_methods(tiny_run, config=cfg, progress=False)
+    assert "retrieval.methods changed" in caplog.text
+    assert any(r["family"] == "reranking" for r in again["rows"])
+    cfg.retrieval.methods = False
+    assert run_methods(tiny_run, config=cfg, progress=False) is None
+    # search --method: a pooled conv5 descriptor ranks the ood set; --why explains the hits
+    query = _save_png(tmp_path / "q.png", Searcher(tiny_run, device="cpu").image(3))
+    capsys.readouterr()
+    assert cli(["search", str(query), "--run", str(tiny_run), "--method", "spoc", "-k", "3",
+                "--why", str(tmp_path / "why.png"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("method spoc") and [line.split()[0] for line in out[1:4]] == \
+        ["1", "2", "3"]
+    assert float(out[1].split()[1]) == pytest.approx(1.0, abs=1e-4)  # its own twin first
+    assert Image.open(tmp_path / "why.png").size == (128 * 2 + 8, 3 * (128 + 8))
+    assert cli(["search", str(query), "--run", str(tiny_run), "--method", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'nope'" in err[0] and "spoc" in err[0]
 
 
 def _save_png(path: Path, arr: np.ndarray) -> Path:

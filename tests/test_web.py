@@ -202,6 +202,36 @@ def test_search_by_id_validates_k(client, query):
     assert r.status_code == 422 and r.json()["detail"]
 
 
+def test_search_by_id_with_a_method_adds_its_column_and_explains_each_hit(client, run):
+    import torch
+
+    from neuralcodes.retrieval.methods import pooling
+    from neuralcodes.retrieval.rundata import RunData
+
+    assert client.get("/api/info").json()["methods"][:2] == ["mac", "spoc"]
+    r = client.get("/api/search/5?k=4&method=spoc").json()
+    assert [layer["layer"] for layer in r["layers"]] == ["5", "6", "7", "conv5/spoc"]
+    column = r["layers"][-1]
+    assert column["method"] == "spoc" and 0 <= column["ap"] <= 1
+    # the column ranks by SPoC of the conv5 maps, as the library computes them
+    rd = RunData.open(run, device="cpu", progress=False)
+    images = rd.images(rd.ood_codes(False).index)
+    with torch.inference_mode():
+        maps = rd.model.feature_maps(torch.as_tensor(np.array(images)).permute(0, 3, 1, 2)
+                                     .float().div(255), ("conv5",))["conv5"]
+    db = pooling.spoc(maps)
+    order, scores, _ = expected_ranking(db, np.asarray(rd.ood_codes(False).labels), 5)
+    assert [h["id"] for h in column["hits"]] == order[:4].tolist()
+    np.testing.assert_allclose([h["score"] for h in column["hits"]], scores[:4], atol=1e-4)
+    png_ = client.get(f"/api/why/5/{column['hits'][0]['id']}.png?method=spoc")
+    assert png_.status_code == 200 and png_.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png_.content)).size == (128 * 2 + 6, 128)
+    for bad in ("/api/search/5?method=nope", "/api/why/5/6.png?method=nope",
+                "/api/search/5?method=gem-fit"):  # gem-fit: no methods.json in this run
+        answer = client.get(bad)
+        assert answer.status_code == 422 and "method" in answer.json()["detail"], bad
+
+
 # --------------------------------------------------------------------------- uploads
 
 

@@ -866,3 +866,26 @@ def test_axe_finds_no_serious_or_critical_violation_on_any_view(browser, server,
         assert not p.problems, p.problems
     finally:
         p.pg.close()
+
+
+def test_16_method_selector_adds_a_pooled_column_and_why_similar_shows_the_cells(page):
+    page.open("#/query/2")
+    assert page.pg.locator("[data-testid=query-results] .layer").count() == 3
+    page.pg.select_option("[data-testid=method]", "spoc")
+    page.pg.wait_for_url("**method=spoc*")
+    page.settle()
+    boxes = page.pg.locator("[data-testid=query-results] .layer")
+    assert boxes.count() == 4 and boxes.nth(3).locator("h3").inner_text() == "conv5 spoc"
+    assert page.pg.locator(".layer .why").count() == 5  # on the pooled column's hits only
+    first = boxes.nth(3).get_by_test_id("hit").first
+    first.get_by_test_id("why").click()
+    overlay = first.get_by_test_id("why-map")
+    page.pg.wait_for_function("img => img.complete && img.naturalWidth === 262",
+                              arg=overlay.element_handle())
+    assert "api/why/2/" in overlay.get_attribute("src") and "method=spoc" in \
+        overlay.get_attribute("src")
+    assert first.get_by_test_id("why").get_attribute("aria-expanded") == "true"
+    page.pg.select_option("[data-testid=method]", "")  # back to the codes only
+    page.pg.wait_for_function("() => !location.hash.includes('method')")
+    page.settle()
+    assert page.pg.locator("[data-testid=query-results] .layer").count() == 3

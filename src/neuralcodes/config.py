@@ -41,6 +41,8 @@ RESUMABLE = _Resumable()
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 CPU_CONVS: tuple[str, ...] = ("auto", "nnpack", "onednn")
 CODE_LAYERS: tuple[str, ...] = ("5", "6", "7")
+#: Families of the methods study (neuralcodes.retrieval.methods.FAMILIES reads this).
+METHOD_FAMILIES: tuple[str, ...] = ("pooling", "whitening", "reranking")
 #: Images per class in Tiny ImageNet's training set (bounds the ood database when unlimited).
 IMAGES_PER_CLASS = 500
 
@@ -142,6 +144,10 @@ class RetrievalConfig:
     k: PositiveInt = 5  # results shown per query
     figure_queries: PositiveInt = 10  # "the first 10 images in the ood set"
     pca_dims: tuple[PositiveInt, ...] = (16, 32, 64, 128, 256)
+    # the methods study beyond the paper (retrieval/methods/): true (every family), false (not
+    # run), or a list of its families (the paper's codes are always its reference rows)
+    methods: Annotated[Annotated[bool, Field(strict=True)] | tuple[Literal[METHOD_FAMILIES], ...],
+                       RESUMABLE] = True
 
     @field_validator("layers")
     @classmethod
@@ -149,6 +155,20 @@ class RetrievalConfig:
         if not v or len(set(v)) != len(v):
             raise ValueError(f"layers must be distinct and among {CODE_LAYERS}, got {v}")
         return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+        if isinstance(v, tuple) and len(set(v)) != len(v):
+            raise ValueError(f"methods must be true, false or distinct families among "
+                             f"{METHOD_FAMILIES}, got {list(v)}")
+        return v
+
+    def method_families(self) -> tuple[str, ...]:
+        """The families of the methods study this config runs (none: it is off)."""
+        if self.methods is True:
+            return METHOD_FAMILIES
+        return tuple(f for f in METHOD_FAMILIES if self.methods and f in self.methods)
 
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]

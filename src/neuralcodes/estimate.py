@@ -162,6 +162,7 @@ def estimate_stages(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> list[
         StageEstimate("evaluate", evaluated / speeds.infer_ips,
                       f"{evaluated:,} images at {speeds.infer_ips:.0f} img/s"),
         _retrieval(cfg, sizes, speeds),
+        *([_methods(cfg, sizes, speeds)] if cfg.retrieval.method_families() else []),
     ]
 
 
@@ -185,6 +186,47 @@ def _retrieval(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstim
     return StageEstimate("retrieval", seconds,
                          f"codes of {coded:,} images, {rankings} rankings of "
                          f"{sizes['ood']:,} ood images, {len(r.layers)} PCA fits")
+
+
+def _methods(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimate:
+    """The methods study (:mod:`neuralcodes.retrieval.methods.study`): conv maps and codes of
+    its training sample, the validation and the ood images in one pass each (pooling costs
+    about half a forward pass more), GeM's p grid ranked on its fitting images, then every
+    row ranked on the ood and the validation images, and the parameter grids on validation."""
+    from neuralcodes.retrieval.methods import REGISTRY
+    from neuralcodes.retrieval.methods.study import (
+        GEM_FIT_IMAGES,
+        MAPS,
+        RERANKERS,
+        TRAIN_IMAGES,
+        WHITEN_DIMS,
+    )
+
+    families = cfg.retrieval.method_families()
+    fitted = min(TRAIN_IMAGES, sizes["train"])
+    coded = fitted + sizes["val"] + sizes["ood"]
+
+    def rank(n: int) -> float:  # all pairs of n codes: grows with the square
+        return speeds.ranking_s * (n / PROBE_RANKING) ** 2
+
+    rows, tuning = 3.0, 0.0
+    if "pooling" in families:
+        rows += 3 * (len(MAPS) - 1) + 6
+        tuning += len(MAPS) * 6 * rank(min(GEM_FIT_IMAGES, fitted)) / max(rank(sizes["val"]),
+                                                                          1e-12)
+    if "whitening" in families:
+        bases = 3 if "pooling" in families else 2
+        rows += bases * 3 * len(WHITEN_DIMS)
+        tuning += bases * sum(len(REGISTRY[k].grid.get("shrinkage", ())) for k in ("pcaw", "lw"))
+    if "reranking" in families:
+        # k-reciprocal and diffusion cost several rankings each (measured: ~5x)
+        rows += 3 + 2 * 5
+        tuning += sum(np.prod([len(v) for v in REGISTRY[n].grid.values()]) for n in RERANKERS)
+    seconds = (1.5 * coded / speeds.infer_ips + rows * (rank(sizes["ood"]) + rank(sizes["val"]))
+               + tuning * rank(sizes["val"]) + FIGURE_S)
+    return StageEstimate("methods", seconds,
+                         f"maps of {coded:,} images, {rows:.0f} methods ranked on "
+                         f"{sizes['ood']:,} ood images ({', '.join(families)})")
 
 
 def seconds_per_epoch(estimates: list[StageEstimate], cfg: Config) -> float:

@@ -13,7 +13,7 @@ stage's fingerprint holds the settings that change its result and the digests of
 fingerprints of the artifacts it reads, so a change anywhere upstream reaches everything
 downstream. Every artifact carries its own fingerprint under the name ``made_by``:
 
-- JSON (eval.json, map.json, top{k}.json, evidence.json, pca.json): a ``made_by`` key;
+- JSON (eval.json, map.json, top{k}.json, evidence.json, pca.json, methods.json): a ``made_by`` key;
 - .npz (codes, indexes): a ``made_by`` member holding the JSON text;
 - PNG (figures): a ``made_by`` text chunk;
 - Markdown / HTML (the report): a last line ``<!-- made_by: {...} -->``.
@@ -43,7 +43,7 @@ KEY = "made_by"
 #: Format version of each stage's artifacts: bump one when what the stage writes changes, and
 #: every artifact written before is recomputed.
 FORMATS: dict[str, int] = {"eval": 1, "codes": 1, "map": 1, "figures": 1, "evidence": 1,
-                           "pca": 1, "report": 1, "index": 1}
+                           "pca": 1, "report": 1, "index": 1, "methods": 1}
 _MD_PREFIX = "<!-- made_by: "
 _MD_SUFFIX = " -->"
 _HASHES: dict[tuple[str, int, int], tuple[str, int]] = {}  # (path, size, mtime_ns) -> (sha, epoch)
@@ -155,6 +155,16 @@ def pca_fingerprint(codes: Fingerprint, layers: Sequence[str], pca_dims: Sequenc
                 settings={"retrieval.relu": codes["settings"]["relu"],
                           "retrieval.layers": list(layers),
                           "retrieval.pca_dims": list(pca_dims), "pca_images": fit_images})
+
+
+def methods_fingerprint(codes: Fingerprint, families: Sequence[str], train_images: int
+                        ) -> Fingerprint:
+    """methods.json and methods.png: the weights (through the ood codes' fingerprint, whose
+    settings are the ReLU variant, precision and partition the study's descriptors share),
+    the families run and the training sample size."""
+    return make("methods", weights=codes["weights"], inputs={"codes": digest(codes)},
+                settings={"retrieval.relu": codes["settings"]["relu"],
+                          "retrieval.methods": list(families), "train_images": train_images})
 
 
 def report_fingerprint(weights: dict[str, Any], inputs: dict[str, str]) -> Fingerprint:

@@ -1,6 +1,6 @@
 """``neuralcodes run``: the whole study in one command.
 
-    prepare -> train -> evaluate -> codes, figures, mAP, PCA study -> report
+    prepare -> train -> evaluate -> codes, figures, mAP, PCA study -> methods study -> report
 
 Training is skipped when it finished (training on when ``--epochs`` raised the limit, unless early
 stopping ended it); every later stage is skipped exactly when its files record the fingerprint it
@@ -74,6 +74,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     from neuralcodes import data, retrieval
     from neuralcodes.evaluation import evaluate
     from neuralcodes.report import write_report
+    from neuralcodes.retrieval.methods.stage import run_methods
     from neuralcodes.training.loop import train, training_left
 
     rd = RunDir(Path(out))
@@ -107,7 +108,12 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     _stage("retrieval: codes, figures, mAP, PCA study")
     with timings.stage("retrieval", [rd.map_json, rd.top_json(cfg.retrieval.k),
                                      rd.evidence_json, rd.pca_json]):
-        retrieval.run_study(rd.root, config=cfg, progress=progress)
+        retrieval.run_study(rd.root, config=cfg, progress=progress, methods=False)
+
+    if cfg.retrieval.method_families():
+        _stage("methods study: pooled conv descriptors, whitening, re-ranking")
+        with timings.stage("methods", [rd.methods_json]):
+            run_methods(rd.root, config=cfg, progress=progress)
 
     _stage("report")
     md, html = write_report(rd.root, config=cfg)

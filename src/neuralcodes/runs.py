@@ -12,7 +12,8 @@ is a trained run loaded for use (config, model, data).
     curves.png             learning curves
     eval.json, eval.csv    cross-entropy, top-1, top-5 on train/val/test
     codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
-    retrieval/             figures (top{k}*), mAP, PCA study, layer evidence, indexes of your images
+    retrieval/             figures (top{k}*), mAP, PCA study, layer evidence, methods study
+                           (methods.json, methods.png), indexes of your images
     report.md, report.html
     .lock                  held (flock) by the one process writing the run; names it
 """
@@ -201,6 +202,15 @@ class RunDir:
     @property
     def pca_plot(self) -> Path:
         return self.retrieval / "pca.png"
+
+    @property
+    def methods_json(self) -> Path:
+        """The methods study beyond the paper (pooling, whitening, re-ranking)."""
+        return self.retrieval / "methods.json"
+
+    @property
+    def methods_plot(self) -> Path:
+        return self.retrieval / "methods.png"
 
     def index(self, name: str) -> Path:
         """Where ``neuralcodes index`` puts the codes of a folder of the user's images."""

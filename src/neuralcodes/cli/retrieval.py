@@ -22,8 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the retrieval study of a trained run into RUN/retrieval/. A step is "
         "skipped when its files record the weights (sha256) and settings it would use now, "
         "and reruns, saying why, when they changed. Retrieval settings can be changed with "
-        "--set retrieval.KEY=VALUE (k, figure_queries, pca_dims, layers, relu); the figures "
-        "are named after their k (top<k>_layer<L>.png).")
+        "--set retrieval.KEY=VALUE (k, figure_queries, pca_dims, layers, relu, methods); the "
+        "figures are named after their k (top<k>_layer<L>.png). The methods study beyond the "
+        "paper (pooled conv descriptors, whitening, re-ranking: methods.json, methods.png) "
+        "runs unless --set retrieval.methods=false (or a list of its families: "
+        "'[\"pooling\",\"whitening\",\"reranking\"]').")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--relu", default="both", choices=("pre", "post", "both"),
                    help="codes of the figures, evidence and PCA study (both: the run's "
@@ -59,5 +62,11 @@ def main(args: argparse.Namespace) -> int:
     for variant, best in maps.get("best_layer", {}).items():
         print(f"{variant}-ReLU best layer: "
               + (best or "none significantly better than the others (95% bootstrap)"))
+    methods = result.get("methods")
+    if methods:
+        best = max(methods["rows"], key=lambda r: r["map"])
+        print(f"methods study: best {best['method']} mAP {best['map']:.4f} "
+              f"({len(methods['rows'])} methods; reference {methods['reference']}); "
+              f"verdict in {rd.methods_json.name}")
     print(f"written to {rd.retrieval}")
     return 0

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
 from neuralcodes.text import printable
 
 LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
+#: The pooling methods of neuralcodes.retrieval.methods.REGISTRY (the CLI does not import the
+#: library to build its parser; tests/test_methods.py checks they agree).
+POOLING_METHODS = ("mac", "spoc", "spoc-centre", "gem", "gem-fit", "rmac")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", choices=LAYERS,
                    help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
                    "else its first layer)")
+    p.add_argument("--method", metavar="NAME",
+                   help="rank by a pooled descriptor of the conv5 map instead of a layer's "
+                   f"codes (the ood set only): {', '.join(POOLING_METHODS)} (see "
+                   "RUN/retrieval/methods.json for how each does; gem-fit needs it)")
+    p.add_argument("--why", metavar="PNG",
+                   help="with --method: save each hit beside the query, each cell of their "
+                   "conv5 maps shaded by its share of the score (why they are similar)")
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
     p.add_argument("--figure", help="also save the query and its results as a PNG")
     add_config_options(p, "--device", "--precision")
@@ -45,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
     if Path(args.image).is_dir():
         raise NeuralCodesError(f"{args.image} is a folder; search takes one image (to search "
                                "among a folder's images, index it with `neuralcodes index`)")
+    if args.method is not None or args.why:
+        return _method_search(args, cfg, k)
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
     # an index holds one variant: its own unless retrieval.relu is set on this command
@@ -74,4 +87,31 @@ def main(args: argparse.Namespace) -> int:
               + (f"  ({printable(h.label)})" if h.label else ""))
     if args.figure:
         print(f"figure: {printable(args.figure)}")
+    return 0
+
+
+def _method_search(args: argparse.Namespace, cfg: Any, k: int) -> int:
+    """``search --method NAME``: the ood set ranked by a pooled conv5 descriptor."""
+    from neuralcodes.errors import NeuralCodesError
+    from neuralcodes.retrieval.methods import get
+    from neuralcodes.retrieval.methods.pooled import search_with_method
+
+    if args.method is None:
+        raise NeuralCodesError("--why needs --method (a pooled descriptor to explain)")
+    get(args.method, "pooling")  # an unknown name: one line naming the known ones
+    for flag, value in (("--index", args.index), ("--layer", args.layer),
+                        ("--figure", args.figure)):
+        if value:
+            raise NeuralCodesError(f"{flag} does not go with --method (it ranks the ood set by "
+                                   "a pooled conv5 descriptor)")
+    with console_logging():
+        hits = search_with_method(args.image, args.run, args.method, k=k, why=args.why,
+                                  device=cfg.train.device, precision=cfg.train.precision,
+                                  progress=True)
+    print(f"method {args.method} (pooled conv5 descriptor), the ood set:", flush=True)
+    for h in hits:
+        print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
+              + (f"  ({printable(h.label)})" if h.label else ""))
+    if args.why:
+        print(f"why similar: {printable(args.why)}")
     return 0

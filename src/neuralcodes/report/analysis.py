@@ -315,6 +315,16 @@ def pca(facts: dict[str, Any]) -> dict[str, Any] | None:
             "fit": (p or {}).get("fit"), "plot": facts["retrieval"].get("pca_plot")}
 
 
+def methods(facts: dict[str, Any]) -> dict[str, Any] | None:
+    """The methods study beyond the paper (methods.json): its table, figure and verdict."""
+    from neuralcodes.retrieval.methods.stage import summary
+
+    table = facts["retrieval"].get("methods")
+    if not table or not table.get("rows"):
+        return None
+    return {**summary(table), "plot": facts["retrieval"].get("methods_plot")}
+
+
 # --------------------------------------------------------------------------- techniques
 
 

@@ -86,6 +86,7 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
         # How the text names the artifacts it cites (relative to the run directory).
         "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
             ("map", rd.map_json), ("pca", rd.pca_json), ("evidence", rd.evidence_json),
+            ("methods", rd.methods_json),
             ("train_state", rd.train_state), ("eval", rd.eval_json))},
     }
     facts["chance"] = _chance(facts["retrieval"]["map"], saved.get("data", {}))
@@ -154,6 +155,8 @@ def _retrieval_facts(rd: RunDir, lin: _Lineage, k: int) -> dict[str, Any]:
     out["combined_figure"] = (combined if combined.is_file() and lin.current(combined, again)
                               else None)
     out["pca_plot"] = rd.pca_plot if lin.current(rd.pca_plot, again) else None
+    out["methods"] = lin.read(rd.methods_json, again)
+    out["methods_plot"] = rd.methods_plot if lin.current(rd.methods_plot, again) else None
     return out
 
 

@@ -123,7 +123,8 @@ def render(facts: dict[str, Any]) -> str:
         "arch": facts["architecture"], "training": analysis.training(facts),
         "curves": analysis.course_curves(facts), "results": analysis.results(facts),
         "layers": analysis.layers(facts), "evidence": analysis.evidence(facts),
-        "pca": analysis.pca(facts), "techniques": analysis.techniques(facts),
+        "pca": analysis.pca(facts), "methods": analysis.methods(facts),
+        "techniques": analysis.techniques(facts),
         "quality": analysis.quality(facts),
     }
     text = _environment(base).get_template("report.md.j2").render(**view)

@@ -45,8 +45,13 @@ classes, scores; ``k = retrieval.k``). ``top<k>_layer<L>.png`` per layer and
      "table": [{"layer", "dims" (int or "full"), "whiten", "map", "p@5",
                 "diff_vs_full", "ci95", "significant"}]}   # the last three null on "full" rows
 
-Figures, top<k>.json, evidence and PCA use the run's default codes (``retrieval.relu`` in its
-config, pre-ReLU by default) unless ``relu`` is given; map.json has both variants.
+``methods.json``, ``methods.png``: the methods study beyond the paper (pooled conv
+descriptors, whitening, re-ranking: :mod:`neuralcodes.retrieval.methods`), unless
+``retrieval.methods`` is false; its rows and verdict are described there.
+
+Figures, top<k>.json, evidence, PCA and methods use the run's default codes
+(``retrieval.relu`` in its config, pre-ReLU by default) unless ``relu`` is given; map.json has
+both variants.
 """
 
 from __future__ import annotations
@@ -137,7 +142,8 @@ def map_statistics(codes: CodeSet) -> dict[str, Any]:
 
 def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool | None = None,
               progress: bool = True, device: str | None = None, precision: str | None = None,
-              pca_images: int = PCA_FIT_IMAGES, force: bool = False) -> dict[str, Any]:
+              pca_images: int = PCA_FIT_IMAGES, force: bool = False, methods: bool = True
+              ) -> dict[str, Any]:
     """The whole retrieval study of a trained run (see the module docstring for the files).
 
     ``config``: the run's config with retrieval settings changed (default: the saved one);
@@ -146,7 +152,8 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
     of the figures, the evidence and the PCA study. Each step is skipped exactly when its files
     record the fingerprint it would write now (:mod:`neuralcodes.lineage`: the codes' weights
     and the retrieval settings it uses), unless ``force``; otherwise one line says why it
-    reruns. Returns the contents of the JSON files.
+    reruns. ``methods``: also the methods study (``retrieval.methods`` permitting; ``run``
+    times it as a stage of its own). Returns the contents of the JSON files.
     """
     if pca_images < 2:
         raise NeuralCodesError(f"the PCA needs at least 2 training images, got {pca_images}")
@@ -208,6 +215,11 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
         write_json(run.dir.pca_json, lineage.stamped({"relu": main, "fit": {
             "split": "train", "images": len(next(iter(train.values())))}, "table": table}, fp))
     result["pca"] = read_json(run.dir.pca_json)
+
+    if methods:
+        from neuralcodes.retrieval.methods.stage import run_methods
+
+        result["methods"] = run_methods(run, relu=main, force=force)
     return result
 
 

@@ -45,7 +45,7 @@ from neuralcodes.web.middleware import (
 from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
 from neuralcodes.web.security import CSP, DecodeLimiter, SameOriginPost, SecurityHeaders
-from neuralcodes.web.service import MAX_K, ServedRun
+from neuralcodes.web.service import MAX_K, POOLING, ServedRun
 from neuralcodes.web.uploads import (
     UPLOAD_FORMATS,
     UploadDecoder,
@@ -133,6 +133,8 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     ImageId = PathParam(ge=0, lt=n, description=f"an ood image id, 0 to {n - 1}")
     IndexId = PathParam(ge=0, lt=max(n_index, 1), description="an index entry id")
     K = Query(retrieval.k, ge=1, le=max_k, description="results per layer")
+    Method = Query(None, description="also rank by this pooled conv5 descriptor: "
+                   f"{', '.join(POOLING)}")
 
     @app.get("/", include_in_schema=False)
     def home() -> FileResponse:
@@ -169,6 +171,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
                 "classes": [{"label": int(c), "wnid": retrieval.dataset.wnids[c],
                              "class_name": retrieval.dataset.names[c]}
                             for c in retrieval.ood_classes],
+                "methods": POOLING,
                 "upload_formats": sorted(UPLOAD_FORMATS.values()),
                 "max_upload_bytes": max_upload_bytes,
                 "max_upload_text": format_bytes(max_upload_bytes), "max_pixels": max_pixels}
@@ -204,8 +207,24 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
 
     @app.get("/api/search/{image_id}", summary="Search the other ood images with ood image id",
              response_model=SearchResult)
-    def search_id(image_id: int = ImageId, k: int = K) -> dict[str, Any]:
-        return retrieval.search_ood_item(image_id, k)
+    def search_id(image_id: int = ImageId, k: int = K, method: str | None = Method
+                  ) -> dict[str, Any]:
+        try:
+            return retrieval.search_ood_item(image_id, k, method)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+
+    @app.get("/api/why/{image_id}/{hit_id}.png", summary="Why two ood images are similar under "
+             "a pooled descriptor: each conv5 cell's share of the score", response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "query | hit"}})
+    def why(image_id: int = ImageId, hit_id: int = ImageId,
+            method: str = Query(description=f"a pooling method: {', '.join(POOLING)}")
+            ) -> Response:
+        try:
+            png = retrieval.why_png(image_id, hit_id, method)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/api/search", summary="Search with an uploaded JPEG, PNG or WebP image",
               response_model=SearchResult,

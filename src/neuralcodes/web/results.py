@@ -28,6 +28,8 @@ FIGURES: dict[str, tuple[str, Any]] = {
     **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
                          lambda rd, k, x=x: rd.top_figure(k, x)) for x in ("5", "6", "7")},
     "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd, k: rd.pca_plot),
+    "methods": ("Beyond the paper: mAP of pooled conv descriptors, whitening and re-ranking",
+                lambda rd, k: rd.methods_plot),
 }
 
 _map_lock = threading.Lock()
@@ -64,7 +66,16 @@ def run_results(served: ServedRun) -> dict[str, Any]:
             "reference": _reference(),
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
-            "report_url": "report.html" if served.current(rd.report_html) else None}
+            "report_url": "report.html" if served.current(rd.report_html) else None,
+            "methods": _methods(served)}
+
+
+def _methods(served: ServedRun) -> dict[str, Any] | None:
+    """The methods study's table and verdict (the report's), if made from these weights."""
+    from neuralcodes.retrieval.methods.stage import summary
+
+    path = served.run.methods_json
+    return summary(read_json(path)) if served.current(path) else None
 
 
 def _retrieval_chance(served: ServedRun) -> tuple[float | None, float | None]:

@@ -29,10 +29,12 @@ class HitOut(ImageItem):
 class LayerResult(BaseModel):
     """The results of one layer's codes."""
 
-    layer: str = Field(description='"5", "6" or "7"')
+    layer: str = Field(description='"5", "6" or "7"; "conv5/<method>" for a pooled descriptor')
     ap: float | None = Field(description="the query's average precision over the full ranking "
                              "(ood queries only; None when its class has no other image)")
     hits: list[HitOut]
+    method: str | None = Field(None, description="the pooling method of a conv5/<method> "
+                               "column (its hits are explained by /api/why)")
 
 
 class QueryInfo(BaseModel):
@@ -110,6 +112,7 @@ class Info(BaseModel):
     gallery_size: int
     databases: list[Database]
     classes: list[OodClass] = Field(description="the out-of-domain classes")
+    methods: list[str] = Field(description="pooling methods /api/search/{id}?method= takes")
     upload_formats: list[str]
     max_upload_bytes: int
     max_upload_text: str = Field(description="the upload limit as people read it, e.g. 20 MiB")
@@ -168,3 +171,6 @@ class Results(BaseModel):
     curves_url: str | None = Field(description="the learning curves PNG, if the run has one")
     figures: list[Figure] = Field(description="the run's figures that exist")
     report_url: str | None = Field(description="the run's report.html, if written")
+    methods: dict[str, Any] | None = Field(None, description="the methods study beyond the "
+                                           "paper (methods.json: rows, reference, verdict), "
+                                           "if made from the served weights")

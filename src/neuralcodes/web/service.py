@@ -13,12 +13,21 @@ from neuralcodes import lineage
 from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval import Searcher, exact_top_k, extract_code_variants
+from neuralcodes.retrieval.methods.pooled import (
+    MAP,
+    PooledSearch,
+    method_names,
+    methods_table,
+    overlay,
+)
 from neuralcodes.retrieval.metrics import chance_average_precision, ranking_metrics
 from neuralcodes.text import printable
 from neuralcodes.web.uploads import UploadRejected, png_bytes
 
 #: The largest k the API answers (capped further by the database size).
 MAX_K = 50
+#: The method selector's choices: the registry's pooling methods.
+POOLING: list[str] = method_names()
 
 
 
@@ -65,6 +74,7 @@ class ServedRun:
         self.in_classes = list(splits.in_classes)
         self._model_lock = threading.Lock()
         self.computed_map: list[dict[str, Any]] | None = None  # see web.results
+        self._pooled: PooledSearch | None = None  # the method selector's descriptors
 
     # -- descriptions ---------------------------------------------------------------------------
 
@@ -125,23 +135,58 @@ class ServedRun:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def search_ood_item(self, i: int, k: int) -> dict[str, Any]:
-        """Ood image ``i`` against the other ood images: top ``k`` and AP per layer."""
+    def search_ood_item(self, i: int, k: int, method: str | None = None) -> dict[str, Any]:
+        """Ood image ``i`` against the other ood images: top ``k`` and AP per layer, and with
+        ``method`` (a pooling method) one more column ranked by that conv5 descriptor."""
         query_label = int(self.labels[i])
+        dbs = [(layer, self.ood.codes.layers[layer]) for layer in self.layers]
+        if method is not None:
+            dbs.append((f"{MAP}/{method}", self.pooled_database(method)))
         layers = []
-        for layer in self.layers:
-            db = self.ood.codes.layers[layer]
+        for layer, db in dbs:
             m = ranking_metrics(db[i:i + 1], db, self.labels[i:i + 1], self.labels,
                                 exclude=np.array([i]), ks=(), top_k=k)
             ap = float(m.ap[0])
             hits = [self._hit(self.item(int(j)), rank, float(s), query_label)
                     for rank, (j, s) in enumerate(zip(m.top[0], m.top_scores[0], strict=True), 1)]
-            layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits})
+            layers.append({"layer": layer, "ap": None if np.isnan(ap) else ap, "hits": hits,
+                           "method": method if "/" in layer else None})
         relevant = self.relevant(i)
         return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
                 "database_size": len(self) - 1, **_shown(k, len(self) - 1, "ood set"),
                 "relu": self.ood.relu, "layers": layers,
                 "relevant": relevant, "chance_ap": _chance_ap(relevant, len(self) - 1)}
+
+    def _pooled_search(self) -> PooledSearch:
+        with self._model_lock:
+            if self._pooled is None:
+                self._pooled = PooledSearch(self.ood.run, methods_table(self.ood.run))
+        return self._pooled
+
+    def pooled_database(self, method: str) -> np.ndarray:
+        """The ood set's unit descriptors of pooling ``method`` (computed once, on first use;
+        an unknown or unusable method: 422 with the reason)."""
+        searcher = self._pooled_search()
+        try:
+            with self._model_lock:  # the first call runs the model over the ood set
+                return searcher.database(method)
+        except NeuralCodesError as e:
+            raise UploadRejected(422, str(e)) from None
+
+    def why_png(self, i: int, j: int, method: str) -> bytes:
+        """Ood images ``i`` (the query) and ``j`` (a hit) side by side, each cell of their
+        conv5 maps shaded by its share of the score under ``method`` (one scale for both)."""
+        searcher = self._pooled_search()
+        query, hit = self.ood.image(i), self.ood.image(j)
+        try:
+            with self._model_lock:
+                gq, gh, _ = searcher.explain(query, hit, method)
+        except NeuralCodesError as e:
+            raise UploadRejected(422, str(e)) from None
+        top = max(float(gq.max()), float(gh.max()))
+        gap = np.full((128, 6, 3), 255, np.uint8)
+        return png_bytes(np.concatenate([overlay(query, gq, vmax=top), gap,
+                                         overlay(hit, gh, vmax=top)], axis=1))
 
     def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
         """A 64x64 uint8 image against ``database`` ("ood" or "index"): top ``k`` per layer."""

@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuralcodes.config import METHOD_FAMILIES
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval.methods import pooling, reranking, whitening
 from neuralcodes.retrieval.methods.whitening import FitData, LearnedWhitening, PCAWhitening
 
-FAMILIES: tuple[str, ...] = ("pooling", "whitening", "reranking")
+FAMILIES: tuple[str, ...] = METHOD_FAMILIES
 
 
 @dataclass(frozen=True)

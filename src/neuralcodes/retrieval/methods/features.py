@@ -8,7 +8,7 @@ take 1.3 GB; each batch's maps are pooled and dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,12 +47,18 @@ def pooled_names(layer: str, gem_ps: Sequence[float] = ()) -> list[str]:
             + [gem_name(layer, p) for p in gem_ps])
 
 
-def _pool(maps: torch.Tensor, layer: str, gem_ps: Sequence[float]) -> dict[str, np.ndarray]:
+def _pool(maps: torch.Tensor, layer: str, gem_ps: Sequence[float],
+          only: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """The pooled descriptors of one map (``only``: just those names)."""
     maps = maps.float().contiguous()
-    out = {f"{layer}/mac": pooling.mac(maps), f"{layer}/spoc": pooling.spoc(maps),
-           f"{layer}/spoc-centre": pooling.spoc(maps, centre=True),
-           f"{layer}/rmac": pooling.rmac(maps)}
-    out.update({gem_name(layer, p): v for p, v in pooling.gem_grid(maps, gem_ps).items()})
+    makers: dict[str, Callable[[], np.ndarray]] = {
+        f"{layer}/mac": lambda: pooling.mac(maps), f"{layer}/spoc": lambda: pooling.spoc(maps),
+        f"{layer}/spoc-centre": lambda: pooling.spoc(maps, centre=True),
+        f"{layer}/rmac": lambda: pooling.rmac(maps)}
+    out = {n: make() for n, make in makers.items() if only is None or n in only}
+    ps = [p for p in gem_ps if only is None or gem_name(layer, p) in only]
+    if ps:
+        out.update({gem_name(layer, p): v for p, v in pooling.gem_grid(maps, ps).items()})
     return out
 
 
@@ -60,11 +66,12 @@ def extract_features(
     model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, split: str, *,
     gem_ps: Mapping[str, Sequence[float]], codes: Sequence[str] = ("fc6", "fc7"),
     relu: bool = False, batch_size: int = DEFAULT_BATCH, device: torch.device | None = None,
-    precision: str = "fp32", progress: bool = False,
+    precision: str = "fp32", progress: bool = False, only: Collection[str] | None = None,
 ) -> Features:
     """Descriptors of ``images`` (N, 64, 64, 3) uint8: the paper's ``codes`` (names of
     :data:`PAPER_CODES`) and, for every conv map named in ``gem_ps`` (conv3, conv4, conv5),
-    its pooled descriptors with GeM at each p of ``gem_ps[map]``."""
+    its pooled descriptors with GeM at each p of ``gem_ps[map]`` (``only``: just the pooled
+    descriptors of these names; R-MAC alone costs as much as a third of the forward pass)."""
     if len(images) == 0:
         raise NeuralCodesError(f"no {split} images to describe")
     unknown = set(codes) - set(PAPER_CODES)
@@ -87,7 +94,7 @@ def extract_features(
                 t = raw[f"code{layer}"].float()
                 batch[name] = l2_normalize((torch.relu(t) if relu else t).cpu().numpy())
             for layer, ps in gem_ps.items():
-                batch.update(_pool(raw[layer].cpu(), layer, ps))
+                batch.update(_pool(raw[layer].cpu(), layer, ps, only))
             for name, v in batch.items():
                 if name not in out:
                     out[name] = np.empty((n, v.shape[1]), np.float32)

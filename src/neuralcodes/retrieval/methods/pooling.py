@@ -123,8 +123,11 @@ def rmac(maps: Any, levels: int = 3) -> np.ndarray:
     """Sum of the L2-normalised MACs of the regions of :func:`rmac_regions`, L2-normalised."""
     x = _tensor(maps)
     total = torch.zeros(x.shape[:2], dtype=torch.float64)
+    columns: dict[tuple[int, int], torch.Tensor] = {}  # max over a band of columns, (N, C, H)
     for top, left, side in rmac_regions(x.shape[2], x.shape[3], levels):
-        v = x[:, :, top:top + side, left:left + side].amax(dim=(2, 3)).double()
+        if (left, side) not in columns:  # shared by the regions of a band: ~4x faster
+            columns[left, side] = x[..., left:left + side].amax(dim=3)
+        v = columns[left, side][..., top:top + side].amax(dim=2).double()
         total += v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return _unit(total)
 

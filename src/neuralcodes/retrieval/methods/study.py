@@ -29,6 +29,7 @@ included; the forward pass and pooling, shared by all, are in ``seconds.extract`
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ import torch
 
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, gather_images
-from neuralcodes.retrieval.methods import REGISTRY, FitData, get, pooling, reranking
+from neuralcodes.retrieval.methods import FAMILIES, REGISTRY, FitData, get, pooling, reranking
 from neuralcodes.retrieval.methods.features import (
     PAPER_CODES,
     Features,
@@ -56,6 +57,8 @@ from neuralcodes.retrieval.metrics import (
     chance_precision,
     paired_bootstrap,
 )
+
+log = logging.getLogger(__name__)
 
 MAPS: tuple[str, ...] = ("conv3", "conv4", "conv5")
 WHITEN_DIMS: tuple[int, ...] = (64, 128, 256)
@@ -111,63 +114,56 @@ def methods_study(
     model: torch.nn.Module, data: dict[str, SplitImages], *, relu: bool = False,
     maps: Sequence[str] = MAPS, dims: Sequence[int] = WHITEN_DIMS,
     gem_fit_images: int = GEM_FIT_IMAGES, rerankers: Sequence[str] = RERANKERS,
-    device: torch.device | None = None, precision: str = "fp32",
-    batch_size: int = DEFAULT_BATCH, progress: bool = False,
+    families: Sequence[str] = FAMILIES, device: torch.device | None = None,
+    precision: str = "fp32", batch_size: int = DEFAULT_BATCH, progress: bool = False,
 ) -> dict[str, Any]:
     """The study's table (see the module docstring) as a JSON-able dict: ``rows`` plus the
-    chance levels, the reference, what was fitted on what, and the time of each phase."""
+    chance levels, the reference, what was fitted on what, and the time of each phase.
+    ``families``: those of :data:`FAMILIES` to measure (the paper's rows always are)."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise NeuralCodesError(f"unknown method famil{'ies' if len(unknown) > 1 else 'y'} "
+                               f"{sorted(unknown)} (choose from {', '.join(FAMILIES)})")
+    if "pooling" not in families:
+        maps = ()
     for split in ("train", "val", "ood"):
         if split not in data or len(data[split].labels) < 2:
             raise NeuralCodesError(f"the methods study needs at least 2 {split} images")
     start = time.perf_counter()
     kw = {"relu": relu, "device": device, "precision": precision, "batch_size": batch_size,
           "progress": progress}
-    # GeM's whole p grid only for the images p is fitted on; the others get the chosen p
     n_fit = min(gem_fit_images, len(data["train"].labels))
-    head = extract_features(model, data["train"].images[:n_fit], data["train"].labels[:n_fit],
-                            "train", gem_ps={m: pooling.GEM_P_GRID for m in maps}, **kw)
-    gem_p, gem_fit = {}, {}
-    for m in maps:
-        grid = {p: head.codes[gem_name(m, p)] for p in pooling.GEM_P_GRID}
-        gem_p[m], scores = pooling.fit_gem_p(grid, head.labels)
-        gem_fit[m] = {f"{p:g}": s for p, s in scores.items()}
-    ps = {m: sorted({3.0, gem_p[m]}) for m in maps}
-    train = head
-    if n_fit < len(data["train"].labels):
-        rest = extract_features(model, data["train"].images[n_fit:],
-                                data["train"].labels[n_fit:], "train", gem_ps=ps, **kw)
-        train = Features({k: np.concatenate([head.codes[k], v]) for k, v in rest.codes.items()},
-                         data["train"].labels, "train")
-    val = extract_features(model, data["val"].images, data["val"].labels, "val", gem_ps=ps,
-                           codes=tuple(PAPER_CODES), **kw)
-    ood = extract_features(model, data["ood"].images, data["ood"].labels, "ood", gem_ps=ps,
-                           codes=tuple(PAPER_CODES), **kw)
+    head, val, ood, gem_p, gem_fit = _describe(model, data, maps, n_fit, kw)
     extract_seconds = time.perf_counter() - start
-    for feats in (train, val, ood):  # the fitted GeM under its own name
-        for m in maps:
-            feats.codes[f"{m}/gem-fit"] = feats.codes[gem_name(m, gem_p[m])]
 
     rows: list[_Row] = []
     measure = _Measure(ood, val)
     for name in PAPER_CODES:
         rows.append(measure(name, "paper", lambda x: x, name))
-    pooled = [f"{m}/{p}" for m in maps for p in (
-        ("mac", "spoc", "spoc-centre", "gem-p3", "gem-fit", "rmac") if m == maps[-1]
-        else ("mac", "spoc", "gem-fit"))]
-    for name in pooled:
+    for name in _pooled_names(maps):
         params = {"p": gem_p[name.split("/")[0]]} if name.endswith("gem-fit") else {}
         rows.append(measure(name, "pooling", lambda x: x, name, params))
-    best_pooled = max((r for r in rows if r.family == "pooling"), key=lambda r: r.val_map or 0)
-    for base in ("fc6", "fc7", best_pooled.name):
-        rows += _whitening_rows(measure, train, val, base, dims)
+    pooled_rows = [r for r in rows if r.family == "pooling"]
+    whitened = ["fc6", "fc7"]
+    if pooled_rows:
+        whitened.append(max(pooled_rows, key=lambda r: r.val_map or 0).name)
+    began = time.perf_counter()
+    # the training images beyond GeM's: only the descriptors that are whitened or re-ranked
+    train = _train_features(model, data["train"], head, whitened, gem_p, kw)
+    extract_seconds += time.perf_counter() - began
+    if "whitening" in families:
+        for base in whitened:
+            rows += _whitening_rows(measure, train, val, base, dims)
     chosen = max(rows, key=lambda r: r.val_map or 0)
-    rows += _rerank_rows(measure, train, val, chosen, rerankers)
+    if "reranking" in families:
+        rows += _rerank_rows(measure, train, val, chosen, rerankers)
     return _table(rows, ood, {
-        "relu": relu, "n_queries": len(ood), "maps": list(maps),
+        "relu": relu, "n_queries": len(ood), "maps": list(maps), "families": list(families),
         "fit": {"train_images": len(train), "val_images": len(val),
                 "gem_fit_images": n_fit,
                 "gem_p": gem_p, "gem_train_map": gem_fit},
-        "whitened": ["fc6", "fc7", best_pooled.name], "reranked": chosen.name,
+        "whitened": whitened if "whitening" in families else [],
+        "reranked": chosen.name if "reranking" in families else None,
         "seconds": {"extract": round(extract_seconds, 2)}, "start": start})
 
 
@@ -188,6 +184,67 @@ class _Measure:
         return _Row(name, family, m, time.perf_counter() - t, params or {}, val_map, dims)
 
 
+def _pooled_names(maps: Sequence[str]) -> list[str]:
+    """The pooling rows: every pooling on the last map, MAC, SPoC and fitted GeM on the
+    others."""
+    return [f"{m}/{p}" for m in maps for p in (
+        ("mac", "spoc", "spoc-centre", "gem-p3", "gem-fit", "rmac") if m == maps[-1]
+        else ("mac", "spoc", "gem-fit"))]
+
+
+def _describe(model: torch.nn.Module, data: dict[str, SplitImages], maps: Sequence[str],
+              n_fit: int, kw: dict[str, Any]
+              ) -> tuple[Features, Features, Features, dict[str, float], dict[str, Any]]:
+    """GeM's p fitted on the first ``n_fit`` training images (their descriptors with the whole
+    p grid), then the validation and ood descriptors of every row."""
+    train = data["train"]
+    rows = [n for n in _pooled_names(maps) if not n.endswith("gem-fit")]
+    head = extract_features(model, train.images[:n_fit], train.labels[:n_fit], "train",
+                            gem_ps={m: pooling.GEM_P_GRID for m in maps},
+                            only={*rows, *(gem_name(m, p) for m in maps
+                                           for p in pooling.GEM_P_GRID)}, **kw)
+    gem_p, gem_fit = {}, {}
+    for m in maps:
+        grid = {p: head.codes[gem_name(m, p)] for p in pooling.GEM_P_GRID}
+        gem_p[m], scores = pooling.fit_gem_p(grid, head.labels)
+        gem_fit[m] = {f"{p:g}": s for p, s in scores.items()}
+    ps = {m: sorted({3.0, gem_p[m]}) for m in maps}
+    only = {_stored(n, gem_p) for n in _pooled_names(maps)}
+    val, ood = (extract_features(model, data[s].images, data[s].labels, s, gem_ps=ps,
+                                 codes=tuple(PAPER_CODES), only=only, **kw)
+                for s in ("val", "ood"))
+    for feats in (head, val, ood):  # the fitted GeM under its own name
+        for m in maps:
+            feats.codes[f"{m}/gem-fit"] = feats.codes[gem_name(m, gem_p[m])]
+    return head, val, ood, gem_p, gem_fit
+
+
+def _stored(name: str, gem_p: dict[str, float]) -> str:
+    """The name :func:`extract_features` stores a pooled row's descriptor under."""
+    layer, _, kind = name.partition("/")
+    return gem_name(layer, gem_p[layer]) if kind == "gem-fit" else name
+
+
+def _train_features(model: torch.nn.Module, train: SplitImages, head: Features,
+                    bases: Sequence[str], gem_p: dict[str, float], kw: dict[str, Any]
+                    ) -> Features:
+    """The training descriptors of ``bases`` (fc6, fc7, a pooled one): ``head``'s, completed
+    by those of the remaining training images."""
+    n_fit = len(head)
+    codes = {b: head.codes[b] for b in bases}
+    if n_fit < len(train.labels):
+        pooled = [b for b in bases if "/" in b]
+        stored = {_stored(b, gem_p) for b in pooled}
+        ps = {b.split("/")[0]: [gem_p[b.split("/")[0]]] for b in pooled}
+        rest = extract_features(model, train.images[n_fit:], train.labels[n_fit:], "train",
+                                codes=tuple(b for b in bases if b in PAPER_CODES),
+                                gem_ps=ps, only=stored, **kw)
+        for b in bases:
+            codes[b] = np.concatenate([codes[b], rest.codes[_stored(b, gem_p)
+                                                            if "/" in b else b]])
+    return Features(codes, train.labels, "train")
+
+
 def _metrics(codes: np.ndarray, labels: np.ndarray, rerank: Callable[..., np.ndarray] | None,
              ks: Sequence[int]) -> RankingMetrics:
     ks = tuple(k for k in ks if k <= len(labels) - 1)
@@ -199,7 +256,8 @@ def _whitening_rows(measure: _Measure, train: Features, val: Features, base: str
                     dims: Sequence[int]) -> list[_Row]:
     rows = []
     fit = FitData(train.codes[base], train.labels, "train")
-    sizes = [d for d in dims if d <= min(fit.codes.shape[1], len(fit.codes) - 1)]
+    cap = min(fit.codes.shape[1], len(fit.codes) - 1)
+    sizes = [d for d in dims if d <= cap] or [cap]  # shorter codes: whitened at their size
     n, d = fit.codes.shape
     fit.pca(min(max([*sizes, LearnedWhitening.max_input]), d, n - 1))  # one fit serves all
     for kind in ("pca", "pcaw", "lw"):
@@ -235,7 +293,11 @@ def _rerank_rows(measure: _Measure, train: Features, val: Features, chosen: _Row
     rows = []
     for name in names:
         spec = get(name, "reranking")
-        params, _ = reranking.tune(spec.fn, spec.grid, tune_data)
+        try:
+            params, _ = reranking.tune(spec.fn, spec.grid, tune_data)
+        except NeuralCodesError as e:  # too few validation images for any of its parameters
+            log.warning(f"methods study: {name} left out: {e}")
+            continue
         rows.append(measure(f"{chosen.name}+{name}", "reranking", transform, base, params,
                             dims=chosen.dims, rerank=_bind(spec.fn, params)))
     return rows
@@ -250,16 +312,20 @@ def _bind(fn: Callable[..., np.ndarray], params: dict[str, Any]) -> Callable[...
 def _table(rows: list[_Row], ood: Features, meta: dict[str, Any]) -> dict[str, Any]:
     paper = [r for r in rows if r.family == "paper"]
     reference = max(paper, key=lambda r: r.metrics.map)
+    by_name = {r.name: r for r in rows}
     out_rows = []
     for r in rows:
         d = paired_bootstrap(r.metrics.ap, reference.metrics.ap).to_json()
+        own = by_name.get(_own_baseline(r.name))
+        vs = (None if own is None else
+              {"method": own.name, **paired_bootstrap(r.metrics.ap, own.metrics.ap).to_json()})
         summary = r.metrics.summary()
         out_rows.append({
             "method": r.name, "family": r.family, "dims": r.dims or
             int(ood.codes[r.name.split("+")[0]].shape[1]), "params": r.params,
             "map": summary["map"], **{f"p@{k}": summary.get(f"p@{k}") for k in KS},
             "val_map": r.val_map, "diff": d["diff"], "ci95": d["ci95"],
-            "significant": d["significant"],
+            "significant": d["significant"], "vs": vs,
             "ms_per_query": round(1000 * r.seconds / len(ood), 4)})
     start = meta.pop("start")
     meta["seconds"]["total"] = round(time.perf_counter() - start, 2)
@@ -275,9 +341,19 @@ def _table(rows: list[_Row], ood: Features, meta: dict[str, Any]) -> dict[str, A
             "rows": out_rows}
 
 
-def write_methods_figure(table: dict[str, Any], path: str | Path) -> Path:
+def _own_baseline(name: str) -> str | None:
+    """The row a method is compared with besides the reference: a learned whitening with
+    plain PCA at the same size (the paper's Sec. 5 claim), a re-ranking with its input."""
+    head, _, last = name.rpartition("+")
+    if last.startswith("lw"):
+        return f"{head}+pca{last[2:]}"
+    return head if last in RERANKERS else None
+
+
+def write_methods_figure(table: dict[str, Any], path: str | Path,
+                         metadata: dict[str, str] | None = None) -> Path:
     """The study's figure (:func:`neuralcodes.figures.plot_methods`)."""
     from neuralcodes.figures import plot_methods
 
     return plot_methods(table["rows"], path, chance=table["chance_map"],
-                        reference=table["reference"])
+                        reference=table["reference"], metadata=metadata)

@@ -39,6 +39,8 @@ const num = (x, digits = 3) =>
 
 /** A cosine similarity as people read it: two decimals (the rank orders equal-looking ones). */
 const similarity = (score) => score.toFixed(2);
+// a difference of two shares in percentage points, with its sign
+const pp = (x, digits = 2) => `${x >= 0 ? "+" : "−"}${Math.abs(100 * x).toFixed(digits)}`;
 
 function formatBytes(n) {
   for (const [unit, size] of [["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
@@ -229,6 +231,16 @@ function kRule(value) {
     `${state.info.k} per layer`, `1 to ${state.info.max_k} results per layer`];
 }
 
+function readMethod(params) {
+  const method = params.get("method");
+  return state.info.methods.includes(method) ? method : null;
+}
+
+function methodRule(value) {
+  return [state.info.methods.includes(value), "the layers' codes only",
+    `one of ${state.info.methods.join(", ")}`];
+}
+
 function layerRule(value) {
   return [state.info.layers.includes(value), "all layers",
     `layer ${state.info.layers.join(", ")} or all`];
@@ -379,20 +391,30 @@ function buildControls(view) {
   for (const k of [...choices].sort((a, b) => a - b)) select.append(el("option", { value: k, text: String(k) }));
   select.addEventListener("change", () => setParam("k", select.value));
   box.replaceChildren(fieldset, el("label", { class: "field" }, "Results per layer", select));
+  if (view === "query" && state.info.methods.length) {
+    // a pooled conv5 descriptor (the methods study's) as one more column
+    const method = el("select", { id: `${view}-method`, "data-testid": "method" },
+      el("option", { value: "", text: "none (codes only)" }),
+      ...state.info.methods.map((m) => el("option", { value: m, text: `conv5 ${m}` })));
+    method.addEventListener("change", () => setParam("method", method.value));
+    box.append(el("label", { class: "field" }, "Also rank by", method));
+  }
 }
 
 function setParam(key, value) {
   const { parts, params } = parseHash();
-  params.set(key, value);
+  if (value === "") params.delete(key);
+  else params.set(key, value);
   go(hashFor(parts, Object.fromEntries(params)), true);
 }
 
-function syncControls(view, k, layer) {
+function syncControls(view, k, layer, method = null) {
   $(`${view}-k`).value = String(k);
+  if ($(`${view}-method`)) $(`${view}-method`).value = method || "";
   $(`${view}-layer-${layer}`).checked = true;
 }
 
-function hitCard(hit, k, layer) {
+function hitCard(hit, k, layer, why = null) {
   const same = hit.same_class;
   const cls = same === true ? "hit same" : same === false ? "hit diff" : "hit";
   const mark = same === true ? "✓" : same === false ? "✗" : "";
@@ -410,21 +432,45 @@ function hitCard(hit, k, layer) {
   const isOod = hit.url.startsWith("api/image/");
   const body = isOod
     ? el("a", {
-      href: hashFor(["query", String(hit.id)], { k, layer: layer === "all" ? null : layer }),
+      href: hashFor(["query", String(hit.id)], { k, layer: layer === "all" ? null : layer, method: why && why.method }),
       title: `#${hit.id} ${hit.class_name}: search with this image`,
     }, ...inner)
     : el("div", { class: "card", title: hit.class_name }, ...inner);
-  return el("li", { class: cls, "data-testid": "hit", "data-id": hit.id }, body);
+  const li = el("li", { class: cls, "data-testid": "hit", "data-id": hit.id }, body);
+  if (why) {
+    li.classList.add("has-why");
+    li.append(whyButton(hit, why));
+  }
+  return li;
+}
+
+/** "Why similar?": the query and this hit with each conv5 cell shaded by its share of the
+ *  score under the pooled descriptor (api/why), shown below the card on demand. */
+function whyButton(hit, why) {
+  const url = `api/why/${why.query}/${hit.id}.png?method=${encodeURIComponent(why.method)}`;
+  const alt = `Why #${hit.id} is similar to #${why.query} under conv5 ${why.method}: ` +
+    "left the query, right the hit; red cells contribute most to the score";
+  const button = el("button", { type: "button", class: "why", "data-testid": "why", "aria-expanded": "false", text: "Why similar?" });
+  button.addEventListener("click", () => {
+    const open = button.getAttribute("aria-expanded") === "true";
+    button.setAttribute("aria-expanded", String(!open));
+    const shown = button.nextElementSibling;
+    if (open && shown) shown.remove();
+    else button.after(el("img", { class: "why-map", "data-testid": "why-map", src: url, alt, title: alt, width: 262, height: 128 }));
+  });
+  return button;
 }
 
 function renderLayers(view, result, layer) {
   const container = $(`${view}-results`);
   const shown = result.layers.filter((l) => layer === "all" || l.layer === layer);
   container.classList.toggle("all", layer === "all");
+  container.classList.toggle("with-method", shown.some((l) => l.method));
   container.replaceChildren(...shown.map((l) => {
     const hits = l.hits;
-    const box = el("section", { class: "layer", "data-layer": l.layer, "aria-labelledby": `${view}-h-${l.layer}` },
-      el("h3", { id: `${view}-h-${l.layer}`, text: `Layer ${l.layer}` }));
+    const hid = `${view}-h-${l.layer.replace("/", "-")}`;
+    const box = el("section", { class: "layer", "data-layer": l.layer, "aria-labelledby": hid },
+      el("h3", { id: hid, text: l.method ? `conv5 ${l.method}` : `Layer ${l.layer}` }));
     const facts = el("p", { class: "facts" });
     if (l.ap !== null && l.ap !== undefined) {
       facts.append(el("span", { class: "ap", "data-testid": "ap", text: `AP ${pct(l.ap)}` }));
@@ -435,7 +481,8 @@ function renderLayers(view, result, layer) {
       facts.append(el("span", { class: "precision", text: `${same} of ${l.hits.length} same class` }));
     }
     if (facts.childNodes.length) box.append(facts);
-    box.append(el("ol", { class: "hits" }, ...hits.map((h) => hitCard(h, result.k, layer))));
+    const why = l.method && result.query.source === "ood" ? { method: l.method, query: result.query.id } : null;
+    box.append(el("ol", { class: "hits" }, ...hits.map((h) => hitCard(h, result.k, layer, why))));
     return box;
   }));
 }
@@ -476,15 +523,16 @@ function paintResult(view, result, layer, announceText, focus) {
 async function renderQuery(arg, params) {
   const info = state.info;
   if (/^\d+$/.test(arg) && Number(arg) < info.gallery_size) {
-    normalise(["query", arg], params, { k: kRule, layer: layerRule });
+    normalise(["query", arg], params, { k: kRule, layer: layerRule, method: methodRule });
   }
   const k = readK(params);
   const layer = readLayer(params);
+  const method = readMethod(params);
   const image = $("query-image");
   const prev = state.results.query;
   const id = /^\d+$/.test(arg) ? Number(arg) : NaN;
   show("query", Number.isInteger(id) ? `Image #${id}: similar images` : "Image not found");
-  syncControls("query", k, layer);
+  syncControls("query", k, layer, method);
   const valid = Number.isInteger(id) && id < info.gallery_size;
   document.querySelector(".controls[data-for=query]").hidden = !valid;
   if (!valid) {
@@ -506,7 +554,7 @@ async function renderQuery(arg, params) {
   $("query-title").textContent = `Images similar to #${id}`;
   const keepFocus = state.keepFocus;
   // only a new layer: no request, no flicker
-  if (prev && prev.result.query.id === id && prev.result.k === k) {
+  if (prev && prev.result.query.id === id && prev.result.k === k && prev.method === method) {
     begin();
     paintResult("query", prev.result, layer, `Showing ${layer === "all" ? "all layers" : `layer ${layer}`}.`, false);
     return;
@@ -517,7 +565,10 @@ async function renderQuery(arg, params) {
   image.hidden = false;
   $("query-caption").textContent = `#${id}`;
   $("query-results").replaceChildren();
-  const result = await load("query", token, `api/search/${id}?k=${k}`, `Searching with image #${id}…`);
+  const path = `api/search/${id}?k=${k}${method ? `&method=${encodeURIComponent(method)}` : ""}`;
+  const result = await load("query", token, path, method
+    ? `Searching with image #${id} (the first search with conv5 ${method} describes every ood image: a moment)…`
+    : `Searching with image #${id}…`);
   if (!result) return;
   const q = result.query;
   $("query-caption").textContent = `#${q.id} ${q.class_name}`;
@@ -526,8 +577,9 @@ async function renderQuery(arg, params) {
   setTitle(`#${q.id} ${q.class_name}: similar images`);
   $("query-about").textContent = aboutText(result);
   paintResult("query", result, layer,
-    `Results for image #${q.id}, ${q.class_name}: ${topText(result)} in ${layer === "all" ? "layers " + info.layers.join(", ") : "layer " + layer}.`,
+    `Results for image #${q.id}, ${q.class_name}: ${topText(result)} in ${layer === "all" ? "layers " + info.layers.join(", ") : "layer " + layer}${method ? ` and conv5 ${method}` : ""}.`,
     !keepFocus);
+  state.results.query.method = method;
 }
 
 // ---------------------------------------------------------------- upload
@@ -785,6 +837,7 @@ async function renderResults() {
   } else {
     parts.push(el("p", { class: "empty", text: "No retrieval results yet." }));
   }
+  if (r.methods) parts.push(...methodsSection(r.methods));
   parts.push(el("h2", { text: "Report and figures" }));
   parts.push(r.report_url
     ? el("p", {}, el("a", { class: "button", href: r.report_url, text: "Read the full report" }))
@@ -799,6 +852,22 @@ async function renderResults() {
   parts.push(curves, ...figs.filter((f) => f !== curveFig));
   $("results-body").replaceChildren(...parts);
   announce(`Results of run ${r.run} loaded.`);
+}
+
+/** The methods study beyond the paper (methods.json): its table and verdict; its figure is
+ *  among the figures below. */
+function methodsSection(m) {
+  const ci = (r) => r.reference ? "—"
+    : `${pp(r.diff)} [${pp(r.ci95[0])}, ${pp(r.ci95[1])}]${r.significant ? " *" : ""}`;
+  const rows = m.rows.map((r) => [r.label, r.family, String(r.dims), pct(r.map), pct(r.p5), pct(r.p10), ci(r), r.ms.toFixed(2)]);
+  return [
+    el("h2", { text: "Beyond the paper: pooled conv descriptors, whitening, re-ranking" }),
+    el("p", { text: `The paper's successors on the same ${m.n_queries} ood queries, everything fitted or tuned on in-domain images only. ` +
+      `Difference: to ${m.reference} (the best of the paper's codes here), with its paired-bootstrap 95% interval in percentage points (* : it excludes 0).` }),
+    table("methods-table", ["method", "family", "dims", "mAP", "P@5", "P@10", `mAP − ${m.reference} [95% CI]`, "ms/query"], rows,
+      [["chance", "", "", pct(m.chance_map), "", "", "", ""]]),
+    el("p", { "data-testid": "methods-verdict", text: m.verdict.join(" ") }),
+  ];
 }
 
 // ---------------------------------------------------------------- API page

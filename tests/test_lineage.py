@@ -115,7 +115,8 @@ def test_training_on_then_run_recomputes_everything_from_the_new_weights(
     def check_all(epoch: int, sha: str) -> None:
         artifacts = [rd.eval_json, rd.codes("ood", False), rd.codes("ood", True), rd.map_json,
                      rd.top_json(5), rd.top_figure(5), rd.top_figure(5, "6"),
-                     rd.evidence_json, rd.pca_json, rd.pca_plot, rd.report_md, rd.report_html]
+                     rd.evidence_json, rd.pca_json, rd.pca_plot, rd.methods_json,
+                     rd.methods_plot, rd.report_md, rd.report_html]
         for path in artifacts:
             made = lineage.recorded(path)
             assert made is not None, path

@@ -28,7 +28,8 @@ ARTIFACTS = [
     "train_state.json", "eval.json", "eval.csv", "codes/ood-prerelu.npz", "retrieval/map.json",
     "retrieval/top5_layer5.png", "retrieval/top5_layer6.png", "retrieval/top5_layer7.png",
     "retrieval/top5_layers.png", "retrieval/evidence.json", "retrieval/pca.json",
-    "retrieval/pca.png", "report.md", "report.html",
+    "retrieval/pca.png", "retrieval/methods.json", "retrieval/methods.png", "report.md",
+    "report.html",
 ]
 
 
@@ -89,6 +90,11 @@ def test_quick_run_end_to_end_then_resume(argv, tmp_path, capsys, monkeypatch):
     for name in ARTIFACTS:
         assert (run / name).is_file(), name
     _report_numbers_match_json(run)
+    methods = json.loads((run / "retrieval" / "methods.json").read_text())
+    md = (run / "report.md").read_text()
+    assert "### Beyond the paper" in md and methods["verdict"][0] in md
+    assert all(f"| {r['method']} |" in md for r in methods["rows"])
+    assert "methods" in json.loads((run / "timings.json").read_text())["actual"]
 
     # Running again redoes nothing but the report.
     mtime = (run / "retrieval" / "map.json").stat().st_mtime
@@ -128,6 +134,8 @@ def test_plan_prints_the_plan_and_creates_nothing(command, tiny_source, tmp_path
     assert train and "10 epochs, as many as the course's run needed" in train.group(2)
     assert "at most" in train.group(2) and "for all 40" in train.group(2)
     assert (re.search(r"^  retrieval +~", out, re.M) is not None) == (command == "run")
+    assert (re.search(r"^  methods +~ .*methods ranked on 40 ood images", out, re.M)
+            is not None) == (command == "run")
 
 
 def test_presets_and_differences():
@@ -161,10 +169,11 @@ def test_plan_records_each_stage_estimate_beside_its_measured_time(tmp_path, cap
     assert re.search(r"^  train +~ *[0-9.]+ (s|min|h) +\(.* s per epoch at \d+ img/s", out, re.M)
     assert re.search(r"^  evaluate +~", out, re.M) and re.search(r"^  retrieval +~", out, re.M)
     timings = json.loads((tmp_path / "run" / "timings.json").read_text())
-    assert set(timings["actual"]) == {"train", "evaluate", "retrieval"}
+    assert set(timings["actual"]) == {"train", "evaluate", "retrieval", "methods"}
     # every stage has a positive estimate beside its measured time; how close they are is a
     # timing, measured by benchmarks/plan.py, not asserted here (it moves with the machine's load)
-    assert set(timings["estimate"]) >= {"train", "evaluate", "retrieval", "train_epoch"}
+    assert set(timings["estimate"]) >= {"train", "evaluate", "retrieval", "methods",
+                                        "train_epoch"}
     assert all(v > 0 for v in timings["estimate"].values()), timings
     assert all(v > 0 for v in timings["actual"].values()), timings
 
@@ -189,6 +198,14 @@ def test_plan_states_the_measured_bf16_gain_only_where_it_was_measured():
     both = dataclasses.replace(fp32, bf16_train_ips=90.0)
     assert plan_lines(cfg, stages, both)[-1].startswith(
         "This CPU has native bf16: --set train.precision=bf16 trains 2.2x as fast here")
+    # the methods study: its own stage, grown with the ood set, gone when turned off
+    methods = next(e for e in stages if e.name == "methods")
+    small = next(e for e in estimate_stages(cfg, {**sizes, "ood": 500}, fp32)
+                 if e.name == "methods")
+    assert methods.seconds > small.seconds > 0 and "5,000 ood images" in methods.detail
+    off = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, methods=False))
+    assert [e.name for e in estimate_stages(off, sizes, fp32)] == ["train", "evaluate",
+                                                                   "retrieval"]
     assert (format_duration(42), format_duration(750), format_duration(4 * 3600)) == (
         "42 s", "12.5 min", "4.0 h")
 

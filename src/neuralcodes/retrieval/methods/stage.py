@@ -110,16 +110,15 @@ def _pairs_verdict(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _label(row: dict[str, Any]) -> str:
-    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in (row.get("params") or {}).items())
-    return row["method"] + (f" ({params})" if params else "")
+def _params(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in (row.get("params") or {}).items())
 
 
 def summary(table: dict[str, Any]) -> dict[str, Any]:
     """methods.json as the report and the web app show it: one row per method with its
     numbers (``mark``: its interval against the reference excludes 0), and the verdict."""
-    rows = [{"method": r["method"], "label": _label(r), "family": r["family"],
+    rows = [{"method": r["method"], "params": _params(r), "family": r["family"],
              "dims": r["dims"], "map": r["map"], "p5": r.get("p@5"), "p10": r.get("p@10"),
              "diff": r["diff"], "ci95": r["ci95"], "significant": r["significant"],
              "reference": r["method"] == table["reference"], "ms": r["ms_per_query"]}

@@ -859,13 +859,13 @@ async function renderResults() {
 function methodsSection(m) {
   const ci = (r) => r.reference ? "—"
     : `${pp(r.diff)} [${pp(r.ci95[0])}, ${pp(r.ci95[1])}]${r.significant ? " *" : ""}`;
-  const rows = m.rows.map((r) => [r.label, r.family, String(r.dims), pct(r.map), pct(r.p5), pct(r.p10), ci(r), r.ms.toFixed(2)]);
+  const rows = m.rows.map((r) => [r.method, pct(r.map), ci(r), pct(r.p5), pct(r.p10), String(r.dims), r.ms.toFixed(2), r.family, r.params]);
   return [
     el("h2", { text: "Beyond the paper: pooled conv descriptors, whitening, re-ranking" }),
     el("p", { text: `The paper's successors on the same ${m.n_queries} ood queries, everything fitted or tuned on in-domain images only. ` +
       `Difference: to ${m.reference} (the best of the paper's codes here), with its paired-bootstrap 95% interval in percentage points (* : it excludes 0).` }),
-    table("methods-table", ["method", "family", "dims", "mAP", "P@5", "P@10", `mAP − ${m.reference} [95% CI]`, "ms/query"], rows,
-      [["chance", "", "", pct(m.chance_map), "", "", "", ""]]),
+    table("methods-table", ["method", "mAP", `− ${m.reference} [95% CI]`, "P@5", "P@10", "dims", "ms/query", "family", "parameters"], rows,
+      [["chance", pct(m.chance_map), "", "", "", "", "", "", ""]]),
     el("p", { "data-testid": "methods-verdict", text: m.verdict.join(" ") }),
   ];
 }

@@ -487,6 +487,80 @@ def test_the_web_app_serves_hostile_names_escaped_and_never_a_500(web_run, hosti
         assert str(folder) not in r.json()["detail"] and "/" not in r.json()["detail"]
 
 
+def _refusing_index(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Loading an index (and only an index) fails with ``error``."""
+    from neuralcodes.web import service
+
+    real = service.Searcher
+
+    def searcher(*args: object, index: object = None, **kwargs: object) -> object:
+        if index is not None:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "Searcher", searcher)
+
+
+def test_no_error_detail_names_a_server_folder(web_run, hostile_index, tmp_path, monkeypatch):
+    """Every error a client can cause, with the run and the index in pytest's temporary folder:
+    no answer holds that folder; the details name files."""
+    import errno
+
+    from neuralcodes.files import write_error
+    from neuralcodes.retrieval.codes import CodeSet
+    from neuralcodes.training.checkpoint import load_checkpoint
+    from neuralcodes.web import create_app
+
+    base = str(tmp_path.parents[1])  # --basetemp: web_run, the index and tmp_path are below it
+    assert str(web_run).startswith(base) and str(hostile_index[1]).startswith(base)
+    folder, index = hostile_index
+    short = tmp_path / "short.npz"  # an index with fewer names than codes
+    codes = CodeSet.load(index)
+    codes.paths = codes.paths[:2]
+    codes.save(short)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"\x80\x02not a checkpoint")
+    with pytest.raises(NeuralCodesError) as refused_checkpoint:
+        load_checkpoint(evil)
+    disk_full = write_error(tmp_path / "codes" / "index.npz", tmp_path / "partial",
+                            OSError(errno.ENOSPC, "No space left on device"), 41 << 20)
+    answers = []
+    serve = ServeConfig(max_jpeg_scans=50)
+    with TestClient(create_app(web_run, index, device="cpu", serve=serve)) as c:
+        missing = next(i for i, p in enumerate(c.app.state.retrieval.index.paths)
+                       if p.endswith("plain.png"))
+        (folder / "plain.png").rename(folder / "moved.png")
+        try:
+            answers.append(("plain.png", c.get(f"/api/index-image/{missing}")))
+        finally:
+            (folder / "moved.png").rename(folder / "plain.png")
+        for data in (b"", b"not an image", scan_bomb_jpeg(60), jpeg()[:400]):
+            answers.append((None, upload(c, data, name=f"{folder}/q.jpg")))
+        answers += [(None, c.get("/api/upload/0123456789abcdef")),
+                    (None, c.get("/api/figure/nope.png")), (None, c.get("/api/image/99999")),
+                    (None, c.post("/api/search", data={"database": "elsewhere"},
+                                  files={"file": ("q.jpg", jpeg(), "image/jpeg")}))]
+    refusals = [(short, None), (tmp_path / "gone.npz", None),
+                (index, refused_checkpoint.value), (index, disk_full)]
+    for bad, error in refusals:
+        if error is not None:
+            _refusing_index(monkeypatch, error)
+        with TestClient(create_app(web_run, bad, device="cpu")) as c:
+            r = c.post("/api/search", data={"database": "index"},
+                       files={"file": ("q.jpg", jpeg(), "image/jpeg")})
+        assert r.status_code == 409 and "the index was refused" in r.json()["detail"]
+        name = (Path(str(error).split(":")[0]) if error is not None else bad).name
+        answers.append((name, r))
+        monkeypatch.undo()
+    assert len(answers) == 13
+    for name, r in answers:
+        assert 400 <= r.status_code < 500 and base not in r.text, r.text
+        detail = r.json()["detail"]
+        assert name is None or name in detail, (name, detail)
+        if isinstance(detail, str):
+            assert "/" not in detail.replace("api/index-image", ""), detail
+
+
 # --------------------------------------------------------------------------- smaller
 
 

@@ -44,8 +44,14 @@ from neuralcodes.web.middleware import (
 )
 from neuralcodes.web.results import figure_path, run_results
 from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
-from neuralcodes.web.security import CSP, DecodeLimiter, SameOriginPost, SecurityHeaders
-from neuralcodes.web.service import MAX_K, ServedRun
+from neuralcodes.web.security import (
+    CSP,
+    DecodeLimiter,
+    SameOriginPost,
+    SecurityHeaders,
+    install_file_names_only,
+)
+from neuralcodes.web.service import MAX_K, ServedRun, freeze_loaded_objects
 from neuralcodes.web.uploads import (
     UPLOAD_FORMATS,
     UploadDecoder,
@@ -100,7 +106,8 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        if warm:  # in the background: the server answers at once
+        if warm:  # a server: loaded for good; the decoders start in the background
+            freeze_loaded_objects()
             threading.Thread(target=decoder.pool.warm, daemon=True).start()
         try:
             yield
@@ -125,6 +132,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     add_host_check(app, allowed_hosts)
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, errors included
     limiter.install(app)  # Busy -> 503 with Retry-After
+    install_file_names_only(app, retrieval.folders)  # no server folder in any detail
     app.state.decode_limiter = limiter
     app.state.decoder = decoder
     app.state.body_budget = budget

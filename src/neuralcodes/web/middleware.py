@@ -223,7 +223,6 @@ class BodyBudget:
         finally:
             self.budget.give(held)
 
-
     async def _first(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a request without a body, counted by :attr:`priority` until its last byte
         is handed over (not until a slow reader has taken it)."""

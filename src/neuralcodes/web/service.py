@@ -23,11 +23,11 @@ MAX_K = 50
 
 
 def freeze_loaded_objects() -> None:
-    """Move every object alive now (the model, the codes, the app, the imported libraries:
-    about a million) out of the garbage collector's reach, for a server about to answer
-    requests. Without it, each full collection walks them all: 150-300 ms during which no
-    request is answered, and the garbage of a burst of uploads sets one off every second.
-    Objects made later are collected as usual."""
+    """Move every object alive now (the model, the codes, the app, the imported libraries)
+    out of the garbage collector's reach, for a server about to answer requests: they live
+    as long as it does. Without it, each full collection walks them all, and no request is
+    answered meanwhile (measured: 30-370 ms each on a loaded 2-core machine; the garbage of a
+    burst of uploads sets them off). Objects made later are collected as usual."""
     gc.collect()
     gc.freeze()
 

@@ -1,6 +1,7 @@
 """Load test of ``neuralcodes serve`` as a real server process (issue 12).
 
-Usage: ``PYTHONPATH=src python benchmarks/web_load.py [--run RUN] [--src SRC]``. Without
+Usage: ``PYTHONPATH=src python benchmarks/web_load.py [--run RUN] [--src SRC]`` (the attacks
+only: ``--searches 0 --uploads 0``; one of them: ``--attacks big_uploads``). Without
 ``--run`` it trains a tiny run first (the tests' ``trained_web_run``: 4+2 generated classes,
 two epochs). The server runs as ``python -m neuralcodes serve RUN --port P`` on 127.0.0.1 (with
 ``--src``: another checkout's ``src``, e.g. the code before the fix, for a comparison); its

@@ -269,7 +269,7 @@ def test_no_paragraph_is_said_twice(tmp_path):
 
 
 def test_the_command_to_measure_the_techniques_fits_the_run(tmp_path):
-    from neuralcodes.pipeline import preset_config
+    from neuralcodes.presets import preset_config
 
     run = _fake_run(tmp_path / "quick", {"5": 0.2, "6": 0.3, "7": 0.25})
     saved = json.loads((run / "config.json").read_text())

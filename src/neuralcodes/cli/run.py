@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, add_progress_option, config_from_args
-
-PRESET_NAMES = ("assignment", "quick", "improved", "quick-improved")
+from neuralcodes.presets import PRESETS, preset_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "interrupted run.")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default: runs/<preset>)")
-    p.add_argument("--preset", choices=PRESET_NAMES, default="assignment",
+    p.add_argument("--preset", choices=list(PRESETS), default="assignment",
                    help="assignment: the exact protocol (default); quick: a CPU smoke run that "
                         "still makes every artifact; improved: + augmentation and batch norm; "
                         "quick-improved: quick + the same two techniques (compare it with quick "
@@ -33,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.cli.common import console_logging, run_lock
-    from neuralcodes.pipeline import preset_config, run
+    from neuralcodes.pipeline import run
 
     cfg = config_from_args(args, preset_config(args.preset))
     out = args.out or Path("runs") / args.preset

@@ -15,6 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from neuralcodes.config import Config
+from neuralcodes.presets import preset_config
 from neuralcodes.report.facts import chance_map_of_sizes, equal_class_sizes
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
@@ -342,9 +344,6 @@ def techniques(facts: dict[str, Any]) -> dict[str, Any]:
 def improve_command(facts: dict[str, Any]) -> str:
     """The command that trains this run's twin with the two techniques, next to it: the same
     data, classes and epoch budget (the matching preset where this run is one)."""
-    from neuralcodes.config import Config
-    from neuralcodes.pipeline import preset_config
-
     cfg = Config.from_dict(facts["saved"]["config"])
     source = cfg.data.source
     data = f" --data {shlex.quote(source)}" if source else ""

@@ -63,26 +63,27 @@ from neuralcodes.config import Config
 from neuralcodes.course import course_reference
 from neuralcodes.data import Dataset, Splits, load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.evaluation import evaluate_split
 from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.model import ConvNet, count_parameters
-from neuralcodes.progress import bar as progress_bar
-from neuralcodes.runs import RunDir, check_same_splits
-from neuralcodes.runtime import threads
-from neuralcodes.training.batches import SplitData, epoch_order
-from neuralcodes.training.checkpoint import (
+from neuralcodes.model.build import build_model
+from neuralcodes.model.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from neuralcodes.progress import bar as progress_bar
+from neuralcodes.runs import RunDir, check_same_splits
+from neuralcodes.runtime import threads
+from neuralcodes.training.batches import SplitData, epoch_order
 from neuralcodes.training.context import interrupt_flag, log_file
 from neuralcodes.training.distributed import Dist, device_for
 from neuralcodes.training.early_stopping import EarlyStopping
+from neuralcodes.training.measure import evaluate_split
 from neuralcodes.training.resume import check_resumable, rewind_to_kept
-from neuralcodes.training.step import build_model, make_optimizer, train_step
+from neuralcodes.training.step import make_optimizer, train_step
 from neuralcodes.training.throughput import precision_warning
 from neuralcodes.versions import versions
 

@@ -23,8 +23,9 @@ from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.training import loop
 from neuralcodes.training.batches import SplitData, augment_batch, epoch_order
 from neuralcodes.training.early_stopping import EarlyStopping
-from neuralcodes.training.loop import is_finished, train
+from neuralcodes.training.loop import train
 from neuralcodes.training.measure import evaluate_split
+from neuralcodes.training.records import is_finished
 from neuralcodes.training.step import make_optimizer
 from neuralcodes.training.throughput import measure_throughput
 

@@ -43,7 +43,8 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     from neuralcodes import data, retrieval
     from neuralcodes.evaluation import evaluate
     from neuralcodes.report import write_report
-    from neuralcodes.training.loop import train, training_left
+    from neuralcodes.training.loop import train
+    from neuralcodes.training.records import training_left
 
     rd = RunDir(Path(out))
     if rd.config.is_file():
@@ -113,7 +114,7 @@ class _Timings:
 def _log_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
                 timings: _Timings) -> None:
     """Say what will happen, with the expected time of each stage from a short probe."""
-    from neuralcodes.training.loop import training_left
+    from neuralcodes.training.records import training_left
 
     log.info(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
           f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "

@@ -9,10 +9,10 @@ from neuralcodes.cli.common import add_config_options, add_progress_option, conf
 from neuralcodes.presets import PRESETS, preset_config
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "run", help="run the whole study: prepare, train, evaluate, retrieve, report",
-        description="Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``run`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
         "PCA -> report). Finished stages are skipped, so the same command continues an "
         "interrupted run.")
     p.add_argument("--out", metavar="DIR", default=None,

@@ -30,6 +30,9 @@ FIGURES: dict[str, tuple[str, Any]] = {
     "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd, k: rd.pca_plot),
 }
 
+#: The command that writes a run's report.html (every finished stage is skipped).
+REPORT_COMMAND = "neuralcodes run --config RUN/config.json --out RUN"
+
 _map_lock = threading.Lock()
 
 
@@ -64,7 +67,8 @@ def run_results(served: ServedRun) -> dict[str, Any]:
             "reference": _reference(),
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
-            "report_url": "report.html" if served.current(rd.report_html) else None}
+            "report_url": "report.html" if served.current(rd.report_html) else None,
+            "report_command": REPORT_COMMAND}
 
 
 def _retrieval_chance(served: ServedRun) -> tuple[float | None, float | None]:

@@ -7,7 +7,8 @@ The rules, in words:
    ``runs`` or ``evaluation``, or a subpackage such as ``training/``): whatever a part imports
    never imports it back.
 2. The foundation (configuration, errors, files, the run directory, data, model, kernels) never
-   imports the stages or the entry points built on it.
+   imports the stages (training, evaluation, retrieval, report), what plans and drives them, or
+   the entry points built on it.
 3. The entry points are imported by nobody but themselves: ``cli/`` by ``__main__`` only,
    ``web/`` by ``cli/`` only; and only ``cli/`` parses arguments (``argparse``).
 """
@@ -23,8 +24,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neuralcodes"
 
 #: Rule 2: the foundation's parts ...
 FOUNDATION = ("config", "errors", "files", "runs", "data", "model", "kernels")
-#: ... never import these.
-ABOVE_FOUNDATION = ("training", "retrieval", "report", "web", "cli")
+#: ... never import these: the stages, what drives them, and the entry points.
+ABOVE_FOUNDATION = ("training", "evaluation", "retrieval", "report", "estimate", "plan",
+                    "pipeline", "web", "cli")
 #: Rule 3: an entry point -> the only parts (besides itself) that may import it.
 ENTRY_POINTS = {"cli": ("__main__",), "web": ("cli",)}
 #: Rule 3: modules only the command line may import.

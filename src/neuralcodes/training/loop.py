@@ -1,4 +1,5 @@
-"""Training the ConvNet (assignment Task 2): :func:`train` and its epoch loop.
+"""Training the ConvNet (assignment Task 2): :func:`train` and its epoch loop (what it keeps in
+the run directory: :mod:`.records`).
 
 The defaults are the assignment's protocol: cross-entropy, Adam (lr 1e-4, amsgrad), batches of
 100 reshuffled every epoch with a fixed seed, at most 100 epochs, and early stopping on the

@@ -4,6 +4,7 @@ counted from its ``def`` line to its last line, docstring included."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neuralcodes"
@@ -14,6 +15,7 @@ MAX_FUNCTION_LINES = 80
 OVER_THE_LIMIT = {"imageio.py"}
 
 
+@functools.cache
 def too_long(root: Path = PACKAGE) -> tuple[list[str], list[str]]:
     """(modules over the limit, functions over the limit), as ``path: lines`` lines."""
     modules, functions = [], []

@@ -148,8 +148,8 @@ def test_no_error_detail_names_a_server_folder(web_run, hostile_index, tmp_path,
     import errno
 
     from neuralcodes.files import write_error
+    from neuralcodes.model.checkpoint import load_checkpoint
     from neuralcodes.retrieval.codes import CodeSet
-    from neuralcodes.training.checkpoint import load_checkpoint
     from neuralcodes.web import create_app
 
     base = str(tmp_path.parents[1])  # --basetemp: web_run, the index and tmp_path are below it
@@ -222,7 +222,7 @@ def test_an_exif_rotated_upload_is_described_as_displayed(client):
 def test_a_malicious_checkpoint_is_not_a_neuralcodes_checkpoint(tmp_path):
     import torch
 
-    from neuralcodes.training.checkpoint import load_checkpoint
+    from neuralcodes.model.checkpoint import load_checkpoint
 
     class Evil:
         def __reduce__(self) -> tuple[object, tuple[str]]:

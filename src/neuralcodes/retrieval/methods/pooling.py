@@ -138,12 +138,25 @@ def gem_grid(maps: Any, ps: Sequence[float] = GEM_P_GRID) -> dict[float, np.ndar
     top = x.amax(dim=(2, 3), keepdim=True)
     x /= top
     out = {}
+    powers = {1: x}  # integer powers by products of smaller ones: several times cheaper than pow
     for p in ps:
         if not p > 0:
             raise NeuralCodesError(f"GeM needs p > 0, got {p}")
-        mean = x.pow(p).mean(dim=(2, 3)).double()
+        mean = _power(powers, p).mean(dim=(2, 3)).double()
         out[float(p)] = _unit(top[..., 0, 0].double() * mean.pow(1 / p))
     return out
+
+
+def _power(powers: dict[int, torch.Tensor], p: float) -> torch.Tensor:
+    """``x ** p`` for ``powers[1] = x``: an integer p up to 16 as the product of two smaller
+    powers (kept in ``powers`` for the next p), any other p by ``pow``."""
+    if p != int(p) or not 1 <= p <= 16:
+        return powers[1].pow(p)
+    n = int(p)
+    if n not in powers:
+        half = n // 2
+        powers[n] = _power(powers, half) * _power(powers, n - half)
+    return powers[n]
 
 
 def fit_gem_p(train: dict[float, np.ndarray], labels: np.ndarray

@@ -36,6 +36,11 @@ def run_methods(run: RunData | str | Path, *, config: Config | None = None,
     if not families:
         log.info("methods study: off (retrieval.methods=false)")
         return None
+    small = [s for s in ("train", "val", "ood") if len(getattr(run.splits, s)) < 2]
+    if small:  # a tiny run: the rest of the retrieval study stands without it
+        log.warning(f"methods study: left out (fewer than 2 {' and '.join(small)} images: "
+                    "nothing to fit, tune or rank)")
+        return None
     rd = run.dir
     codes_fp = codes_fingerprint(rd, "ood", run.relu(relu), run.precision)
     fp = lineage.methods_fingerprint(codes_fp, families, train_images)

@@ -854,6 +854,16 @@ async function renderResults() {
   announce(`Results of run ${r.run} loaded.`);
 }
 
+/** Long method names (conv5/spoc-centre+lw256+aqe) may break after "/" and "+", so that the
+ *  numbers beside them show on a phone. */
+function tableWrapping(box) {
+  box.classList.add("wrap-names");
+  for (const th of box.querySelectorAll("tbody th")) {
+    th.replaceChildren(...th.textContent.split(/(?<=[/+])/).flatMap((part, i) => (i ? [el("wbr"), part] : [part])));
+  }
+  return box;
+}
+
 /** The methods study beyond the paper (methods.json): its table and verdict; its figure is
  *  among the figures below. */
 function methodsSection(m) {
@@ -864,8 +874,8 @@ function methodsSection(m) {
     el("h2", { text: "Beyond the paper: pooled conv descriptors, whitening, re-ranking" }),
     el("p", { text: `The paper's successors on the same ${m.n_queries} ood queries, everything fitted or tuned on in-domain images only. ` +
       `Difference: to ${m.reference} (the best of the paper's codes here), with its paired-bootstrap 95% interval in percentage points (* : it excludes 0).` }),
-    table("methods-table", ["method", "mAP", `− ${m.reference} [95% CI]`, "P@5", "P@10", "dims", "ms/query", "family", "parameters"], rows,
-      [["chance", pct(m.chance_map), "", "", "", "", "", "", ""]]),
+    tableWrapping(table("methods-table", ["method", "mAP", `− ${m.reference} [95% CI]`, "P@5", "P@10", "dims", "ms/query", "family", "parameters"], rows,
+      [["chance", pct(m.chance_map), "", "", "", "", "", "", ""]])),
     el("p", { "data-testid": "methods-verdict", text: m.verdict.join(" ") }),
   ];
 }

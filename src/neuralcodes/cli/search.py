@@ -82,12 +82,18 @@ def main(args: argparse.Namespace) -> int:
         flag = "retrieval.k" if args.k is None else "-k"
         print(f"neuralcodes: note: {flag} {k} is more than the {len(hits)} {what} images; "
               f"showing all {len(hits)}", file=sys.stderr, flush=True)
+    _print_hits(hits, "figure", args.figure)
+    return 0
+
+
+def _print_hits(hits: list[Any], what: str, written: str | None) -> None:
+    """One line per hit (names escaped: a file name cannot drive the terminal), then the
+    file written, if any."""
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
               + (f"  ({printable(h.label)})" if h.label else ""))
-    if args.figure:
-        print(f"figure: {printable(args.figure)}")
-    return 0
+    if written:
+        print(f"{what}: {printable(written)}")
 
 
 def _method_search(args: argparse.Namespace, cfg: Any, k: int) -> int:
@@ -109,9 +115,5 @@ def _method_search(args: argparse.Namespace, cfg: Any, k: int) -> int:
                                   device=cfg.train.device, precision=cfg.train.precision,
                                   progress=True)
     print(f"method {args.method} (pooled conv5 descriptor), the ood set:", flush=True)
-    for h in hits:
-        print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
-              + (f"  ({printable(h.label)})" if h.label else ""))
-    if args.why:
-        print(f"why similar: {printable(args.why)}")
+    _print_hits(hits, "why similar", args.why)
     return 0

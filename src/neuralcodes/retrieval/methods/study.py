@@ -24,7 +24,9 @@ paper's codes on these queries) with the paired-bootstrap 95% interval (the proj
 :func:`~neuralcodes.retrieval.metrics.paired_bootstrap`; ``significant``: the interval excludes
 0), the validation mAP it was chosen by, and ``ms_per_query``: the time to score and rank one
 query against the database with that method (its transform of the codes and its re-ranking
-included; the forward pass and pooling, shared by all, are in ``seconds.extract``).
+included; the forward pass and pooling, shared by all, are in ``seconds.extract``), and
+``vs``: a learned whitening's difference to plain PCA of the same descriptor and size, a
+re-ranking's to its input, with the same interval (None for the other rows).
 """
 
 from __future__ import annotations

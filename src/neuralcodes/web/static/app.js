@@ -499,6 +499,11 @@ function aboutText(result) {
   } else {
     text += "Your image has no class, so there is no ✓/✗ or AP here.";
   }
+  const pooled = result.layers.find((l) => l.method);
+  if (pooled) {
+    text += ` The conv5 ${pooled.method} column ranks by a descriptor pooled from the conv5 feature map instead; ` +
+      "“Why similar?” shades each cell of the two maps by its share of their similarity (red: most).";
+  }
   return text;
 }
 

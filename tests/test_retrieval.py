@@ -35,6 +35,11 @@ from neuralcodes.retrieval import (
 from neuralcodes.runs import RunDir, TrainedRun
 
 
+def quiet(run: Path) -> TrainedRun:
+    """The run opened on the CPU, without progress bars."""
+    return TrainedRun.open(run, device="cpu", progress=False)
+
+
 def clustered(n: int, dim: int, n_clusters: int, spread: float, seed: int = 0
               ) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -242,17 +247,17 @@ def test_codes_that_cannot_fit_in_memory_are_refused_with_advice(tiny_run, monke
     # = 912 KiB for both variants, 840 KiB for one; the limit is 90% of the available 970 KiB
     monkeypatch.setattr(codes_module, "available_memory", lambda: 970 * 1024)
     with pytest.raises(NeuralCodesError, match=r"64 train images .* one variant at a time"):
-        run_codes(tiny_run, "train", progress=False)
+        run_codes(quiet(tiny_run), "train")
     assert not RunDir(tiny_run).codes("train", False).exists()
-    paths = run_codes(tiny_run, "train", relu=False, progress=False)  # one variant fits
+    paths = run_codes(quiet(tiny_run), "train", relu=False)  # one variant fits
     assert len(load_codes(paths[False])) == 64
     monkeypatch.setattr(codes_module, "available_memory", lambda: None)  # unknown: no check
-    assert run_codes(tiny_run, "train", progress=False)[True].is_file()
+    assert run_codes(quiet(tiny_run), "train")[True].is_file()
 
 
 @pytest.mark.slow
 def test_run_study_writes_every_output_once(tiny_run, capsys):
-    result = run_study(tiny_run, progress=False)
+    result = run_study(quiet(tiny_run))
     out = RunDir(tiny_run).retrieval
     names = {"map.json", "top5.json", "top5_layer5.png", "top5_layer6.png", "top5_layer7.png",
              "top5_layers.png", "evidence.json", "pca.json", "pca.png"}
@@ -309,7 +314,7 @@ def test_run_study_writes_every_output_once(tiny_run, capsys):
     assert cli(["retrieval", str(tiny_run), "--no-progress"]) == 0  # all exists: nothing is redone
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert "pre-ReLU layer 6: mAP" in capsys.readouterr().out
-    post = run_study(tiny_run, relu=True, progress=False)  # other codes: redone for them
+    post = run_study(quiet(tiny_run), relu=True)  # other codes: redone for them
     assert post["pca"]["relu"] is True and read_json(out / "top5.json")["relu"] is True
     assert post["evidence"]["relu"] is True and read_json(out / "map.json") == maps
 
@@ -321,9 +326,9 @@ def _save_png(path: Path, arr: np.ndarray) -> Path:
 
 
 def test_search_own_image_finds_its_ood_twin(tiny_run, tmp_path, capsys):
-    s = Searcher(tiny_run, device="cpu")
+    s = Searcher(quiet(tiny_run))
     query = _save_png(tmp_path / "q.png", s.image(3))
-    hits = search(query, tiny_run, layer="5", k=4, figure=tmp_path / "fig.png", device="cpu")
+    hits = search(query, quiet(tiny_run), layer="5", k=4, figure=tmp_path / "fig.png")
     assert [h.rank for h in hits] == [1, 2, 3, 4] and hits[0].position == 3
     assert hits[0].score == pytest.approx(1.0, abs=1e-4) and hits[0].label
     assert (tmp_path / "fig.png").is_file()
@@ -357,14 +362,14 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
     codes = load_codes(out)
     assert len(codes) == 5 and len(codes.paths) == 5
     query = folder / "sub" / "img3.png"
-    hits = search(query, tiny_run, index=out, layer="6", k=5, device="cpu")
+    hits = search(query, quiet(tiny_run), index=out, layer="6", k=5)
     assert hits[0].path == str(query) and len(hits) == 5
-    path, n, failed = build_index(folder, tiny_run, device="cpu", progress=False)
+    path, n, failed = build_index(folder, quiet(tiny_run))
     assert path == RunDir(tiny_run).retrieval / "index-mine.npz" and n == 5 and len(failed) == 1
     os.remove(path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuralCodesError, match="no readable images"):
-        build_index(tmp_path / "empty", tiny_run, progress=False)
+        build_index(tmp_path / "empty", quiet(tiny_run))
 
 
 def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_path, capsys):
@@ -406,9 +411,8 @@ def test_non_square_images_are_squeezed_alike_and_the_help_says_so(tiny_run, tmp
     _save_png(tmp_path / "own" / "square.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     stretched = Image.open(wide).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
     np.testing.assert_array_equal(read_image(wide), np.asarray(stretched))
-    path, n, _ = build_index(tmp_path / "own", tiny_run, out=tmp_path / "own.npz", device="cpu",
-                             progress=False)
-    hits = search(wide, tiny_run, index=path, layer="5", k=1, device="cpu")
+    path, n, _ = build_index(tmp_path / "own", quiet(tiny_run), out=tmp_path / "own.npz")
+    hits = search(wide, quiet(tiny_run), index=path, layer="5", k=1)
     assert n == 2 and hits[0].path == str(wide) and hits[0].score == pytest.approx(1.0, abs=1e-5)
     for command in ("index", "search"):
         assert cli([command, "--help"]) == 0
@@ -514,8 +518,6 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     import shlex
     import shutil
 
-    from neuralcodes.retrieval.rundata import RunData
-
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere" / "deeper"
     work.mkdir()
     elsewhere.mkdir(parents=True)
@@ -531,12 +533,24 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     assert cli(["search", str(query), "--run", str(work / "run"), "-k", "3"]) == 0
     hits = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [h[0] for h in hits] == ["1", "2", "3"] and all("/images/" in h[2] for h in hits)
-    shutil.rmtree(cache)  # no cache: one line naming the command that restores it (search
+    shutil.rmtree(cache)
+    # own photos need the checkpoint alone (it rebuilds its network): index and search work
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copy(query, own / "photo.jpg")
+    assert cli(["index", str(own), "--run", str(work / "run"), "--no-progress"]) == 0
+    index = work / "run" / "retrieval" / "index-own.npz"
+    capsys.readouterr()
+    assert cli(["search", str(query), "--run", str(work / "run"), "--index", str(index),
+                "-k", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[2] == str(own / "photo.jpg")
+    assert not cache.exists()
+    # the ood set does need the cache: one line naming the command that restores it (search
     with pytest.raises(NeuralCodesError, match="is missing; restore it with") as e:  # prepares
-        RunData.open(work / "run").dataset  # noqa: B018                           # nothing)
+        TrainedRun.open(work / "run").dataset  # noqa: B018                        # nothing)
     assert not cache.exists()
     command = str(e.value).split("`")[1]
     assert command.startswith("neuralcodes prepare --data /")  # the recorded absolute source
     assert cli(shlex.split(command)[1:] + ["--no-progress"]) == 0
-    data = RunData.open(work / "run")
+    data = TrainedRun.open(work / "run")
     assert len(data.dataset.labels) == 6 * 20 and len(data.splits.ood) == 2 * 20

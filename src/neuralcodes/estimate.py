@@ -27,6 +27,7 @@ from neuralcodes.course import course_reference
 from neuralcodes.evaluation import EVAL_BATCH
 from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.kernels.cpu import native_bf16
+from neuralcodes.model import features
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
 from neuralcodes.retrieval.pca import PCA
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
@@ -97,7 +98,8 @@ def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
             if i == 1:
                 _sync(device)
                 began = time.perf_counter()
-            out = model.codes(to_input(images, device), layers=("5", "6", "7"))
+            out = model.forward_intermediates(to_input(images, device),
+                                              features.code_layers(cfg.retrieval.layers))
         _sync(device)
     infer_ips = 2 * PROBE_BATCH / (time.perf_counter() - began)
     code_dims = {layer: int(x[0].numel()) for layer, x in out.items()}

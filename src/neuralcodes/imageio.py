@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from neuralcodes import jpegscans, pngstrips
+from neuralcodes.config import DEFAULT_MAX_MEGAPIXELS
 from neuralcodes.errors import NeuralCodesError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 IMAGE_SIZE = 64
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = int(DEFAULT_MAX_MEGAPIXELS * 1e6)  # serve.max_megapixels' default
 #: Most scans a JPEG upload may have (real files: 1 to about 15; see :mod:`neuralcodes.jpegscans`).
 DEFAULT_MAX_SCANS = 300
 #: Most memory one decode may need (uploads): 7000x7000 PNGs fit (in strips), 5 MP WebPs do.

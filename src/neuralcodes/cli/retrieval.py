@@ -12,8 +12,7 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-
-PCA_FIT_IMAGES = 5000  # as neuralcodes.retrieval.study.PCA_FIT_IMAGES
+from neuralcodes.retrieval.study import PCA_FIT_IMAGES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import run_study
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     if args.pca_images < 2:
         raise NeuralCodesError(f"--pca-images must be at least 2, got {args.pca_images}")
@@ -47,8 +46,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = run_config(args, rd.read_config())
     relu = {"pre": False, "post": True, "both": None}[args.relu]
     with console_logging(), run_lock(rd.root, "retrieval"):
-        result = run_study(rd.root, config=cfg, relu=relu, progress=not args.no_progress,
-                           pca_images=args.pca_images, force=args.force)
+        run = TrainedRun.open(rd.root, cfg, progress=not args.no_progress)
+        result = run_study(run, relu=relu, pca_images=args.pca_images, force=args.force)
     maps = result["map"]
     for variant in ("pre", "post"):
         for layer, m in sorted(maps.get(variant, {}).items()):

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
+from neuralcodes.model import features
 from neuralcodes.text import printable
-
-LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,9 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "non-square image is squeezed, as `neuralcodes index` does with its images")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--index", help="folder index file (default: the run's ood set)")
-    p.add_argument("--layer", choices=LAYERS,
+    p.add_argument("--layer", choices=features.code_names(),  # read now: registered ones too
                    help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
-                   "else its first layer)")
+                   "else its first layer): " + "; ".join(
+                       f"{f.name}: {f.meaning}" for f in features.features("code")))
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
     p.add_argument("--figure", help="also save the query and its results as a PNG")
     add_config_options(p, "--device", "--precision")
@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes import imageio, lineage
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import search
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     saved = RunDir.existing(args.run).read_config()
     cfg = run_config(args, saved)
@@ -52,9 +52,9 @@ def main(args: argparse.Namespace) -> int:
             else cfg.retrieval.relu)
     # everything that can fail runs before the first line is printed
     with console_logging():  # a line on stderr if the ood codes must be recomputed
-        hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
-                      figure=args.figure, device=cfg.train.device,
-                      precision=cfg.train.precision, relu=relu, progress=True)
+        run = TrainedRun.open(args.run, cfg, reader=True)
+        hits = search(args.image, run, index=args.index, layer=layer, k=k,
+                      figure=args.figure, relu=relu)
     if relu is None:
         relu = bool((lineage.recorded(args.index) or {}).get("settings", {}).get("relu"))
     _, width, height = imageio.probe(args.image, formats=None)  # as displayed (EXIF)

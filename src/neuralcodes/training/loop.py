@@ -66,7 +66,7 @@ from neuralcodes.errors import NeuralCodesError
 from neuralcodes.evaluation import evaluate_split
 from neuralcodes.files import read_json, write_json, write_text
 from neuralcodes.kernels.choice import kernel_choice
-from neuralcodes.model import ConvNet, count_parameters
+from neuralcodes.model import ConvNet, checkpoint_meta, count_parameters
 from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runs import RunDir, check_same_splits
 from neuralcodes.runtime import threads
@@ -173,6 +173,7 @@ class _Session:
     on_step: Callable[[int, int], None] | None
     interrupt: dict[str, bool]
     plotted: float = -math.inf  # time.monotonic() of the last learning-curve plot
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # rebuilds the network
 
     @property
     def kept(self) -> str:
@@ -184,7 +185,7 @@ class _Session:
         per_rank = self.dist.gather({"rng": rng_state(self.device), "partial": partial.cpu()})
         if self.dist.main:
             save_checkpoint(self.run.last_checkpoint, {
-                "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "format": CHECKPOINT_FORMAT, "meta": self.meta, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "world_size": self.dist.world, "ranks": per_rank,
                 "early_stopping": dataclasses.asdict(self.stopping), "metrics": list(self.rows)})
@@ -192,8 +193,8 @@ class _Session:
     def save_kept(self, epoch: int, val_loss: float) -> None:
         """Write best.pt: the weights the run keeps (rank 0)."""
         save_checkpoint(self.run.best_checkpoint, {
-            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "epoch": epoch,
-            "val_loss": val_loss, "kept": self.kept})
+            "format": CHECKPOINT_FORMAT, "meta": self.meta, "model": self.model.state_dict(),
+            "epoch": epoch, "val_loss": val_loss, "kept": self.kept})
 
 
 def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: bool,
@@ -297,6 +298,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
 
     s = _Session(cfg, run, dist, device, model, net, optimizer, scaler, stopping, rows, progress,
                  on_step, flag)
+    s.meta = checkpoint_meta(model, [dataset.wnids[c] for c in splits.in_classes],
+                             [dataset.names[c] for c in splits.in_classes])
     with log_file(run.log if dist.main else None):
         train_data = SplitData.load(dataset, splits, "train", device)
         val_data = SplitData.load(dataset, splits, "val", device)

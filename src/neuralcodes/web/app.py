@@ -25,15 +25,17 @@ then answers only requests addressed to a local host name (no DNS rebinding).
 
 import base64
 import contextlib
+import dataclasses
 import threading
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from neuralcodes.config import RetrievalConfig, ServeConfig
+from neuralcodes.config import Config, RetrievalConfig, ServeConfig
 from neuralcodes.kernels.cpu import return_freed_memory
 from neuralcodes.report.render import style_hashes
+from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.text import printable
 from neuralcodes.web.middleware import (
     MULTIPART_OVERHEAD,
@@ -58,21 +60,23 @@ from neuralcodes.web.uploads import (
 MB = 2**20
 
 
-def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: str = "auto",
-               precision: str | None = None, max_upload_bytes: int | None = None,
-               max_pixels: int | None = None, allowed_hosts: list[str] | None = None,
+def create_app(run: TrainedRun | str | Path, index: str | Path | None = None, *,
+               device: str | None = None, precision: str | None = None,
+               max_upload_bytes: int | None = None, max_pixels: int | None = None,
+               allowed_hosts: list[str] | None = None,
                settings: RetrievalConfig | None = None, serve: ServeConfig | None = None,
                token: str | None = None, warm: bool = False, progress: bool = False) -> Any:
-    """The FastAPI app serving the trained run ``run_dir`` (and an index from ``neuralcodes
-    index``, if given). The run's ood codes are computed and saved first if missing (with a
-    progress bar if ``progress``). ``allowed_hosts``: the only ``Host`` headers answered (None:
-    any); ``serve`` on a loopback address allows only local names, so that a web page cannot
-    reach the app through DNS rebinding. ``settings``: the retrieval settings to serve with
-    (layers, k, pre/post-ReLU; default: the run's own). ``precision`` None: the run's own.
-    ``serve``: the limits (:class:`neuralcodes.config.ServeConfig`; ``max_upload_bytes`` and
-    ``max_pixels`` override two of them). ``token``: every route then needs it
-    (:class:`neuralcodes.web.middleware.TokenAuth`). ``warm``: start the decoder processes
-    with the app (a server), not on the first upload."""
+    """The FastAPI app serving the trained run ``run`` (and an index from ``neuralcodes
+    index``, if given). ``run``: opened (:class:`~neuralcodes.runs.TrainedRun`: its config
+    rules the retrieval settings, device and precision), or a path, opened here with
+    ``settings``, ``device`` and ``precision`` (None: the run's own) in its config. The run's
+    ood codes are computed and saved first if missing (with a progress bar if ``progress``).
+    ``allowed_hosts``: the only ``Host`` headers answered (None: any); ``serve`` on a loopback
+    address allows only local names, so that a web page cannot reach the app through DNS
+    rebinding. ``serve``: the limits (:class:`neuralcodes.config.ServeConfig`;
+    ``max_upload_bytes`` and ``max_pixels`` override two of them). ``token``: every route
+    then needs it (:class:`neuralcodes.web.middleware.TokenAuth`). ``warm``: start the
+    decoder processes with the app (a server), not on the first upload."""
     from fastapi import File, Form, HTTPException, Query, Request, UploadFile
     from fastapi import Path as PathParam
     from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -86,8 +90,14 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     max_upload_bytes = (int(limits.max_upload_mb * MB) if max_upload_bytes is None
                         else max_upload_bytes)
     max_pixels = int(limits.max_megapixels * 1e6) if max_pixels is None else max_pixels
-    retrieval = ServedRun(run_dir, index, device=device, precision=precision,
-                          settings=settings, progress=progress)
+    if not isinstance(run, TrainedRun):
+        config = None
+        if settings is not None:
+            config = Config.from_dict({**RunDir.existing(run).read_config().to_dict(),
+                                       "retrieval": dataclasses.asdict(settings)})
+        run = TrainedRun.open(run, config, device=device, precision=precision,
+                              progress=progress)
+    retrieval = ServedRun(run, index)
     return_freed_memory()  # a server: memory goes back after a burst (see kernels.cpu)
     n = len(retrieval)
     max_k = max(1, min(MAX_K, n - 1))

@@ -12,6 +12,7 @@ import numpy as np
 
 from neuralcodes.course import course_reference
 from neuralcodes.files import read_json
+from neuralcodes.model import features
 from neuralcodes.retrieval.metrics import chance_map
 
 if TYPE_CHECKING:
@@ -19,26 +20,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Figures the app may serve: name -> (title, how to find it in a run for the run's k).
-#: Requests name a figure by one of these keys only, never by a path.
-FIGURES: dict[str, tuple[str, Any]] = {
-    "curves": ("Learning curves: loss and accuracy per epoch", lambda rd, k: rd.curves),
-    "top_layers": ("The first ood queries and their top {k}, layers side by side",
-                   lambda rd, k: rd.top_figure(k)),
-    **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
-                         lambda rd, k, x=x: rd.top_figure(k, x)) for x in ("5", "6", "7")},
-    "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd, k: rd.pca_plot),
-}
+def figure_table() -> dict[str, tuple[str, Any]]:
+    """Figures the app may serve: name -> (title, how to find it in a run for the run's k),
+    one per code layer (:mod:`neuralcodes.model.features`). Requests name a figure by one of
+    these keys only, never by a path."""
+    return {
+        "curves": ("Learning curves: loss and accuracy per epoch", lambda rd, k: rd.curves),
+        "top_layers": ("The first ood queries and their top {k}, layers side by side",
+                       lambda rd, k: rd.top_figure(k)),
+        **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
+                             lambda rd, k, x=x: rd.top_figure(k, x))
+           for x in features.code_names()},
+        "pca": ("mAP of PCA-compressed codes against their dimension",
+                lambda rd, k: rd.pca_plot),
+    }
 
 _map_lock = threading.Lock()
 
 
 def figure_path(served: ServedRun, name: str) -> Path | None:
-    """The file of figure ``name`` (a key of :data:`FIGURES`) if the run has it, made from the
+    """The file of figure ``name`` (a key of :func:`figure_table`) if the run has it, made from the
     weights being served (a figure of other weights is not shown)."""
-    if name not in FIGURES:
+    found = figure_table().get(name)
+    if found is None:
         return None
-    path = Path(FIGURES[name][1](served.run, served.figure_k))
+    path = Path(found[1](served.run, served.figure_k))
     if not path.is_file() or (name != "curves" and not served.current(path)):
         return None
     return path
@@ -57,7 +63,7 @@ def run_results(served: ServedRun) -> dict[str, Any]:
         row.update(chance_map=chance_ap, chance_p=chance_p)
     figures = [{"name": name, "title": title.format(k=served.figure_k),
                 "url": f"api/figure/{name}.png"}
-               for name, (title, _) in FIGURES.items() if figure_path(served, name)]
+               for name, (title, _) in figure_table().items() if figure_path(served, name)]
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,
             "chance": {"top1": 1 / n_classes, "top5": min(5, n_classes) / n_classes},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from neuralcodes.cli import main as cli
@@ -33,6 +34,7 @@ from neuralcodes.retrieval import (
     self_retrieval_metrics,
 )
 from neuralcodes.runs import RunDir, TrainedRun
+from neuralcodes.runtime import to_input
 
 
 def quiet(run: Path) -> TrainedRun:
@@ -554,3 +556,64 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     assert cli(shlex.split(command)[1:] + ["--no-progress"]) == 0
     data = TrainedRun.open(work / "run")
     assert len(data.dataset.labels) == 6 * 20 and len(data.splits.ood) == 2 * 20
+
+
+def test_a_feature_registered_in_one_place_reaches_settings_help_and_codes(tiny_run, capsys):
+    """One register() call: retrieval.layers accepts it, `search --help` lists it, and the
+    codes stage computes it (beside the paper's codes) from the same forward pass."""
+    from neuralcodes.model import features
+
+    layers = '["5","6","7","conv4-mac"]'
+    with pytest.raises(NeuralCodesError, match="retrieval.layers: Input should be"):
+        Config.from_dict({"retrieval": {"layers": ["5", "conv4-mac"]}})
+    features.register(features.Feature(
+        "conv4-mac", "max over ReLU(conv4)'s cells: one value per channel", "code", "conv4",
+        reduce=lambda t: t.relu().amax((2, 3)), shape=lambda s: s[:1]))
+    try:
+        cfg = Config.from_dict({"retrieval": {"layers": ["5", "conv4-mac"]}})
+        assert cfg.retrieval.layers == ("5", "conv4-mac")
+        assert cli(["search", "--help"]) == 0
+        assert "conv4-mac: max over ReLU(conv4)" in capsys.readouterr().out
+        assert cli(["codes", str(tiny_run), "--split", "test", "--relu", "pre", "--no-progress",
+                    "--set", f"retrieval.layers={layers}"]) == 0
+        assert "layer conv4-mac: 4" in capsys.readouterr().out
+        codes = load_codes(RunDir(tiny_run).codes("test", False))
+        assert codes.made_by["settings"]["layers"] == ["5", "6", "7", "conv4-mac"]
+        run = quiet(tiny_run)
+        images = run.images(codes.index)
+        with torch.no_grad():
+            raw = run.model.forward_intermediates(to_input(images), ("conv4",))["conv4"]
+        want = torch.relu(raw).amax((2, 3)).numpy()
+        np.testing.assert_allclose(codes.layers["conv4-mac"],
+                                   want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+    finally:
+        features.unregister("conv4-mac")
+    with pytest.raises(NeuralCodesError, match="retrieval.layers"):
+        Config.from_dict({"retrieval": {"layers": ["conv4-mac"]}})
+
+
+def test_the_checkpoint_rebuilds_its_network_and_older_ones_still_load(tiny_run, tmp_path):
+    """best.pt names its network, arguments and classes; a weights-only checkpoint (written
+    before) is rebuilt from config.json with fc8's class count; one with neither is refused
+    in one line."""
+    import shutil
+
+    run = quiet(tiny_run)
+    meta = run.meta
+    assert meta["name"] == "convnet" and meta["args"]["conv_widths"] == [4, 4, 4, 4, 4]
+    in_classes = run.splits.in_classes
+    assert meta["classes"] == {"ids": [run.dataset.wnids[c] for c in in_classes],
+                               "names": [run.dataset.names[c] for c in in_classes]}
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    shutil.copy(RunDir(tiny_run).config, old / "config.json")
+    ckpt = torch.load(RunDir(tiny_run).best_checkpoint, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "meta"}, old / "checkpoints" / "best.pt")
+    legacy = TrainedRun.open(old, device="cpu")
+    assert legacy.meta["classes"] is None and legacy.meta["num_classes"] == 4
+    for a, b in zip(legacy.model.state_dict().values(), run.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    torch.save({"model": {"fc6.weight": torch.zeros(2, 2)}}, old / "checkpoints" / "best.pt")
+    with pytest.raises(NeuralCodesError, match="best.pt: not a neuralcodes checkpoint"):
+        TrainedRun.open(old).model  # noqa: B018

@@ -22,6 +22,7 @@ CPU kernels are swapped in from outside (:func:`neuralcodes.kernels.nnpack.use_n
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,7 +68,7 @@ class ConvNet(nn.Module):
         self.pool = SameMaxPool2d(3, 2)
         self.tap_shapes = self._tap_shapes(a["conv_widths"], a["fc_width"], image_size)
         self.drop6 = nn.Dropout(a["dropout"])
-        self.fc6 = nn.Linear(int(torch.tensor(self.tap_shapes["pool5"]).prod()), a["fc_width"])
+        self.fc6 = nn.Linear(math.prod(self.tap_shapes["pool5"]), a["fc_width"])
         self.drop7 = nn.Dropout(a["dropout"])
         self.fc7 = nn.Linear(a["fc_width"], a["fc_width"])
         self.fc8 = nn.Linear(a["fc_width"], num_classes)

@@ -12,10 +12,8 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-from neuralcodes.retrieval.codes import DEFAULT_BATCH, SPLITS
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, RELU_CHOICES, SPLITS
 from neuralcodes.runs import CHECKPOINTS
-
-RELU = {"pre": False, "post": True, "both": None}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of a trained run and save them to RUN/codes/<split>-<pre|post>relu.npz.")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--split", default="ood", choices=SPLITS, help="which images (default: ood)")
-    p.add_argument("--relu", default="both", choices=tuple(RELU),
+    p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="pre-ReLU, post-ReLU or both (default: both; pre-ReLU is the study's "
                    "default code)")
     p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS)
@@ -46,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     with console_logging(), run_lock(args.run, "codes"):
         run = TrainedRun.open(args.run, cfg, checkpoint=args.checkpoint,
                               progress=not args.no_progress, batch_size=args.batch_size)
-        paths = run_codes(run, args.split, RELU[args.relu], batch_size=args.batch_size,
+        paths = run_codes(run, args.split, RELU_CHOICES[args.relu], batch_size=args.batch_size,
                           force=args.force)
     for path in paths.values():
         code_set = CodeSet.load(path)

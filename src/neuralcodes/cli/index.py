@@ -11,7 +11,7 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-from neuralcodes.retrieval.codes import DEFAULT_BATCH
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES
 from neuralcodes.text import printable
 
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "keeps their paths, which `neuralcodes search --index` prints")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--out", help="index file (default: RUN/retrieval/index-<folder>.npz)")
-    p.add_argument("--relu", choices=("pre", "post"),
+    p.add_argument("--relu", choices=tuple(VARIANT.values()),
                    help="default: the run's retrieval.relu")
     add_batch_size_option(p, DEFAULT_BATCH)
     add_progress_option(p)
@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes.runs import RunDir, TrainedRun
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
+    relu = cfg.retrieval.relu if args.relu is None else args.relu == VARIANT[True]
     if args.out:
         require_folder(args.out, "index file")  # before the lock: nothing written on a typo
     with run_lock(args.run, "index"):

@@ -12,6 +12,7 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
+from neuralcodes.retrieval.codes import RELU_CHOICES, VARIANT
 from neuralcodes.retrieval.study import PCA_FIT_IMAGES
 
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set retrieval.KEY=VALUE (k, figure_queries, pca_dims, layers, relu); the figures "
         "are named after their k (top<k>_layer<L>.png).")
     p.add_argument("run", help="run directory (runs/<name>)")
-    p.add_argument("--relu", default="both", choices=("pre", "post", "both"),
+    p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="codes of the figures, evidence and PCA study (both: the run's "
                    "retrieval.relu); map.json always has both")
     p.add_argument("--pca-images", type=int, default=PCA_FIT_IMAGES, metavar="N",
@@ -44,12 +45,12 @@ def main(args: argparse.Namespace) -> int:
         raise NeuralCodesError(f"--pca-images must be at least 2, got {args.pca_images}")
     rd = RunDir.existing(args.run)
     cfg = run_config(args, rd.read_config())
-    relu = {"pre": False, "post": True, "both": None}[args.relu]
+    relu = RELU_CHOICES[args.relu]
     with console_logging(), run_lock(rd.root, "retrieval"):
         run = TrainedRun.open(rd.root, cfg, progress=not args.no_progress)
         result = run_study(run, relu=relu, pca_images=args.pca_images, force=args.force)
     maps = result["map"]
-    for variant in ("pre", "post"):
+    for variant in VARIANT.values():
         for layer, m in sorted(maps.get(variant, {}).items()):
             p10 = "—" if m.get("p@10") is None else f"{m['p@10']:.4f}"
             p5 = "—" if m.get("p@5") is None else f"{m['p@5']:.4f}"

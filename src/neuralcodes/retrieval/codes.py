@@ -46,13 +46,15 @@ from neuralcodes.runtime import (
 SPLITS: tuple[str, ...] = ("ood", "train", "val", "test")
 DEFAULT_BATCH = INFER_BATCH
 VARIANT: dict[bool, str] = {False: "pre", True: "post"}  # file and JSON names of the variants
+#: What a command's ``--relu`` takes: a variant's name, or ``both`` (None).
+RELU_CHOICES: dict[str, bool | None] = {**{v: k for k, v in VARIANT.items()}, "both": None}
 
 
 @dataclass
 class CodeSet:
     """Unit-length codes per layer of N images, with their dataset indices and class labels."""
 
-    layers: dict[str, np.ndarray]  # feature name -> (N, D) float32: "5" (N, 16384), "6", "7"
+    layers: dict[str, np.ndarray]  # feature name -> (N, D) float32, e.g. layer 5: (N, 16384)
     index: np.ndarray  # (N,) int64 dataset indices (or positions in a folder index)
     labels: np.ndarray  # (N,) int64 dataset class indices (-1: unknown)
     relu: bool  # post-ReLU (True) or pre-ReLU (False) activations

@@ -122,9 +122,10 @@ def create_app(run: TrainedRun | str | Path, index: str | Path | None = None, *,
     app = FastAPIOffline(
         title="neuralcodes", version=__version__, static_url="/static-docs", redoc_url=None,
         favicon_url="/static/favicon.svg", lifespan=lifespan,
-        description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
-        f"of the trained run `{printable(retrieval.run.root.name)}`. Images are addressed by "
-        "their integer id in the out-of-domain set.")
+        description="Query-by-example image retrieval with the neural codes (layers "
+        f"{', '.join(retrieval.layers)}) of the trained run "
+        f"`{printable(retrieval.run.root.name)}`. Images are addressed by their integer id in "
+        "the out-of-domain set.")
     budget = Budget(max(int(limits.inflight_mb * MB), max_upload_bytes + MULTIPART_OVERHEAD))
     app.add_middleware(BodyBudget, limit=max_upload_bytes + MULTIPART_OVERHEAD,
                        upload_limit=max_upload_bytes, budget=budget,

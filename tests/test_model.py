@@ -26,7 +26,7 @@ TINY = ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16)
 @pytest.fixture(scope="module")
 def full() -> ConvNet:
     torch.manual_seed(0)
-    return ConvNet(190)
+    return ConvNet(190, ModelConfig())
 
 
 def test_full_model_has_the_assignment_parameter_count(full):

@@ -33,10 +33,9 @@ from torch import nn
 from neuralcodes.model import features as feats
 from neuralcodes.model.layers import SameMaxPool2d, same_conv2d
 
-#: The ConvNet's constructor arguments beside ``num_classes`` and their defaults (the paper's
-#: widths; model.* of the configuration holds the same names).
-DEFAULT_ARGS: dict[str, Any] = {"conv_widths": (96, 192, 288, 288, 256), "fc_width": 2048,
-                                "dropout": 0.5, "batch_norm": False}
+#: The ConvNet's constructor arguments beside ``num_classes``: the fields of the ``model``
+#: settings (:class:`neuralcodes.config.ModelConfig`, which holds their defaults).
+ARGS: tuple[str, ...] = ("conv_widths", "fc_width", "dropout", "batch_norm")
 POOLED = (1, 2, 5)  # the convolutions a 3x3/2 max-pool follows
 
 
@@ -46,15 +45,14 @@ class ConvNet(nn.Module):
 
     def __init__(self, num_classes: int, cfg: Any = None, image_size: int = 64,
                  **args: Any) -> None:
-        """``cfg``: an object with the fields of :data:`DEFAULT_ARGS` (``ModelConfig``), or
-        pass them as keyword ``args``."""
+        """``cfg``: an object with the fields :data:`ARGS` (``ModelConfig``), or pass them as
+        keyword ``args``."""
         super().__init__()
         if cfg is not None:
             args = {**dataclasses.asdict(cfg), **args}
-        unknown = set(args) - set(DEFAULT_ARGS)
-        if unknown:
-            raise TypeError(f"unknown ConvNet argument(s) {sorted(unknown)}")
-        a = {**DEFAULT_ARGS, **args}
+        if set(args) != set(ARGS):
+            raise TypeError(f"ConvNet takes {', '.join(ARGS)}; got {', '.join(sorted(args))}")
+        a = args
         self.args = {**a, "conv_widths": tuple(a["conv_widths"])}  # what rebuilds it
         self.num_classes = num_classes
         self.image_size = image_size

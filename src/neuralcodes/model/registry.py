@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.model.convnet import DEFAULT_ARGS, ConvNet
+from neuralcodes.model.convnet import ARGS, ConvNet
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -38,7 +38,7 @@ def create_model(name: str, *, num_classes: int, **args: Any) -> nn.Module:
 
 def model_spec(model_cfg: Any) -> tuple[str, dict[str, Any]]:
     """(name, constructor arguments) of the network the ``model`` settings describe."""
-    args = {k: getattr(model_cfg, k) for k in DEFAULT_ARGS if k != "batch_norm"}
+    args = {k: getattr(model_cfg, k) for k in ARGS if k != "batch_norm"}
     args["conv_widths"] = list(args["conv_widths"])
     return ("convnet-bn" if model_cfg.batch_norm else "convnet"), args
 

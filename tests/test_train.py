@@ -116,7 +116,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, tiny_data_config, capsys, b
 
 def test_evaluate_needs_a_run_directory(tmp_path):
     with pytest.raises(NeuralCodesError, match="not a run directory"):
-        evaluate(tmp_path / "nothing")
+        evaluate(TrainedRun.open(tmp_path / "nothing"))
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,7 +54,7 @@ def evaluate_split(
     return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "n": int(n)}
 
 
-def evaluate(run: TrainedRun | str | Path, *, batch_size: int = EVAL_BATCH,
+def evaluate(run: TrainedRun, *, batch_size: int = EVAL_BATCH,
              force: bool = False) -> dict[str, Any]:
     """Cross-entropy, top-1 and top-5 accuracy on train/val/test (eval mode: no dropout).
 
@@ -68,7 +67,6 @@ def evaluate(run: TrainedRun | str | Path, *, batch_size: int = EVAL_BATCH,
     """
     if batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {batch_size}")
-    run = TrainedRun.of(run)
     rd, precision = run.dir, run.precision
     fp = lineage.eval_fingerprint(lineage.weights_identity(rd.checkpoint(run.checkpoint)),
                                   precision, run.saved["data"]["splits_hash"])

@@ -267,11 +267,6 @@ class TrainedRun:
         return cls(rd, cfg, saved, checkpoint, progress, reader, batch_size)
 
     @classmethod
-    def of(cls, run: TrainedRun | str | Path) -> TrainedRun:
-        """``run`` itself, or the run at that path opened with its saved settings."""
-        return run if isinstance(run, TrainedRun) else cls.open(run)
-
-    @classmethod
     def load(cls, path: str | Path, *, checkpoint: str = "best", device: str = "auto",
              batch_size: int | None = None, precision: str | None = None) -> TrainedRun:
         """:meth:`open` with its model loaded at once."""

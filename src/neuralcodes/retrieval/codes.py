@@ -181,7 +181,7 @@ def split_indices(splits: Any, split: str) -> np.ndarray:
 
 
 def run_codes(
-    run: TrainedRun | str | Path, split: str = "ood", relu: bool | None = None, *,
+    run: TrainedRun, split: str = "ood", relu: bool | None = None, *,
     batch_size: int = DEFAULT_BATCH, force: bool = False,
 ) -> dict[bool, Path]:
     """Compute and save the codes of one split of a trained run; ``relu`` None: both variants.
@@ -195,7 +195,6 @@ def run_codes(
     check_split(split)
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
-    run = TrainedRun.of(run)
     rd = run.dir
     variants = (False, True) if relu is None else (bool(relu),)
     paths = {v: rd.codes(split, v) for v in variants}

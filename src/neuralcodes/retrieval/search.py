@@ -39,13 +39,11 @@ class Hit:
 class Searcher:
     """A trained run's model plus a database of codes (the ood set, or a folder index)."""
 
-    def __init__(self, run: TrainedRun | str | Path, *, index: str | Path | None = None,
+    def __init__(self, run: TrainedRun, *, index: str | Path | None = None,
                  relu: bool | None = None, kind: str = "exact") -> None:
         """The query codes (and the ood codes, when they have to be computed) are computed
-        on the run's device in its precision (``train.precision``); a path is opened as a
-        reader (see :class:`~neuralcodes.runs.TrainedRun`)."""
-        self.run = run if isinstance(run, TrainedRun) else TrainedRun.open(
-            run, progress=False, reader=True)
+        on the run's device in its precision (``train.precision``)."""
+        self.run = run
         self.kind = kind
         if index is None:
             self.relu = self.run.relu(relu)
@@ -132,7 +130,7 @@ def open_index(index: str | Path, run: TrainedRun, relu: bool | None = None) -> 
     return codes
 
 
-def build_index(folder: str | Path, run: TrainedRun | str | Path, *,
+def build_index(folder: str | Path, run: TrainedRun, *,
                 out: str | Path | None = None, relu: bool | None = None,
                 batch_size: int = DEFAULT_BATCH) -> tuple[Path, int, list[tuple[Path, str]]]:
     """Codes of every image under ``folder`` (the run's code layers, on its device, in its
@@ -147,7 +145,7 @@ def build_index(folder: str | Path, run: TrainedRun | str | Path, *,
     if not files:  # before any progress bar or loading: the error line stands alone
         raise NeuralCodesError(f"{folder}: no readable images found (no image files: "
                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    r = TrainedRun.of(run)
+    r = run
     progress = r.progress
     images, ok, failed = read_images(files, progress)
     if not ok:
@@ -167,7 +165,7 @@ def build_index(folder: str | Path, run: TrainedRun | str | Path, *,
     return path, len(ok), failed
 
 
-def search(image: str | Path | np.ndarray, run: TrainedRun | str | Path, *,
+def search(image: str | Path | np.ndarray, run: TrainedRun, *,
            index: str | Path | None = None, layer: str = "6", k: int = 5,
            figure: str | Path | None = None, relu: bool | None = None) -> list[Hit]:
     """Rank the database (ood set by default, or a folder index) for one query image; the

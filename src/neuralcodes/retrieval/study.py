@@ -55,7 +55,6 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,7 +134,7 @@ def map_statistics(codes: CodeSet) -> dict[str, Any]:
     return out
 
 
-def run_study(run: TrainedRun | str | Path, *, relu: bool | None = None,
+def run_study(run: TrainedRun, *, relu: bool | None = None,
               pca_images: int = PCA_FIT_IMAGES, force: bool = False) -> dict[str, Any]:
     """The whole retrieval study of a trained run (see the module docstring for the files).
 
@@ -148,7 +147,6 @@ def run_study(run: TrainedRun | str | Path, *, relu: bool | None = None,
     """
     if pca_images < 2:
         raise NeuralCodesError(f"the PCA needs at least 2 training images, got {pca_images}")
-    run = TrainedRun.of(run)
     main, progress = run.relu(relu), run.progress
     cfg = run.config.retrieval
     layers = [layer for layer in features.code_names() if layer in cfg.layers]

@@ -31,11 +31,10 @@ class ServedRun:
     positions in the index file.
     """
 
-    def __init__(self, run: TrainedRun | str | Path, index: str | Path | None = None) -> None:
-        """``run``: opened as a reader (a path: with its saved settings); its config's
-        retrieval settings (layers, k, pre/post-ReLU), device and precision rule every search.
-        """
-        trained = run if isinstance(run, TrainedRun) else TrainedRun.open(run, progress=False)
+    def __init__(self, trained: TrainedRun, index: str | Path | None = None) -> None:
+        """``trained``: served as a reader (it writes only missing ood codes, under the run's
+        lock); its config's retrieval settings (layers, k, pre/post-ReLU), device and
+        precision rule every search."""
         trained.reader = True
         cfg = trained.config.retrieval
         # the index first: a wrong one is known before the ood codes are computed (with a bar);

@@ -29,7 +29,7 @@ from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.kernels.cpu import native_bf16
 from neuralcodes.model import features
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
-from neuralcodes.retrieval.pca import PCA
+from neuralcodes.retrieval.pca import PCA, PCA_FIT_IMAGES
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.step import build_model
 from neuralcodes.training.throughput import measure_throughput
@@ -39,8 +39,6 @@ from neuralcodes.training.throughput import measure_throughput
 PROBE_BATCH = EVAL_BATCH
 #: Codes ranked by the ranking probe (all pairs): large enough to be timed, small enough to be fast.
 PROBE_RANKING = 600
-#: Training images whose codes the PCA study computes (retrieval's PCA_FIT_IMAGES).
-PCA_IMAGES = 5000
 #: Shape of the PCA probe's random codes (images, dims); a fit's time is scaled linearly in both.
 PROBE_PCA = (1000, 2048)
 #: Seconds per figure the retrieval stage draws (matplotlib, measured on a 2-core CPU).
@@ -172,7 +170,7 @@ def _retrieval(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstim
     training sample, a PCA fit per layer, the all-pairs rankings (mAP of both variants, then
     the full code and each PCA size, plain and whitened, in the PCA study) and the figures."""
     r = cfg.retrieval
-    fitted = min(PCA_IMAGES, sizes["train"])
+    fitted = min(PCA_FIT_IMAGES, sizes["train"])  # training images the PCA study codes
     coded = sizes["ood"] + fitted
     # all-pairs ranking grows with the square of the ood set
     rank_s = speeds.ranking_s * (sizes["ood"] / PROBE_RANKING) ** 2

@@ -13,7 +13,7 @@ from neuralcodes.cli.common import (
     run_lock,
 )
 from neuralcodes.retrieval.codes import RELU_CHOICES, VARIANT
-from neuralcodes.retrieval.study import PCA_FIT_IMAGES
+from neuralcodes.retrieval.pca import PCA_FIT_IMAGES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

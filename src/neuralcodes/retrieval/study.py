@@ -87,13 +87,11 @@ from neuralcodes.retrieval.metrics import (
     paired_bootstrap,
     self_retrieval_metrics,
 )
-from neuralcodes.retrieval.pca import pca_study
+from neuralcodes.retrieval.pca import PCA_FIT_IMAGES, pca_study
 from neuralcodes.runs import TrainedRun
 
 log = logging.getLogger(__name__)
 
-#: In-domain training images the PCA is fitted on (`neuralcodes retrieval --pca-images`).
-PCA_FIT_IMAGES = 5000
 PRECISION_KS = (5, 10)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from neuralcodes.config import ModelConfig
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.features import code_names, paper_codes
 from neuralcodes.model import (
     ConvNet,
     PaddedConv2d,
@@ -16,7 +17,6 @@ from neuralcodes.model import (
     count_parameters,
     same_conv2d,
 )
-from neuralcodes.model.features import code_names, paper_codes
 
 CODES = paper_codes()
 

@@ -561,7 +561,7 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
 def test_a_feature_registered_in_one_place_reaches_settings_help_and_codes(tiny_run, capsys):
     """One register() call: retrieval.layers accepts it, `search --help` lists it, and the
     codes stage computes it (beside the paper's codes) from the same forward pass."""
-    from neuralcodes.model import features
+    from neuralcodes import features
 
     layers = '["5","6","7","conv4-mac"]'
     with pytest.raises(NeuralCodesError, match="retrieval.layers: Input should be"):

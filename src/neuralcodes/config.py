@@ -26,8 +26,8 @@ import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from neuralcodes import features
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.model import features
 
 
 class _Resumable:
@@ -145,7 +145,7 @@ class TrainConfig:
 class RetrievalConfig:
     """Neural-code retrieval (assignment Task 3)."""
 
-    # codes to study and search by: names of code features (neuralcodes.model.features,
+    # codes to study and search by: names of code features (neuralcodes.features,
     # read when validating, so a registered feature is accepted); default the paper's 5, 6, 7
     layers: tuple[str, ...] = dataclasses.field(default_factory=features.paper_codes)
     relu: bool = False  # False: pre-ReLU codes, as the course's reference solution used

@@ -4,7 +4,7 @@
 app both read it through :func:`course_reference`. Its ``epochs`` rows use the same keys as a
 run's ``metrics.jsonl`` (``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ...), its
 ``evaluation`` the keys of ``eval.json`` (``loss``, ``top1``, ``top5``) and its ``map`` maps a
-layer (the paper's codes: :func:`neuralcodes.model.features.paper_codes`) to the mAP of its
+layer (the paper's codes: :func:`neuralcodes.features.paper_codes`) to the mAP of its
 pre-ReLU codes over all 5,000 ood queries.
 """
 

@@ -45,7 +45,7 @@ def planned_sizes(cfg: DataConfig) -> tuple[dict[str, int], int, str]:
 
 def plan(cfg: Config, out: str | Path, *, command: str, preset: str | None = None) -> list[str]:
     """The plan of ``command`` ('run' or 'train') with ``cfg`` into ``out``, as lines."""
-    from neuralcodes.training.loop import is_finished
+    from neuralcodes.training.records import is_finished
 
     sizes, n_classes, origin = planned_sizes(cfg.data)
     t = cfg.train

@@ -307,8 +307,8 @@ class TrainedRun:
         return self._meta
 
     def _load_model(self) -> None:
-        from neuralcodes.training.checkpoint import load_checkpoint, network_meta
-        from neuralcodes.training.step import build_model
+        from neuralcodes.model.build import build_model
+        from neuralcodes.model.checkpoint import load_checkpoint, network_meta
 
         path = self.dir.checkpoint(self.checkpoint)
         ckpt = load_checkpoint(path)

@@ -16,11 +16,11 @@ from neuralcodes.retrieval.codes import DEFAULT_BATCH, RELU_CHOICES, SPLITS
 from neuralcodes.runs import CHECKPOINTS
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "codes", help="compute the unit-length neural codes of a trained run",
-        description="Compute the neural codes (layers 5, 6, 7 and any other code layer in "
-        "retrieval.layers) (eval mode, L2-normalised) of one split "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``codes`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Compute the neural codes (layers 5, 6, 7 and any other code layer in "
+        "retrieval.layers; eval mode, L2-normalised) of one split "
         "of a trained run and save them to RUN/codes/<split>-<pre|post>relu.npz.")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--split", default="ood", choices=SPLITS, help="which images (default: ood)")

@@ -13,10 +13,10 @@ from neuralcodes.cli.common import (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="download Tiny ImageNet (or read --data) and build the image cache",
-        description="Decode every train image of Tiny ImageNet once into a compact uint8 cache "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``prepare`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Decode every train image of Tiny ImageNet once into a compact uint8 cache "
         "(images.npy + labels + class names + manifest) and print the assignment's splits (the "
         "data.* settings, e.g. --set data.ood_classes=2 --set data.max_per_class=50). Without "
         "--data the official archive is downloaded (resumable, md5-checked) from --url, else "

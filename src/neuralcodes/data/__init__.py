@@ -24,11 +24,12 @@ Pipeline (``neuralcodes prepare``):
    by name in the manifest). ``<key>`` hashes the source's content (zip: every member's name,
    CRC and size; folder: every file's path, size and mtime) and the cache format: the same
    source is never decoded twice, a different one gets its own cache.
-3. **Splits** (:mod:`.splits`, :func:`make_splits`): the course notebook's partition, exactly:
-   classes sorted by wnid, files lexicographic, the last ``ood_classes`` (default 10)
-   out-of-domain; ``RandomState(seed)`` (default 42) permutes the in-domain images, val = the
-   first 10%, test = the next 10%, train = the rest; the next permutation of the same stream
-   orders the ood set. :func:`write_splits_csv` writes the partition as CSV.
+3. **Splits** (:mod:`.splits`; of a loaded dataset :mod:`.partition`, :func:`make_splits`):
+   the course notebook's partition, exactly: classes sorted by wnid, files lexicographic, the
+   last ``ood_classes`` (default 10) out-of-domain; ``RandomState(seed)`` (default 42) permutes
+   the in-domain images, val = the first 10%, test = the next 10%, train = the rest; the next
+   permutation of the same stream orders the ood set. :func:`write_splits_csv` writes the
+   partition as CSV.
 """
 
 from neuralcodes.data.cache import (
@@ -36,11 +37,11 @@ from neuralcodes.data.cache import (
     Dataset,
     default_cache_dir,
     fetch_official,
-    load_data,
     prepare,
     prepare_cache,
 )
-from neuralcodes.data.splits import Splits, make_splits, summary, write_splits_csv
+from neuralcodes.data.partition import load_data, make_splits, summary, write_splits_csv
+from neuralcodes.data.splits import Splits
 
 __all__ = ["FORMAT_VERSION", "Dataset", "Splits", "default_cache_dir", "fetch_official",
            "load_data", "make_splits", "prepare", "prepare_cache", "summary", "write_splits_csv"]

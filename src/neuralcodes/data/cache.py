@@ -34,7 +34,7 @@ from neuralcodes.data.download import (
     download,
 )
 from neuralcodes.data.source import IMAGE_SHAPE, Item, Source, read_names, read_wnids
-from neuralcodes.data.splits import Splits, make_splits, split_arrays, split_settings
+from neuralcodes.data.splits import split_arrays, split_settings
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open, read_json, write_json
 from neuralcodes.versions import versions
@@ -328,14 +328,3 @@ class Dataset:
         digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
         return cls(root, images, labels.astype(np.int64, copy=False), list(classes["wnids"]),
                    list(classes["names"]), list(paths), manifest, digest)
-
-
-def load_data(cfg: DataConfig, progress: bool = True) -> tuple[Dataset, Splits]:
-    """Prepare (if needed) and load the cache for ``cfg.source``, and split it by ``cfg``.
-
-    The splits are saved into the cache (``splits/<hash16>.npz``).
-    """
-    dataset = Dataset.load(prepare(cfg.source, cfg.cache_dir, progress=progress, url=cfg.url))
-    splits = make_splits(dataset, cfg)
-    splits.save(dataset.root)
-    return dataset, splits

@@ -1,27 +1,18 @@
-"""The assignment's ConvNet (architecture only), its Keras-'same' layers, the features it gives
-by name (:mod:`~neuralcodes.model.features`, torch-free) and the model registry.
+"""The assignment's ConvNet (architecture only; the features it gives by name are declared in
+:mod:`neuralcodes.features`), its Keras-'same' layers, the model registry (:mod:`.registry`),
+the model as training and inference build it (:mod:`.build`) and its checkpoint files
+(:mod:`.checkpoint`)."""
 
-Names are imported on first use, so that the settings and the command line can read the
-feature declaration without loading torch.
-"""
+from neuralcodes.model.convnet import ConvNet, count_parameters, layer_table
+from neuralcodes.model.layers import PaddedConv2d, SameMaxPool2d, same_conv2d, same_padding
+from neuralcodes.model.registry import (
+    checkpoint_meta,
+    create_model,
+    model_names,
+    model_spec,
+    register_model,
+)
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_WHERE = {
-    "ConvNet": "convnet", "count_parameters": "convnet", "layer_table": "convnet",
-    "PaddedConv2d": "layers", "SameMaxPool2d": "layers", "same_conv2d": "layers",
-    "same_padding": "layers",
-    "create_model": "registry", "register_model": "registry", "model_spec": "registry",
-    "checkpoint_meta": "registry", "model_names": "registry",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"neuralcodes.model.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'neuralcodes.model' has no attribute {name!r}")
+__all__ = ["ConvNet", "PaddedConv2d", "SameMaxPool2d", "checkpoint_meta", "count_parameters",
+           "create_model", "layer_table", "model_names", "model_spec", "register_model",
+           "same_conv2d", "same_padding"]

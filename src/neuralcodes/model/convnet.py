@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralcodes.model import features as feats
+from neuralcodes import features as feats
 from neuralcodes.model.layers import SameMaxPool2d, same_conv2d
 
 #: The ConvNet's constructor arguments beside ``num_classes``: the fields of the ``model``
@@ -41,7 +41,7 @@ POOLED = (1, 2, 5)  # the convolutions a 3x3/2 max-pool follows
 
 class ConvNet(nn.Module):
     """The assignment's ConvNet. ``forward`` returns logits; :meth:`forward_intermediates`
-    returns any set of the features declared in :mod:`neuralcodes.model.features`."""
+    returns any set of the features declared in :mod:`neuralcodes.features`."""
 
     def __init__(self, num_classes: int, cfg: Any = None, image_size: int = 64,
                  **args: Any) -> None:
@@ -124,7 +124,7 @@ class ConvNet(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor, names: Sequence[str]
                               ) -> dict[str, torch.Tensor]:
-        """The features ``names`` (registered in :mod:`neuralcodes.model.features`) of a batch
+        """The features ``names`` (registered in :mod:`neuralcodes.features`) of a batch
         of float images, from one forward pass that stops after the last tap they need.
 
         Dropout is never applied, whatever the module's mode (it is the identity at

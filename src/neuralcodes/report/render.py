@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from neuralcodes.model import features
+from neuralcodes import features
 from neuralcodes.report import analysis
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
-from neuralcodes.model import features
 from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runs import TrainedRun
 from neuralcodes.runtime import (
@@ -186,7 +185,7 @@ def run_codes(
 ) -> dict[bool, Path]:
     """Compute and save the codes of one split of a trained run; ``relu`` None: both variants.
 
-    The codes of :func:`~neuralcodes.model.features.code_layers` of ``retrieval.layers`` (the
+    The codes of :func:`~neuralcodes.features.code_layers` of ``retrieval.layers`` (the
     paper's 5, 6, 7 and any other code feature asked for), on the run's device, in its
     precision (``train.precision``), from its checkpoint. A file is kept when it records the
     same fingerprint (:func:`codes_fingerprint`), unless ``force``; otherwise it is recomputed

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
 from neuralcodes.files import require_folder
-from neuralcodes.model import features
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract_codes, ood_codes
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
 from neuralcodes.retrieval.index import CodeIndex

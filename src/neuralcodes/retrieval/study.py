@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import (
     Result,
@@ -69,7 +69,6 @@ from neuralcodes.figures import (
     plot_retrieval_layers,
 )
 from neuralcodes.files import read_json, write_json
-from neuralcodes.model import features
 from neuralcodes.retrieval.codes import (
     VARIANT,
     CodeSet,
@@ -82,17 +81,14 @@ from neuralcodes.retrieval.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     RankingMetrics,
-    chance_map,
-    chance_precision,
     paired_bootstrap,
     self_retrieval_metrics,
 )
 from neuralcodes.retrieval.pca import PCA_FIT_IMAGES, pca_study
+from neuralcodes.retrieval.scores import PRECISION_KS, map_row, precision_ks, retrieval_chance
 from neuralcodes.runs import TrainedRun
 
 log = logging.getLogger(__name__)
-
-PRECISION_KS = (5, 10)
 
 
 def evaluate_codes(codes: CodeSet, ks: Sequence[int] = PRECISION_KS, top_k: int = 5,
@@ -100,7 +96,7 @@ def evaluate_codes(codes: CodeSet, ks: Sequence[int] = PRECISION_KS, top_k: int 
                    ) -> dict[str, RankingMetrics]:
     """Self-retrieval metrics (each image queries the others) per layer (default: all);
     precision@k only for the ``ks`` the database (N - 1 images) can provide."""
-    usable = tuple(k for k in ks if k <= len(codes) - 1)
+    usable = precision_ks(len(codes), ks)
     if usable != tuple(ks):
         log.warning("precision@%s not measured: the database has only %d images",
                     ", ".join(str(k) for k in ks if k not in usable), len(codes) - 1)
@@ -123,15 +119,6 @@ def layer_comparisons(metrics: dict[str, RankingMetrics]) -> tuple[list[dict[str
     return pairs, (top if beats_all and len(metrics) > 1 else None)
 
 
-def map_statistics(codes: CodeSet) -> dict[str, Any]:
-    """Chance levels of mAP and precision@k for the labels of ``codes`` (self-retrieval)."""
-    out: dict[str, Any] = {"chance_map": chance_map(codes.labels)}
-    for k in PRECISION_KS:
-        out[f"chance_p@{k}"] = (chance_precision(codes.labels, k) if k <= len(codes) - 1
-                                else None)
-    return out
-
-
 def run_study(run: TrainedRun, *, relu: bool | None = None,
               pca_images: int = PCA_FIT_IMAGES, force: bool = False) -> dict[str, Any]:
     """The whole retrieval study of a trained run (see the module docstring for the files).
@@ -141,7 +128,8 @@ def run_study(run: TrainedRun, *, relu: bool | None = None,
     picks the codes of the figures, the evidence and the PCA study. Each step is skipped
     exactly when its files record the fingerprint it would write now
     (:mod:`neuralcodes.lineage`: the codes' weights and the retrieval settings it uses),
-    unless ``force``; otherwise one line says why it reruns. Returns the contents of the JSON files.
+    unless ``force``; otherwise one line says why it reruns. Returns the contents of the JSON
+    files.
     """
     if pca_images < 2:
         raise NeuralCodesError(f"the PCA needs at least 2 training images, got {pca_images}")
@@ -163,12 +151,13 @@ def run_study(run: TrainedRun, *, relu: bool | None = None,
 
     fp = lineage.map_fingerprint(codes_fp, layers)
     if lineage.needs_run("mAP", run.dir.map_json, fp, force=force):
-        maps: dict[str, Any] = map_statistics(ood_codes(run, False))
+        maps: dict[str, Any] = retrieval_chance(ood_codes(run, False).labels)
         maps["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
                              "confidence": 0.95, "unit": "query"}
         for v in (False, True):
             m = metrics_of(v)
-            maps[VARIANT[v]] = {layer: _map_row(x, seconds[v]) for layer, x in m.items()}
+            maps[VARIANT[v]] = {layer: {**map_row(x), "seconds": round(seconds[v], 3)}
+                                 for layer, x in m.items()}
             pairs, best = layer_comparisons(m)
             maps.setdefault("pairs", {})[VARIANT[v]] = pairs
             maps.setdefault("best_layer", {})[VARIANT[v]] = best
@@ -203,13 +192,6 @@ def run_study(run: TrainedRun, *, relu: bool | None = None,
             "split": "train", "images": len(next(iter(train.values())))}, "table": table}, fp))
     result["pca"] = read_json(run.dir.pca_json)
     return result
-
-
-def _map_row(m: RankingMetrics, seconds: float) -> dict[str, Any]:
-    """One layer's map.json entry; p@k is null when the database is smaller than k."""
-    precision = {f"p@{k}": float(m.precision[k].mean()) if k in m.precision else None
-                 for k in PRECISION_KS}
-    return {"map": m.map, **precision, "n_queries": len(m.ap), "seconds": round(seconds, 3)}
 
 
 def _train_codes(run: TrainedRun, relu: bool, n_images: int, layers: Sequence[str]

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from neuralcodes import features as registry
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.model import features as registry
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, l2_normalize
 from neuralcodes.retrieval.methods import pooling
 from neuralcodes.runtime import autocast, eval_mode, to_input
@@ -24,7 +24,7 @@ from neuralcodes.runtime import autocast, eval_mode, to_input
 
 def paper_codes() -> dict[str, str]:
     """The paper's codes by row name (``layer5``, ``fc6``, ``fc7``), and the code feature each
-    is read from (:mod:`neuralcodes.model.features`)."""
+    is read from (:mod:`neuralcodes.features`)."""
     return {f.row: f.name for f in registry.features("code") if f.paper}
 
 

@@ -157,6 +157,12 @@ def labels() -> dict[str, str]:
 
 
 def _builtin() -> tuple[Feature, ...]:
+    # conv5 (before its pool, 16x16 for 64x64 images) is the map pooled descriptors (MAC, SPoC,
+    # GeM, R-MAC) are meant for, as in Tolias et al. and Radenovic et al., who drop the
+    # network's last max-pool: the pool's overlapping 3x3 windows count most cells of the 16x16
+    # map twice or four times in a sum (SPoC, GeM), and R-MAC's regions need the finer grid (3
+    # scales fit in 16x16, hardly in 8x8); MAC is the same on both (a max of maxima). ReLU and
+    # max-pool commute, so pool5 is exactly the ReLU of the layer-5 code's map.
     maps = [Feature(f"conv{i}", f"ReLU(conv{i}) before its 3x3/2 pool", "map", f"conv{i}",
                     _relu) for i in (1, 2, 5)]
     maps += [Feature(f"pool{i}", f"ReLU(conv{i}) after its 3x3/2 pool", "map", f"pool{i}",

@@ -16,7 +16,8 @@ from neuralcodes.cli.common import (
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare", help="download Tiny ImageNet (or read --data) and build the image cache",
-        description="Decode every train image of Tiny ImageNet once into a compact uint8 cache "
+        description="Decode every train image of Tiny ImageNet (or every image of a labelled "
+        "folder: one subfolder per class) once into a compact uint8 cache "
         "(images.npy + labels + class names + manifest) and print the assignment's splits (the "
         "data.* settings, e.g. --set data.ood_classes=2 --set data.max_per_class=50). Without "
         "--data the official archive is downloaded (resumable, md5-checked) from --url, else "
@@ -44,8 +45,9 @@ def main(args: argparse.Namespace) -> int:
     if args.export_splits:
         require_folder(args.export_splits, "--export-splits")
     with console_logging():
-        root, built = prepare_cache(cfg.source, cfg.cache_dir, workers=args.workers,
-                                    progress=not args.no_progress, url=cfg.url)
+        root, built = prepare_cache(cfg.source, cfg.cache_dir, dataset=cfg.dataset,
+                                    workers=args.workers, progress=not args.no_progress,
+                                    url=cfg.url)
     dataset = Dataset.load(root)
     splits = make_splits(dataset, cfg)
     print(summary(dataset, splits, built=built, splits_path=splits.save(root)))

@@ -10,16 +10,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from neuralcodes.config import DataConfig
+from neuralcodes.data.dataset import Dataset
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
-
-if TYPE_CHECKING:
-    from neuralcodes.data.cache import Dataset
 
 #: The DataConfig fields that decide the splits.
 SPLIT_FIELDS = ("ood_classes", "ood_wnids", "ood_random", "seed", "fractions", "max_classes",
@@ -137,8 +135,34 @@ def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:
             ood = list(range(n - min(k, n), n))
     if len(ood) >= n:
         raise NeuralCodesError(f"{len(ood)} out-of-domain classes leave no in-domain class "
-                               f"(only {n} classes used)")
+                               f"(only {n} classes used): set data.ood_classes below {n} "
+                               "(--set data.ood_classes=N) or add classes")
     return ood
+
+
+def check_usable(dataset: Dataset, splits: Splits) -> None:
+    """One line saying what to do when ``splits`` cannot be trained and studied: an empty
+    training, validation or test split, an in-domain class without a training image, or an
+    out-of-domain class with a single image (its queries would have no match)."""
+    where = dataset.manifest.get("source", {}).get("path", dataset.root)
+    inside = len(splits.train) + len(splits.val) + len(splits.test)
+    for name in ("train", "val", "test"):
+        if not len(getattr(splits, name)):
+            raise NeuralCodesError(f"the {name} split of {where} is empty ({inside} in-domain "
+                                   "images): add images (at least 10 per class)")
+    trained = np.bincount(dataset.labels[splits.train], minlength=len(dataset.wnids))
+    for c in splits.in_classes:
+        if not trained[c]:
+            n = int(np.sum(dataset.labels[np.concatenate([splits.val, splits.test])] == c))
+            raise NeuralCodesError(
+                f"class {dataset.wnids[c]} of {where} has too few images for the split ({n}, none "
+                "of them drawn for training): give each class at least 10 images")
+    ood = np.bincount(dataset.labels[splits.ood], minlength=len(dataset.wnids))
+    for c in splits.ood_classes:
+        if ood[c] < 2:
+            raise NeuralCodesError(
+                f"out-of-domain class {dataset.wnids[c]} of {where} has {ood[c]} image: retrieval "
+                "needs at least 2 per class (a query and its match); add images to it")
 
 
 def _finish_splits(train: np.ndarray, val: np.ndarray, test: np.ndarray, ood: np.ndarray,
@@ -179,7 +203,8 @@ def summary(ds: Dataset, splits: Splits, *, built: bool, splits_path: Path | Non
     lines = [
         f"cache:   {ds.root} ({'built now' if built else 'already prepared'}, "
         f"{ds.images.nbytes / 2**20:,.0f} MiB of uint8 images)",
-        f"source:  {src['path']} ({src['kind']}, checksum {src['checksum'][:12]})",
+        f"source:  {src['path']} ({ds.spec.title}, {src['kind']}, checksum "
+        f"{src['checksum'][:12]})",
         f"images:  {len(ds):,} in {len(ds.wnids)} classes; {m['num_rejected']} file(s) rejected",
     ]
     lines += [f"  rejected {r['path']}: {r['reason']}" for r in m["rejected"][:10]]

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.data import Dataset, make_splits, prepare_cache, summary, write_splits_csv
+    from neuralcodes.data.splits import check_usable
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.files import require_folder
 
@@ -50,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
                                     url=cfg.url)
     dataset = Dataset.load(root)
     splits = make_splits(dataset, cfg)
+    check_usable(dataset, splits)
     print(summary(dataset, splits, built=built, splits_path=splits.save(root)))
     if args.export_splits:
         print(f"partition: {write_splits_csv(dataset, splits, args.export_splits)}")

@@ -463,6 +463,7 @@ def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
     """What config.json records about the data: cache, checksums, split sizes, classes."""
     source = dataset.manifest.get("source", {})
     return {
+        "dataset": dataset.spec.name,
         "cache": str(Path(dataset.root).resolve()), "manifest_hash": dataset.manifest_hash,
         "source": source.get("path"), "source_checksum": source.get("checksum"),
         "splits_hash": splits.hash,

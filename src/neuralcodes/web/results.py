@@ -61,7 +61,8 @@ def run_results(served: ServedRun) -> dict[str, Any]:
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,
             "chance": {"top1": 1 / n_classes, "top5": min(5, n_classes) / n_classes},
-            "reference": _reference(),
+            # the course's numbers only beside a run of the course's dataset
+            "reference": _reference() if served.dataset.spec.course else None,
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
             "report_url": "report.html" if served.current(rd.report_html) else None}

@@ -35,11 +35,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from neuralcodes import jpegscans, pngstrips
+from neuralcodes.data.spec import IMAGE_SIZE  # the cache's side, the model's input
 from neuralcodes.errors import NeuralCodesError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 64
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000

@@ -208,7 +208,8 @@ def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
     are nearly identical after two epochs, and rankings would hinge on float rounding.
     """
     from neuralcodes.evaluation import evaluate
-    from neuralcodes.training.loop import is_finished, train
+    from neuralcodes.training.loop import train
+    from neuralcodes.training.records import is_finished
 
     out = tmp_path_factory.getbasetemp() / "web-run"
     if not is_finished(out):

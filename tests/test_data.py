@@ -19,7 +19,8 @@ from PIL import Image
 from helpers import SHARED_ZIP, extras_paths, fixture_wnids, make_tiny_imagenet
 from neuralcodes.cli import main
 from neuralcodes.config import DataConfig
-from neuralcodes.data import Dataset, cache, decode, load_data, prepare, source, tinyimagenet
+from neuralcodes.data import Dataset, cache, decode, load_data, prepare, source
+from neuralcodes.datasets import tinyimagenet
 from neuralcodes.errors import NeuralCodesError
 
 

@@ -13,12 +13,13 @@ import pytest
 from PIL import Image
 
 from helpers import fixture_wnids, folder_classes, make_image_folder, make_tiny_imagenet
+from neuralcodes import datasets as registry
 from neuralcodes import lineage
 from neuralcodes.cli import main
 from neuralcodes.config import DataConfig
-from neuralcodes.data import Dataset, make_splits, prepare, registry
+from neuralcodes.data import Dataset, make_splits, prepare
 from neuralcodes.data.dataset import FORMAT_VERSION
-from neuralcodes.data.imagefolder import read_image
+from neuralcodes.datasets.imagefolder import read_image
 from neuralcodes.plan import planned_sizes
 
 N_CLASSES, PER_CLASS = 4, 6

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from helpers import make_tiny_imagenet
+from neuralcodes import datasets as registry
 from neuralcodes.cli import main
-from neuralcodes.data import Dataset, cache, fetch_official, prepare, registry
+from neuralcodes.data import Dataset, cache, fetch_official, prepare
 from neuralcodes.data.download import download, md5sum
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.runs import RunDir

@@ -13,7 +13,7 @@ import torch
 from neuralcodes import cli, retrieval
 from neuralcodes.config import Config, apply_overrides
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.pipeline import preset_config
+from neuralcodes.presets import preset_config
 
 
 def build_config(preset: str, overrides: list[str]) -> Config:
@@ -199,7 +199,7 @@ def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config,
     smaller batch read a slower speed and over-estimated both stages."""
     from helpers import tiny_config
     from neuralcodes import estimate
-    from neuralcodes.evaluation import EVAL_BATCH
+    from neuralcodes.training.measure import EVAL_BATCH
 
     batches: list[int] = []
     real_build = estimate.build_model

@@ -508,7 +508,7 @@ def test_an_exif_rotated_upload_is_described_as_displayed(roomy_client):
 def test_a_malicious_checkpoint_is_not_a_neuralcodes_checkpoint(tmp_path):
     import torch
 
-    from neuralcodes.training.checkpoint import load_checkpoint
+    from neuralcodes.model.checkpoint import load_checkpoint
 
     class Evil:
         def __reduce__(self) -> tuple[object, tuple[str]]:

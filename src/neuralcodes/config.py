@@ -26,7 +26,7 @@ import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from neuralcodes.data import registry
+from neuralcodes import datasets as registry
 from neuralcodes.errors import NeuralCodesError
 
 
@@ -56,7 +56,7 @@ class DataConfig:
 
     # archive, folder, or None: download the dataset's archive
     source: Annotated[str | None, RESUMABLE] = None
-    # what `source` is (neuralcodes.data.registry): auto (found from its layout), tiny-imagenet
+    # what `source` is (neuralcodes.datasets): auto (found from its layout), tiny-imagenet
     # or image-folder (one subfolder of images per class)
     dataset: Annotated[str, RESUMABLE] = "auto"
     # None: $NEURALCODES_CACHE or ~/.cache/neuralcodes

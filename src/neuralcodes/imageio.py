@@ -16,8 +16,8 @@ then decodes with as little memory as the format allows:
 Every image ends as RGB: EXIF orientation applied, transparency composited on white, 16-bit
 samples scaled to 8 bits (high byte, as Pillow does for 16-bit RGB), then resized to
 ``size`` x ``size`` with the bicubic filter (the aspect ratio is not kept: a non-square image is
-squeezed). For ordinary images this is exactly what
-``codes.read_image`` always did (draft, ``exif_transpose``, ``convert("RGB")``, bicubic resize).
+squeezed). For ordinary images this is Pillow's plain path (draft, ``exif_transpose``,
+``convert("RGB")``, bicubic resize).
 After a large decode the freed memory is handed back to the OS (glibc ``malloc_trim``).
 """
 
@@ -35,11 +35,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from neuralcodes import jpegscans, pngstrips
-from neuralcodes.data.spec import IMAGE_SIZE  # the cache's side, the model's input
 from neuralcodes.errors import NeuralCodesError
 
 log = logging.getLogger(__name__)
 
+IMAGE_SIZE = 64
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000

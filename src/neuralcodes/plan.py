@@ -23,7 +23,7 @@ from neuralcodes.runs import RunDir
 def planned_sizes(cfg: DataConfig) -> tuple[dict[str, int], int, str]:
     """Split sizes, number of in-domain classes and where they come from, read from the
     source's file listing (or the official archive's known layout when it is not here yet)."""
-    from neuralcodes.data import registry
+    from neuralcodes import datasets as registry
     from neuralcodes.data.source import open_dataset
 
     if cfg.source is None:  # the archive's declared layout
@@ -48,7 +48,7 @@ def planned_sizes(cfg: DataConfig) -> tuple[dict[str, int], int, str]:
 
 def plan(cfg: Config, out: str | Path, *, command: str, preset: str | None = None) -> list[str]:
     """The plan of ``command`` ('run' or 'train') with ``cfg`` into ``out``, as lines."""
-    from neuralcodes.training.loop import is_finished
+    from neuralcodes.training.records import is_finished
 
     sizes, n_classes, origin = planned_sizes(cfg.data)
     t = cfg.train

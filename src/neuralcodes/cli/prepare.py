@@ -13,11 +13,11 @@ from neuralcodes.cli.common import (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="download Tiny ImageNet (or read --data) and build the image cache",
-        description="Decode every train image of Tiny ImageNet (or every image of a labelled "
-        "folder: one subfolder per class) once into a compact uint8 cache "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``prepare`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Decode every train image of Tiny ImageNet (or every image of a labelled folder: one "
+        "subfolder per class) once into a compact uint8 cache "
         "(images.npy + labels + class names + manifest) and print the assignment's splits (the "
         "data.* settings, e.g. --set data.ood_classes=2 --set data.max_per_class=50). Without "
         "--data the official archive is downloaded (resumable, md5-checked) from --url, else "
@@ -35,8 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.data import Dataset, make_splits, prepare_cache, summary, write_splits_csv
-    from neuralcodes.data.splits import check_usable
+    from neuralcodes.data import (
+        Dataset,
+        check_usable,
+        make_splits,
+        prepare_cache,
+        summary,
+        write_splits_csv,
+    )
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.files import require_folder
 

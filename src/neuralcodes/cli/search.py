@@ -12,10 +12,10 @@ from neuralcodes.text import printable
 LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "search", help="find the images most similar to IMAGE",
-        description="Rank the ood set (or an index from `neuralcodes index`) by cosine "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``search`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Rank the ood set (or an index from `neuralcodes index`) by cosine "
         "similarity of neural codes to IMAGE and print paths and scores.")
     p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size; it is resized to 64x64 "
                    "(the size of the training images) without keeping its aspect ratio, so a "

@@ -1,12 +1,15 @@
 """Datasets: get one, decode it once into a compact cache, and split it as the assignment says.
 
-A dataset is one module declaring a :class:`~.spec.DatasetSpec` (its layout, listing, decoder
-and, for an archive, the remote file), registered by name in :mod:`.registry`:
+A dataset is one module of :mod:`neuralcodes.datasets` declaring a
+:class:`~neuralcodes.datasets.spec.DatasetSpec` (its layout, listing, decoder and, for an
+archive, the remote file), registered there by name (the configuration reads the registry
+without importing this package, which reads the configuration):
 
-- ``tiny-imagenet`` (:mod:`.tinyimagenet`): the course's dataset, the official archive (or any
-  zip/folder in its layout);
-- ``image-folder`` (:mod:`.imagefolder`): a labelled image folder, one subfolder per class, any
-  image sizes and formats (decoded by the bounded decoder of user images).
+- ``tiny-imagenet`` (:mod:`neuralcodes.datasets.tinyimagenet`): the course's dataset, the
+  official archive (or any zip/folder in its layout);
+- ``image-folder`` (:mod:`neuralcodes.datasets.imagefolder`): a labelled image folder, one
+  subfolder per class, any image sizes and formats (decoded by the bounded decoder of user
+  images).
 
 Pipeline (``neuralcodes prepare``):
 
@@ -34,37 +37,27 @@ Pipeline (``neuralcodes prepare``):
    source's content: zip: every member's name, CRC and size; folder: every file's path, size
    and mtime; the cache format): the same source is never decoded twice, a changed one gets
    its own cache.
-3. **Splits** (:mod:`.splits`, :func:`make_splits`): the course notebook's partition, exactly,
-   for any dataset: classes sorted by id, files lexicographic, the last ``ood_classes`` (default
-   10) out-of-domain; ``RandomState(seed)`` (default 42) permutes the in-domain images, val =
-   the first 10%, test = the next 10%, train = the rest; the next permutation of the same stream
-   orders the ood set. Classes may hold different numbers of images; :func:`load_data` refuses,
-   in one line, a dataset whose splits cannot be trained and studied.
-   :func:`write_splits_csv` writes the partition as CSV.
-
-The names below are imported on first use, so that :mod:`neuralcodes.config` can read
-:mod:`.registry` without importing the cache (which reads the configuration).
+3. **Splits** (:mod:`.splits`; of a loaded dataset :mod:`.partition`, :func:`make_splits`): the
+   course notebook's partition, exactly, for any dataset: classes sorted by id, files
+   lexicographic, the last ``ood_classes`` (default 10) out-of-domain; ``RandomState(seed)``
+   (default 42) permutes the in-domain images, val = the first 10%, test = the next 10%, train =
+   the rest; the next permutation of the same stream orders the ood set. Classes may hold
+   different numbers of images; :func:`load_data` refuses, in one line, a dataset whose splits
+   cannot be trained and studied (:func:`check_usable`). :func:`write_splits_csv` writes the
+   partition as CSV.
 """
 
-from __future__ import annotations
+from neuralcodes.data.cache import default_cache_dir, fetch_official, prepare, prepare_cache
+from neuralcodes.data.dataset import FORMAT_VERSION, Dataset
+from neuralcodes.data.partition import (
+    check_usable,
+    load_data,
+    make_splits,
+    summary,
+    write_splits_csv,
+)
+from neuralcodes.data.splits import Splits
 
-import importlib
-from typing import Any
-
-#: name -> the module that defines it
-_EXPORTS = {
-    "FORMAT_VERSION": "dataset", "Dataset": "dataset",
-    "default_cache_dir": "cache", "fetch_official": "cache", "load_data": "cache",
-    "prepare": "cache", "prepare_cache": "cache",
-    "Splits": "splits", "make_splits": "splits", "summary": "splits",
-    "write_splits_csv": "splits",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__all__ = ["FORMAT_VERSION", "Dataset", "Splits", "check_usable", "default_cache_dir",
+           "fetch_official", "load_data", "make_splits", "prepare", "prepare_cache", "summary",
+           "write_splits_csv"]

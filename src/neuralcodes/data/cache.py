@@ -1,6 +1,6 @@
 """The decoded image cache: every image of a dataset decoded exactly once, in parallel, into
 ``<cache>/<dataset>-<key>/`` (see :mod:`neuralcodes.data` for the files), and loaded back as a
-memory-mapped :class:`~neuralcodes.data.dataset.Dataset`.
+memory-mapped :class:`~neuralcodes.data.dataset.Dataset` (split by :mod:`.partition`).
 
 ``<key>`` is the digest of the cache's lineage fingerprint
 (:func:`neuralcodes.lineage.cache_fingerprint`: the dataset, the source's content checksum, the
@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from neuralcodes import datasets as registry
 from neuralcodes import lineage
 from neuralcodes.config import URL_PATTERN, DataConfig
-from neuralcodes.data import decode, registry
-from neuralcodes.data.dataset import FORMAT_VERSION, Dataset
+from neuralcodes.data import decode
+from neuralcodes.data.dataset import FORMAT_VERSION, IMAGE_SHAPE
 from neuralcodes.data.download import download
 from neuralcodes.data.source import Source, open_dataset
-from neuralcodes.data.spec import IMAGE_SHAPE, DatasetSpec, Listing, RemoteFile
-from neuralcodes.data.splits import Splits, check_usable, make_splits, split_arrays, split_settings
+from neuralcodes.data.splits import split_arrays, split_settings
+from neuralcodes.datasets.spec import DatasetSpec, Listing, RemoteFile
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open, read_json, write_json
 from neuralcodes.versions import versions
@@ -113,7 +114,7 @@ def prepare(source: str | Path | None = None, cache_dir: str | Path | None = Non
             dataset: str = "auto", workers: int | None = None, progress: bool = True,
             url: str | None = None) -> Path:
     """Build the image cache for ``source`` read as ``dataset`` (``auto``: found from its
-    layout; see :mod:`neuralcodes.data.registry`) and return its folder. Without a source the
+    layout; see :mod:`neuralcodes.datasets`) and return its folder. Without a source the
     dataset's archive is downloaded from ``url`` if not there yet (:func:`fetch`).
 
     Does no work when a finished cache for the same source content exists. Files that do not
@@ -292,17 +293,3 @@ def _report_rejects(manifest: dict[str, Any]) -> None:
     if len(rejected) > 10:
         lines.append(f"  ... and {len(rejected) - 10} more")
     log.warning("\n".join(lines))
-
-
-def load_data(cfg: DataConfig, progress: bool = True) -> tuple[Dataset, Splits]:
-    """Prepare (if needed) and load the cache for ``cfg.source`` (read as ``cfg.dataset``), and
-    split it by ``cfg``; a dataset that cannot be split so ends in one line saying what to do.
-
-    The splits are saved into the cache (``splits/<hash16>.npz``).
-    """
-    dataset = Dataset.load(prepare(cfg.source, cfg.cache_dir, dataset=cfg.dataset,
-                                   progress=progress, url=cfg.url))
-    splits = make_splits(dataset, cfg)
-    check_usable(dataset, splits)
-    splits.save(dataset.root)
-    return dataset, splits

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes.data import registry
-from neuralcodes.data.spec import IMAGE_SHAPE, DatasetSpec
+from neuralcodes import datasets as registry
+from neuralcodes import imageio
+from neuralcodes.datasets.spec import DatasetSpec
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json
 
@@ -20,6 +21,8 @@ from neuralcodes.files import read_json
 #: 2: images in lexicographic file-name order within a class (1: natural order).
 FORMAT_VERSION = 2
 VOLATILE_MANIFEST_KEYS = ("created", "build")
+#: One cached image: RGB at the model's input size (the side of the user images' decoder).
+IMAGE_SHAPE = (imageio.IMAGE_SIZE, imageio.IMAGE_SIZE, 3)
 
 
 @dataclass

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes.data import registry
+from neuralcodes import datasets as registry
+from neuralcodes.data.dataset import IMAGE_SHAPE
 from neuralcodes.data.source import Archive, Source, read_file, read_member
-from neuralcodes.data.spec import IMAGE_SHAPE, DatasetSpec, Item, Reject
+from neuralcodes.datasets.spec import DatasetSpec, Item, Reject
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.progress import bar as progress_bar
 

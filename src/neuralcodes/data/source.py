@@ -1,7 +1,7 @@
 """Reading a dataset source: a zip (read in place with :mod:`zipfile`) or a folder.
 
 :func:`open_dataset` opens a source and finds a registered dataset's layout in it
-(:mod:`neuralcodes.data.registry`); the :class:`Source` then reads files relative to that
+(:mod:`neuralcodes.datasets`); the :class:`Source` then reads files relative to that
 dataset's root. Archive members that would escape a target folder (absolute paths, ``..``),
 links, and absurd sizes are refused; a member whose bytes disagree with its recorded size or CRC
 is rejected like an undecodable image.
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neuralcodes.data import registry
-from neuralcodes.data.spec import DatasetSpec, Item, Reject
+from neuralcodes import datasets as registry
+from neuralcodes.datasets.spec import DatasetSpec, Item, Reject
 from neuralcodes.errors import NeuralCodesError
 
 #: wnids.txt / words.txt above this are refused as absurd (the official words.txt is 2.6 MB).

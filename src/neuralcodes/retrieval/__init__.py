@@ -3,13 +3,16 @@
     metrics.py   pure measures: AP/mAP/precision@k (the ranking rule), top-k accuracy, chance
                  levels, paired bootstrap intervals
     codes.py     neural codes of images and of a run's splits; CodeSet (the .npz file)
-    images.py    the user's own image files as 64x64 RGB (read_image; to move to imageio)
+    images.py    the user's own image files, found in a folder and decoded into 64x64 RGB
+                 (read_image; the decoding itself: neuralcodes.imageio)
     index.py     CodeIndex: the one exact top-k (exact_top_k) or FAISS IVF/HNSW
     pca.py       PCA of codes and the PCA study
     evidence.py  measured layer differences with their baselines
     rundata.py   RunData: a trained run opened for retrieval, loaded lazily
     study.py     run_study: the ood study (map.json, figures, evidence.json, pca.json)
     search.py    Searcher, build_index, search, Hit: own images against the ood set or an index
+    methods/     beyond the paper: pooled conv descriptors, whitening, re-ranking and their
+                 study (not wired into the commands yet)
 """
 
 from neuralcodes.retrieval.codes import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from neuralcodes import imageio
-from neuralcodes.data.imagefolder import IMAGE_SUFFIXES, read_image
+from neuralcodes.datasets.imagefolder import IMAGE_SUFFIXES, read_image
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.progress import bar as progress_bar
 

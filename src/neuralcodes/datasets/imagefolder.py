@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from neuralcodes.data.spec import IMAGE_SIZE, DatasetSpec, Item, Listing, Reader, Reject
+from neuralcodes.datasets.spec import DatasetSpec, Item, Listing, Reader, Reject
 from neuralcodes.errors import NeuralCodesError
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def read_image(source: bytes | str | Path | BinaryIO) -> np.ndarray:
     size."""
     from neuralcodes import imageio
 
-    return imageio.decode_image(source, size=IMAGE_SIZE, formats=None,
+    return imageio.decode_image(source, size=imageio.IMAGE_SIZE, formats=None,
                                 max_pixels=imageio.LOCAL_MAX_PIXELS,
                                 max_decode_bytes=imageio.LOCAL_MAX_DECODE_BYTES)[0]
 

@@ -1,12 +1,12 @@
 """What a dataset module declares (scikit-learn's datasets are the model: one module per dataset
 with its remote-file metadata): :class:`DatasetSpec`, with the :class:`RemoteFile` it may be
-downloaded from. The registry of specs is :mod:`neuralcodes.data.registry`.
+downloaded from. The registry of specs is :mod:`neuralcodes.datasets`.
 
 A spec says how to find its layout in a source (a zip read in place or a folder:
 :class:`~neuralcodes.data.source.Source`, seen here only through the :class:`Reader` methods a
 layout uses), how to list its classes and images, and how to decode one image file into the
-uint8 64x64 RGB of the cache. This module imports nothing heavy: the configuration reads the
-registry.
+uint8 RGB of the cache, at the model's input size (``neuralcodes.imageio.IMAGE_SIZE``). This
+module imports nothing heavy: the configuration reads the registry.
 """
 
 from __future__ import annotations
@@ -19,11 +19,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
-
-#: The cache's image side: every dataset is decoded to this (the ConvNet's input size).
-IMAGE_SIZE = 64
-IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-
 
 class Reject(Exception):
     """An image file that cannot go into the cache; the message is the reason."""

@@ -1,8 +1,8 @@
 """The datasets neuralcodes reads, by name (``data.dataset``; the cache folder's prefix): each
-is one module declaring a :class:`~neuralcodes.data.spec.DatasetSpec`. The configuration, the
+is one module declaring a :class:`~neuralcodes.datasets.spec.DatasetSpec`. The configuration, the
 cache and the download read them from here.
 
-To add a dataset: write a module like :mod:`neuralcodes.data.imagefolder` (its layout, listing
+To add a dataset: write a module like :mod:`neuralcodes.datasets.imagefolder` (its layout, listing
 and decoder) and add its ``SPEC`` to :data:`DATASETS`; ``tests/test_datasets.py`` runs the same
 contract over every entry. With ``data.dataset=auto`` a source is read as the first dataset in
 this order whose layout it has.
@@ -10,8 +10,8 @@ this order whose layout it has.
 
 from __future__ import annotations
 
-from neuralcodes.data import imagefolder, tinyimagenet
-from neuralcodes.data.spec import DatasetSpec
+from neuralcodes.datasets import imagefolder, tinyimagenet
+from neuralcodes.datasets.spec import DatasetSpec
 from neuralcodes.errors import NeuralCodesError
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (tinyimagenet.SPEC, imagefolder.SPEC)}

@@ -15,8 +15,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from neuralcodes.data.spec import (
-    IMAGE_SHAPE,
+from neuralcodes.datasets.spec import (
     DatasetSpec,
     Item,
     Listing,
@@ -83,10 +82,12 @@ def decode(data: bytes) -> np.ndarray:
     import numpy as np
     from PIL import Image
 
+    from neuralcodes.imageio import IMAGE_SIZE
+
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.size != IMAGE_SHAPE[1::-1]:
-                raise Reject(f"not 64x64 (is {im.size[0]}x{im.size[1]})")
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                raise Reject(f"not {IMAGE_SIZE}x{IMAGE_SIZE} (is {im.size[0]}x{im.size[1]})")
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             return np.asarray(rgb)
     except Reject:

@@ -9,14 +9,19 @@ so tests never need the real images; the tiny configs and runs below train in se
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import dataclasses
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -236,3 +241,61 @@ def scan_bomb_jpeg(scans: int, side: int = 64) -> bytes:
     starts = [m.start() for m in re.finditer(rb"\xff\xda", data)]
     last = data[starts[-1]:-2]  # the last scan, up to EOI
     return data[:-2] + last * (scans - len(starts)) + b"\xff\xd9"
+
+
+#: Debian's Chromium, for the browser tests (they skip without it).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def serving(app: Any, **config: Any) -> Iterator[tuple[str, int]]:
+    """``app`` under a real uvicorn server in a thread, on a free 127.0.0.1 port, for the
+    ``with`` block: yields ``(host, port)``. ``config``: more ``uvicorn.Config`` arguments
+    (``http=``, ``timeout_keep_alive=``, ...)."""
+    import uvicorn
+
+    srv = uvicorn.Server(uvicorn.Config(app, **{"host": "127.0.0.1", "port": 0,
+                                                "log_level": "warning", **config}))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    host, port = srv.servers[0].sockets[0].getsockname()[:2]
+    try:
+        yield host, port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (:data:`CHROMIUM`) driven by Playwright, closed after the block;
+    the test is skipped without either."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def random_jpeg(side: int = 80, **kwargs: Any) -> bytes:
+    """A ``side`` x ``side`` JPEG of random pixels (``kwargs``: Pillow's save options, e.g.
+    ``progressive=True``)."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(side)
+    Image.fromarray(rng.integers(0, 255, (side, side, 3), np.uint8)).save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def upload(client: Any, data: bytes, name: str = "q.jpg", **headers: str) -> Any:
+    """POST ``data`` to the web app's ``/api/search`` as the file ``name``."""
+    return client.post("/api/search", files={"file": (name, data, "image/jpeg")},
+                       headers=headers)

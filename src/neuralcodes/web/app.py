@@ -40,8 +40,13 @@ from neuralcodes.web.middleware import (
     TokenAuth,
     add_host_check,
 )
-from neuralcodes.web.security import DecodeLimiter, SameOriginPost, SecurityHeaders
-from neuralcodes.web.service import ServedRun
+from neuralcodes.web.security import (
+    DecodeLimiter,
+    SameOriginPost,
+    SecurityHeaders,
+    install_file_names_only,
+)
+from neuralcodes.web.service import ServedRun, freeze_loaded_objects
 from neuralcodes.web.uploads import UploadDecoder, UploadStore
 
 MB = 2**20
@@ -79,6 +84,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
         f"of the trained run `{printable(served.run.root.name)}`. Images are addressed by "
         "their integer id in the out-of-domain set.")
     _protect(app, limits, decoder, allowed_hosts, token)
+    install_file_names_only(app, served.folders)  # no server folder in any detail
     app.state.retrieval = served
     for router in (routes.pages(), routes.gallery(served, decoder), routes.search(served),
                    routes.uploads(served, decoder, UploadStore(), limits),
@@ -105,7 +111,8 @@ def _lifespan(decoder: UploadDecoder, warm: bool) -> Callable[[Any], Any]:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        if warm:  # in the background: the server answers at once
+        if warm:  # a server: loaded for good; the decoders start in the background
+            freeze_loaded_objects()
             threading.Thread(target=decoder.pool.warm, daemon=True).start()
         try:
             yield

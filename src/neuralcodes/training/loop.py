@@ -137,7 +137,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     s = Session(cfg, run, dist, device, model, model, optimizer, scaler,
-                EarlyStopping(t.patience), [], progress, on_step, flag)
+                EarlyStopping(t.patience), [], progress, on_step, flag,
+                course_data=dataset.spec.course)
     torch.manual_seed(t.seed + dist.rank)  # dropout and augmentation draws differ per rank
     start = (1, 0, torch.zeros(3, dtype=torch.float64))
     if checkpoint is not None:

@@ -57,6 +57,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
     # no stage header before the data is read: a bad --data ends in its one error line alone
     dataset, splits = data.load_data(cfg.data, progress=progress)
+    _check_database(cfg, len(splits.ood))
     _stage("prepared")
     _log_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
@@ -85,6 +86,17 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     minutes = (time.perf_counter() - start) / 60
     log.info(f"\nDone in {minutes:.1f} min. Report: {md}\n                     {html}")
     return md
+
+
+def _check_database(cfg: Config, n_ood: int) -> None:
+    """The retrieval settings against the ood images there are (the configuration checks them
+    only where the dataset fixes its images per class)."""
+    r = cfg.retrieval
+    if r.k > n_ood - 1 or r.figure_queries > n_ood:
+        raise NeuralCodesError(f"retrieval.k ({r.k}) and retrieval.figure_queries "
+                               f"({r.figure_queries}) must fit the {n_ood} out-of-domain images "
+                               "(k at most one fewer): lower them with --set retrieval.k=N "
+                               "--set retrieval.figure_queries=N, or add images")
 
 
 class _Timings:

@@ -74,7 +74,10 @@ def training(facts: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def course_curves(facts: dict[str, Any]) -> dict[str, Any] | None:
-    """This run's per-epoch metrics against the course's, for the epochs both have."""
+    """This run's per-epoch metrics against the course's, for the epochs both have (None: not
+    the course's dataset, or no epoch in common)."""
+    if not facts["dataset"]["course"]:
+        return None
     course = {r["epoch"]: r for r in facts["course"]["epochs"]}
     both = [(r, course[r["epoch"]]) for r in facts["epochs"] if r["epoch"] in course]
     if not both:

@@ -53,6 +53,7 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
         "retrieval": _retrieval_facts(rd, lin, k),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
+        "dataset": dataset_facts(saved),
         "timings": _read_optional(rd.timings),
         # How the text names the artifacts it cites (relative to the run directory).
         "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
@@ -65,6 +66,15 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
     facts["made_by"] = lin.made_by
     facts["stale"] = lin.stale
     return facts
+
+
+def dataset_facts(saved: dict[str, Any]) -> dict[str, Any]:
+    """The run's dataset: its name, title, and whether the course's reference numbers are for
+    it (runs from before datasets were named trained on Tiny ImageNet, the only one then)."""
+    from neuralcodes import datasets as registry
+
+    spec = registry.get(str(saved.get("data", {}).get("dataset", registry.DEFAULT)))
+    return {"name": spec.name, "title": spec.title, "course": spec.course}
 
 
 class _Lineage:

@@ -127,6 +127,8 @@ def render(facts: dict[str, Any]) -> str:
         "pca": analysis.pca(facts), "techniques": analysis.techniques(facts),
         "quality": analysis.quality(facts),
         "names": features.labels(),  # how the text names each layer (the model declares it)
+        # the course's reference numbers only beside a run of the course's dataset
+        "vs_course": facts["dataset"]["course"],
     }
     text = _environment(base).get_template("report.md.j2").render(**view)
     text = re.sub(r"\n+(#+ )", r"\n\n\1", text)  # a blank line before every heading

@@ -137,7 +137,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     s = Session(cfg, run, dist, device, model, model, optimizer, scaler,
-                EarlyStopping(t.patience), [], progress, on_step, flag)
+                EarlyStopping(t.patience), [], progress, on_step, flag,
+                course_data=dataset.spec.course)
     s.meta = checkpoint_meta(model, [dataset.wnids[c] for c in splits.in_classes],
                              [dataset.names[c] for c in splits.in_classes])
     torch.manual_seed(t.seed + dist.rank)  # dropout and augmentation draws differ per rank

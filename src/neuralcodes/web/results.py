@@ -77,7 +77,9 @@ def run_results(served: ServedRun) -> dict[str, Any]:
     n_classes = len(served.in_classes)
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,
-            "chance": classification_chance(n_classes), "reference": _reference(),
+            "chance": classification_chance(n_classes),
+            # the course's numbers only beside a run of the course's dataset
+            "reference": _reference() if served.dataset.spec.course else None,
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
             "report_url": "report.html" if served.current(rd.report_html) else None,

@@ -29,6 +29,7 @@ from pydantic.dataclasses import dataclass
 from neuralcodes import datasets as registry
 from neuralcodes import features
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.imageio import DEFAULT_MAX_PIXELS
 
 
 class _Resumable:
@@ -47,10 +48,10 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 KERNELS: tuple[str, ...] = ("onednn", "nnpack")
 CPU_CONVS: tuple[str, ...] = ("auto", *sorted(KERNELS))
 CpuConv = Literal[CPU_CONVS]  # type: ignore[valid-type]
-#: Upload limits of ``neuralcodes serve`` (serve.max_upload_mb, serve.max_megapixels): the one
-#: place their defaults are declared (the decoders and the web app read them from here).
+#: Upload limits of ``neuralcodes serve`` (serve.max_upload_mb, serve.max_megapixels): their
+#: defaults (the pixel limit is the decoder's own, imageio.DEFAULT_MAX_PIXELS).
 DEFAULT_MAX_UPLOAD_MB = 20.0
-DEFAULT_MAX_MEGAPIXELS = 50.0
+DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]

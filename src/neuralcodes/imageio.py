@@ -37,7 +37,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from neuralcodes import jpegscans, pngstrips
-from neuralcodes.config import DEFAULT_MAX_MEGAPIXELS
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.imagecost import REDUCING_GAP as REDUCING_GAP
 from neuralcodes.imagecost import (
@@ -67,7 +66,8 @@ log = logging.getLogger(__name__)
 
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
-DEFAULT_MAX_PIXELS = int(DEFAULT_MAX_MEGAPIXELS * 1e6)  # serve.max_megapixels' default
+#: The pixel limit of an upload by default (``serve.max_megapixels`` reads it from here).
+DEFAULT_MAX_PIXELS = 50_000_000
 #: Most scans a JPEG upload may have (real files: 1 to about 15; see :mod:`neuralcodes.jpegscans`).
 DEFAULT_MAX_SCANS = 300
 #: Most memory one decode may need (uploads): 7000x7000 PNGs fit (in strips), 5 MP WebPs do.

@@ -66,7 +66,7 @@ from neuralcodes.model import checkpoint_meta, count_parameters
 from neuralcodes.model.build import build_model
 from neuralcodes.model.checkpoint import load_checkpoint, set_rng_state
 from neuralcodes.progress import bar as progress_bar
-from neuralcodes.runs import RunDir, check_same_splits
+from neuralcodes.runs import CHECKPOINTS, RunDir, check_same_splits
 from neuralcodes.runtime import threads
 from neuralcodes.training.batches import SplitData, epoch_order
 from neuralcodes.training.context import interrupt_flag, log_file
@@ -170,7 +170,7 @@ def _check_arguments(cfg: Config, dist: Dist, resume: bool, start_from: str) -> 
     if cfg.train.batch_size % dist.world:
         raise NeuralCodesError(f"--batch-size {cfg.train.batch_size} is not divisible by the "
                                f"{dist.world} processes")
-    if start_from not in ("last", "best"):
+    if start_from not in CHECKPOINTS:
         raise NeuralCodesError(f"unknown --from '{start_from}' (choose last or best)")
     if start_from == "best" and not resume:
         raise NeuralCodesError("--from best continues a run: use it with --resume RUN")

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 #: The shared 40-class real-image zip (never copied into the repo); tests skip without it.
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-40.zip"
@@ -140,6 +140,39 @@ def make_tiny_imagenet(root: Path, n_classes: int = 6, per_class: int = 20, *,
     return base
 
 
+#: The sizes (width, height) :func:`make_image_folder` cycles through: larger, smaller,
+#: non-square and square, so every image is resized to 64x64 by the bounded decoder.
+FOLDER_SIZES = ((97, 64), (48, 80), (64, 64), (130, 101), (40, 40))
+
+
+def folder_classes(n_classes: int) -> list[str]:
+    """The class folder names ``make_image_folder`` uses (already sorted): a-ants, b-bees, ..."""
+    names = ["ants", "bees", "cats", "dogs", "eels", "foxes", "gnus", "hens", "ibis", "jays"]
+    return [f"{chr(97 + i)}-{names[i % len(names)]}" for i in range(n_classes)]
+
+
+def make_image_folder(root: Path, n_classes: int = 6, per_class: int = 10) -> Path:
+    """A labelled image folder under ``root/images``: one subfolder per class
+    (:func:`folder_classes`), images of mixed sizes (:data:`FOLDER_SIZES`) alternating JPEG
+    (``.jpg``) and PNG (``.PNG``, an upper-case suffix), plus a ``notes.txt`` in each class and
+    a hidden folder, both ignored. Learnable like :func:`make_tiny_imagenet`'s images."""
+    rng = np.random.default_rng(4321)
+    base = Path(root) / "images"
+    (base / ".thumbnails").mkdir(parents=True, exist_ok=True)
+    for c, name in enumerate(folder_classes(n_classes)):
+        folder = base / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "notes.txt").write_text("not an image\n")
+        for i in range(per_class):
+            w, h = FOLDER_SIZES[(c + i) % len(FOLDER_SIZES)]
+            img = Image.fromarray(class_image(c, n_classes, rng, size=(h, w)))
+            if i % 2:
+                img.save(folder / f"img{i:03d}.PNG")
+            else:
+                img.save(folder / f"img{i:03d}.jpg", quality=90)
+    return base
+
+
 # ----------------------------------------------------------------------------- tiny runs
 
 TINY_MODEL = ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, dropout=0.0)
@@ -190,7 +223,7 @@ def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
                      train=TrainConfig(max_epochs=2, batch_size=16, lr=1e-2, device="cpu"))
         train(cfg, out, progress=False)
     if not RunDir(out).eval_json.is_file():
-        evaluate(out, progress=False, device="cpu")
+        evaluate(TrainedRun.open(out, device="cpu", progress=False))
     return out
 
 

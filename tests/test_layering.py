@@ -6,9 +6,9 @@ The rules, in words:
 1. No import cycle between modules, nor between the package's parts (a top-level module such as
    ``runs`` or ``evaluation``, or a subpackage such as ``training/``): whatever a part imports
    never imports it back.
-2. The foundation (configuration, errors, files, the run directory, data, model, kernels) never
-   imports the stages (training, evaluation, retrieval, report), what plans and drives them, or
-   the entry points built on it.
+2. The foundation (configuration, errors, files, the run directory, datasets, data, model,
+   kernels) never imports the stages (training, evaluation, retrieval, report), what plans and
+   drives them, or the entry points built on it.
 3. The entry points are imported by nobody but themselves: ``cli/`` by ``__main__`` only,
    ``web/`` by ``cli/`` only; and only ``cli/`` parses arguments (``argparse``).
 """
@@ -23,7 +23,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neuralcodes"
 
 #: Rule 2: the foundation's parts ...
-FOUNDATION = ("config", "errors", "files", "runs", "data", "model", "kernels")
+FOUNDATION = ("config", "errors", "files", "runs", "datasets", "data", "model", "kernels")
 #: ... never import these: the stages, what drives them, and the entry points.
 ABOVE_FOUNDATION = ("training", "evaluation", "retrieval", "report", "estimate", "plan",
                     "pipeline", "web", "cli")

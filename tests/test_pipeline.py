@@ -158,11 +158,11 @@ def test_plan_records_each_stage_estimate_beside_its_measured_time(tmp_path, cap
     """The plan logs each stage's estimate; timings.json keeps it beside the measured time."""
     from helpers import make_tiny_imagenet
 
-    source = make_tiny_imagenet(tmp_path / "src", 6, 100)  # 320 training images
+    source = make_tiny_imagenet(tmp_path / "src", 6, 60)  # 192 training images
     argv = ["run", "--preset", "quick", "--data", str(source), "--cache-dir",
             str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--no-progress",
             "--set", "model.conv_widths=[16,16,16,16,16]", "--set", "model.fc_width=64",
-            "--set", "train.max_epochs=4", "--set", "train.patience=9", "--set",
+            "--set", "train.max_epochs=2", "--set", "train.patience=9", "--set",
             "data.ood_classes=2", "--set", "retrieval.pca_dims=[4,8]"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().err  # the plan is logged (stderr); stdout gets the report's path
@@ -223,8 +223,8 @@ def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config,
 
     def spying_build(*args: object, **kwargs: object) -> object:
         model = real_build(*args, **kwargs)
-        codes = model.codes
-        model.codes = lambda x, layers: batches.append(len(x)) or codes(x, layers=layers)
+        codes = model.forward_intermediates
+        model.forward_intermediates = lambda x, names: batches.append(len(x)) or codes(x, names)
         return model
 
     monkeypatch.setattr(estimate, "build_model", spying_build)

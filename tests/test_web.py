@@ -25,7 +25,7 @@ from neuralcodes.data import Dataset, Splits, make_splits
 from neuralcodes.files import read_json, write_json
 from neuralcodes.retrieval import load_codes, read_image
 from neuralcodes.retrieval.metrics import chance_average_precision
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
@@ -78,7 +78,8 @@ def own_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def index_file(run: Path, own_images: dict[str, Path]) -> Path:
     from neuralcodes.retrieval import build_index
 
-    path, n, failed = build_index(own_images["folder"], run, device="cpu", progress=False)
+    path, n, failed = build_index(own_images["folder"],
+                                  TrainedRun.open(run, device="cpu", progress=False))
     assert n == 3 and [p.name for p, _ in failed] == ["broken.png"]
     return path
 
@@ -205,8 +206,10 @@ def test_search_by_id_validates_k(client, query):
 def test_search_by_id_with_a_method_adds_its_column_and_explains_each_hit(client, run):
     import torch
 
+    from neuralcodes.retrieval.codes import ood_codes
     from neuralcodes.retrieval.methods import pooling
-    from neuralcodes.retrieval.rundata import RunData
+    from neuralcodes.runs import TrainedRun
+    from neuralcodes.runtime import to_input
 
     assert client.get("/api/info").json()["methods"][:2] == ["mac", "spoc"]
     r = client.get("/api/search/5?k=4&method=spoc").json()
@@ -214,13 +217,12 @@ def test_search_by_id_with_a_method_adds_its_column_and_explains_each_hit(client
     column = r["layers"][-1]
     assert column["method"] == "spoc" and 0 <= column["ap"] <= 1
     # the column ranks by SPoC of the conv5 maps, as the library computes them
-    rd = RunData.open(run, device="cpu", progress=False)
-    images = rd.images(rd.ood_codes(False).index)
+    trained = TrainedRun.open(run, device="cpu", progress=False)
+    codes = ood_codes(trained, False)
     with torch.inference_mode():
-        maps = rd.model.feature_maps(torch.as_tensor(np.array(images)).permute(0, 3, 1, 2)
-                                     .float().div(255), ("conv5",))["conv5"]
-    db = pooling.spoc(maps)
-    order, scores, _ = expected_ranking(db, np.asarray(rd.ood_codes(False).labels), 5)
+        maps = trained.model.forward_intermediates(to_input(trained.images(codes.index)),
+                                                   ("conv5",))["conv5"]
+    order, scores, _ = expected_ranking(pooling.spoc(maps), np.asarray(codes.labels), 5)
     assert [h["id"] for h in column["hits"]] == order[:4].tolist()
     np.testing.assert_allclose([h["score"] for h in column["hits"]], scores[:4], atol=1e-4)
     png_ = client.get(f"/api/why/5/{column['hits'][0]['id']}.png?method=spoc")

@@ -13,7 +13,8 @@ stage's fingerprint holds the settings that change its result and the digests of
 fingerprints of the artifacts it reads, so a change anywhere upstream reaches everything
 downstream. Every artifact carries its own fingerprint under the name ``made_by``:
 
-- JSON (eval.json, map.json, top{k}.json, evidence.json, pca.json, methods.json): a ``made_by`` key;
+- JSON (eval.json, map.json, top{k}.json, evidence.json, pca.json, methods.json, a cache's
+  manifest.json): a ``made_by`` key;
 - .npz (codes, indexes): a ``made_by`` member holding the JSON text;
 - PNG (figures): a ``made_by`` text chunk;
 - Markdown / HTML (the report): a last line ``<!-- made_by: {...} -->``.
@@ -43,7 +44,7 @@ KEY = "made_by"
 #: Format version of each stage's artifacts: bump one when what the stage writes changes, and
 #: every artifact written before is recomputed.
 FORMATS: dict[str, int] = {"eval": 1, "codes": 1, "map": 1, "figures": 1, "evidence": 1,
-                           "pca": 1, "report": 1, "index": 1, "methods": 1}
+                           "pca": 1, "report": 1, "index": 1, "cache": 1, "methods": 1}
 _MD_PREFIX = "<!-- made_by: "
 _MD_SUFFIX = " -->"
 _HASHES: dict[tuple[str, int, int], tuple[str, int]] = {}  # (path, size, mtime_ns) -> (sha, epoch)
@@ -108,6 +109,15 @@ def digest(fp: Fingerprint) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cache_fingerprint(dataset: str, files: str, cache_format: int,
+                      image_shape: Sequence[int]) -> Fingerprint:
+    """An image cache (its ``manifest.json``): which dataset read which files (``files``: the
+    source's content checksum), into which cache format and image shape. Its :func:`digest`
+    names the cache folder, so a changed source is decoded into a new cache."""
+    return make("cache", settings={"dataset": dataset, "cache.format": cache_format,
+                                   "image_shape": list(image_shape)}, inputs={"files": files})
+
+
 def eval_fingerprint(weights: dict[str, Any], precision: str, splits_hash: str) -> Fingerprint:
     """eval.json: the weights evaluated, in which precision, on which partition."""
     return make("eval", weights=weights, settings={"train.precision": precision,
@@ -115,11 +125,16 @@ def eval_fingerprint(weights: dict[str, Any], precision: str, splits_hash: str) 
 
 
 def codes_fingerprint(weights: dict[str, Any], split: str, relu: bool, precision: str,
-                      splits_hash: str) -> Fingerprint:
-    """codes/<split>-<pre|post>relu.npz (layers 5, 6 and 7)."""
-    return make("codes", weights=weights, settings={
-        "split": split, "relu": bool(relu), "train.precision": precision,
-        "data.splits_hash": splits_hash})
+                      splits_hash: str, layers: Sequence[str] = (),
+                      paper: Sequence[str] = ()) -> Fingerprint:
+    """codes/<split>-<pre|post>relu.npz: the paper's codes (layers 5, 6 and 7) and any other
+    code layer; ``layers`` is recorded only when it is not just the ``paper``'s, so files
+    written before it was recorded stay current."""
+    settings = {"split": split, "relu": bool(relu), "train.precision": precision,
+                "data.splits_hash": splits_hash}
+    if tuple(layers) != tuple(paper):
+        settings["layers"] = list(layers)
+    return make("codes", weights=weights, settings=settings)
 
 
 def map_fingerprint(codes: dict[bool, Fingerprint], layers: Sequence[str]) -> Fingerprint:

@@ -29,7 +29,7 @@ from neuralcodes.estimate import (
     seconds_per_epoch,
 )
 from neuralcodes.files import read_json, write_json
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
     # no stage header before the data is read: a bad --data ends in its one error line alone
     dataset, splits = data.load_data(cfg.data, progress=progress)
+    _check_database(cfg, len(splits.ood))
     _stage("prepared")
     _log_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
@@ -69,27 +70,39 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         with timings.stage("train"):
             train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
-    # every later stage reruns exactly when what made its files changed (neuralcodes.lineage)
+    # every later stage reruns exactly when what made its files changed (neuralcodes.lineage);
+    # the trained run is opened once and passed to each
+    trained = TrainedRun.open(rd.root, cfg, progress=progress)
     _stage("evaluate")
     with timings.stage("evaluate", [rd.eval_json]):
-        evaluate(rd.root, progress=progress, device=cfg.train.device,
-                 precision=cfg.train.precision)
+        evaluate(trained)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
     with timings.stage("retrieval", [rd.map_json, rd.top_json(cfg.retrieval.k),
                                      rd.evidence_json, rd.pca_json]):
-        retrieval.run_study(rd.root, config=cfg, progress=progress, methods=False)
+        retrieval.run_study(trained, methods=False)
 
     if cfg.retrieval.method_families():
         _stage("methods study: pooled conv descriptors, whitening, re-ranking")
-        with timings.stage("methods", [rd.methods_json]):
-            run_methods(rd.root, config=cfg, progress=progress)
+        with timings.stage("methods", [rd.methods_file("json")]):
+            run_methods(trained)
 
     _stage("report")
     md, html = write_report(rd.root, config=cfg)
     minutes = (time.perf_counter() - start) / 60
     log.info(f"\nDone in {minutes:.1f} min. Report: {md}\n                     {html}")
     return md
+
+
+def _check_database(cfg: Config, n_ood: int) -> None:
+    """The retrieval settings against the ood images there are (the configuration checks them
+    only where the dataset fixes its images per class)."""
+    r = cfg.retrieval
+    if r.k > n_ood - 1 or r.figure_queries > n_ood:
+        raise NeuralCodesError(f"retrieval.k ({r.k}) and retrieval.figure_queries "
+                               f"({r.figure_queries}) must fit the {n_ood} out-of-domain images "
+                               "(k at most one fewer): lower them with --set retrieval.k=N "
+                               "--set retrieval.figure_queries=N, or add images")
 
 
 class _Timings:

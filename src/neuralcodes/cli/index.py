@@ -11,7 +11,7 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-from neuralcodes.retrieval.codes import DEFAULT_BATCH
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES
 from neuralcodes.text import printable
 
@@ -28,7 +28,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    "keeps their paths, which `neuralcodes search --index` prints")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--out", help="index file (default: RUN/retrieval/index-<folder>.npz)")
-    p.add_argument("--relu", choices=("pre", "post"),
+    p.add_argument("--relu", choices=tuple(VARIANT.values()),
                    help="default: the run's retrieval.relu")
     add_batch_size_option(p, DEFAULT_BATCH)
     add_progress_option(p)
@@ -39,17 +39,17 @@ def register(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.files import require_folder
     from neuralcodes.retrieval import build_index
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
+    relu = cfg.retrieval.relu if args.relu is None else args.relu == VARIANT[True]
     if args.out:
         require_folder(args.out, "index file")  # before the lock: nothing written on a typo
     with run_lock(args.run, "index"):
-        path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
-                                      device=cfg.train.device, precision=cfg.train.precision,
-                                      batch_size=args.batch_size,
-                                      progress=not args.no_progress)
+        run = TrainedRun.open(args.run, cfg, progress=not args.no_progress,
+                              batch_size=args.batch_size)
+        path, n, failed = build_index(args.folder, run, out=args.out, relu=relu,
+                                      batch_size=args.batch_size)
     for _, why in failed:  # names escaped: a file name cannot drive the terminal
         print(f"skipped: {printable(why)}")
     print(f"{printable(path)}: {n:,} images indexed"

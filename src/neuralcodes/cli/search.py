@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neuralcodes import features
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
 from neuralcodes.text import printable
 
-LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
 #: The pooling methods of neuralcodes.retrieval.methods.REGISTRY (the CLI does not import the
 #: library to build its parser; tests/test_methods.py checks they agree).
 POOLING_METHODS = ("mac", "spoc", "spoc-centre", "gem", "gem-fit", "rmac")
@@ -26,9 +26,10 @@ def register(p: argparse.ArgumentParser) -> None:
                    "non-square image is squeezed, as `neuralcodes index` does with its images")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--index", help="folder index file (default: the run's ood set)")
-    p.add_argument("--layer", choices=LAYERS,
+    p.add_argument("--layer", choices=features.code_names(),  # read now: registered ones too
                    help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
-                   "else its first layer)")
+                   "else its first layer): " + "; ".join(
+                       f"{f.name}: {f.meaning}" for f in features.features("code")))
     p.add_argument("--method", metavar="NAME",
                    help="rank by a pooled descriptor of the conv5 map instead of a layer's "
                    f"codes (the ood set only): {', '.join(POOLING_METHODS)} (see "
@@ -46,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes import imageio, lineage
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import search
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     saved = RunDir.existing(args.run).read_config()
     cfg = run_config(args, saved)
@@ -65,9 +66,9 @@ def main(args: argparse.Namespace) -> int:
             else cfg.retrieval.relu)
     # everything that can fail runs before the first line is printed
     with console_logging():  # a line on stderr if the ood codes must be recomputed
-        hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
-                      figure=args.figure, device=cfg.train.device,
-                      precision=cfg.train.precision, relu=relu, progress=True)
+        run = TrainedRun.open(args.run, cfg, reader=True)
+        hits = search(args.image, run, index=args.index, layer=layer, k=k,
+                      figure=args.figure, relu=relu)
     if relu is None:
         relu = bool((lineage.recorded(args.index) or {}).get("settings", {}).get("relu"))
     _, width, height = imageio.probe(args.image, formats=None)  # as displayed (EXIF)
@@ -110,10 +111,11 @@ def _method_search(args: argparse.Namespace, cfg: Any, k: int) -> int:
         if value:
             raise NeuralCodesError(f"{flag} does not go with --method (it ranks the ood set by "
                                    "a pooled conv5 descriptor)")
+    from neuralcodes.runs import TrainedRun
+
     with console_logging():
-        hits = search_with_method(args.image, args.run, args.method, k=k, why=args.why,
-                                  device=cfg.train.device, precision=cfg.train.precision,
-                                  progress=True)
+        hits = search_with_method(args.image, TrainedRun.open(args.run, cfg, reader=True),
+                                  args.method, k=k, why=args.why)
     print(f"method {args.method} (pooled conv5 descriptor), the ood set:", flush=True)
     _print_hits(hits, "why similar", args.why)
     return 0

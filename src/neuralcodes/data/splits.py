@@ -24,7 +24,8 @@ SPLIT_FIELDS = ("ood_classes", "ood_wnids", "ood_random", "seed", "fractions", "
 
 @dataclass
 class Splits:
-    """Index arrays into a :class:`Dataset` (int64), and which classes are in-domain."""
+    """Index arrays into a :class:`~neuralcodes.data.dataset.Dataset` (int64), and which classes
+    are in-domain."""
 
     train: np.ndarray
     val: np.ndarray
@@ -129,7 +130,8 @@ def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:
             ood = list(range(n - min(k, n), n))
     if len(ood) >= n:
         raise NeuralCodesError(f"{len(ood)} out-of-domain classes leave no in-domain class "
-                               f"(only {n} classes used)")
+                               f"(only {n} classes used): set data.ood_classes below {n} "
+                               "(--set data.ood_classes=N) or add classes")
     return ood
 
 

@@ -12,15 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.course import course_reference
 from neuralcodes.files import read_json
 from neuralcodes.retrieval.scores import chance_levels, equal_class_sizes, labels_of_sizes
 from neuralcodes.runs import RunDir
-
-#: The layers whose codes are studied.
-LAYERS: tuple[str, ...] = ("5", "6", "7")
-
 
 # --------------------------------------------------------------------------- reading
 
@@ -57,11 +53,12 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
         "retrieval": _retrieval_facts(rd, lin, k),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
+        "dataset": dataset_facts(saved),
         "timings": _read_optional(rd.timings),
         # How the text names the artifacts it cites (relative to the run directory).
         "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
             ("map", rd.map_json), ("pca", rd.pca_json), ("evidence", rd.evidence_json),
-            ("methods", rd.methods_json),
+            ("methods", rd.methods_file("json")),
             ("train_state", rd.train_state), ("eval", rd.eval_json))},
     }
     facts["chance"] = _chance(facts["retrieval"]["map"], saved.get("data", {}))
@@ -70,6 +67,15 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
     facts["made_by"] = lin.made_by
     facts["stale"] = lin.stale
     return facts
+
+
+def dataset_facts(saved: dict[str, Any]) -> dict[str, Any]:
+    """The run's dataset: its name, title, and whether the course's reference numbers are for
+    it (runs from before datasets were named trained on Tiny ImageNet, the only one then)."""
+    from neuralcodes import datasets as registry
+
+    spec = registry.get(str(saved.get("data", {}).get("dataset", registry.DEFAULT)))
+    return {"name": spec.name, "title": spec.title, "course": spec.course}
 
 
 class _Lineage:
@@ -124,14 +130,15 @@ def _retrieval_facts(rd: RunDir, lin: _Lineage, k: int) -> dict[str, Any]:
                            "pca": lin.read(rd.pca_json, again),
                            "evidence": lin.read(rd.evidence_json, again)}
     combined = rd.top_figure(k)
-    per_layer = [rd.top_figure(k, layer) for layer in LAYERS]
+    per_layer = [rd.top_figure(k, layer) for layer in features.code_names()]
     # each layer's figure at a legible size; the layers side by side as one more figure
     out["figures"] = [p for p in per_layer if p.is_file() and lin.current(p, again)]
     out["combined_figure"] = (combined if combined.is_file() and lin.current(combined, again)
                               else None)
     out["pca_plot"] = rd.pca_plot if lin.current(rd.pca_plot, again) else None
-    out["methods"] = lin.read(rd.methods_json, again)
-    out["methods_plot"] = rd.methods_plot if lin.current(rd.methods_plot, again) else None
+    out["methods"] = lin.read(rd.methods_file("json"), again)
+    plot = rd.methods_file("png")
+    out["methods_plot"] = plot if lin.current(plot, again) else None
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from neuralcodes import features
 from neuralcodes.report import analysis
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ def render(facts: dict[str, Any]) -> str:
         "pca": analysis.pca(facts), "methods": analysis.methods(facts),
         "techniques": analysis.techniques(facts),
         "quality": analysis.quality(facts),
+        "names": features.labels(),  # how the text names each layer (the model declares it)
+        # the course's reference numbers only beside a run of the course's dataset
+        "vs_course": facts["dataset"]["course"],
     }
     text = _environment(base).get_template("report.md.j2").render(**view)
     text = re.sub(r"\n+(#+ )", r"\n\n\1", text)  # a blank line before every heading

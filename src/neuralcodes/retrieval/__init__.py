@@ -8,7 +8,6 @@
     index.py     CodeIndex: the one exact top-k (exact_top_k) or FAISS IVF/HNSW
     pca.py       PCA of codes and the PCA study
     evidence.py  measured layer differences with their baselines
-    rundata.py   RunData: a trained run opened for retrieval, loaded lazily
     study.py     run_study: the ood study (map.json, figures, evidence.json, pca.json)
     search.py    Searcher, build_index, search, Hit: own images against the ood set or an index
     methods/     beyond the paper: pooled conv descriptors, whitening, re-ranking and their
@@ -22,8 +21,8 @@ from neuralcodes.retrieval.codes import (
     CodeSet,
     extract_code_variants,
     extract_codes,
-    gather_images,
     l2_normalize,
+    ood_codes,
     run_codes,
     split_indices,
 )
@@ -39,7 +38,6 @@ from neuralcodes.retrieval.metrics import (
     self_retrieval_metrics,
 )
 from neuralcodes.retrieval.pca import PCA, pca_study
-from neuralcodes.retrieval.rundata import RunData
 from neuralcodes.retrieval.search import Hit, Searcher, build_index, search
 from neuralcodes.retrieval.study import PCA_FIT_IMAGES, evaluate_codes, run_study
 
@@ -47,10 +45,10 @@ load_codes = CodeSet.load  #: read a codes file (the name other modules import)
 
 __all__ = [
     "DEFAULT_BATCH", "KINDS", "PCA", "PCA_FIT_IMAGES", "SPLITS", "VARIANT", "CodeIndex", "CodeSet",
-    "Hit", "RankingMetrics", "RunData", "Searcher", "build_index", "chance_average_precision",
+    "Hit", "RankingMetrics", "Searcher", "build_index", "chance_average_precision",
     "chance_map", "colour_histograms", "evaluate_codes", "exact_top_k", "extract_code_variants",
-    "extract_codes", "gather_images", "image_files", "l2_normalize", "layer_evidence",
-    "load_codes", "paired_bootstrap", "pca_study", "ranking_metrics", "read_image",
+    "extract_codes", "image_files", "l2_normalize", "layer_evidence",
+    "load_codes", "ood_codes", "paired_bootstrap", "pca_study", "ranking_metrics", "read_image",
     "read_images", "run_codes", "run_study", "search", "self_retrieval_metrics",
     "split_indices",
 ]

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
 from neuralcodes.files import require_folder
-from neuralcodes.model import CODE_LAYERS
-from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract_codes
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, VARIANT, CodeSet, extract_codes, ood_codes
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
 from neuralcodes.retrieval.index import CodeIndex
-from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
 
 
@@ -39,17 +38,15 @@ class Hit:
 class Searcher:
     """A trained run's model plus a database of codes (the ood set, or a folder index)."""
 
-    def __init__(self, run: str | Path, *, index: str | Path | None = None,
-                 relu: bool | None = None, device: str = "auto", precision: str | None = None,
-                 kind: str = "exact", progress: bool = False) -> None:
-        """``precision`` None: the run's own (``train.precision``), for the query codes and
-        for the ood codes when they have to be computed."""
-        self.run = RunData.open(run, device=device, precision=precision, progress=progress,
-                                reader=True)
+    def __init__(self, run: TrainedRun, *, index: str | Path | None = None,
+                 relu: bool | None = None, kind: str = "exact") -> None:
+        """The query codes (and the ood codes, when they have to be computed) are computed
+        on the run's device in its precision (``train.precision``)."""
+        self.run = run
         self.kind = kind
         if index is None:
             self.relu = self.run.relu(relu)
-            self.codes = self.run.ood_codes(self.relu)
+            self.codes = ood_codes(self.run, self.relu)
             self.paths = [self.run.dataset.paths[int(i)] for i in self.codes.index]
             self.labels = self.run.class_names(self.codes.labels)
             self.source = "ood"
@@ -91,7 +88,7 @@ class Searcher:
         return read_image(self.paths[position])
 
 
-def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> CodeSet:
+def open_index(index: str | Path, run: TrainedRun, relu: bool | None = None) -> CodeSet:
     """A folder index, refused in one line unless it was made by this run's current weights,
     in the precision and ReLU variant asked for, and holds one path per code."""
     path = Path(index)
@@ -132,12 +129,12 @@ def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> Cod
     return codes
 
 
-def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None = None,
-                relu: bool | None = None, device: str = "auto", precision: str | None = None,
-                batch_size: int = DEFAULT_BATCH, progress: bool = True
-                ) -> tuple[Path, int, list[tuple[Path, str]]]:
-    """Codes of every image under ``folder``, in ``precision`` (None: the run's own): (index
-    file, images indexed, [(path, why)] of the files that could not be read)."""
+def build_index(folder: str | Path, run: TrainedRun, *,
+                out: str | Path | None = None, relu: bool | None = None,
+                batch_size: int = DEFAULT_BATCH) -> tuple[Path, int, list[tuple[Path, str]]]:
+    """Codes of every image under ``folder`` (the run's code layers, on its device, in its
+    precision): (index file, images indexed, [(path, why)] of the files that could not be
+    read). Needs the run's checkpoint and config only, not its dataset."""
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
     if out:
@@ -147,42 +144,42 @@ def build_index(folder: str | Path, run: str | Path, *, out: str | Path | None =
     if not files:  # before any progress bar or loading: the error line stands alone
         raise NeuralCodesError(f"{folder}: no readable images found (no image files: "
                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    r = RunData.open(run, device=device, precision=precision, progress=progress,
-                     batch_size=batch_size)
+    r = run
+    progress = r.progress
     images, ok, failed = read_images(files, progress)
     if not ok:
         raise NeuralCodesError(f"{folder}: no readable images found"
                                + (f" ({len(failed)} unreadable)" if failed else ""))
     use_relu = r.relu(relu)
-    layers = extract_codes(r.model, images, CODE_LAYERS, use_relu, batch_size, None,
+    names = features.code_layers(r.config.retrieval.layers)
+    layers = extract_codes(r.model, images, names, use_relu, batch_size, None,
                            r.precision, progress)
     path = Path(out) if out else r.dir.index(folder.resolve().name)
     made_by = lineage.index_fingerprint(
         lineage.weights_identity(r.dir.best_checkpoint), r.dir.root.resolve().name, use_relu,
-        r.precision, CODE_LAYERS, {layer: int(x.shape[1]) for layer, x in layers.items()},
+        r.precision, names, {layer: int(x.shape[1]) for layer, x in layers.items()},
         len(ok))
     CodeSet(layers, np.arange(len(ok)), np.full(len(ok), -1), use_relu,
             [str(p) for p in ok], r.precision, made_by).save(path)
     return path, len(ok), failed
 
 
-def search(image: str | Path | np.ndarray, run: str | Path, *, index: str | Path | None = None,
-           layer: str = "6", k: int = 5, figure: str | Path | None = None,
-           device: str = "auto", precision: str | None = None, relu: bool | None = None,
-           progress: bool = False) -> list[Hit]:
+def search(image: str | Path | np.ndarray, run: TrainedRun, *,
+           index: str | Path | None = None, layer: str = "6", k: int = 5,
+           figure: str | Path | None = None, relu: bool | None = None) -> list[Hit]:
     """Rank the database (ood set by default, or a folder index) for one query image; the
-    query's codes are computed in ``precision`` (None: the run's own) and ``relu`` (None: the
+    query's codes are computed on the run's device in its precision and ``relu`` (None: the
     run's ``retrieval.relu`` for the ood set, the index's own for an index). Stale ood codes
-    are recomputed first (with a progress bar if ``progress``)."""
+    are recomputed first (with a progress bar if the run was opened with ``progress``)."""
     if k < 1:
         raise NeuralCodesError(f"k must be positive, got {k}")
-    if layer not in CODE_LAYERS:
-        raise NeuralCodesError(f"unknown layer '{layer}' (choose from {', '.join(CODE_LAYERS)})")
+    if layer not in features.code_names():
+        raise NeuralCodesError(f"unknown layer '{layer}' (choose from "
+                               f"{', '.join(features.code_names())})")
     if figure:
         figure = require_folder(figure, "figure")
     query = image if isinstance(image, np.ndarray) else read_image(image)
-    s = Searcher(run, index=index, device=device, precision=precision, relu=relu,
-                 progress=progress)
+    s = Searcher(run, index=index, relu=relu)
     hits = s.search_images(query[None], layer, k)[0]
     if figure:
         row = RetrievalRow(query, printable(Path(image).name)

@@ -51,6 +51,8 @@ class Session:
     on_step: Callable[[int, int], None] | None
     interrupt: dict[str, bool]
     plotted: float = -math.inf  # time.monotonic() of the last learning-curve plot
+    course_data: bool = True  # trained on the course's dataset: its curves may be drawn beside
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # rebuilds the network
 
     @property
     def kept(self) -> str:
@@ -62,7 +64,7 @@ class Session:
         per_rank = self.dist.gather({"rng": rng_state(self.device), "partial": partial.cpu()})
         if self.dist.main:
             save_checkpoint(self.run.last_checkpoint, {
-                "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "format": CHECKPOINT_FORMAT, "meta": self.meta, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "world_size": self.dist.world, "ranks": per_rank,
                 "early_stopping": dataclasses.asdict(self.stopping), "metrics": list(self.rows)})
@@ -70,8 +72,8 @@ class Session:
     def save_kept(self, epoch: int, val_loss: float) -> None:
         """Write best.pt: the weights the run keeps (rank 0)."""
         save_checkpoint(self.run.best_checkpoint, {
-            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "epoch": epoch,
-            "val_loss": val_loss, "kept": self.kept})
+            "format": CHECKPOINT_FORMAT, "meta": self.meta, "model": self.model.state_dict(),
+            "epoch": epoch, "val_loss": val_loss, "kept": self.kept})
 
     def write_progress(self, finished: bool) -> None:
         """metrics.jsonl, curves.png and train_state.json, rewritten atomically each epoch."""
@@ -80,10 +82,10 @@ class Session:
         write_text(self.run.metrics, "".join(json.dumps(r) + "\n" for r in self.rows))
         now = time.monotonic()
         if finished or now - self.plotted >= PLOT_INTERVAL_S:  # every epoch of a real run
-            # the course's curves only beside a run of as many classes: a loss of 15 classes and
-            # one of 190 are not on the same scale
+            # the course's curves only beside a run of its dataset with as many classes: a loss
+            # of 15 classes and one of 190 are not on the same scale
             ref = course_reference()
-            same = self.model.num_classes == ref["num_classes"]
+            same = self.course_data and self.model.num_classes == ref["num_classes"]
             plot_learning_curves(self.rows, self.run.curves,
                                  reference=ref["epochs"] if same else None)
             self.plotted = now
@@ -121,6 +123,7 @@ def data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
     """What config.json records about the data: cache, checksums, split sizes, classes."""
     source = dataset.manifest.get("source", {})
     return {
+        "dataset": dataset.spec.name,
         "cache": str(Path(dataset.root).resolve()), "manifest_hash": dataset.manifest_hash,
         "source": source.get("path"), "source_checksum": source.get("checksum"),
         "splits_hash": splits.hash,

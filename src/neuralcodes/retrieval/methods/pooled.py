@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.retrieval.codes import ood_codes
 from neuralcodes.retrieval.methods import REGISTRY, get, pooling
 from neuralcodes.retrieval.methods.features import extract_features, gem_name
 from neuralcodes.runtime import autocast, eval_mode, to_input
@@ -88,7 +89,7 @@ def cell_contributions(query_maps: torch.Tensor, hit_maps: torch.Tensor, name: s
 
 class PooledSearch:
     """The ood set's pooled descriptors of a run (computed on first use, once) and the search
-    and explanation with them. ``run``: a :class:`~neuralcodes.retrieval.rundata.RunData`."""
+    and explanation with them. ``run``: a :class:`~neuralcodes.runs.TrainedRun`."""
 
     def __init__(self, run: Any, methods_table: dict[str, Any] | None = None) -> None:
         self.run = run
@@ -99,7 +100,7 @@ class PooledSearch:
     def _descriptors(self) -> dict[str, np.ndarray]:
         with self._lock:
             if self._db is None:
-                codes = self.run.ood_codes(self.run.relu())
+                codes = ood_codes(self.run, self.run.relu())
                 images = self.run.images(codes.index)
                 ps = sorted({3.0} | ({gem_p("gem-fit", self.table)} if self._has_fit() else set()))
                 feats = extract_features(self.run.model, images, codes.labels, "ood",
@@ -116,7 +117,8 @@ class PooledSearch:
         model = self.run.model
         dev = next(model.parameters()).device
         with eval_mode(model), torch.inference_mode(), autocast(dev, self.run.precision):
-            return model.feature_maps(to_input(np.array(images), dev), (MAP,))[MAP].float().cpu()
+            x = to_input(np.array(images), dev)
+            return model.forward_intermediates(x, (MAP,))[MAP].float().cpu()
 
     def describe(self, images: np.ndarray, name: str) -> np.ndarray:
         """Unit descriptors (N, C) of uint8 images with pooling method ``name``."""
@@ -170,7 +172,7 @@ def methods_table(run: Any) -> dict[str, Any] | None:
     from neuralcodes import lineage
     from neuralcodes.files import read_json
 
-    path = run.dir.methods_json
+    path = run.dir.methods_file("json")
     if not path.is_file():
         return None
     made = lineage.recorded(path) or {}
@@ -186,8 +188,8 @@ def search_with_method(image: Any, run: Any, method: str, *, k: int = 5,
     and one hit, each with the cells' shares of their score as a heat map."""
     from neuralcodes.files import require_folder
     from neuralcodes.retrieval.images import read_image
-    from neuralcodes.retrieval.rundata import RunData
     from neuralcodes.retrieval.search import Hit
+    from neuralcodes.runs import TrainedRun
 
     get(method, "pooling")  # an unknown name: one line, before any work
     if k < 1:
@@ -195,10 +197,11 @@ def search_with_method(image: Any, run: Any, method: str, *, k: int = 5,
     if why:
         why = str(require_folder(why, "--why figure"))
     query = image if isinstance(image, np.ndarray) else read_image(image)
-    r = RunData.open(run, device=device, precision=precision, progress=progress)
+    r = run if isinstance(run, TrainedRun) else TrainedRun.open(
+        run, device=device, precision=precision, progress=progress)
     searcher = PooledSearch(r, methods_table(r))
     ids, scores = searcher.search(searcher.describe(query[None], method)[0], method, k)
-    codes = r.ood_codes(r.relu())
+    codes = ood_codes(r, r.relu())
     names = r.class_names(codes.labels[ids])
     hits = [Hit(rank, float(s), int(i), r.dataset.paths[int(codes.index[i])], name)
             for rank, (i, s, name) in enumerate(zip(ids, scores, names, strict=True), 1)]

@@ -20,18 +20,18 @@ from neuralcodes.retrieval.methods.study import (
     run_methods_study,
     write_methods_figure,
 )
-from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.runs import TrainedRun
 
 log = logging.getLogger(__name__)
 
 
-def run_methods(run: RunData | str | Path, *, config: Config | None = None,
+def run_methods(run: TrainedRun | str | Path, *, config: Config | None = None,
                 relu: bool | None = None, force: bool = False, progress: bool = True,
                 train_images: int = TRAIN_IMAGES) -> dict[str, Any] | None:
     """Write (or keep) the run's methods study of the ``relu`` codes (None: the config's
     ``retrieval.relu``); None when ``retrieval.methods`` is off."""
-    if not isinstance(run, RunData):
-        run = RunData.open(run, config, progress=progress)
+    if not isinstance(run, TrainedRun):
+        run = TrainedRun.open(run, config, progress=progress)
     families = run.config.retrieval.method_families()
     if not families:
         log.info("methods study: off (retrieval.methods=false)")
@@ -42,17 +42,18 @@ def run_methods(run: RunData | str | Path, *, config: Config | None = None,
                     "nothing to fit, tune or rank)")
         return None
     rd = run.dir
-    codes_fp = codes_fingerprint(rd, "ood", run.relu(relu), run.precision)
+    codes_fp = codes_fingerprint(run, "ood", run.relu(relu))
     fp = lineage.methods_fingerprint(codes_fp, families, train_images)
-    if lineage.needs_run("methods study", [rd.methods_json, rd.methods_plot], fp, force=force):
+    table_path, figure = rd.methods_file("json"), rd.methods_file("png")
+    if lineage.needs_run("methods study", [table_path, figure], fp, force=force):
         relu = bool(codes_fp["settings"]["relu"])
-        table = run_methods_study(run.trained, train_images=train_images, relu=relu,
+        table = run_methods_study(run, train_images=train_images, relu=relu,
                                   precision=run.precision, families=families,
                                   progress=run.progress)
         table["verdict"] = verdict(table)
-        write_methods_figure(table, rd.methods_plot, metadata=lineage.png_metadata(fp))
-        write_json(rd.methods_json, lineage.stamped(table, fp))  # last: the figure is current
-    return read_json(rd.methods_json)
+        write_methods_figure(table, figure, metadata=lineage.png_metadata(fp))
+        write_json(table_path, lineage.stamped(table, fp))  # last: the figure is current
+    return read_json(table_path)
 
 
 def _signed(row: dict[str, Any]) -> str:

@@ -42,13 +42,13 @@ import numpy as np
 import torch
 
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.retrieval.codes import DEFAULT_BATCH, gather_images
+from neuralcodes.retrieval.codes import DEFAULT_BATCH
 from neuralcodes.retrieval.methods import FAMILIES, REGISTRY, FitData, get, pooling, reranking
 from neuralcodes.retrieval.methods.features import (
-    PAPER_CODES,
     Features,
     extract_features,
     gem_name,
+    paper_codes,
 )
 from neuralcodes.retrieval.methods.whitening import LearnedWhitening
 from neuralcodes.retrieval.metrics import (
@@ -96,7 +96,7 @@ def run_split_images(trained: Any, split: str, limit: int | None = None) -> Spli
     if limit is not None and len(index) > limit:
         index = np.sort(index[np.random.default_rng(0).choice(len(index), limit,
                                                               replace=False)])
-    return SplitImages(gather_images(trained.dataset.images, index),
+    return SplitImages(trained.images(index),
                        np.asarray(trained.dataset.labels[index], np.int64))
 
 
@@ -140,7 +140,7 @@ def methods_study(
 
     rows: list[_Row] = []
     measure = _Measure(ood, val)
-    for name in PAPER_CODES:
+    for name in paper_codes():
         rows.append(measure(name, "paper", lambda x: x, name))
     for name in _pooled_names(maps):
         params = {"p": gem_p[name.split("/")[0]]} if name.endswith("gem-fit") else {}
@@ -213,7 +213,7 @@ def _describe(model: torch.nn.Module, data: dict[str, SplitImages], maps: Sequen
     ps = {m: sorted({3.0, gem_p[m]}) for m in maps}
     only = {_stored(n, gem_p) for n in _pooled_names(maps)}
     val, ood = (extract_features(model, data[s].images, data[s].labels, s, gem_ps=ps,
-                                 codes=tuple(PAPER_CODES), only=only, **kw)
+                                 codes=tuple(paper_codes()), only=only, **kw)
                 for s in ("val", "ood"))
     for feats in (head, val, ood):  # the fitted GeM under its own name
         for m in maps:
@@ -239,7 +239,7 @@ def _train_features(model: torch.nn.Module, train: SplitImages, head: Features,
         stored = {_stored(b, gem_p) for b in pooled}
         ps = {b.split("/")[0]: [gem_p[b.split("/")[0]]] for b in pooled}
         rest = extract_features(model, train.images[n_fit:], train.labels[n_fit:], "train",
-                                codes=tuple(b for b in bases if b in PAPER_CODES),
+                                codes=tuple(b for b in bases if b in paper_codes()),
                                 gem_ps=ps, only=stored, **kw)
         for b in bases:
             codes[b] = np.concatenate([codes[b], rest.codes[_stored(b, gem_p)

@@ -21,6 +21,7 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from neuralcodes.config import DataConfig
@@ -47,6 +48,7 @@ def _full40(trained: TrainedRun, zip_path: Path, train_images: int) -> dict[str,
 
     view = _View()
     view.dataset, view.splits = dataset, splits  # type: ignore[attr-defined]
+    view.images = lambda index: dataset.images[np.asarray(index)]  # type: ignore[attr-defined]
     return {"train": run_split_images(view, "train", train_images),
             "val": run_split_images(view, "val"), "ood": run_split_images(view, "ood")}
 

@@ -12,7 +12,8 @@ is a trained run loaded for use (config, model, data).
     curves.png             learning curves
     eval.json, eval.csv    cross-entropy, top-1, top-5 on train/val/test
     codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
-    retrieval/             figures (top{k}*), mAP, PCA study, layer evidence, indexes of your images
+    retrieval/             figures (top{k}*), mAP, PCA study, layer evidence
+    indexes/<name>/        `neuralcodes index`: the codes of a folder of your images
     report.md, report.html
     .lock                  held (flock) by the one process writing the run; names it
 """
@@ -202,9 +203,15 @@ class RunDir:
     def pca_plot(self) -> Path:
         return self.retrieval / "pca.png"
 
+    @property
+    def indexes(self) -> Path:
+        """The folder of the run's indexes of the user's images."""
+        return self.root / "indexes"
+
     def index(self, name: str) -> Path:
-        """Where ``neuralcodes index`` puts the codes of a folder of the user's images."""
-        return self.retrieval / f"index-{name}.npz"
+        """Where ``neuralcodes index`` keeps the index ``name`` of a folder of the user's images
+        (a folder: :mod:`neuralcodes.retrieval.collection` names the files inside)."""
+        return self.indexes / name
 
     @property
     def report_md(self) -> Path:

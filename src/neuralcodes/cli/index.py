@@ -8,6 +8,7 @@ from neuralcodes.cli.common import (
     add_batch_size_option,
     add_config_options,
     add_progress_option,
+    console_logging,
     run_config,
     run_lock,
 )
@@ -20,14 +21,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "index", help="index a folder of your own images for `neuralcodes search`",
         description="Compute the neural codes of every image under FOLDER (any size and common "
-        "format; unreadable files are reported and skipped). Each image is resized to 64x64, "
-        "the size of the training images, without keeping its aspect ratio: a non-square "
-        "image is squeezed, as the query of `neuralcodes search` is.")
+        "format; unreadable files are reported and skipped) into RUN/indexes/NAME. Each image "
+        "is resized to 64x64, the size of the training images, without keeping its aspect "
+        "ratio: a non-square image is squeezed, as the query of `neuralcodes search` is. Run "
+        "it again to bring the index up to date: new files are added, deleted ones dropped, "
+        "changed ones (size or modification time) recomputed, and one line says so (+12 new, "
+        "-3 gone, 0 changed, 5,985 kept); an interrupted run resumes where it stopped.")
     p.add_argument("folder", help="the folder of images to index, subfolders included: every "
                    f"file ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case); the index "
-                   "keeps their paths, which `neuralcodes search --index` prints")
+                   "keeps their absolute paths, which `neuralcodes search` prints")
     p.add_argument("--run", required=True, help="trained run directory")
-    p.add_argument("--out", help="index file (default: RUN/retrieval/index-<folder>.npz)")
+    p.add_argument("--name", help="the index's name, for `search --index NAME` (default: the "
+                   "folder's name)")
+    p.add_argument("--out", help="keep the index in this folder instead of RUN/indexes/NAME")
     p.add_argument("--relu", choices=("pre", "post"),
                    help="default: the run's retrieval.relu")
     add_batch_size_option(p, DEFAULT_BATCH)
@@ -39,19 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.files import require_folder
     from neuralcodes.retrieval import build_index
+    from neuralcodes.retrieval.indexing import check_name
     from neuralcodes.runs import RunDir
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
     if args.out:
-        require_folder(args.out, "index file")  # before the lock: nothing written on a typo
-    with run_lock(args.run, "index"):
-        path, n, failed = build_index(args.folder, args.run, out=args.out, relu=relu,
-                                      device=cfg.train.device, precision=cfg.train.precision,
-                                      batch_size=args.batch_size,
-                                      progress=not args.no_progress)
-    for _, why in failed:  # names escaped: a file name cannot drive the terminal
+        require_folder(args.out, "index folder")  # before the lock: nothing written on a typo
+    if args.name:
+        check_name(args.name)
+    with run_lock(args.run, "index"), console_logging():
+        update = build_index(args.folder, args.run, name=args.name, out=args.out, relu=relu,
+                             device=cfg.train.device, precision=cfg.train.precision,
+                             batch_size=args.batch_size, progress=not args.no_progress)
+    for _, why in update.failed:  # names escaped: a file name cannot drive the terminal
         print(f"skipped: {printable(why)}")
-    print(f"{printable(path)}: {n:,} images indexed"
-          + (f", {len(failed)} unreadable" if failed else ""))
+    print(f"{printable(update.path)}: {update.summary()}; {update.count:,} images indexed")
     return 0

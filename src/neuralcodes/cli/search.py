@@ -1,40 +1,50 @@
-"""``neuralcodes search``: the images most similar to IMAGE (ood set or a folder index)."""
+"""``neuralcodes search``: the images most similar to each IMAGE (ood set or a folder index)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
+from neuralcodes.model import CODE_LAYERS
 from neuralcodes.text import printable
 
-LAYERS = ("5", "6", "7")  # as neuralcodes.model.CODE_LAYERS
+SCORES = ("Scores: in an index, the cosine similarity of codes centred by the mean training code "
+          "(layer 5 also reduced by PCA), which spreads over -1..1: 1 is the same image, about 0 "
+          "unrelated, below 0 unlike; in the ood set, the plain cosine of the paper's codes. A "
+          "hit that is the query itself (the same file, or an identical code) is marked.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search", help="find the images most similar to IMAGE",
-        description="Rank the ood set (or an index from `neuralcodes index`) by cosine "
-        "similarity of neural codes to IMAGE and print paths and scores.")
-    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size; it is resized to 64x64 "
-                   "(the size of the training images) without keeping its aspect ratio, so a "
-                   "non-square image is squeezed, as `neuralcodes index` does with its images")
+        description="Rank the ood set (or an index from `neuralcodes index`) by the similarity "
+        "of neural codes to each IMAGE and print rank, score and path. " + SCORES)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="a JPEG, PNG, WebP, ... of any size, or a glob in quotes ('shots/*.jpg', "
+                   "'**' for subfolders); several are searched with one model load; each is "
+                   "resized to 64x64 (the size of the training images) without keeping its "
+                   "aspect ratio, so a non-square image is squeezed, as `neuralcodes index` does "
+                   "with its images")
     p.add_argument("--run", required=True, help="trained run directory")
-    p.add_argument("--index", help="folder index file (default: the run's ood set)")
-    p.add_argument("--layer", choices=LAYERS,
+    p.add_argument("--index", help="an index's name (from `neuralcodes index`, under "
+                   "RUN/indexes/) or folder (default: the run's ood set)")
+    p.add_argument("--layer", choices=CODE_LAYERS,
                    help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
                    "else its first layer)")
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
-    p.add_argument("--figure", help="also save the query and its results as a PNG")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--figure", help="also save the queries and their results as a PNG")
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes import imageio, lineage
+    from neuralcodes import imageio
     from neuralcodes.errors import NeuralCodesError
-    from neuralcodes.retrieval import search
+    from neuralcodes.retrieval import Searcher, search_many
+    from neuralcodes.retrieval.images import expand_images
     from neuralcodes.runs import RunDir
 
     saved = RunDir.existing(args.run).read_config()
@@ -42,9 +52,7 @@ def main(args: argparse.Namespace) -> int:
     k = cfg.retrieval.k if args.k is None else args.k
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
-    if Path(args.image).is_dir():
-        raise NeuralCodesError(f"{args.image} is a folder; search takes one image (to search "
-                               "among a folder's images, index it with `neuralcodes index`)")
+    images = expand_images(args.images)
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
     # an index holds one variant: its own unless retrieval.relu is set on this command
@@ -52,26 +60,41 @@ def main(args: argparse.Namespace) -> int:
             else cfg.retrieval.relu)
     # everything that can fail runs before the first line is printed
     with console_logging():  # a line on stderr if the ood codes must be recomputed
-        hits = search(args.image, args.run, index=args.index, layer=layer, k=k,
-                      figure=args.figure, device=cfg.train.device,
-                      precision=cfg.train.precision, relu=relu, progress=True)
-    if relu is None:
-        relu = bool((lineage.recorded(args.index) or {}).get("settings", {}).get("relu"))
-    _, width, height = imageio.probe(args.image, formats=None)  # as displayed (EXIF)
-    for note in imageio.query_notes(width, height):  # what was done to the query: said once
-        print(f"neuralcodes: note: {printable(args.image)}: {note}", file=sys.stderr,
-              flush=True)
-    # every name is escaped (printable): a file name cannot drive the terminal
-    print(f"layer {layer}, {'post' if relu else 'pre'}-ReLU codes, "
-          f"{'index ' + printable(args.index) if args.index else 'the ood set'}:", flush=True)
-    if len(hits) < k:  # exact search returns min(k, database size) results
+        searcher = Searcher(args.run, index=args.index, device=cfg.train.device,
+                            precision=cfg.train.precision, relu=relu, progress=True)
+        hits = search_many(images, layer=layer, k=k, figure=args.figure, searcher=searcher)
+    notes = []
+    for image in images:
+        _, width, height = imageio.probe(image, formats=None)  # as displayed (EXIF)
+        notes.append(imageio.query_notes(width, height))
+        for note in notes[-1]:  # what was done to the query: said once
+            print(f"neuralcodes: note: {printable(image)}: {note}", file=sys.stderr, flush=True)
+    where = f"index {printable(args.index)}" if args.index else "the ood set"
+    if len(searcher) < k:  # exact search returns min(k, database size) results
         what = "indexed" if args.index else "ood"
         flag = "retrieval.k" if args.k is None else "-k"
-        print(f"neuralcodes: note: {flag} {k} is more than the {len(hits)} {what} images; "
-              f"showing all {len(hits)}", file=sys.stderr, flush=True)
-    for h in hits:
-        print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
-              + (f"  ({printable(h.label)})" if h.label else ""))
+        print(f"neuralcodes: note: {flag} {k} is more than the {len(searcher)} {what} images; "
+              f"showing all {len(searcher)}", file=sys.stderr, flush=True)
+    variant = "post" if searcher.relu else "pre"
+    if args.json:
+        print(json.dumps({
+            "layer": layer, "relu": variant, "database": "ood" if not args.index else
+            printable(args.index), "database_size": len(searcher), "k": k,
+            "score": "cosine" if not args.index else "centred cosine",
+            "queries": [{"image": printable(image), "notes": n, "hits": [
+                {"rank": h.rank, "score": h.score, "path": printable(h.path),
+                 "label": h.label or None, "same": h.same or None} for h in row]}
+                for image, n, row in zip(images, notes, hits, strict=True)]}, indent=1))
+        return 0
+    # every name is escaped (printable): a file name cannot drive the terminal
+    print(f"layer {layer}, {variant}-ReLU codes, {where}:", flush=True)
+    for image, row in zip(images, hits, strict=True):
+        if len(images) > 1:
+            print(f"query {printable(image)}:")
+        for h in row:
+            print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
+                  + (f"  ({printable(h.label)})" if h.label else "")
+                  + (f"  [{h.same}]" if h.same else ""))
     if args.figure:
         print(f"figure: {printable(args.figure)}")
     return 0

@@ -5,11 +5,15 @@
     codes.py     neural codes of images and of a run's splits; CodeSet (the .npz file)
     images.py    the user's own image files as 64x64 RGB (read_image; to move to imageio)
     index.py     CodeIndex: the one exact top-k (exact_top_k) or FAISS IVF/HNSW
+    collection.py  an index of a folder of the user's images on disk (float16, memory-mapped,
+                 centred codes, layer 5 by PCA; FAISS IVF-PQ when large): FolderIndex
+    indexing.py  build_index: build or update it, streamed, incremental, resumable
     pca.py       PCA of codes and the PCA study
     evidence.py  measured layer differences with their baselines
     rundata.py   RunData: a trained run opened for retrieval, loaded lazily
     study.py     run_study: the ood study (map.json, figures, evidence.json, pca.json)
-    search.py    Searcher, build_index, search, Hit: own images against the ood set or an index
+    search.py    Searcher, search, search_many, duplicate_groups, Hit: own images against the
+                 ood set or an index
 """
 
 from neuralcodes.retrieval.codes import (
@@ -27,6 +31,7 @@ from neuralcodes.retrieval.codes import (
 from neuralcodes.retrieval.evidence import colour_histograms, layer_evidence
 from neuralcodes.retrieval.images import image_files, read_image, read_images
 from neuralcodes.retrieval.index import KINDS, CodeIndex, exact_top_k
+from neuralcodes.retrieval.indexing import IndexUpdate, build_index
 from neuralcodes.retrieval.metrics import (
     RankingMetrics,
     chance_average_precision,
@@ -37,17 +42,17 @@ from neuralcodes.retrieval.metrics import (
 )
 from neuralcodes.retrieval.pca import PCA, pca_study
 from neuralcodes.retrieval.rundata import RunData
-from neuralcodes.retrieval.search import Hit, Searcher, build_index, search
+from neuralcodes.retrieval.search import Hit, Searcher, duplicate_groups, search, search_many
 from neuralcodes.retrieval.study import PCA_FIT_IMAGES, evaluate_codes, run_study
 
 load_codes = CodeSet.load  #: read a codes file (the name other modules import)
 
 __all__ = [
-    "DEFAULT_BATCH", "KINDS", "PCA", "PCA_FIT_IMAGES", "SPLITS", "VARIANT", "CodeIndex", "CodeSet",
-    "Hit", "RankingMetrics", "RunData", "Searcher", "build_index", "chance_average_precision",
-    "chance_map", "colour_histograms", "evaluate_codes", "exact_top_k", "extract_code_variants",
-    "extract_codes", "gather_images", "image_files", "l2_normalize", "layer_evidence",
-    "load_codes", "paired_bootstrap", "pca_study", "ranking_metrics", "read_image",
-    "read_images", "run_codes", "run_study", "search", "self_retrieval_metrics",
-    "split_indices",
+    "DEFAULT_BATCH", "KINDS", "PCA", "PCA_FIT_IMAGES", "SPLITS", "VARIANT", "CodeIndex",
+    "CodeSet", "Hit", "IndexUpdate", "RankingMetrics", "RunData", "Searcher", "build_index",
+    "chance_average_precision", "chance_map", "colour_histograms", "duplicate_groups",
+    "evaluate_codes", "exact_top_k", "extract_code_variants", "extract_codes", "gather_images",
+    "image_files", "l2_normalize", "layer_evidence", "load_codes", "paired_bootstrap",
+    "pca_study", "ranking_metrics", "read_image", "read_images", "run_codes", "run_study",
+    "search", "search_many", "self_retrieval_metrics", "split_indices",
 ]

@@ -78,9 +78,9 @@ def own_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def index_file(run: Path, own_images: dict[str, Path]) -> Path:
     from neuralcodes.retrieval import build_index
 
-    path, n, failed = build_index(own_images["folder"], run, device="cpu", progress=False)
-    assert n == 3 and [p.name for p, _ in failed] == ["broken.png"]
-    return path
+    update = build_index(own_images["folder"], run, device="cpu", progress=False)
+    assert update.count == 3 and [p.name for p, _ in update.failed] == ["broken.png"]
+    return update.path
 
 
 @pytest.fixture(scope="module")

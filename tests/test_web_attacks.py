@@ -424,7 +424,7 @@ def hostile_index(web_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     for i, name in enumerate(HOSTILE):
         Image.new("RGB", (70, 70), (40 * i, 200, 90)).save(os.fsencode(folder) + b"/" + name,
                                                             "PNG")
-    index = folder.parent / "hostile-index.npz"
+    index = folder.parent / "hostile-index"
     out = StrictStdout()
     mp = pytest.MonkeyPatch()
     mp.setattr(sys, "stdout", out)
@@ -438,10 +438,10 @@ def hostile_index(web_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def test_index_keeps_names_losslessly(hostile_index):
-    from neuralcodes.retrieval.codes import CodeSet
+    from neuralcodes.retrieval.collection import FolderIndex
 
     folder, index = hostile_index
-    stored = sorted(os.fsencode(p) for p in CodeSet.load(index).paths)
+    stored = sorted(os.fsencode(p) for p in FolderIndex(index).paths)
     assert stored == sorted(os.fsencode(folder) + b"/" + n for n in HOSTILE)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ class Transform:
             with np.load(path) as f:
                 mean = {k[4:]: f[k] for k in f.files if k.startswith("mean")}
                 axes = {k[4:]: f[k] for k in f.files if k.startswith("axes")}
-        except (OSError, ValueError, KeyError, EOFError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise NeuralCodesError(f"{path}: not a readable index transform ({e})") from None
         return cls(mean, axes)
 
@@ -233,7 +234,7 @@ class FolderIndex:
             self.layers = {layer: np.load(folder / data_file(gen, "code", layer), mmap_mode="r")
                            for layer in settings.get("layers", [])}
             self.transform = Transform.load(folder / TRANSFORM)
-        except (OSError, ValueError, KeyError, EOFError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise NeuralCodesError(f"{folder.name}: damaged index ({e}); build it again with "
                                    "`neuralcodes index`") from None
         self._approx = {layer: folder / data_file(gen, "ivfpq", layer) for layer in self.layers

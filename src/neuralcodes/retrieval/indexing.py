@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from neuralcodes.retrieval.collection import (
     write_approx,
     write_manifest,
 )
-from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_images
+from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
 from neuralcodes.retrieval.pca import PCA
 from neuralcodes.retrieval.rundata import RunData
 from neuralcodes.text import printable
@@ -110,9 +111,14 @@ def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
         raise NeuralCodesError(f"{folder}: no readable images found (no image files: "
                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     root = root.resolve()
+    if not any(_readable(p) for p in files):  # before any loading or progress bar, too
+        raise NeuralCodesError(f"{folder}: no readable images found ({len(files)} unreadable)")
     r = run_data or RunData.open(run, device=device, precision=precision, progress=progress,
                                  batch_size=batch_size)
     dest = Path(out).expanduser() if out else r.dir.index(check_name(name or root.name))
+    if dest.exists() and not (dest.is_dir() and (
+            not any(dest.iterdir()) or (dest / TRANSFORM).exists() or read_manifest(dest))):
+        raise NeuralCodesError(f"{dest} exists and is not an index (choose a new folder)")
     use_relu = r.relu(relu)
     weights = lineage.weights_identity(r.dir.best_checkpoint)
     transform, described = _transform(r, dest, weights, use_relu, batch_size, progress)
@@ -154,6 +160,14 @@ def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
         return update  # nothing changed: nothing written
     _write(dest, fp, str(root), old, sources, approx_min)
     return update
+
+
+def _readable(path: Path) -> bool:
+    try:
+        read_image(path)
+        return True
+    except NeuralCodesError:
+        return False
 
 
 def _transform(r: RunData, dest: Path, weights: dict[str, Any], relu: bool, batch_size: int,
@@ -200,10 +214,14 @@ def _current(dest: Path, fp: dict[str, Any], root: str) -> Entries | None:
             f"index {printable(dest.name)} holds the images of {printable(manifest.get('root'))}, "
             f"not {printable(root)}; choose another name (--name)")
     why = lineage.explain(manifest[lineage.KEY], fp)
-    if why:
-        log.info(f"index {printable(dest.name)}: {why}: recomputing every image")
-        return None
-    return Entries.load(dest / data_file(int(manifest["generation"]), "entries"))
+    if why is None:
+        try:
+            return Entries.load(dest / data_file(int(manifest["generation"]), "entries"))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+                NeuralCodesError) as e:
+            why = f"its file list is damaged ({e})"
+    log.info(f"index {printable(dest.name)}: {why}: recomputing every image")
+    return None
 
 
 def _pending(dest: Path, digest: str) -> dict[bytes, tuple[Path, int, int]]:
@@ -216,7 +234,7 @@ def _pending(dest: Path, digest: str) -> dict[bytes, tuple[Path, int, int]]:
                 ok = str(f[lineage.KEY]) == digest
                 size, mtime = f["size"], f["mtime"]
                 names = unpack_names(f["names"], len(size)) if ok else []
-        except (OSError, ValueError, KeyError, EOFError, NeuralCodesError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NeuralCodesError):
             ok = False
         if not ok:
             seg.unlink(missing_ok=True)

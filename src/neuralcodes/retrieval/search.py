@@ -184,8 +184,12 @@ def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> Fol
     if made.get("stage") != "index" or made.get("format") != lineage.FORMATS["index"]:
         raise NeuralCodesError(f"{name} records another format (made by another neuralcodes); "
                                f"{again}")
-    now = lineage.weights_identity(run.dir.best_checkpoint)
     was, settings = made.get("weights") or {}, made.get("settings") or {}
+    if not folder.consistent():
+        raise NeuralCodesError(f"{name} does not hold what it records (code sizes "
+                               f"{settings.get('dims')} of {folder.manifest.get('count')} "
+                               f"images; found {folder.dims()} of {len(folder)}): {again}")
+    now = lineage.weights_identity(run.dir.best_checkpoint)
     if was.get("sha256") != now["sha256"]:
         raise NeuralCodesError(
             f"{name} was made with weights {str(was.get('sha256'))[:12]} (epoch "
@@ -200,10 +204,6 @@ def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> Fol
         raise NeuralCodesError(
             f"{name} holds {VARIANT[folder.relu]}-ReLU codes and {VARIANT[bool(relu)]}-ReLU "
             f"ones were asked for (retrieval.relu): {again} with --relu {VARIANT[bool(relu)]}")
-    if not folder.consistent():
-        raise NeuralCodesError(f"{name} does not hold what it records (code sizes "
-                               f"{settings.get('dims')} of {folder.manifest.get('count')} "
-                               f"images; found {folder.dims()} of {len(folder)}): {again}")
     return folder
 
 

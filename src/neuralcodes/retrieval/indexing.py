@@ -119,6 +119,7 @@ def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
     if dest.exists() and not (dest.is_dir() and (
             not any(dest.iterdir()) or (dest / TRANSFORM).exists() or read_manifest(dest))):
         raise NeuralCodesError(f"{dest} exists and is not an index (choose a new folder)")
+    dest.mkdir(parents=True, exist_ok=True)  # an unwritable place fails before any work
     use_relu = r.relu(relu)
     weights = lineage.weights_identity(r.dir.best_checkpoint)
     transform, described = _transform(r, dest, weights, use_relu, batch_size, progress)

@@ -129,7 +129,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     app.state.decoder = decoder
     app.state.body_budget = budget
     app.state.retrieval = retrieval
-    n_index = 0 if retrieval.index is None else len(retrieval.index.codes)
+    n_index = 0 if retrieval.index is None else len(retrieval.index)
     ImageId = PathParam(ge=0, lt=n, description=f"an ood image id, 0 to {n - 1}")
     IndexId = PathParam(ge=0, lt=max(n_index, 1), description="an index entry id")
     K = Query(retrieval.k, ge=1, le=max_k, description="results per layer")

@@ -76,10 +76,12 @@ def memory(run: Path, n: int, work: Path) -> dict[str, Any]:
     first = index_process(run, folder, "--name", "bench")
     where = run / "indexes" / "bench"
     disk = sum(p.stat().st_size for p in where.rglob("*") if p.is_file())
+    shared = sum(p.stat().st_size for p in (run / "indexes").glob("transform-*.npz"))
     make_images(folder, 10, first=n)
     again = index_process(run, folder, "--name", "bench")
     return {"images": n, "first": first, "disk_bytes": disk,
-            "disk_kb_per_image": round(disk / n / 1024, 2), "after_adding_10": again}
+            "disk_kb_per_image": round(disk / n / 1024, 2), "shared_transform_bytes": shared,
+            "after_adding_10": again}
 
 
 def recall(run: Path, queries: int = 200, k: int = 10) -> dict[str, Any]:
@@ -110,14 +112,15 @@ def recall(run: Path, queries: int = 200, k: int = 10) -> dict[str, Any]:
 def map_cost(run: Path) -> dict[str, Any]:
     """ood mAP of the study's codes (float32) against the index's (centred, layer 5 by PCA,
     float16), same queries, with the paired bootstrap interval of the difference."""
+    from neuralcodes import lineage
     from neuralcodes.retrieval import RunData, paired_bootstrap, self_retrieval_metrics
     from neuralcodes.retrieval.indexing import _transform
 
     r = RunData.open(run, progress=False)
     relu = r.relu(None)
     codes = r.ood_codes(relu)
-    with tempfile.TemporaryDirectory() as tmp:
-        transform, described = _transform(r, Path(tmp), {"sha256": "bench"}, relu, 250, False)
+    weights = lineage.weights_identity(r.dir.best_checkpoint)
+    transform, described = _transform(r, weights, relu, 32, False)  # the run's, as an index
     out: dict[str, Any] = {"relu": relu, "queries": len(codes), "transform": described}
     for layer, x in codes.layers.items():
         full = self_retrieval_metrics(x, codes.labels, ks=(5,))

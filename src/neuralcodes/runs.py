@@ -14,6 +14,7 @@ is a trained run loaded for use (config, model, data).
     codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
     retrieval/             figures (top{k}*), mAP, PCA study, layer evidence
     indexes/<name>/        `neuralcodes index`: the codes of a folder of your images
+    indexes/transform-<pre|post>relu-<precision>.npz   what their codes are centred/reduced by
     report.md, report.html
     .lock                  held (flock) by the one process writing the run; names it
 """
@@ -207,6 +208,11 @@ class RunDir:
     def indexes(self) -> Path:
         """The folder of the run's indexes of the user's images."""
         return self.root / "indexes"
+
+    def index_transform(self, relu: bool, precision: str) -> Path:
+        """The codes' transform (centring, layer-5 PCA, fitted on training codes) that the run's
+        indexes of one ReLU variant and precision share."""
+        return self.indexes / f"transform-{'post' if relu else 'pre'}relu-{precision}.npz"
 
     def index(self, name: str) -> Path:
         """Where ``neuralcodes index`` keeps the index ``name`` of a folder of the user's images

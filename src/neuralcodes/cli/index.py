@@ -12,8 +12,8 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-from neuralcodes.retrieval.codes import DEFAULT_BATCH
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES
+from neuralcodes.retrieval.indexing import FORWARD_BATCH
 from neuralcodes.text import printable
 
 
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="keep the index in this folder instead of RUN/indexes/NAME")
     p.add_argument("--relu", choices=("pre", "post"),
                    help="default: the run's retrieval.relu")
-    add_batch_size_option(p, DEFAULT_BATCH)
+    add_batch_size_option(p, FORWARD_BATCH)
     add_progress_option(p)
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)

@@ -6,15 +6,16 @@
     manifest.json        made_by (lineage: weights, ReLU variant, precision, code sizes,
                          transform), the folder's absolute root, the generation, the count and
                          the data files of that generation
-    transform.npz        per layer the mean training code, and for layer 5 the PCA axes
-                         (fitted on the run's training codes), with made_by
     g<N>-entries.npz     the files: relative paths (bytes, NUL-separated: any POSIX name,
                          losslessly), sizes, modification times (ns)
     g<N>-code<L>.npy     float16 (count, dims) unit codes of layer L after the transform
     g<N>-ivfpq<L>.faiss  FAISS IVF-PQ index of those codes (only from APPROX_MIN images on)
     pending/<seq>.npz    batches computed but not merged yet (an interrupted index resumes)
 
-Codes are stored *after* the transform: centred by the mean training code and scaled to unit
+The transform (per layer the mean training code, and for layer 5 the PCA axes, fitted on the
+run's training codes; :class:`Transform`) is one file the run's indexes share
+(:meth:`neuralcodes.runs.RunDir.index_transform`); an index records its digest. Codes are
+stored *after* the transform: centred by the mean training code and scaled to unit
 length (layer 5 also projected on its first :data:`PCA5_DIMS` principal axes), so the dot
 product of two stored codes is the cosine of the centred codes, which spreads over [-1, 1]
 (1: the same image; around 0: unrelated; below 0: opposite). A new manifest is written last
@@ -41,7 +42,6 @@ from neuralcodes.retrieval.codes import l2_normalize
 from neuralcodes.retrieval.index import exact_top_k
 
 MANIFEST = "manifest.json"
-TRANSFORM = "transform.npz"
 PENDING = "pending"
 PCA5_DIMS = 256  #: layer 5 (16,384 values) is stored as its first 256 principal components
 FIT_IMAGES = 1000  #: training images the transform (mean, PCA) is fitted on
@@ -233,13 +233,13 @@ class FolderIndex:
             self.entries = Entries.load(folder / data_file(gen, "entries"))
             self.layers = {layer: np.load(folder / data_file(gen, "code", layer), mmap_mode="r")
                            for layer in settings.get("layers", [])}
-            self.transform = Transform.load(folder / TRANSFORM)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise NeuralCodesError(f"{folder.name}: damaged index ({e}); build it again with "
                                    "`neuralcodes index`") from None
         self._approx = {layer: folder / data_file(gen, "ivfpq", layer) for layer in self.layers
                         if (folder / data_file(gen, "ivfpq", layer)).is_file()}
         self._faiss: dict[str, Any] = {}
+        self.transform: Transform | None = None  # set by whoever checked it (open_index)
         self.paths = [absolute(self.root, n) for n in self.entries.names]
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """``neuralcodes index FOLDER``: build or bring up to date the index of a folder of images.
 
-Streamed: files are decoded and coded :data:`DEFAULT_BATCH` at a time and each batch is written
+Streamed: files are decoded and coded :data:`FORWARD_BATCH` at a time and each batch is written
 at once to ``pending/`` (atomically), so resident memory does not grow with the folder and an
 interrupted run resumes where it stopped. Incremental: a file is known by its path relative to
 the folder, its size and its modification time; on a second run new files are coded, deleted
@@ -24,13 +24,12 @@ from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.model import CODE_LAYERS
 from neuralcodes.progress import bar as progress_bar
-from neuralcodes.retrieval.codes import DEFAULT_BATCH, extract_codes
+from neuralcodes.retrieval.codes import extract_codes
 from neuralcodes.retrieval.collection import (
     APPROX_MIN,
     FIT_IMAGES,
     PCA5_DIMS,
     PENDING,
-    TRANSFORM,
     Entries,
     RowReader,
     Transform,
@@ -43,12 +42,14 @@ from neuralcodes.retrieval.collection import (
     write_manifest,
 )
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
-from neuralcodes.retrieval.pca import PCA
 from neuralcodes.retrieval.rundata import RunData
 from neuralcodes.text import printable
 
 log = logging.getLogger(__name__)
 
+#: Images per forward pass (and per saved batch): the full model's activations take about
+#: 5 MB per image, so 32 keeps the process within ~600 MB (250 would need ~1.4 GB).
+FORWARD_BATCH = 32
 #: Layers stored reduced by PCA (fitted on training codes), and to how many dimensions.
 PCA_LAYERS: dict[str, int] = {CODE_LAYERS[0]: PCA5_DIMS}
 
@@ -97,7 +98,7 @@ def check_name(name: str) -> str:
 
 def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
                  out: str | Path | None = None, relu: bool | None = None, device: str = "auto",
-                 precision: str | None = None, batch_size: int = DEFAULT_BATCH,
+                 precision: str | None = None, batch_size: int = FORWARD_BATCH,
                  progress: bool = True, approx_min: int = APPROX_MIN,
                  run_data: RunData | None = None) -> IndexUpdate:
     """Build or update the index of every image under ``folder`` (``RUN/indexes/<name>``,
@@ -117,12 +118,12 @@ def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
                                  batch_size=batch_size)
     dest = Path(out).expanduser() if out else r.dir.index(check_name(name or root.name))
     if dest.exists() and not (dest.is_dir() and (
-            not any(dest.iterdir()) or (dest / TRANSFORM).exists() or read_manifest(dest))):
+            not any(dest.iterdir()) or (dest / PENDING).exists() or read_manifest(dest))):
         raise NeuralCodesError(f"{dest} exists and is not an index (choose a new folder)")
     dest.mkdir(parents=True, exist_ok=True)  # an unwritable place fails before any work
     use_relu = r.relu(relu)
     weights = lineage.weights_identity(r.dir.best_checkpoint)
-    transform, described = _transform(r, dest, weights, use_relu, batch_size, progress)
+    transform, described = _transform(r, weights, use_relu, batch_size, progress)
     dims = {layer: transform.dims(layer) for layer in CODE_LAYERS}
     fp = lineage.index_fingerprint(weights, r.dir.root.resolve().name, use_relu, r.precision,
                                    CODE_LAYERS, dims, described)
@@ -171,19 +172,20 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _transform(r: RunData, dest: Path, weights: dict[str, Any], relu: bool, batch_size: int,
+def _transform(r: RunData, weights: dict[str, Any], relu: bool, batch_size: int,
                progress: bool) -> tuple[Transform, dict[str, Any]]:
-    """The index's transform: kept when it records these weights and settings, else fitted on
-    up to :data:`FIT_IMAGES` training images (evenly spread over the training split)."""
+    """The run's transform for indexes (shared by them): kept when it records these weights
+    and settings, else fitted on up to :data:`FIT_IMAGES` training images (evenly spread over
+    the training split). Returns it and what an index records of it (with its digest)."""
     train = np.asarray(r.splits.train, dtype=np.int64)
     n = min(FIT_IMAGES, len(train))
     fp = lineage.make("index", weights=weights, settings={
         "part": "transform", "relu": relu, "train.precision": r.precision, "fit_images": n,
         "pca": PCA_LAYERS})
-    path = dest / TRANSFORM
+    path = r.dir.index_transform(relu, r.precision)
     if lineage.check(path, fp) is None:
         transform = Transform.load(path)
-        return transform, transform.describe(n)
+        return transform, {**transform.describe(n), "digest": lineage.digest(fp)}
     if n < 2:
         raise NeuralCodesError(f"{r.dir.root}: too few training images to fit the index's "
                                "transform (2 at least)")
@@ -193,15 +195,27 @@ def _transform(r: RunData, dest: Path, weights: dict[str, Any], relu: bool, batc
     codes = extract_codes(r.model, r.images(pick), CODE_LAYERS, relu, batch_size, None,
                           r.precision, progress)
     mean, axes = {}, {}
-    for layer, x in codes.items():
+    for layer in list(codes):
+        x = codes.pop(layer)
+        mean[layer] = x.mean(axis=0)
         if layer in PCA_LAYERS:
-            pca = PCA.fit(x, PCA_LAYERS[layer])
-            mean[layer], axes[layer] = pca.mean, pca.components
-        else:
-            mean[layer] = x.mean(axis=0)
+            x -= mean[layer]  # in place: no second copy of the training codes
+            axes[layer] = _principal_axes(x, PCA_LAYERS[layer])
+        del x
     transform = Transform(mean, axes)
     transform.save(path, fp)
-    return transform, transform.describe(n)
+    return transform, {**transform.describe(n), "digest": lineage.digest(fp)}
+
+
+def _principal_axes(centred: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` principal axes (rows, unit length) of centred codes (N, D), exact, from
+    the N x N Gram matrix: memory of the codes plus the axes, whatever D."""
+    gram = (centred @ centred.T).astype(np.float64)
+    values, vectors = np.linalg.eigh(gram)
+    order = np.argsort(values)[::-1]
+    keep = [i for i in order[:min(k, centred.shape[1], len(centred) - 1)] if values[i] > 1e-12]
+    axes = (vectors[:, keep].T.astype(np.float32) @ centred)
+    return axes / np.linalg.norm(axes, axis=1, keepdims=True)
 
 
 def _current(dest: Path, fp: dict[str, Any], root: str) -> Entries | None:

@@ -27,7 +27,7 @@ from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
 from neuralcodes.files import require_folder
 from neuralcodes.model import CODE_LAYERS
 from neuralcodes.retrieval.codes import VARIANT, CodeSet, extract_codes
-from neuralcodes.retrieval.collection import IDENTICAL, MANIFEST, FolderIndex
+from neuralcodes.retrieval.collection import IDENTICAL, MANIFEST, FolderIndex, Transform
 from neuralcodes.retrieval.images import read_image
 from neuralcodes.retrieval.index import CodeIndex
 from neuralcodes.retrieval.rundata import RunData
@@ -115,6 +115,7 @@ class Searcher:
         self._check_layer(layer)
         if self.folder is None:
             return self.index(layer).search(codes, k, exclude)
+        assert self.folder.transform is not None  # open_index sets it
         stored = self.folder.transform.apply(layer, codes)
         return self.folder.search(layer, stored, k, exclude)
 
@@ -190,6 +191,8 @@ def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> Fol
                                f"{settings.get('dims')} of {folder.manifest.get('count')} "
                                f"images; found {folder.dims()} of {len(folder)}): {again}")
     now = lineage.weights_identity(run.dir.best_checkpoint)
+    if was.get("sha256") == now["sha256"]:
+        folder.transform = _index_transform(folder, run, again)
     if was.get("sha256") != now["sha256"]:
         raise NeuralCodesError(
             f"{name} was made with weights {str(was.get('sha256'))[:12]} (epoch "
@@ -205,6 +208,18 @@ def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> Fol
             f"{name} holds {VARIANT[folder.relu]}-ReLU codes and {VARIANT[bool(relu)]}-ReLU "
             f"ones were asked for (retrieval.relu): {again} with --relu {VARIANT[bool(relu)]}")
     return folder
+
+
+def _index_transform(folder: FolderIndex, run: RunData, again: str) -> Transform:
+    """The run's transform the index was made with (its digest recorded), or one line."""
+    path = run.dir.index_transform(folder.relu, str(folder.precision))
+    want = ((folder.made_by.get("settings") or {}).get("transform") or {}).get("digest")
+    made = lineage.recorded(path) if path.is_file() else None
+    if made is None or lineage.digest(made) != want:
+        raise NeuralCodesError(f"{printable(folder.folder.name)} was made with a transform of "
+                               f"the codes that {run.dir.root} no longer holds "
+                               f"({path.name}): {again}")
+    return Transform.load(path)
 
 
 def read_queries(images: Sequence[str | Path | np.ndarray]) -> np.ndarray:

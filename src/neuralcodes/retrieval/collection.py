@@ -46,6 +46,7 @@ PENDING = "pending"
 PCA5_DIMS = 256  #: layer 5 (16,384 values) is stored as its first 256 principal components
 FIT_IMAGES = 1000  #: training images the transform (mean, PCA) is fitted on
 APPROX_MIN = 20_000  #: from this many images on, search goes through a FAISS IVF-PQ index
+APPROX_TRAIN = 16_384  #: codes the FAISS index is trained on (a sample)
 IDENTICAL = 0.999  #: a stored code this close to the query's is the query itself (float16)
 STORE_DTYPE = np.float16
 BLOCK_BYTES = 64 * 2**20  #: database rows read at once by the exact search
@@ -323,9 +324,10 @@ def write_approx(path: Path, codes: Path) -> None:
     reader = RowReader(codes)
     try:
         n, d = reader.n, reader.dims
-        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        n_train = min(n, APPROX_TRAIN)  # bounded: ~130 MB of float32 for layer 6
+        nlist = max(1, min(int(4 * np.sqrt(n)), n_train // 39))
         m = max(x for x in range(1, min(64, d) + 1) if d % x == 0)
-        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False))
+        sample = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
         train = reader.rows(sample).astype(np.float32)
         nbits = int(min(8, np.log2(max(len(train), 2) // 4 or 1) or 1))
         quantizer = faiss.IndexFlatIP(d)

@@ -60,5 +60,6 @@ def main(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, progress=not args.no_progress)
     for _, why in update.failed:  # names escaped: a file name cannot drive the terminal
         print(f"skipped: {printable(why)}")
-    print(f"{printable(update.path)}: {update.summary()}; {update.count:,} images indexed")
+    print(f"{printable(update.path)}: {update.summary()}; {update.count:,} "
+          f"image{'' if update.count == 1 else 's'} indexed")
     return 0

@@ -48,8 +48,8 @@ from neuralcodes.text import printable
 log = logging.getLogger(__name__)
 
 #: Images per forward pass (and per saved batch): the full model's activations take about
-#: 5 MB per image, so 32 keeps the process within ~600 MB (250 would need ~1.4 GB).
-FORWARD_BATCH = 32
+#: 4 MB per image, so 16 keeps the process within ~600 MB (250 would need ~1.4 GB).
+FORWARD_BATCH = 16
 #: Layers stored reduced by PCA (fitted on training codes), and to how many dimensions.
 PCA_LAYERS: dict[str, int] = {CODE_LAYERS[0]: PCA5_DIMS}
 

@@ -44,8 +44,8 @@ from neuralcodes.config import Config, TrainConfig  # noqa: E402
 from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
 from neuralcodes.kernels.choice import cpu_identity  # noqa: E402
 from neuralcodes.kernels.nnpack import use_nnpack  # noqa: E402
+from neuralcodes.model.build import build_model  # noqa: E402
 from neuralcodes.retrieval import extract_codes  # noqa: E402
-from neuralcodes.training.step import build_model  # noqa: E402
 from train_throughput import project_step  # noqa: E402
 
 #: Issue 14's goals on a CPU with native bf16 (img/s) and its fp32 goal against plain PyTorch.

@@ -39,13 +39,13 @@ from baselines import keras_codes, plain_codes  # noqa: E402
 from neuralcodes.config import Config, TrainConfig  # noqa: E402
 from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
 from neuralcodes.kernels.choice import cpu_identity  # noqa: E402
+from neuralcodes.model.build import build_model  # noqa: E402
 from neuralcodes.retrieval import CodeIndex, extract_codes, l2_normalize  # noqa: E402
 from neuralcodes.retrieval.metrics import (  # noqa: E402
     CHUNK_BYTES,
     ranking_metrics_from_scores,
     self_retrieval_metrics,
 )
-from neuralcodes.training.step import build_model  # noqa: E402
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:

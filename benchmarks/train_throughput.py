@@ -41,10 +41,11 @@ from baselines import keras_train_step, plain_train_step  # noqa: E402
 from neuralcodes.config import Config, TrainConfig  # noqa: E402
 from neuralcodes.kernels import cpu as cpu_kernels  # noqa: E402
 from neuralcodes.kernels.choice import cpu_identity, kernel_choice  # noqa: E402
+from neuralcodes.model.build import build_model
 from neuralcodes.training.batches import SplitData  # noqa: E402
 from neuralcodes.training.distributed import Dist  # noqa: E402
 from neuralcodes.training.loop import _train_epoch  # noqa: E402
-from neuralcodes.training.step import build_model, make_optimizer, train_step  # noqa: E402
+from neuralcodes.training.step import make_optimizer, train_step  # noqa: E402
 from neuralcodes.training.throughput import precision_warning  # noqa: E402
 
 #: Training images per epoch under the assignment's protocol (190 classes x 500 x 80%).

@@ -1,6 +1,7 @@
 """Load test of ``neuralcodes serve`` as a real server process (issue 12).
 
-Usage: ``PYTHONPATH=src python benchmarks/web_load.py [--run RUN] [--src SRC]``. Without
+Usage: ``PYTHONPATH=src python benchmarks/web_load.py [--run RUN] [--src SRC]`` (the attacks
+only: ``--searches 0 --uploads 0``; one of them: ``--attacks big_uploads``). Without
 ``--run`` it trains a tiny run first (the tests' ``trained_web_run``: 4+2 generated classes,
 two epochs). The server runs as ``python -m neuralcodes serve RUN --port P`` on 127.0.0.1 (with
 ``--src``: another checkout's ``src``, e.g. the code before the fix, for a comparison); its
@@ -469,9 +470,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a trained run (default: train a tiny one)")
     parser.add_argument("--src", type=Path, default=ROOT / "src",
                         help="the neuralcodes source tree the server runs (default: this one)")
-    parser.add_argument("--searches", type=int, default=2000)
+    parser.add_argument("--searches", type=int, default=2000, help="0: skip this phase")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--uploads", type=int, default=8)
+    parser.add_argument("--uploads", type=int, default=8, help="0: skip this phase")
     parser.add_argument("--side", type=int, default=7000)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before after-burst")
     parser.add_argument("--attacks", default="scan_bombs,two_slow_decodes,stalled_uploads,"
@@ -487,12 +488,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or build_run(Path(tmp))
         out["run_kernels"] = tinyrun.run_kernels(run)
-        data = big_png(args.side)
+        data = big_png(args.side) if args.uploads else b""
         proc, url = start_server(run, args.src, Path(tmp) / "server.log", args.set)
         try:
             out["idle_rss_mb"] = rss_mb(proc.pid)
-            out["searches"] = searches(url, proc.pid, args.searches, args.clients)
-            out["uploads"] = uploads(url, proc.pid, data, args.uploads, args.settle)
+            if args.searches:
+                out["searches"] = searches(url, proc.pid, args.searches, args.clients)
+            if args.uploads:
+                out["uploads"] = uploads(url, proc.pid, data, args.uploads, args.settle)
             r = httpx.post(f"{url}/api/search", headers={"Origin": "http://evil.example"},
                            files={"file": ("x.png", big_png(64), "image/png")}, timeout=30)
             out["cross_origin_status"] = r.status_code

@@ -9,14 +9,19 @@ so tests never need the real images; the tiny configs and runs below train in se
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import dataclasses
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,6 +140,39 @@ def make_tiny_imagenet(root: Path, n_classes: int = 6, per_class: int = 20, *,
     return base
 
 
+#: The sizes (width, height) :func:`make_image_folder` cycles through: larger, smaller,
+#: non-square and square, so every image is resized to 64x64 by the bounded decoder.
+FOLDER_SIZES = ((97, 64), (48, 80), (64, 64), (130, 101), (40, 40))
+
+
+def folder_classes(n_classes: int) -> list[str]:
+    """The class folder names ``make_image_folder`` uses (already sorted): a-ants, b-bees, ..."""
+    names = ["ants", "bees", "cats", "dogs", "eels", "foxes", "gnus", "hens", "ibis", "jays"]
+    return [f"{chr(97 + i)}-{names[i % len(names)]}" for i in range(n_classes)]
+
+
+def make_image_folder(root: Path, n_classes: int = 6, per_class: int = 10) -> Path:
+    """A labelled image folder under ``root/images``: one subfolder per class
+    (:func:`folder_classes`), images of mixed sizes (:data:`FOLDER_SIZES`) alternating JPEG
+    (``.jpg``) and PNG (``.PNG``, an upper-case suffix), plus a ``notes.txt`` in each class and
+    a hidden folder, both ignored. Learnable like :func:`make_tiny_imagenet`'s images."""
+    rng = np.random.default_rng(4321)
+    base = Path(root) / "images"
+    (base / ".thumbnails").mkdir(parents=True, exist_ok=True)
+    for c, name in enumerate(folder_classes(n_classes)):
+        folder = base / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "notes.txt").write_text("not an image\n")
+        for i in range(per_class):
+            w, h = FOLDER_SIZES[(c + i) % len(FOLDER_SIZES)]
+            img = Image.fromarray(class_image(c, n_classes, rng, size=(h, w)))
+            if i % 2:
+                img.save(folder / f"img{i:03d}.PNG")
+            else:
+                img.save(folder / f"img{i:03d}.jpg", quality=90)
+    return base
+
+
 # ----------------------------------------------------------------------------- tiny runs
 
 TINY_MODEL = ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=32, dropout=0.0)
@@ -175,7 +213,8 @@ def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
     are nearly identical after two epochs, and rankings would hinge on float rounding.
     """
     from neuralcodes.evaluation import evaluate
-    from neuralcodes.training.loop import is_finished, train
+    from neuralcodes.training.loop import train
+    from neuralcodes.training.records import is_finished
 
     out = tmp_path_factory.getbasetemp() / "web-run"
     if not is_finished(out):
@@ -202,3 +241,61 @@ def scan_bomb_jpeg(scans: int, side: int = 64) -> bytes:
     starts = [m.start() for m in re.finditer(rb"\xff\xda", data)]
     last = data[starts[-1]:-2]  # the last scan, up to EOI
     return data[:-2] + last * (scans - len(starts)) + b"\xff\xd9"
+
+
+#: Debian's Chromium, for the browser tests (they skip without it).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def serving(app: Any, **config: Any) -> Iterator[tuple[str, int]]:
+    """``app`` under a real uvicorn server in a thread, on a free 127.0.0.1 port, for the
+    ``with`` block: yields ``(host, port)``. ``config``: more ``uvicorn.Config`` arguments
+    (``http=``, ``timeout_keep_alive=``, ...)."""
+    import uvicorn
+
+    srv = uvicorn.Server(uvicorn.Config(app, **{"host": "127.0.0.1", "port": 0,
+                                                "log_level": "warning", **config}))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    host, port = srv.servers[0].sockets[0].getsockname()[:2]
+    try:
+        yield host, port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (:data:`CHROMIUM`) driven by Playwright, closed after the block;
+    the test is skipped without either."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def random_jpeg(side: int = 80, **kwargs: Any) -> bytes:
+    """A ``side`` x ``side`` JPEG of random pixels (``kwargs``: Pillow's save options, e.g.
+    ``progressive=True``)."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(side)
+    Image.fromarray(rng.integers(0, 255, (side, side, 3), np.uint8)).save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def upload(client: Any, data: bytes, name: str = "q.jpg", **headers: str) -> Any:
+    """POST ``data`` to the web app's ``/api/search`` as the file ``name``."""
+    return client.post("/api/search", files={"file": (name, data, "image/jpeg")},
+                       headers=headers)

@@ -6,14 +6,38 @@ from neuralcodes import cli
 from neuralcodes.errors import NeuralCodesError
 
 
-def test_every_command_is_registered_by_its_module():
+def test_every_command_is_filled_in_by_its_module():
     import argparse
     import importlib
 
-    for module in {m for m, _ in cli.COMMANDS.values()}:
-        sub = argparse.ArgumentParser().add_subparsers()
-        importlib.import_module(module).register(sub)
-        assert set(sub.choices) == {n for n, (m, _) in cli.COMMANDS.items() if m == module}
+    for name, (module, _) in cli.COMMANDS.items():
+        p = argparse.ArgumentParser()
+        importlib.import_module(module).register(p)
+        assert p.description and callable(p.get_default("func")), name
+
+
+def _summaries(parser) -> dict[str, str]:
+    """Each command's help as ``neuralcodes --help`` lists it."""
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {action.dest: action.help for action in sub._choices_actions}
+
+
+def test_each_command_has_one_summary_wherever_it_is_shown():
+    """The command table is the one source: the listing is the same whichever command's full
+    parser is built, and no command module gives a summary of its own."""
+    import ast
+
+    table = {name: summary for name, (_, summary) in cli.COMMANDS.items()}
+    assert _summaries(cli.build_parser(["--help"])) == table
+    assert _summaries(cli.build_parser(None)) == table
+    for name in table:
+        assert _summaries(cli.build_parser([name, "--help"])) == table
+    for path in Path(cli.__file__).parent.glob("*.py"):
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and getattr(n.func, "attr", None) == "add_parser"]
+        assert path.name == "__init__.py" or calls == [], path.name
 
 
 def test_help_names_every_command_without_importing_torch():

@@ -20,6 +20,7 @@ from helpers import SHARED_ZIP, extras_paths, fixture_wnids, make_tiny_imagenet
 from neuralcodes.cli import main
 from neuralcodes.config import DataConfig
 from neuralcodes.data import Dataset, cache, decode, load_data, prepare, source
+from neuralcodes.datasets import tinyimagenet
 from neuralcodes.errors import NeuralCodesError
 
 
@@ -213,7 +214,7 @@ def test_folder_symlink_refused(tmp_path: Path) -> None:
 
 
 def test_absurd_member_is_rejected_not_read(tmp_path: Path) -> None:
-    huge = b"\xff\xd8" + bytes(source.MAX_IMAGE_BYTES)
+    huge = b"\xff\xd8" + bytes(tinyimagenet.MAX_IMAGE_BYTES)
     z = _zip_with(tmp_path, {"t/wnids.txt": b"n00000001\n",
                              "t/train/n00000001/images/n00000001_0.JPEG": _jpeg_bytes(),
                              "t/train/n00000001/images/n00000001_1.JPEG": huge})

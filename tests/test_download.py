@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -15,9 +16,10 @@ import numpy as np
 import pytest
 
 from helpers import make_tiny_imagenet
+from neuralcodes import datasets as registry
 from neuralcodes.cli import main
 from neuralcodes.data import Dataset, cache, fetch_official, prepare
-from neuralcodes.data.download import TINY_IMAGENET_URL, download, md5sum
+from neuralcodes.data.download import download, md5sum
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.runs import RunDir
 
@@ -211,7 +213,10 @@ def _dead_url() -> str:
 def mirror(serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Server, bytes]:  # noqa: ANN001
     """A local mirror serving a generated archive, which the md5 check is told to expect."""
     archive = make_tiny_imagenet(tmp_path / "gen", 6, 20, zip_it=True).read_bytes()
-    monkeypatch.setattr(cache, "TINY_IMAGENET_MD5", hashlib.md5(archive).hexdigest())
+    spec = registry.DATASETS[registry.DEFAULT]
+    remote = dataclasses.replace(spec.remote, md5=hashlib.md5(archive).hexdigest())
+    monkeypatch.setitem(registry.DATASETS, registry.DEFAULT,
+                        dataclasses.replace(spec, remote=remote))
     monkeypatch.delenv("NEURALCODES_URL", raising=False)
     return serve(archive), archive
 
@@ -246,7 +251,7 @@ def test_train_downloads_from_url_and_records_it(mirror, tmp_path: Path) -> None
 def test_the_address_defaults_and_bad_addresses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("NEURALCODES_URL", raising=False)
-    assert cache.download_url(None) == TINY_IMAGENET_URL
+    assert cache.download_url(None) == registry.get("tiny-imagenet").remote.url
     monkeypatch.setenv("NEURALCODES_URL", "http://mirror.example/t.zip")
     assert cache.download_url(None) == "http://mirror.example/t.zip"
     assert cache.download_url("file:///data/t.zip") == "file:///data/t.zip"

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from neuralcodes.config import ModelConfig
-from neuralcodes.evaluation import evaluate_split, format_eval_table
+from neuralcodes.evaluation import format_eval_table
 from neuralcodes.model import ConvNet
 from neuralcodes.retrieval.metrics import topk_correct
 from neuralcodes.training.batches import SplitData
+from neuralcodes.training.measure import evaluate_split
 
 
 def test_topk_correct_matches_a_hand_computed_example():

@@ -92,8 +92,8 @@ def test_disk_full_in_torch_save_is_one_line_with_the_space_needed(tmp_path, mon
 
 def test_checkpoints_and_codes_tell_the_disk_full_message_their_size(tmp_path, monkeypatch):
     from neuralcodes import files
+    from neuralcodes.model.checkpoint import save_checkpoint, tensor_bytes
     from neuralcodes.retrieval.codes import CodeSet
-    from neuralcodes.training.checkpoint import save_checkpoint, tensor_bytes
 
     w = torch.zeros(1 << 20)  # 4 MiB, saved twice under two names: counted once
     assert tensor_bytes({"model": {"a": w, "b": w}, "n": [torch.zeros(256)]}) == 4 * 2**20 + 1024
@@ -105,7 +105,7 @@ def test_checkpoints_and_codes_tell_the_disk_full_message_their_size(tmp_path, m
         return real(path, suffix, size)
 
     monkeypatch.setattr(files, "atomic_path", spy)
-    monkeypatch.setattr("neuralcodes.training.checkpoint.atomic_path", spy)
+    monkeypatch.setattr("neuralcodes.model.checkpoint.atomic_path", spy)
     save_checkpoint(tmp_path / "c.pt", {"model": {"w": w}})
     CodeSet({"6": np.zeros((10, 2048), np.float32)}, np.arange(10), np.zeros(10, int),
             False).save(tmp_path / "c.npz")

@@ -17,7 +17,7 @@ from neuralcodes.files import read_json
 from neuralcodes.kernels import choice
 from neuralcodes.kernels.nnpack import NNPACK_MIN_BATCH, nnpack_layers
 from neuralcodes.model import ConvNet
-from neuralcodes.training.step import build_model
+from neuralcodes.model.build import build_model
 
 CPU = torch.device("cpu")
 SMALL = ModelConfig(conv_widths=(8, 8, 8, 8, 8), fc_width=16)

@@ -153,7 +153,7 @@ def test_training_on_then_run_recomputes_everything_from_the_new_weights(
 
 
 def test_an_early_stopped_run_says_how_to_train_on(tmp_path):
-    from neuralcodes.training.loop import training_left
+    from neuralcodes.training.records import training_left
 
     rd = RunDir(tmp_path)
     write_json(rd.train_state, {"epochs_completed": 3, "stopped_epoch": 3, "stopped_early": True,

@@ -13,7 +13,7 @@ import torch
 from neuralcodes import cli, retrieval
 from neuralcodes.config import Config, apply_overrides
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.pipeline import preset_config
+from neuralcodes.presets import preset_config
 
 
 def build_config(preset: str, overrides: list[str]) -> Config:
@@ -150,11 +150,11 @@ def test_plan_records_each_stage_estimate_beside_its_measured_time(tmp_path, cap
     """The plan logs each stage's estimate; timings.json keeps it beside the measured time."""
     from helpers import make_tiny_imagenet
 
-    source = make_tiny_imagenet(tmp_path / "src", 6, 100)  # 320 training images
+    source = make_tiny_imagenet(tmp_path / "src", 6, 60)  # 192 training images
     argv = ["run", "--preset", "quick", "--data", str(source), "--cache-dir",
             str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--no-progress",
             "--set", "model.conv_widths=[16,16,16,16,16]", "--set", "model.fc_width=64",
-            "--set", "train.max_epochs=4", "--set", "train.patience=9", "--set",
+            "--set", "train.max_epochs=2", "--set", "train.patience=9", "--set",
             "data.ood_classes=2", "--set", "retrieval.pca_dims=[4,8]"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().err  # the plan is logged (stderr); stdout gets the report's path
@@ -199,7 +199,7 @@ def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config,
     smaller batch read a slower speed and over-estimated both stages."""
     from helpers import tiny_config
     from neuralcodes import estimate
-    from neuralcodes.evaluation import EVAL_BATCH
+    from neuralcodes.training.measure import EVAL_BATCH
 
     batches: list[int] = []
     real_build = estimate.build_model

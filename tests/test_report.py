@@ -14,14 +14,14 @@ from neuralcodes.config import Config, ModelConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import write_json
 from neuralcodes.report import (
-    chance_map_of_sizes,
     collect,
     course_reference,
     render,
     to_html,
     write_report,
 )
-from neuralcodes.retrieval.metrics import chance_average_precision
+from neuralcodes.retrieval.metrics import chance_average_precision, chance_map
+from neuralcodes.retrieval.scores import labels_of_sizes
 
 SIGNIFICANT_6 = {"pairs": [
     {"a": "6", "b": "5", "diff": 0.12, "ci95": [0.10, 0.14], "significant": True},
@@ -269,7 +269,7 @@ def test_no_paragraph_is_said_twice(tmp_path):
 
 
 def test_the_command_to_measure_the_techniques_fits_the_run(tmp_path):
-    from neuralcodes.pipeline import preset_config
+    from neuralcodes.presets import preset_config
 
     run = _fake_run(tmp_path / "quick", {"5": 0.2, "6": 0.3, "7": 0.25})
     saved = json.loads((run / "config.json").read_text())
@@ -330,9 +330,9 @@ def test_expected_random_ap_is_exact(n, r):
 def test_chance_map_averages_over_queries():
     # Classes of 3 and 2 images: 3 queries with 2 relevant of 4, 2 queries with 1 of 4.
     want = (3 * _brute_force_ap(4, 2) + 2 * _brute_force_ap(4, 1)) / 5
-    assert chance_map_of_sizes([3, 2]) == pytest.approx(float(want), abs=1e-12)
+    assert chance_map(labels_of_sizes([3, 2])) == pytest.approx(float(want), abs=1e-12)
     # a singleton class has no relevant item: its query has no AP
-    assert chance_map_of_sizes([3, 1]) == pytest.approx(float(_brute_force_ap(3, 2)))
+    assert chance_map(labels_of_sizes([3, 1])) == pytest.approx(float(_brute_force_ap(3, 2)))
 
 
 def test_report_states_the_exact_chance_map(tmp_path):

@@ -16,14 +16,16 @@ from helpers import LEARNER, TINY_MODEL, tiny_config, torchrun_train, weights
 from neuralcodes import cli
 from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig, resumable_settings
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.evaluation import evaluate, evaluate_split
+from neuralcodes.evaluation import evaluate
 from neuralcodes.files import read_json
 from neuralcodes.kernels.nnpack import nnpack_layers
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.training import loop
 from neuralcodes.training.batches import SplitData, augment_batch, epoch_order
 from neuralcodes.training.early_stopping import EarlyStopping
-from neuralcodes.training.loop import is_finished, train
+from neuralcodes.training.loop import train
+from neuralcodes.training.measure import evaluate_split
+from neuralcodes.training.records import is_finished
 from neuralcodes.training.step import make_optimizer
 from neuralcodes.training.throughput import measure_throughput
 

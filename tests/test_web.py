@@ -375,6 +375,42 @@ def test_results_page_shows_eval_json_map_json_and_the_curves(client, run):
         [("5", False, 0.25, 0.5), ("6", False, 0.5, 0.6), ("7", True, 0.75, 0.7)]
 
 
+def test_the_report_and_the_results_page_state_the_same_numbers(client, run):
+    """Chance levels, mAP and P@k (null beyond the database) come from one module
+    (neuralcodes.retrieval.scores): the report and the web app show the same ones, with and
+    without map.json."""
+    from neuralcodes.report import analysis, collect
+
+    rd = RunDir(run)
+
+    def shown() -> tuple[dict, dict]:
+        web = client.get("/api/results").json()
+        facts = collect(run)
+        return web, facts
+
+    web, facts = shown()  # no map.json: the app computes from the labels, the report from sizes
+    chance = pytest.approx((float(chance_average_precision(39, 19)), 19 / 39))
+    assert all((m["chance_map"], m["chance_p"]) == chance for m in web["map"])
+    assert (facts["chance"]["map"], facts["chance"]["precision"]) == chance
+    report = analysis.results(facts)
+    assert web["chance"] == {"top1": report["chance_top1"], "top5": report["chance_top5"]}
+    assert analysis.quality(facts)["chance"] == web["chance"]["top1"]
+    saved = {"chance_map": 0.3, "chance_p@5": 0.4, "chance_p@10": None,
+             "pre": {layer: {"map": 0.5 + int(layer) / 100, "p@5": 0.6, "p@10": None,
+                             "n_queries": 40} for layer in ("5", "6", "7")}}
+    made = load_codes(rd.codes("ood", False)).made_by  # made from the served weights
+    write_json(rd.map_json, lineage.stamped(saved, made))
+    try:
+        web, facts = shown()
+    finally:
+        rd.map_json.unlink()
+    layers = analysis.layers(facts)
+    assert {(m["chance_map"], m["chance_p"]) for m in web["map"]} == {(0.3, 0.4)}
+    assert (layers["chance"], facts["chance"]["precision"]) == (0.3, 0.4)
+    assert {m["layer"]: (m["map"], m["p@5"], m["p@10"]) for m in web["map"]} == {
+        layer: (m["map"], m["p@5"], m["p@10"]) for layer, m in layers["per_layer"].items()}
+
+
 def test_openapi_schema_documents_the_json_api(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]

@@ -1,35 +1,32 @@
 """The web app against an attacker (issue 21): scan bombs, slow decodes, hung-up clients, held
-and stalled bodies, half-open connections, exposure without a token, hostile file names, and
-details that must not leak. Every crafted file is generated here, in memory; the limits are made
-small through the settings (``serve.*``) so that each mechanism shows in well under a second.
+and stalled bodies, half-open connections, exposure without a token (hostile file names and
+details that must not leak: ``test_web_names.py``). Every crafted file is generated here, in
+memory; the limits are made small through the settings (``serve.*``) so that each mechanism
+shows in well under a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import scan_bomb_jpeg
+from helpers import chromium, random_jpeg, scan_bomb_jpeg, serving, upload
 from neuralcodes import imageio, jpegscans
 from neuralcodes.cli import main
 from neuralcodes.config import Config, ServeConfig
 from neuralcodes.decodepool import DecodeCancelled, DecodePool, DecodeTimeout
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.text import printable
-from neuralcodes.web.middleware import TOKEN_COOKIE, BodyBudget, Budget
+from neuralcodes.web.middleware import TOKEN_COOKIE, BodyBudget, Budget, Priority
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -37,24 +34,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def jpeg(side: int = 80, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    rng = np.random.default_rng(side)
-    Image.fromarray(rng.integers(0, 255, (side, side, 3), np.uint8)).save(buf, "JPEG", **kwargs)
-    return buf.getvalue()
-
-
-def upload(client: TestClient, data: bytes, name: str = "q.jpg", **headers: str) -> object:
-    return client.post("/api/search", files={"file": (name, data, "image/jpeg")},
-                       headers=headers)
-
-
 # --------------------------------------------------------------------------- scan bombs
 
 
 def test_scans_are_counted_without_decoding_and_counting_stops_at_the_limit():
-    assert jpegscans.count_scans(jpeg()) == 1  # baseline
-    assert jpegscans.count_scans(jpeg(progressive=True)) == 10  # libjpeg's progressive script
+    assert jpegscans.count_scans(random_jpeg()) == 1  # baseline
+    assert jpegscans.count_scans(random_jpeg(progressive=True)) == 10  # libjpeg's script
     bomb = scan_bomb_jpeg(20_000)
     assert jpegscans.count_scans(bomb) == 20_000
     assert jpegscans.count_scans(bomb, limit=300) == 301  # stops there: never walks 20,000
@@ -104,7 +89,7 @@ def test_a_scan_bomb_upload_is_refused_at_once_in_one_sentence(roomy_client):
     detail = r.json()["detail"]
     assert "more than 50 scans" in detail and detail.count(". ") == 0 and "\n" not in detail
     assert pool.started == started  # refused before any decoder process was needed
-    assert upload(client, jpeg(progressive=True)).status_code == 200
+    assert upload(client, random_jpeg(progressive=True)).status_code == 200
 
 
 def test_a_slow_decode_is_killed_at_the_time_limit_and_the_next_upload_works(client):
@@ -116,7 +101,7 @@ def test_a_slow_decode_is_killed_at_the_time_limit_and_the_next_upload_works(cli
         pytest.skip("decoded within 0.4 s: not slow enough here")
     assert r.status_code == 413 and "longer than 0.4 s" in r.json()["detail"], r.text
     assert pool.killed == killed + 1 and pool.timeouts >= 1
-    assert upload(client, jpeg()).status_code == 200  # a fresh worker took its place
+    assert upload(client, random_jpeg()).status_code == 200  # a fresh worker took its place
 
 
 def test_the_pool_stops_a_decode_when_its_caller_gives_up():
@@ -165,10 +150,12 @@ def test_an_upload_whose_client_hangs_up_stops_decoding(client):
 # --------------------------------------------------------------------------- bodies
 
 
-async def _call(app: object, body: list[bytes | None], headers: list[tuple[bytes, bytes]]
+async def _call(app: object, body: list[bytes | None], headers: list[tuple[bytes, bytes]],
+                method: str = "POST", log: list[str] | None = None
                 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    """Drive ASGI ``app`` with a POST whose body arrives in ``body``'s chunks (None: the
-    client stalls for good). Returns (status, headers, body)."""
+    """Drive ASGI ``app`` with a request whose body arrives in ``body``'s chunks (None: the
+    client stalls for good; each chunk taken is noted in ``log``). Returns (status, headers,
+    body)."""
     chunks = list(body)
     out: dict[str, object] = {"body": b""}
 
@@ -178,6 +165,8 @@ async def _call(app: object, body: list[bytes | None], headers: list[tuple[bytes
         chunk = chunks.pop(0)
         if chunk is None:
             await asyncio.sleep(3600)
+        if log is not None:
+            log.append("chunk")
         return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
     async def send(message: dict[str, object]) -> None:
@@ -186,7 +175,7 @@ async def _call(app: object, body: list[bytes | None], headers: list[tuple[bytes
         else:
             out["body"] = out["body"] + message.get("body", b"")  # type: ignore[operator]
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers,
+    scope = {"type": "http", "method": method, "path": "/", "headers": headers,
              "query_string": b""}
     await app(scope, receive, send)  # type: ignore[operator]
     return out["status"], out["headers"], out["body"]  # type: ignore[return-value]
@@ -233,6 +222,36 @@ def test_a_stalled_body_is_answered_408_and_its_bytes_are_given_back():
     assert budget.used == 0 and budget.peak == 4000
 
 
+def test_upload_bodies_wait_while_a_request_without_a_body_is_answered():
+    """Searches first: no chunk of an upload is taken while a search is being answered (up to
+    ``max_wait_s`` a chunk, so that uploads still move under a long one)."""
+    from starlette.responses import JSONResponse
+
+    async def both(max_wait_s: float) -> tuple[list[str], int, bytes]:
+        log: list[str] = []
+
+        async def app(scope: dict, receive: object, send: object) -> None:
+            if scope["method"] == "POST":
+                return await _reader(scope, receive, send)
+            log.append("search starts")
+            await asyncio.sleep(0.3)
+            log.append("search ends")
+            await JSONResponse({})(scope, receive, send)  # type: ignore[arg-type]
+
+        guarded = BodyBudget(app, limit=1000, priority=Priority(max_wait_s))
+        search = asyncio.ensure_future(_call(guarded, [], [], "GET"))
+        await asyncio.sleep(0)  # the search is being answered
+        status, _, body = await _call(guarded, [b"x" * 100] * 3, [], log=log)
+        assert (await search)[0] == 200 and guarded.priority.active == 0
+        return log, status, body
+
+    log, status, body = asyncio.run(both(5.0))
+    assert log == ["search starts", "search ends", "chunk", "chunk", "chunk"]
+    assert status == 200 and json.loads(body) == {"size": 300}
+    log, status, _ = asyncio.run(both(0.02))
+    assert status == 200 and log.index("chunk") < log.index("search ends")
+
+
 # --------------------------------------------------------------------------- real sockets
 
 
@@ -240,26 +259,14 @@ def test_a_stalled_body_is_answered_408_and_its_bytes_are_given_back():
 def server(web_run: Path) -> Iterator[tuple[str, int, object]]:
     """The app in a real uvicorn server (the protocol ``serve`` uses): header deadline 0.5 s,
     body idle timeout 0.5 s."""
-    import uvicorn
-
     from neuralcodes.web import create_app
     from neuralcodes.web.protocol import protocol_with_header_timeout
 
     limits = ServeConfig(body_timeout_s=0.5, header_timeout_s=0.5, keep_alive_s=1.0)
     app = create_app(web_run, device="cpu", serve=limits)
-    protocol = protocol_with_header_timeout(limits.header_timeout_s)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error",
-                                        http=protocol, timeout_keep_alive=1))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield "127.0.0.1", port, app
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app, log_level="error", http=protocol_with_header_timeout(
+            limits.header_timeout_s), timeout_keep_alive=1) as (host, port):
+        yield host, port, app
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bytes | None:
@@ -342,7 +349,7 @@ def test_every_route_needs_the_token_and_the_url_token_becomes_a_cookie(exposed)
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     assert exposed.cookies.get(TOKEN_COOKIE) == "t" * 12 + "-secret-1"
     assert exposed.get("/").status_code == 200 and exposed.get("/api/info").status_code == 200
-    r = exposed.post("/api/search", files={"file": ("q.jpg", jpeg(), "image/jpeg")},
+    r = exposed.post("/api/search", files={"file": ("q.jpg", random_jpeg(), "image/jpeg")},
                      headers={"Origin": "http://photos.example:8000"})
     assert r.status_code == 200  # the page's own upload, with the cookie
     exposed.cookies.clear()
@@ -354,7 +361,7 @@ def test_every_route_needs_the_token_and_the_url_token_becomes_a_cookie(exposed)
 def test_an_exposed_app_refuses_other_host_names_dns_rebinding(exposed):
     bearer = {"Authorization": "Bearer " + "t" * 12 + "-secret-1"}
     rebound = TestClient(exposed.app, base_url="http://evil.example:8000")
-    r = rebound.post("/api/search", files={"file": ("q.jpg", jpeg(), "image/jpeg")},
+    r = rebound.post("/api/search", files={"file": ("q.jpg", random_jpeg(), "image/jpeg")},
                      headers={"Origin": "http://evil.example:8000", **bearer})
     assert r.status_code == 400
 
@@ -393,186 +400,30 @@ def test_serve_settings_are_validated_like_the_rest():
         Config.from_dict({"serve": {"max_jpeg_scans": 0}})
 
 
-# --------------------------------------------------------------------------- names
-
-
-def test_printable_escapes_what_could_drive_a_terminal_and_keeps_the_rest():
-    assert printable("Zoë 写真 01.jpg") == "Zoë 写真 01.jpg"
-    assert printable("a\x1b]0;pwned\x07b") == "a\\x1b]0;pwned\\x07b"
-    assert printable("red\x1b[31m\nline") == "red\\x1b[31m\\x0aline"
-    assert printable(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"  # not UTF-8
-    assert printable("evil\u202egnp.exe") == "evil\\u202egnp.exe"  # bidi override
-
-
-HOSTILE = [b"plain.png", b"caf\xe9-latin1.png", b"title\x1b]0;pwned\x07.png",
-           b"red\x1b[31mRED\nfake line.png"]
-
-
-class StrictStdout(io.TextIOWrapper):
-    """A stdout that refuses anything UTF-8 cannot encode (as a strict UTF-8 terminal)."""
-
-    def __init__(self) -> None:
-        super().__init__(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
-
-    def text(self) -> str:
-        return self.buffer.getvalue().decode("utf-8")  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="module")
-def hostile_index(web_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("hostile")
-    for i, name in enumerate(HOSTILE):
-        Image.new("RGB", (70, 70), (40 * i, 200, 90)).save(os.fsencode(folder) + b"/" + name,
-                                                            "PNG")
-    index = folder.parent / "hostile-index"
-    out = StrictStdout()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "stdout", out)
-    try:
-        assert main(["index", str(folder), "--run", str(web_run), "--out", str(index),
-                     "--device", "cpu", "--no-progress"]) == 0
-    finally:
-        mp.undo()
-    assert "\x1b" not in out.text() and f"{len(HOSTILE)} images indexed" in out.text()
-    return folder, index
-
-
-def test_index_keeps_names_losslessly(hostile_index):
-    from neuralcodes.retrieval.collection import FolderIndex
-
-    folder, index = hostile_index
-    stored = sorted(os.fsencode(p) for p in FolderIndex(index).paths)
-    assert stored == sorted(os.fsencode(folder) + b"/" + n for n in HOSTILE)
-
-
-def test_search_prints_every_name_escaped_under_a_strict_utf8_stdout(web_run, hostile_index,
-                                                                      monkeypatch, capsys):
-    folder, index = hostile_index
-    out = StrictStdout()
-    monkeypatch.setattr(sys, "stdout", out)
-    query = os.fsdecode(os.fsencode(folder) + b"/" + HOSTILE[2])
-    assert main(["search", query, "--run", str(web_run), "--index", str(index), "-k", "4",
-                 "--device", "cpu"]) == 0
-    text = out.text()
-    assert "\x1b" not in text and "\x07" not in text and len(text.splitlines()) == 5
-    assert "caf\\xe9-latin1.png" in text and "title\\x1b]0;pwned\\x07.png" in text
-    assert "red\\x1b[31mRED\\x0afake line.png" in text
-    # a bad input's one error line is escaped too
-    assert main(["search", query + "\x1b[2J.png", "--run", str(web_run)]) == 2
-    err = capsys.readouterr().err
-    assert "\x1b" not in err and "\\x1b[2J" in err and len(err.splitlines()) == 1
-
-
-def test_the_web_app_serves_hostile_names_escaped_and_never_a_500(web_run, hostile_index):
-    from neuralcodes.web import create_app
-
-    folder, index = hostile_index
-    with TestClient(create_app(web_run, index, device="cpu")) as c:
-        r = c.post("/api/search", data={"database": "index", "k": "4"},
-                   files={"file": ("x\x1b[2J\u202e.png", jpeg(), "image/jpeg")})
-        assert r.status_code == 200, r.text
-        names = {h["class_name"] for h in r.json()["layers"][0]["hits"]}
-        assert names == {printable(os.fsdecode(n)) for n in HOSTILE}
-        assert all(n.isprintable() for n in names)
-        assert r.json()["query"]["filename"].isprintable()
-        # an indexed file that is gone: 404 naming the file, never the server's folders
-        missing = next(i for i, h in enumerate(c.app.state.retrieval.index.paths)
-                       if h.endswith("plain.png"))
-        os.rename(c.app.state.retrieval.index.paths[missing], folder / "moved.png")
-        try:
-            r = c.get(f"/api/index-image/{missing}")
-        finally:
-            os.rename(folder / "moved.png", c.app.state.retrieval.index.paths[missing])
-        assert r.status_code == 404 and "plain.png" in r.json()["detail"]
-        assert str(folder) not in r.json()["detail"] and "/" not in r.json()["detail"]
-
-
-# --------------------------------------------------------------------------- smaller
-
-
-def test_an_exif_rotated_upload_is_described_as_displayed(roomy_client):
-    client = roomy_client
-    im = Image.new("RGB", (300, 200), (10, 120, 200))  # stored 300x200, shown 200x300
-    exif = Image.Exif()
-    exif[imageio.ORIENTATION_TAG] = 6
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif.tobytes())
-    r = upload(client, buf.getvalue())
-    assert r.status_code == 200, r.text
-    q = r.json()["query"]
-    assert (q["width"], q["height"]) == (200, 300)
-    assert "200×300" in q["notes"][0] and "300×200" not in " ".join(q["notes"])
-    assert imageio.probe(buf.getvalue()) == ("JPEG", 200, 300)
-
-
-def test_a_malicious_checkpoint_is_not_a_neuralcodes_checkpoint(tmp_path):
-    import torch
-
-    from neuralcodes.training.checkpoint import load_checkpoint
-
-    class Evil:
-        def __reduce__(self) -> tuple[object, tuple[str]]:
-            return (os.system, ("echo pwned",))
-
-    path = tmp_path / "best.pt"
-    torch.save({"model": Evil()}, path)
-    with pytest.raises(NeuralCodesError) as e:
-        load_checkpoint(path)
-    message = str(e.value)
-    assert "not a neuralcodes checkpoint" in message and "system" in message
-    assert "weights_only" not in message and "\n" not in message
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 def test_the_page_works_in_chromium_with_the_token_from_the_printed_address(web_run, tmp_path):
     """Opening ``?token=...`` once: the gallery, a search and an upload all work (the cookie),
     no request is refused; a browser without the token gets 401."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip(f"{chromium} not found: install Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    import uvicorn
-
     from neuralcodes.web import create_app
 
     token = "browser-token-0123456789"
     app = create_app(web_run, device="cpu", allowed_hosts=["127.0.0.1"], token=token)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}/"
     upload_file = tmp_path / "mine.png"
     Image.new("RGB", (120, 90), (20, 120, 220)).save(upload_file)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(chromium),
-                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(15_000)
-                refused: list[str] = []
-                page.on("response", lambda r: r.status >= 400 and refused.append(
-                    f"{r.status} {r.url}"))
-                page.goto(f"{base}?token={token}")
-                assert "token" not in page.url
-                page.locator("[data-testid=gallery] img").first.click()
-                page.locator("[data-testid=query-results] .hit").first.wait_for()
-                page.goto(f"{base}#/upload")
-                page.set_input_files("#upload-file", str(upload_file))
-                page.locator("[data-testid=upload-results] .hit").first.wait_for()
-                assert not refused, refused
-                stranger = browser.new_page()
-                assert stranger.goto(base).status == 401
-            finally:
-                browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as (host, port), chromium() as browser:
+        base = f"http://{host}:{port}/"
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        refused: list[str] = []
+        page.on("response", lambda r: r.status >= 400 and refused.append(f"{r.status} {r.url}"))
+        page.goto(f"{base}?token={token}")
+        assert "token" not in page.url
+        page.locator("[data-testid=gallery] img").first.click()
+        page.locator("[data-testid=query-results] .hit").first.wait_for()
+        page.goto(f"{base}#/upload")
+        page.set_input_files("#upload-file", str(upload_file))
+        page.locator("[data-testid=upload-results] .hit").first.wait_for()
+        assert not refused, refused
+        stranger = browser.new_page()
+        assert stranger.goto(base).status == 401

@@ -207,6 +207,9 @@ def test_results_page_shows_the_tables_and_the_curves(page):
     rows = page.pg.locator("[data-testid=eval-table] tbody tr")
     assert [rows.nth(i).locator("th").inner_text() for i in range(3)] == ["train", "val", "test"]
     assert page.pg.locator("[data-testid=map-table] tbody tr").count() == 3
+    # no report yet: the page names the command that writes it (one that exists)
+    empty = " ".join(page.pg.locator("#view-results .empty").all_inner_texts())
+    assert "`neuralcodes run --config RUN/config.json --out RUN` writes it" in empty
     page.pg.wait_for_function("() => document.querySelector('#curves img').naturalWidth > 0")
     page.pg.screenshot(path=str(ARTIFACTS / "web-results.png"), full_page=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import chromium, serving
 from neuralcodes.web.security import CSP, Busy, DecodeLimiter, SameOriginPost, SecurityHeaders
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def tiny_app(limiter: DecodeLimiter | None = None, **same_origin: object) -> object:
@@ -183,64 +181,36 @@ def test_the_app_answers_503_when_decoding_is_saturated(client):
 # --------------------------------------------------------------------------- in Chromium
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 def test_the_page_runs_under_its_csp_in_chromium(web_run, tmp_path):
     """No CSP violation while the page loads, browses and searches with an upload."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    import uvicorn
-
     from neuralcodes.web import create_app
 
-    srv = uvicorn.Server(uvicorn.Config(create_app(web_run, device="cpu"), host="127.0.0.1",
-                                        port=_free_port(), log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}/"
     upload = tmp_path / "mine.png"
     Image.new("RGB", (120, 90), (20, 120, 220)).save(upload)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM),
-                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(15_000)
-                problems: list[str] = []
-                page.on("console", lambda m: problems.append(m.text)
-                        if "CSP" in m.text or "Content Security Policy" in m.text else None)
-                page.add_init_script("document.addEventListener('securitypolicyviolation', "
-                                     "e => console.error('CSP ' + e.violatedDirective))")
-                page.goto(url)
-                page.locator("[data-testid=gallery] img").first.click()
-                page.locator("[data-testid=query-results] .hit").first.wait_for()
-                page.goto(f"{url}#/upload")
-                page.set_input_files("#upload-file", str(upload))  # the search starts
-                page.locator("[data-testid=upload-results] .hit").first.wait_for()
-                page.goto(f"{url}#/results")
-                page.wait_for_timeout(500)
-                assert page.locator("#upload-preview").get_attribute("src").startswith("data:")
-                assert not problems, problems
-                # the policy is in force: an inline script is refused, and reported
-                page.evaluate("() => { const s = document.createElement('script'); "
-                              "s.textContent = 'window.inlineRan = 1'; document.body.append(s); }")
-                page.wait_for_timeout(300)
-                assert page.evaluate("() => window.inlineRan") is None
-                assert any("script-src" in m for m in problems), problems
-            finally:
-                browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(web_run, device="cpu")) as (host, port), chromium() as browser:
+        url = f"http://{host}:{port}/"
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text)
+                if "CSP" in m.text or "Content Security Policy" in m.text else None)
+        page.add_init_script("document.addEventListener('securitypolicyviolation', "
+                             "e => console.error('CSP ' + e.violatedDirective))")
+        page.goto(url)
+        page.locator("[data-testid=gallery] img").first.click()
+        page.locator("[data-testid=query-results] .hit").first.wait_for()
+        page.goto(f"{url}#/upload")
+        page.set_input_files("#upload-file", str(upload))  # the search starts
+        page.locator("[data-testid=upload-results] .hit").first.wait_for()
+        page.goto(f"{url}#/results")
+        page.wait_for_timeout(500)
+        assert page.locator("#upload-preview").get_attribute("src").startswith("data:")
+        assert not problems, problems
+        # the policy is in force: an inline script is refused, and reported
+        page.evaluate("() => { const s = document.createElement('script'); "
+                      "s.textContent = 'window.inlineRan = 1'; document.body.append(s); }")
+        page.wait_for_timeout(300)
+        assert page.evaluate("() => window.inlineRan") is None
+        assert any("script-src" in m for m in problems), problems

@@ -26,6 +26,7 @@ import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from neuralcodes import datasets as registry
 from neuralcodes.errors import NeuralCodesError
 
 
@@ -41,8 +42,6 @@ RESUMABLE = _Resumable()
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 CPU_CONVS: tuple[str, ...] = ("auto", "nnpack", "onednn")
 CODE_LAYERS: tuple[str, ...] = ("5", "6", "7")
-#: Images per class in Tiny ImageNet's training set (bounds the ood database when unlimited).
-IMAGES_PER_CLASS = 500
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]
@@ -55,8 +54,11 @@ URL_PATTERN = r"(https?|ftp|file)://\S+"
 class DataConfig:
     """Where the images come from and how they are split (assignment: "Data")."""
 
-    # archive, folder, or None: download the official archive
+    # archive, folder, or None: download the dataset's archive
     source: Annotated[str | None, RESUMABLE] = None
+    # what `source` is (neuralcodes.datasets): auto (found from its layout), tiny-imagenet
+    # or image-folder (one subfolder of images per class)
+    dataset: Annotated[str, RESUMABLE] = "auto"
     # None: $NEURALCODES_CACHE or ~/.cache/neuralcodes
     cache_dir: Annotated[str | None, RESUMABLE] = None
     # where to download the official archive from, e.g. a mirror of the same file (the md5 is
@@ -71,6 +73,13 @@ class DataConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
     max_classes: PositiveInt | None = None  # use only the first N classes (quick runs)
     max_per_class: PositiveInt | None = None  # use only the first N images of each class
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in registry.CHOICES:
+            raise ValueError(f"unknown dataset {v!r} (choose from {', '.join(registry.CHOICES)})")
+        return v
 
     @field_validator("url")
     @classmethod
@@ -89,6 +98,10 @@ class DataConfig:
 
     @model_validator(mode="after")
     def _classes(self) -> DataConfig:
+        spec = registry.for_config(self.dataset, self.source)
+        if spec is not None and self.source is None and spec.remote is None:
+            raise ValueError(f"the {spec.title} dataset cannot be downloaded: set data.source "
+                             "(--data FOLDER)")
         n_ood = len(self.ood_wnids) if self.ood_wnids else self.ood_classes
         if self.max_classes is not None and self.max_classes <= n_ood:
             raise ValueError(f"max_classes ({self.max_classes}) must leave in-domain classes "
@@ -204,7 +217,12 @@ class Config:
     def _cross_checks(self) -> Config:
         d, r = self.data, self.retrieval
         n_ood = len(d.ood_wnids) if d.ood_wnids else d.ood_classes
-        database = n_ood * (d.max_per_class or IMAGES_PER_CLASS) - 1
+        # images per class: the dataset's own count (auto: Tiny ImageNet's); where the dataset
+        # has none (a labelled folder), the ood database is checked on the data (pipeline.py)
+        per_class = d.max_per_class or registry.get(d.dataset).images_per_class
+        if per_class is None:
+            return self
+        database = n_ood * per_class - 1
         if r.k > database:
             raise ValueError(f"retrieval.k ({r.k}) exceeds the ood database ({database} images)")
         if r.figure_queries > database + 1:

@@ -24,13 +24,13 @@ import torch
 
 from neuralcodes.config import Config
 from neuralcodes.course import course_reference
-from neuralcodes.evaluation import EVAL_BATCH
 from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.kernels.cpu import native_bf16
+from neuralcodes.model.build import build_model
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
 from neuralcodes.retrieval.pca import PCA
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
-from neuralcodes.training.step import build_model
+from neuralcodes.training.measure import EVAL_BATCH
 from neuralcodes.training.throughput import measure_throughput
 
 #: Forward-pass batch of the inference probe: evaluation's batch (the codes' batch, 250, runs at

@@ -16,15 +16,17 @@ then decodes with as little memory as the format allows:
 Every image ends as RGB: EXIF orientation applied, transparency composited on white, 16-bit
 samples scaled to 8 bits (high byte, as Pillow does for 16-bit RGB), then resized to
 ``size`` x ``size`` with the bicubic filter (the aspect ratio is not kept: a non-square image is
-squeezed). For ordinary images this is exactly what
-``codes.read_image`` always did (draft, ``exif_transpose``, ``convert("RGB")``, bicubic resize).
+squeezed). For ordinary images this is Pillow's plain path (draft, ``exif_transpose``,
+``convert("RGB")``, bicubic resize).
 After a large decode the freed memory is handed back to the OS (glibc ``malloc_trim``).
+
+The memory estimates live in :mod:`neuralcodes.imagecost`, the pixel conversions (orientation,
+RGB) and the notes on a query in :mod:`neuralcodes.imagepixels`; every public name of both is
+importable from here too.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import logging
 from dataclasses import dataclass, replace
@@ -36,10 +38,32 @@ from PIL import Image, UnidentifiedImageError
 
 from neuralcodes import jpegscans, pngstrips
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.imagecost import REDUCING_GAP as REDUCING_GAP
+from neuralcodes.imagecost import (
+    STRIP_BYTES_PER_PIXEL,
+    STRIP_TARGET_BYTES,
+    direct_cost,
+    reduce_factor,
+    release_memory,
+)
+from neuralcodes.imagecost import WEBP_BYTES_PER_PIXEL as WEBP_BYTES_PER_PIXEL
+from neuralcodes.imagecost import pixel_bytes as pixel_bytes
+from neuralcodes.imagepixels import ALPHA_MODES as ALPHA_MODES
+from neuralcodes.imagepixels import (
+    IMAGE_SIZE,
+    ORIENTATION_TAG,
+    TRANSPOSE,
+    displayed,
+    has_alpha,
+    header_orientation,
+    orientation,
+    to_rgb,
+)
+from neuralcodes.imagepixels import SIXTEEN_BIT as SIXTEEN_BIT
+from neuralcodes.imagepixels import query_notes as query_notes
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 64
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -53,22 +77,6 @@ LOCAL_MAX_PIXELS = 2**40
 LOCAL_MAX_DECODE_BYTES = 2**30
 #: Decodes estimated above this give their memory back to the OS afterwards.
 TRIM_ABOVE_BYTES = 32 * 2**20
-#: Strip-decoded images are box-reduced to at least this many times ``size`` before the
-#: final bicubic resize (Pillow's ``reducing_gap``).
-REDUCING_GAP = 2
-#: Estimated peak bytes per pixel of a PNG strip in flight (measured: ~25), and the most
-#: memory the strips may use.
-STRIP_BYTES_PER_PIXEL = 40
-STRIP_TARGET_BYTES = 16 * 2**20
-#: Bytes per pixel a WebP decode needs at its peak (measured with Pillow 13: 15-18).
-WEBP_BYTES_PER_PIXEL = 20
-ORIENTATION_TAG = 0x0112
-TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-             8: Image.Transpose.ROTATE_90}
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 Source = bytes | bytearray | str | Path | BinaryIO
 
@@ -117,11 +125,6 @@ class ImageInfo:
         width, height = self.displayed_size
         return {"format": self.format, "width": width, "height": height,
                 "upscaled": self.upscaled, "transparent": self.transparent}
-
-
-def displayed(width: int, height: int, turn: int) -> tuple[int, int]:
-    """A stored ``width`` x ``height`` as displayed under EXIF orientation ``turn``."""
-    return (height, width) if turn in (5, 6, 7, 8) else (width, height)
 
 
 def _name(source: Source) -> str | None:
@@ -195,88 +198,10 @@ def probe(source: Source, formats: tuple[str, ...] | None = UPLOAD_FORMATS
     try:
         with _open(fp, formats, _name(source)) as im:
             return (str(im.format),
-                    *displayed(im.size[0], im.size[1], _header_orientation(im)))
+                    *displayed(im.size[0], im.size[1], header_orientation(im)))
     finally:
         if own:
             fp.close()
-
-
-def pixel_bytes(mode: str) -> int:
-    """Bytes per pixel of a Pillow image of ``mode`` in memory."""
-    return {"1": 1, "L": 1, "P": 1}.get(mode, 2 if mode.startswith("I;16") else 4)
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    return im.mode in ALPHA_MODES or "transparency" in im.info
-
-
-def direct_cost(im: Image.Image, original: tuple[int, int]) -> int:
-    """Peak bytes to decode ``im`` whole (at its current, possibly drafted, size), orient it
-    and convert it to RGB; ``original``: its size in the file."""
-    pixels = im.size[0] * im.size[1]
-    ps = pixel_bytes(im.mode)
-    convert = 0 if im.mode == "RGB" else ps + (12 if _has_alpha(im) else 4)
-    peak = max(2 * ps, convert) * pixels
-    if im.format == "WEBP":
-        peak = max(peak, WEBP_BYTES_PER_PIXEL * pixels)
-    if im.format == "JPEG" and (im.info.get("progressive") or im.info.get("progression")):
-        peak += _jpeg_coefficient_bytes(im, original)
-    return peak
-
-
-def _jpeg_coefficient_bytes(im: Image.Image, original: tuple[int, int]) -> int:
-    """A progressive JPEG buffers all DCT coefficients (2 bytes a sample) whatever the draft."""
-    w, h = original
-    layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * getattr(im, "layers", 3)
-    hmax = max(layer[1] for layer in layers)
-    vmax = max(layer[2] for layer in layers)
-    samples = sum(layer[1] * layer[2] for layer in layers) / (hmax * vmax)
-    return int(2 * (w + 15) * (h + 15) * samples)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """``im`` as RGB: transparency composited on white, 16-bit samples scaled to 8 bits."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in SIXTEEN_BIT:
-        a = np.asarray(im)
-        if im.mode == "I" and a.max(initial=0) <= 255:
-            eight = a.astype(np.uint8)
-        else:
-            eight = (np.clip(a, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
-        return Image.fromarray(eight, "L").convert("RGB")
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def orientation(exif: bytes | None) -> int:
-    """The EXIF orientation (1-8) in raw EXIF bytes; 1 when absent or unreadable."""
-    if not exif:
-        return 1
-    try:
-        parsed = Image.Exif()
-        parsed.load(exif)
-        value = parsed.get(ORIENTATION_TAG, 1)
-        return value if value in TRANSPOSE else 1
-    except Exception:  # noqa: BLE001  (broken EXIF: show the image as stored)
-        return 1
-
-
-def _header_orientation(im: Image.Image) -> int:
-    """The EXIF orientation known from an opened (not loaded) image; 1 if none."""
-    try:
-        turn = im.getexif().get(ORIENTATION_TAG, 1)
-    except Exception:  # noqa: BLE001  (broken EXIF: shown as stored)
-        return 1
-    return turn if turn in TRANSPOSE else 1
-
-
-def reduce_factor(width: int, height: int, size: int) -> int:
-    """The box-reduction factor that keeps both sides at least ``REDUCING_GAP * size``."""
-    return max(1, min(width, height) // (REDUCING_GAP * size))
 
 
 def decode_image(source: Source, *, size: int = IMAGE_SIZE,
@@ -366,7 +291,7 @@ def _plan(im: Image.Image, size: int, max_pixels: int, max_decode_bytes: int,
                             "MB); send a smaller image", 413, name)
     return ImageInfo(format=fmt, width=width, height=height, mode=mode,
                      upscaled=width < size or height < size, method=method, decode_bytes=cost,
-                     rows_per_strip=rows, transparent=_has_alpha(im))
+                     rows_per_strip=rows, transparent=has_alpha(im))
 
 
 def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int
@@ -394,43 +319,3 @@ def _decode(im: Image.Image, fp: BinaryIO, info: ImageInfo, size: int
     return np.asarray(rgb, dtype=np.uint8), turn
 
 
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        return libc
-    except (OSError, AttributeError):  # not glibc (macOS, musl without malloc_trim, Windows)
-        return None
-
-
-_LIBC = _load_libc()
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
-    Image buffers freed by one thread otherwise stay in its malloc arena for good."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def query_notes(width: int, height: int, *, transparent: bool = False) -> list[str]:
-    """What was done to a ``width`` x ``height`` query image before the model saw it, as
-    sentences for people (the web API's ``query.notes``, ``neuralcodes search``'s notes): squeezed
-    when not square, which side(s) were enlarged when shorter than 64, transparency on white."""
-    side = IMAGE_SIZE
-    notes = []
-    if width != height:
-        notes.append(f"Your image is {width}×{height}: it was squeezed to {side}×{side} (the "
-                     "aspect ratio is not kept), as are the images of an index.")
-    if width < side and height < side:
-        notes.append(f"Your image is only {width}×{height} pixels: it was enlarged to "
-                     f"{side}×{side}, so the model sees a blurry version.")
-    elif width < side:
-        notes.append(f"Its width ({width} px) was enlarged to {side}, so the model sees it "
-                     "blurred horizontally.")
-    elif height < side:
-        notes.append(f"Its height ({height} px) was enlarged to {side}, so the model sees it "
-                     "blurred vertically.")
-    if transparent:
-        notes.append("Transparent areas were filled with white.")
-    return notes

@@ -13,7 +13,8 @@ stage's fingerprint holds the settings that change its result and the digests of
 fingerprints of the artifacts it reads, so a change anywhere upstream reaches everything
 downstream. Every artifact carries its own fingerprint under the name ``made_by``:
 
-- JSON (eval.json, map.json, top{k}.json, evidence.json, pca.json): a ``made_by`` key;
+- JSON (eval.json, map.json, top{k}.json, evidence.json, pca.json, a cache's manifest.json): a
+  ``made_by`` key;
 - .npz (codes, indexes): a ``made_by`` member holding the JSON text;
 - PNG (figures): a ``made_by`` text chunk;
 - Markdown / HTML (the report): a last line ``<!-- made_by: {...} -->``.
@@ -43,7 +44,7 @@ KEY = "made_by"
 #: Format version of each stage's artifacts: bump one when what the stage writes changes, and
 #: every artifact written before is recomputed.
 FORMATS: dict[str, int] = {"eval": 1, "codes": 1, "map": 1, "figures": 1, "evidence": 1,
-                           "pca": 1, "report": 1, "index": 2}
+                           "pca": 1, "report": 1, "index": 2, "cache": 1}
 _MD_PREFIX = "<!-- made_by: "
 _MD_SUFFIX = " -->"
 _HASHES: dict[tuple[str, int, int], tuple[str, int]] = {}  # (path, size, mtime_ns) -> (sha, epoch)
@@ -106,6 +107,15 @@ def digest(fp: Fingerprint) -> str:
     """A short hash of a fingerprint: how downstream fingerprints name their inputs."""
     text = json.dumps(fp, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_fingerprint(dataset: str, files: str, cache_format: int,
+                      image_shape: Sequence[int]) -> Fingerprint:
+    """An image cache (its ``manifest.json``): which dataset read which files (``files``: the
+    source's content checksum), into which cache format and image shape. Its :func:`digest`
+    names the cache folder, so a changed source is decoded into a new cache."""
+    return make("cache", settings={"dataset": dataset, "cache.format": cache_format,
+                                   "image_shape": list(image_shape)}, inputs={"files": files})
 
 
 def eval_fingerprint(weights: dict[str, Any], precision: str, splits_hash: str) -> Fingerprint:

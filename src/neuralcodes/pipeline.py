@@ -33,37 +33,6 @@ from neuralcodes.runs import RunDir
 
 log = logging.getLogger(__name__)
 
-#: Presets: overrides of the assignment's defaults.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # The exact protocol of the assignment.
-    "assignment": {},
-    # A CPU smoke run: 20 classes (15 in-domain, 5 ood), 100 images each, 3 epochs, the full
-    # architecture. Produces every artifact of the real run in a few minutes.
-    "quick": {
-        "data": {"max_classes": 20, "max_per_class": 100, "ood_classes": 5},
-        "train": {"max_epochs": 3},
-        "retrieval": {"pca_dims": [16, 32, 64, 128]},
-    },
-    # The assignment's model plus the two techniques the report proposes.
-    "improved": {
-        "train": {"augment": True},
-        "model": {"batch_norm": True},
-    },
-}
-#: The quick run with the two techniques: same classes, images and epochs as ``quick``, so the
-#: pair measures the techniques' effect in minutes on a CPU.
-PRESETS["quick-improved"] = {
-    s: {**PRESETS["quick"].get(s, {}), **PRESETS["improved"].get(s, {})}
-    for s in ("data", "train", "model", "retrieval")}
-
-def preset_config(preset: str) -> dict[str, Any]:
-    """The config dict of a preset: the assignment's settings with the preset's changes."""
-    if preset not in PRESETS:
-        raise NeuralCodesError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    d = Config().to_dict()
-    return {s: {**v, **PRESETS[preset].get(s, {})} for s, v in d.items()}
-
-
 def _stage(name: str) -> None:
     log.info(f"\n== {name} ==")
 
@@ -74,7 +43,8 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     from neuralcodes import data, retrieval
     from neuralcodes.evaluation import evaluate
     from neuralcodes.report import write_report
-    from neuralcodes.training.loop import train, training_left
+    from neuralcodes.training.loop import train
+    from neuralcodes.training.records import training_left
 
     rd = RunDir(Path(out))
     if rd.config.is_file():
@@ -87,6 +57,7 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
 
     # no stage header before the data is read: a bad --data ends in its one error line alone
     dataset, splits = data.load_data(cfg.data, progress=progress)
+    _check_database(cfg, len(splits.ood))
     _stage("prepared")
     _log_plan(cfg, rd, preset, splits.sizes(), len(splits.in_classes), timings)
 
@@ -114,6 +85,17 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
     minutes = (time.perf_counter() - start) / 60
     log.info(f"\nDone in {minutes:.1f} min. Report: {md}\n                     {html}")
     return md
+
+
+def _check_database(cfg: Config, n_ood: int) -> None:
+    """The retrieval settings against the ood images there are (the configuration checks them
+    only where the dataset fixes its images per class)."""
+    r = cfg.retrieval
+    if r.k > n_ood - 1 or r.figure_queries > n_ood:
+        raise NeuralCodesError(f"retrieval.k ({r.k}) and retrieval.figure_queries "
+                               f"({r.figure_queries}) must fit the {n_ood} out-of-domain images "
+                               "(k at most one fewer): lower them with --set retrieval.k=N "
+                               "--set retrieval.figure_queries=N, or add images")
 
 
 class _Timings:
@@ -144,7 +126,7 @@ class _Timings:
 def _log_plan(cfg: Config, rd: RunDir, preset: str, sizes: dict[str, int], n_classes: int,
                 timings: _Timings) -> None:
     """Say what will happen, with the expected time of each stage from a short probe."""
-    from neuralcodes.training.loop import training_left
+    from neuralcodes.training.records import training_left
 
     log.info(f"Preset '{preset}': {n_classes} in-domain classes, {sizes['train']:,} training "
           f"images, batch {cfg.train.batch_size}, at most {cfg.train.max_epochs} epochs with "

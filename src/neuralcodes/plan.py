@@ -19,25 +19,28 @@ from neuralcodes.errors import NeuralCodesError
 from neuralcodes.estimate import estimate_stages, expected_epochs, plan_lines, probe_speeds
 from neuralcodes.runs import RunDir
 
-#: The official archive's classes and images per class (used before it is downloaded).
-OFFICIAL_CLASSES, OFFICIAL_PER_CLASS = 200, 500
-
 
 def planned_sizes(cfg: DataConfig) -> tuple[dict[str, int], int, str]:
     """Split sizes, number of in-domain classes and where they come from, read from the
     source's file listing (or the official archive's known layout when it is not here yet)."""
-    from neuralcodes.data.source import Source, read_wnids
+    from neuralcodes import datasets as registry
+    from neuralcodes.data.source import open_dataset
 
-    if cfg.source is None:
-        wnids = [f"n{i:08d}" for i in range(OFFICIAL_CLASSES)]
-        labels = np.repeat(np.arange(OFFICIAL_CLASSES), OFFICIAL_PER_CLASS)
-        origin = "the official archive's layout (200 classes x 500 images; not downloaded yet)"
+    if cfg.source is None:  # the archive's declared layout
+        spec = registry.get(cfg.dataset)
+        n, per_class = spec.classes or 0, spec.images_per_class or 0
+        wnids = [f"n{i:08d}" for i in range(n)]
+        labels = np.repeat(np.arange(n), per_class)
+        origin = (f"the {spec.title} archive's layout ({n} classes x {per_class} images; not "
+                  "downloaded yet)")
         if cfg.ood_wnids:
             raise NeuralCodesError("--plan with data.ood_wnids needs --data (the class list)")
     else:
-        with Source.open(cfg.source) as src:
-            wnids = read_wnids(src)
-            labels = np.array([it.label for it in src.train_items(wnids)], dtype=np.int64)
+        src, spec = open_dataset(cfg.source, cfg.dataset)
+        with src:
+            listing = spec.listing(src)
+        wnids = listing.classes
+        labels = np.array([it.label for it in listing.items], dtype=np.int64)
         origin = f"the file listing of {cfg.source}, before decoding"
     splits = split_arrays(labels, wnids, cfg)
     return splits.sizes(), len(splits.in_classes), origin
@@ -45,7 +48,7 @@ def planned_sizes(cfg: DataConfig) -> tuple[dict[str, int], int, str]:
 
 def plan(cfg: Config, out: str | Path, *, command: str, preset: str | None = None) -> list[str]:
     """The plan of ``command`` ('run' or 'train') with ``cfg`` into ``out``, as lines."""
-    from neuralcodes.training.loop import is_finished
+    from neuralcodes.training.records import is_finished
 
     sizes, n_classes, origin = planned_sizes(cfg.data)
     t = cfg.train

@@ -259,9 +259,9 @@ class TrainedRun:
         ``build_model``'s inference batch, the run's precision)."""
         import torch
 
+        from neuralcodes.model.build import build_model
+        from neuralcodes.model.checkpoint import load_checkpoint
         from neuralcodes.runtime import resolve_device
-        from neuralcodes.training.checkpoint import load_checkpoint
-        from neuralcodes.training.step import build_model
 
         rd = RunDir.existing(path)
         saved = rd.saved()

@@ -1,8 +1,9 @@
 """The ``neuralcodes`` command: one subcommand per stage of the study.
 
-Each stage's module registers its own subcommand (``register(subparsers)``), so a command's flags
-live next to the code they drive. This module only names the commands, builds the parser and turns
-failures into a one-line message and a non-zero exit.
+Each stage's module fills in its own subcommand's parser (``register(parser)``: description and
+flags), so a command's flags live next to the code they drive. This module names the commands
+with their one-line summaries (:data:`COMMANDS`, the only place a summary is written), builds the
+parser and turns failures into a one-line message and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from neuralcodes import __version__
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.text import printable
 
-#: Every subcommand: the module that defines it (with ``register(subparsers)``) and its summary.
+#: Every subcommand: the module that fills in its parser (``register(parser)``) and its summary,
+#: shown in ``neuralcodes --help`` and as the command's help alike.
 #: Only the chosen command's module is imported, so ``--help`` and light commands start fast
 #: (most modules import torch).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,7 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "duplicates": ("neuralcodes.cli.duplicates", "list near-duplicate images in an index"),
     "run": ("neuralcodes.cli.run",
             "run the whole study: prepare, train, evaluate, retrieve, report"),
-    "serve": ("neuralcodes.cli.serve", "a local web app: browse the ood images and search"),
+    "serve": ("neuralcodes.cli.serve",
+              "a local web app: browse the ood images and search with your own"),
 }
 
 
@@ -61,17 +64,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"neuralcodes {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    if argv is None:
-        wanted = {module for module, _ in COMMANDS.values()}
-    else:
-        chosen = next((a for a in argv if not a.startswith("-")), None)
-        wanted = {COMMANDS[chosen][0]} if chosen in COMMANDS else set()
-    for module in dict.fromkeys(m for m, _ in COMMANDS.values()):
-        if module in wanted:
-            importlib.import_module(module).register(sub)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), None)
     for name, (module, summary) in COMMANDS.items():
-        if module not in wanted:
-            sub.add_parser(name, help=summary)
+        p = sub.add_parser(name, help=summary)  # the one place a summary is given
+        if argv is None or name == chosen:
+            importlib.import_module(module).register(p)
     return parser
 
 

@@ -18,10 +18,10 @@ SPLITS = ("ood", "train", "val", "test")  # as neuralcodes.retrieval.codes.SPLIT
 RELU = {"pre": False, "post": True, "both": None}
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "codes", help="compute the unit-length neural codes of a trained run",
-        description="Compute layer 5/6/7 neural codes (eval mode, L2-normalised) of one split "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``codes`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Compute layer 5/6/7 neural codes (eval mode, L2-normalised) of one split "
         "of a trained run and save them to RUN/codes/<split>-<pre|post>relu.npz.")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--split", default="ood", choices=SPLITS, help="which images (default: ood)")

@@ -26,8 +26,9 @@ from neuralcodes.text import printable
 
 #: Short aliases: flag -> (section, key, help); values stay strings except ``--epochs``.
 ALIASES: dict[str, tuple[str, str, str]] = {
-    "--data": ("data", "source", "Tiny ImageNet zip or extracted folder (default: download the "
-               "official archive)"),
+    "--data": ("data", "source", "Tiny ImageNet zip or extracted folder, or a labelled image "
+               "folder (one subfolder of images per class); default: download the official "
+               "Tiny ImageNet archive"),
     "--cache-dir": ("data", "cache_dir", "where the decoded image cache lives (default: "
                     "$NEURALCODES_CACHE or ~/.cache/neuralcodes)"),
     "--url": ("data", "url", "download the official archive from this address, e.g. a mirror "

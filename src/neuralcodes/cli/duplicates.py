@@ -9,10 +9,10 @@ from neuralcodes.model import CODE_LAYERS
 from neuralcodes.text import printable
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "duplicates", help="list groups of near-duplicate images in an index",
-        description="List the groups of images of an index whose codes are at least THRESHOLD "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``duplicates`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "List the groups of images of an index whose codes are at least THRESHOLD "
         "similar (the centred cosine `neuralcodes search` shows for an index: 1 is the same "
         "image, about 0 unrelated), largest groups first, each image with its highest "
         "similarity to another of its group.")

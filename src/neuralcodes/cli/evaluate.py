@@ -16,10 +16,10 @@ from neuralcodes.cli.common import (
 EVAL_BATCH = 200
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "evaluate", help="cross-entropy, top-1 and top-5 on train/val/test",
-        description="Evaluate a trained run (eval mode, in the run's precision) on train, val "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``evaluate`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Evaluate a trained run (eval mode, in the run's precision) on train, val "
         "and test; print a table and write eval.json and eval.csv into the run directory. "
         "Skipped when eval.json was computed from the same weights (sha256), precision and "
         "partition.")

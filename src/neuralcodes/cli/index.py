@@ -17,10 +17,10 @@ from neuralcodes.retrieval.indexing import FORWARD_BATCH
 from neuralcodes.text import printable
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "index", help="index a folder of your own images for `neuralcodes search`",
-        description="Compute the neural codes of every image under FOLDER (any size and common "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``index`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Compute the neural codes of every image under FOLDER (any size and common "
         "format; unreadable files are reported and skipped) into RUN/indexes/NAME. Each image "
         "is resized to 64x64, the size of the training images, without keeping its aspect "
         "ratio: a non-square image is squeezed, as the query of `neuralcodes search` is. Run "

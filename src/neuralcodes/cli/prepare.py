@@ -13,10 +13,11 @@ from neuralcodes.cli.common import (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="download Tiny ImageNet (or read --data) and build the image cache",
-        description="Decode every train image of Tiny ImageNet once into a compact uint8 cache "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``prepare`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Decode every train image of Tiny ImageNet (or every image of a labelled folder: one "
+        "subfolder per class) once into a compact uint8 cache "
         "(images.npy + labels + class names + manifest) and print the assignment's splits (the "
         "data.* settings, e.g. --set data.ood_classes=2 --set data.max_per_class=50). Without "
         "--data the official archive is downloaded (resumable, md5-checked) from --url, else "
@@ -34,7 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes.data import Dataset, make_splits, prepare_cache, summary, write_splits_csv
+    from neuralcodes.data import (
+        Dataset,
+        check_usable,
+        make_splits,
+        prepare_cache,
+        summary,
+        write_splits_csv,
+    )
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.files import require_folder
 
@@ -44,10 +52,12 @@ def main(args: argparse.Namespace) -> int:
     if args.export_splits:
         require_folder(args.export_splits, "--export-splits")
     with console_logging():
-        root, built = prepare_cache(cfg.source, cfg.cache_dir, workers=args.workers,
-                                    progress=not args.no_progress, url=cfg.url)
+        root, built = prepare_cache(cfg.source, cfg.cache_dir, dataset=cfg.dataset,
+                                    workers=args.workers, progress=not args.no_progress,
+                                    url=cfg.url)
     dataset = Dataset.load(root)
     splits = make_splits(dataset, cfg)
+    check_usable(dataset, splits)
     print(summary(dataset, splits, built=built, splits_path=splits.save(root)))
     if args.export_splits:
         print(f"partition: {write_splits_csv(dataset, splits, args.export_splits)}")

@@ -16,10 +16,10 @@ from neuralcodes.cli.common import (
 PCA_FIT_IMAGES = 5000  # as neuralcodes.retrieval.study.PCA_FIT_IMAGES
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "retrieval", help="ood retrieval study: figures, mAP, PCA study, layer evidence",
-        description="Run the retrieval study of a trained run into RUN/retrieval/. A step is "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``retrieval`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Run the retrieval study of a trained run into RUN/retrieval/. A step is "
         "skipped when its files record the weights (sha256) and settings it would use now, "
         "and reruns, saying why, when they changed. Retrieval settings can be changed with "
         "--set retrieval.KEY=VALUE (k, figure_queries, pca_dims, layers, relu); the figures "

@@ -6,19 +6,18 @@ import argparse
 from pathlib import Path
 
 from neuralcodes.cli.common import add_config_options, add_progress_option, config_from_args
+from neuralcodes.presets import PRESETS, preset_config
 
-PRESET_NAMES = ("assignment", "quick", "improved", "quick-improved")
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "run", help="run the whole study: prepare, train, evaluate, retrieve, report",
-        description="Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``run`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
         "PCA -> report). Finished stages are skipped, so the same command continues an "
         "interrupted run.")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default: runs/<preset>)")
-    p.add_argument("--preset", choices=PRESET_NAMES, default="assignment",
+    p.add_argument("--preset", choices=list(PRESETS), default="assignment",
                    help="assignment: the exact protocol (default); quick: a CPU smoke run that "
                         "still makes every artifact; improved: + augmentation and batch norm; "
                         "quick-improved: quick + the same two techniques (compare it with quick "
@@ -33,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.cli.common import console_logging, run_lock
-    from neuralcodes.pipeline import preset_config, run
+    from neuralcodes.pipeline import run
 
     cfg = config_from_args(args, preset_config(args.preset))
     out = args.out or Path("runs") / args.preset

@@ -16,10 +16,10 @@ SCORES = ("Scores: in an index, the cosine similarity of codes centred by the me
           "hit that is the query itself (the same file, or an identical code) is marked.")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "search", help="find the images most similar to IMAGE",
-        description="Rank the ood set (or an index from `neuralcodes index`) by the similarity "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``search`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Rank the ood set (or an index from `neuralcodes index`) by the similarity "
         "of neural codes to each IMAGE and print rank, score and path. " + SCORES)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="a JPEG, PNG, WebP, ... of any size, or a glob in quotes ('shots/*.jpg', "

@@ -14,10 +14,10 @@ from neuralcodes.errors import NeuralCodesError
 TOKEN_ENV = "NEURALCODES_TOKEN"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "serve", help="a local web app: browse the ood images and search with your own",
-        description="Start a web app for a trained run: a gallery of the out-of-domain images "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``serve`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Start a web app for a trained run: a gallery of the out-of-domain images "
         "with their top-k results per layer, search with an uploaded image, the run's results, "
         "and a JSON API (interactive docs at /docs). Binds 127.0.0.1 unless --host says "
         "otherwise; on any other address every request needs an access token (printed in the "

@@ -15,10 +15,10 @@ from neuralcodes.cli.common import (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train", help="train the ConvNet (assignment Task 2)",
-        description="Train the ConvNet with the assignment's protocol into runs/<name>/ (any "
+def register(p: argparse.ArgumentParser) -> None:
+    """The ``train`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
+    p.description = (
+        "Train the ConvNet with the assignment's protocol into runs/<name>/ (any "
         "setting can be changed with --set). Under torchrun it trains with "
         "DistributedDataParallel.")
     where = p.add_argument_group("run directory")

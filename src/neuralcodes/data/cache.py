@@ -1,7 +1,11 @@
-"""The decoded image cache: every train image decoded exactly once, in parallel, into
-``<cache>/tiny-imagenet-<key>/`` (see :mod:`neuralcodes.data` for the files), and loaded back as a
-memory-mapped :class:`Dataset`.
+"""The decoded image cache: every image of a dataset decoded exactly once, in parallel, into
+``<cache>/<dataset>-<key>/`` (see :mod:`neuralcodes.data` for the files), and loaded back as a
+memory-mapped :class:`~neuralcodes.data.dataset.Dataset` (split by :mod:`.partition`).
 
+``<key>`` is the digest of the cache's lineage fingerprint
+(:func:`neuralcodes.lineage.cache_fingerprint`: the dataset, the source's content checksum, the
+cache format), which the manifest records as ``made_by``: the same source is never decoded
+twice, and a changed one (a file added, removed or rewritten) gets a cache of its own.
 The cache is built in a ``.building-*`` folder and renamed into place at the end, so a half-built
 cache is never taken for a finished one; builds left by dead processes are removed; decoding is
 :mod:`.decode`. ``<cache>/sources.json`` remembers which cache a zip (by path, size and mtime)
@@ -11,41 +15,33 @@ produced, so a repeated ``prepare`` of an unchanged zip returns at once without 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from neuralcodes import datasets as registry
+from neuralcodes import lineage
 from neuralcodes.config import URL_PATTERN, DataConfig
 from neuralcodes.data import decode
-from neuralcodes.data.download import (
-    TINY_IMAGENET_MD5,
-    TINY_IMAGENET_SIZE,
-    TINY_IMAGENET_URL,
-    download,
-)
-from neuralcodes.data.source import IMAGE_SHAPE, Item, Source, read_names, read_wnids
-from neuralcodes.data.splits import Splits, make_splits, split_arrays, split_settings
+from neuralcodes.data.dataset import FORMAT_VERSION, IMAGE_SHAPE
+from neuralcodes.data.download import download
+from neuralcodes.data.source import Source, open_dataset
+from neuralcodes.data.splits import split_arrays, split_settings
+from neuralcodes.datasets.spec import DatasetSpec, Listing, RemoteFile
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open, read_json, write_json
 from neuralcodes.versions import versions
 
 log = logging.getLogger(__name__)
 
-#: Bump when the cache layout changes: it is part of the cache key, so old caches are not reused.
-#: 2: images in lexicographic file-name order within a class (1: natural order).
-FORMAT_VERSION = 2
-VOLATILE_MANIFEST_KEYS = ("created", "build")
-#: In the cache root: zip stamp (path, size, mtime) -> cache folder name.
+#: In the cache root: "<dataset>|<zip stamp (path, size, mtime)>" -> cache folder name.
 _MEMO = "sources.json"
 
 
@@ -64,35 +60,50 @@ def cache_root(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
-def download_url(url: str | None = None) -> str:
-    """Where the official archive comes from: ``url`` (``data.url``/``--url``), else
-    ``$NEURALCODES_URL``, else the cs231n address."""
+def _remote(spec: DatasetSpec) -> RemoteFile:
+    if spec.remote is None:
+        raise NeuralCodesError(f"the {spec.title} dataset cannot be downloaded: name its folder "
+                               "with --data")
+    return spec.remote
+
+
+def download_url(url: str | None = None, dataset: str = registry.DEFAULT) -> str:
+    """Where ``dataset``'s archive comes from: ``url`` (``data.url``/``--url``), else
+    ``$NEURALCODES_URL``, else the address its spec declares."""
     if url:
         return url
     env = os.environ.get("NEURALCODES_URL", "").strip()
     if env and not re.fullmatch(URL_PATTERN, env):
         raise NeuralCodesError(f"NEURALCODES_URL is not a download address (http://, https://, "
                                f"ftp:// or file://): {env!r}")
-    return env or TINY_IMAGENET_URL
+    return env or _remote(registry.get(dataset)).url
 
 
-def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True,
-                   url: str | None = None, md5: str | None = TINY_IMAGENET_MD5) -> Path:
-    """The official archive in ``<cache>/downloads/``, downloaded (and md5-checked) if absent.
+def fetch(dataset: str, cache_dir: str | Path | None = None, *, progress: bool = True,
+          url: str | None = None, md5: str | None = None) -> Path:
+    """``dataset``'s archive in ``<cache>/downloads/``, downloaded (and checked against ``md5``,
+    None: its spec's) if absent.
 
     ``url`` (None: :func:`download_url`) may be a mirror: the file is the same archive, kept under
-    the official name, so a download begun from one address can be finished from another.
+    its official name, so a download begun from one address can be finished from another.
     """
+    remote = _remote(registry.get(dataset))
     root = cache_root(cache_dir)
-    url = download_url(url)
-    dest = root / "downloads" / Path(TINY_IMAGENET_URL).name
+    url = download_url(url, dataset)
+    dest = root / "downloads" / remote.filename
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    need = TINY_IMAGENET_SIZE - (part.stat().st_size if part.exists() else 0)
+    need = remote.size - (part.stat().st_size if part.exists() else 0)
     check_free_space(dest.parent, need, "download the archive")
-    return download(url, dest, md5, progress=progress)
+    return download(url, dest, md5 or remote.md5, progress=progress)
+
+
+def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True,
+                   url: str | None = None, md5: str | None = None) -> Path:
+    """The default dataset's (Tiny ImageNet's) official archive: :func:`fetch`."""
+    return fetch(registry.DEFAULT, cache_dir, progress=progress, url=url, md5=md5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,43 +111,43 @@ def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True
 
 
 def prepare(source: str | Path | None = None, cache_dir: str | Path | None = None, *,
-            workers: int | None = None, progress: bool = True, url: str | None = None) -> Path:
-    """Build the image cache for ``source`` (None: the official archive, downloaded from ``url``
-    if not there yet, see :func:`fetch_official`) and return its folder.
+            dataset: str = "auto", workers: int | None = None, progress: bool = True,
+            url: str | None = None) -> Path:
+    """Build the image cache for ``source`` read as ``dataset`` (``auto``: found from its
+    layout; see :mod:`neuralcodes.datasets`) and return its folder. Without a source the
+    dataset's archive is downloaded from ``url`` if not there yet (:func:`fetch`).
 
-    Does no work when a finished cache for the same source content exists. Rejected files
-    (undecodable, not 64x64) are logged as a warning and listed in the manifest.
+    Does no work when a finished cache for the same source content exists. Files that do not
+    decode are listed in the manifest and logged (a labelled folder: one error line instead).
     """
-    return prepare_cache(source, cache_dir, workers=workers, progress=progress, url=url)[0]
+    return prepare_cache(source, cache_dir, dataset=dataset, workers=workers,
+                         progress=progress, url=url)[0]
 
 
 def prepare_cache(source: str | Path | None, cache_dir: str | Path | None, *,
-                  workers: int | None = None, progress: bool = True, url: str | None = None
-                  ) -> tuple[Path, bool]:
+                  dataset: str = "auto", workers: int | None = None, progress: bool = True,
+                  url: str | None = None) -> tuple[Path, bool]:
     """:func:`prepare`, also saying whether the cache was built now (True) or found (False)."""
     root = cache_root(cache_dir)
     if source is None:
-        source = fetch_official(root, progress=progress, url=url, md5=TINY_IMAGENET_MD5)
+        source = fetch(registry.get(dataset).name, root, progress=progress, url=url)
     stamp = _file_stamp(Path(source).expanduser())
+    stamp = f"{dataset}|{stamp}" if stamp else None
     known = _read_memo(root).get(stamp) if stamp else None
     if known and (root / known / "manifest.json").is_file():
         return root / known, False
-    with Source.open(source) as src:
-        return _prepare_source(src, root, stamp, workers=workers, progress=progress)
+    src, spec = open_dataset(source, dataset)
+    with src:
+        return _prepare_source(src, spec, root, stamp, workers=workers, progress=progress)
 
 
-def _prepare_source(src: Source, root: Path, stamp: str | None, *, workers: int | None,
-                    progress: bool) -> tuple[Path, bool]:
-    wnids = read_wnids(src)
-    items = src.train_items(wnids)
-    counts = np.bincount([it.label for it in items], minlength=len(wnids))
-    empty = [w for w, c in zip(wnids, counts, strict=True) if c == 0]
-    if empty:
-        raise NeuralCodesError(f"wrong layout: no training images for {len(empty)} class(es) of "
-                               f"wnids.txt, e.g. {empty[0]} (expected train/<wnid>/images/)")
-    checksum = src.checksum(items)
-    key = hashlib.sha256(f"{FORMAT_VERSION}:{checksum}".encode()).hexdigest()[:16]
-    final = root / f"tiny-imagenet-{key}"
+def _prepare_source(src: Source, spec: DatasetSpec, root: Path, stamp: str | None, *,
+                    workers: int | None, progress: bool) -> tuple[Path, bool]:
+    listing = spec.listing(src)
+    fp = lineage.cache_fingerprint(spec.name, src.checksum(listing.items, spec.meta_files),
+                                   FORMAT_VERSION, IMAGE_SHAPE)
+    key = lineage.digest(fp)
+    final = root / f"{spec.name}-{key}"
     if (final / "manifest.json").is_file():
         _remember(root, stamp, final.name)
         return final, False
@@ -147,7 +158,7 @@ def _prepare_source(src: Source, root: Path, stamp: str | None, *, workers: int 
     tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-{os.getpid()}-", dir=root))
     os.chmod(tmp, 0o755)
     try:
-        manifest = _build(src, wnids, items, checksum, tmp, workers=workers, progress=progress)
+        manifest = _build(src, spec, listing, fp, tmp, workers=workers, progress=progress)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -187,16 +198,23 @@ def _remember(root: Path, stamp: str | None, name: str) -> None:
             write_json(root / _MEMO, {**memo, stamp: name})
 
 
-def _build(src: Source, wnids: list[str], items: list[Item], checksum: str, out: Path, *,
-           workers: int | None, progress: bool) -> dict[str, Any]:
-    """Decode all ``items`` into ``out`` and write the cache files; returns the manifest."""
+def _build(src: Source, spec: DatasetSpec, listing: Listing, fp: lineage.Fingerprint,
+           out: Path, *, workers: int | None, progress: bool) -> dict[str, Any]:
+    """Decode every item of ``listing`` into ``out`` and write the cache files; returns the
+    manifest."""
     t0 = time.perf_counter()
+    items, wnids = listing.items, listing.classes
     n = len(items)
     check_free_space(out, n * decode.ROW_BYTES + (64 << 20), "build the cache")
     images_path = out / "images.npy"
     offset = decode.allocate_images(images_path, n)
-    rejects = decode.decode_all(src, items, images_path, offset, workers=workers,
+    rejects = decode.decode_all(src, spec, items, images_path, offset, workers=workers,
                                 progress=progress)
+    if rejects and spec.strict:
+        row, reason = rejects[0]
+        raise NeuralCodesError(
+            f"{len(rejects)} file(s) in {src.path} cannot be read as images, e.g. "
+            f"{items[row].rel} ({reason}): remove or replace them, then run again")
     keep = np.ones(n, bool)
     keep[[r for r, _ in rejects]] = False
     if rejects:
@@ -205,18 +223,19 @@ def _build(src: Source, wnids: list[str], items: list[Item], checksum: str, out:
     paths = [it.rel for it, k in zip(items, keep, strict=True) if k]
     with atomic_open(out / "labels.npy", "wb") as f:
         np.save(f, labels)
-    write_json(out / "classes.json", {"wnids": wnids, "names": read_names(src, wnids)})
+    write_json(out / "classes.json", {"wnids": wnids, "names": listing.names})
     write_json(out / "paths.json", paths)
     seconds = time.perf_counter() - t0
     try:  # the assignment's default splits (needs more classes than the 10 ood ones)
         default = split_arrays(labels, wnids, DataConfig())
     except NeuralCodesError:
         default = None
-    method = ("sha256 of member names, CRC32s and sizes" if src.kind == "zip"
-              else "sha256 of file paths, sizes and mtimes")
     manifest = {
         "format": FORMAT_VERSION,
-        "source": {**src.describe(), "checksum": checksum, "checksum_method": method},
+        "dataset": spec.name,
+        lineage.KEY: fp,
+        "source": {**src.describe(), "checksum": fp["inputs"]["files"],
+                   "checksum_method": src.checksum_method()},
         "num_images": int(keep.sum()),
         "num_classes": len(wnids),
         "image_shape": list(IMAGE_SHAPE),
@@ -274,68 +293,3 @@ def _report_rejects(manifest: dict[str, Any]) -> None:
     if len(rejected) > 10:
         lines.append(f"  ... and {len(rejected) - 10} more")
     log.warning("\n".join(lines))
-
-
-# --------------------------------------------------------------------------------------------
-# The loaded cache
-
-
-@dataclass
-class Dataset:
-    """A prepared cache, loaded; ``images`` is memory-mapped (nothing is read until used)."""
-
-    root: Path
-    images: np.ndarray  # (N, 64, 64, 3) uint8
-    labels: np.ndarray  # (N,) int64 index into wnids
-    wnids: list[str]  # sorted
-    names: list[str]  # words.txt names, same order as wnids
-    paths: list[str]  # relative to the dataset root of the source
-    manifest: dict[str, Any]
-    manifest_hash: str  # identifies the cache content (manifest without timings)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @classmethod
-    def load(cls, cache_dir: str | Path) -> Dataset:
-        """Open a cache folder returned by :func:`prepare`."""
-        root = Path(cache_dir).expanduser()
-        mpath = root / "manifest.json"
-        if not mpath.is_file():
-            raise NeuralCodesError(f"no prepared image cache in {root} (run `neuralcodes "
-                                   "prepare`)")
-        manifest = read_json(mpath)
-        if not isinstance(manifest, dict):
-            raise NeuralCodesError(f"{mpath}: not a cache manifest (damaged); delete {root} and "
-                                   "run `neuralcodes prepare` again")
-        if manifest.get("format") != FORMAT_VERSION:
-            raise NeuralCodesError(f"image cache {root} has format {manifest.get('format')}, "
-                                   f"this version reads {FORMAT_VERSION}: run `neuralcodes "
-                                   "prepare` again")
-        try:
-            images = np.load(root / "images.npy", mmap_mode="r")
-            labels = np.load(root / "labels.npy")
-            classes = read_json(root / "classes.json")
-            paths = read_json(root / "paths.json")
-        except (OSError, ValueError) as e:
-            raise NeuralCodesError(f"image cache {root} is damaged ({e}); delete it and run "
-                                   "`neuralcodes prepare` again") from None
-        n = manifest["num_images"]
-        if images.shape != (n, *IMAGE_SHAPE) or labels.shape != (n,) or len(paths) != n:
-            raise NeuralCodesError(f"image cache {root} is damaged (sizes disagree with its "
-                                   "manifest); delete it and run `neuralcodes prepare` again")
-        stable = {k: v for k, v in manifest.items() if k not in VOLATILE_MANIFEST_KEYS}
-        digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
-        return cls(root, images, labels.astype(np.int64, copy=False), list(classes["wnids"]),
-                   list(classes["names"]), list(paths), manifest, digest)
-
-
-def load_data(cfg: DataConfig, progress: bool = True) -> tuple[Dataset, Splits]:
-    """Prepare (if needed) and load the cache for ``cfg.source``, and split it by ``cfg``.
-
-    The splits are saved into the cache (``splits/<hash16>.npz``).
-    """
-    dataset = Dataset.load(prepare(cfg.source, cfg.cache_dir, progress=progress, url=cfg.url))
-    splits = make_splits(dataset, cfg)
-    splits.save(dataset.root)
-    return dataset, splits

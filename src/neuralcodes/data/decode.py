@@ -16,17 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes.data.source import (
-    IMAGE_SHAPE,
-    MAX_IMAGE_BYTES,
-    Archive,
-    Item,
-    Reject,
-    Source,
-    decode,
-    read_file,
-    read_member,
-)
+from neuralcodes import datasets as registry
+from neuralcodes.data.dataset import IMAGE_SHAPE
+from neuralcodes.data.source import Archive, Source, read_file, read_member
+from neuralcodes.datasets.spec import DatasetSpec, Item, Reject
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.progress import bar as progress_bar
 
@@ -37,11 +30,12 @@ SERIAL_BELOW = 2000  # fewer images than this: decode in-process (a pool costs m
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(src_path: str, kind: str, root: str, out_path: str, offset: int) -> None:
+def _worker_init(src_path: str, kind: str, root: str, dataset: str, out_path: str,
+                 offset: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
     if not _WORKER:  # not forked from the parent (which set it up): open the source here
-        _WORKER.update(src=Path(src_path), root=root, out=out_path, offset=offset,
-                       zip=Archive(src_path) if kind == "zip" else None)
+        _WORKER.update(src=Path(src_path), root=root, spec=registry.get(dataset), out=out_path,
+                       offset=offset, zip=Archive(src_path) if kind == "zip" else None)
 
 
 def decode_chunk(task: tuple[int, list[Item]]) -> list[tuple[int, str]]:
@@ -50,11 +44,13 @@ def decode_chunk(task: tuple[int, list[Item]]) -> list[tuple[int, str]]:
     buf = np.zeros((len(items), *IMAGE_SHAPE), np.uint8)
     rejects = []
     z: Archive | None = _WORKER["zip"]
+    spec: DatasetSpec = _WORKER["spec"]
     for k, item in enumerate(items):
+        rel = _WORKER["root"] + item.rel  # the member's name, or the path below the folder
         try:
-            raw = (read_member(z, _WORKER["root"] + item.rel, MAX_IMAGE_BYTES) if z is not None
-                   else read_file(_WORKER["src"] / _WORKER["root"] / item.rel, MAX_IMAGE_BYTES))
-            buf[k] = decode(raw)
+            raw = (read_member(z, rel, spec.max_file_bytes) if z is not None
+                   else read_file(_WORKER["src"] / rel, spec.max_file_bytes))
+            buf[k] = spec.decode(raw)
         except Reject as e:
             rejects.append((start + k, str(e)))
     fd = os.open(_WORKER["out"], os.O_WRONLY)
@@ -65,16 +61,19 @@ def decode_chunk(task: tuple[int, list[Item]]) -> list[tuple[int, str]]:
     return rejects
 
 
-def decode_all(src: Source, items: list[Item], out: Path, offset: int, *, workers: int | None,
-                progress: bool) -> list[tuple[int, str]]:
+def decode_all(src: Source, spec: DatasetSpec, items: list[Item], out: Path, offset: int, *,
+               workers: int | None, progress: bool) -> list[tuple[int, str]]:
+    """Decode ``items`` of ``src`` with ``spec``'s decoder into the rows of ``out``; returns
+    the (row, reason) of each file that could not be decoded."""
     tasks = [(s, items[s: s + CHUNK_IMAGES]) for s in range(0, len(items), CHUNK_IMAGES)]
     processes = n_workers(workers, len(items))
-    args = (str(src.path), src.kind, src.root, str(out), offset)
+    args = (str(src.path), src.kind, src.root, spec.name, str(out), offset)
     rejects: list[tuple[int, str]] = []
     # forked workers inherit this (and the archive the parent already opened and parsed)
-    _WORKER.update(src=src.path, root=src.root, out=str(out), offset=offset, zip=src.archive)
+    _WORKER.update(src=src.path, root=src.root, spec=spec, out=str(out), offset=offset,
+                   zip=src.archive)
     try:
-        with progress_bar(total=len(items), desc="decode train images", unit="img",
+        with progress_bar(total=len(items), desc="decode images", unit="img",
                   disable=not progress) as bar:
             if processes == 1:
                 for task in tasks:

@@ -1,9 +1,10 @@
-"""Reading a Tiny ImageNet source: a zip (read in place with :mod:`zipfile`) or a folder.
+"""Reading a dataset source: a zip (read in place with :mod:`zipfile`) or a folder.
 
-The dataset root is the folder holding ``wnids.txt`` and ``train/``: the source itself or one
-level below it (``tiny-imagenet-200/``). Archive members that would escape a target folder
-(absolute paths, ``..``), links, and absurd sizes are refused; a member whose bytes disagree with
-its recorded size or CRC is rejected like an undecodable image.
+:func:`open_dataset` opens a source and finds a registered dataset's layout in it
+(:mod:`neuralcodes.datasets`); the :class:`Source` then reads files relative to that
+dataset's root. Archive members that would escape a target folder (absolute paths, ``..``),
+links, and absurd sizes are refused; a member whose bytes disagree with its recorded size or CRC
+is rejected like an undecodable image.
 """
 
 from __future__ import annotations
@@ -15,44 +16,27 @@ import re
 import stat
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
+from neuralcodes import datasets as registry
+from neuralcodes.datasets.spec import DatasetSpec, Item, Reject
 from neuralcodes.errors import NeuralCodesError
 
-IMAGE_SHAPE = (64, 64, 3)
-#: A Tiny ImageNet JPEG is a few KB; anything above this is refused as absurd.
-MAX_IMAGE_BYTES = 1 << 20
 #: wnids.txt / words.txt above this are refused as absurd (the official words.txt is 2.6 MB).
 MAX_TEXT_BYTES = 64 << 20
 
 
-class Reject(Exception):
-    """A train file that cannot go into the cache; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One train image to decode: its path relative to the dataset root, and its class."""
-
-    rel: str
-    label: int
-
-
 class Source:
-    """A Tiny ImageNet source: a zip (read in place) or a folder, rooted at ``wnids.txt``."""
+    """A dataset source: a zip (read in place) or a folder; paths are relative to ``root``."""
 
-    def __init__(self, path: Path, kind: str, root: str,
-                 archive: Archive | None = None) -> None:
+    def __init__(self, path: Path, kind: str, archive: Archive | None = None) -> None:
         self.path = path  # the zip file or the folder the user named
         self.kind = kind  # "zip" | "folder"
-        self.root = root  # zip: member prefix ("tiny-imagenet-200/" or ""); folder: "" or subdir
+        self.root = ""  # the dataset root inside the source: "" or "sub/" (set by the layout)
         self.archive = archive  # zip sources: the open archive
-        self._members: dict[str, zipfile.ZipInfo] = {}
+        self._members: dict[str, zipfile.ZipInfo] = {}  # zip: every file member by full name
+        self._dirs: set[str] = set()  # zip: every folder that holds a member ("a/b/")
 
     def close(self) -> None:
         """Close the archive (zip sources)."""
@@ -72,27 +56,18 @@ class Source:
 
     @classmethod
     def open(cls, path: str | Path) -> Source:
-        """Check ``path`` and find the dataset root in it; clear errors for every bad case."""
+        """Check ``path`` is a folder or a sound zip; clear errors for every bad case."""
         path = Path(path).expanduser()
         if not path.exists():
             raise NeuralCodesError(f"source not found: {path}")
         if path.is_dir():
-            return cls._open_folder(path)
+            return cls(path.resolve(), "folder")
         if not zipfile.is_zipfile(path):
             if _starts_like_zip(path):
                 raise NeuralCodesError(f"zip archive {path} is damaged or truncated (no central "
                                        "directory at its end); download it again")
             raise NeuralCodesError(f"source is neither a zip archive nor a folder: {path}")
         return cls._open_zip(path)
-
-    @classmethod
-    def _open_folder(cls, path: Path) -> Source:
-        for sub in ["", *sorted(p.name for p in path.iterdir() if p.is_dir())]:
-            base = path / sub if sub else path
-            if (base / "wnids.txt").is_file() and (base / "train").is_dir():
-                return cls(path.resolve(), "folder", sub)
-        raise NeuralCodesError(f"wrong layout: no wnids.txt and train/ in {path} or one level "
-                               "below it (expected the Tiny ImageNet layout)")
 
     @classmethod
     def _open_zip(cls, path: Path) -> Source:
@@ -103,33 +78,61 @@ class Source:
                                    "it again") from None
         except OSError as e:
             raise NeuralCodesError(f"cannot read zip archive {path}: {e}") from None
-        src = cls(path.resolve(), "zip", "", z)
+        src = cls(path.resolve(), "zip", z)
         try:
-            infos = z.infolist()
-            for info in infos:
+            for info in z.infolist():
                 check_member(info)
-            names = {i.filename for i in infos}
-            roots = sorted(n[: -len("wnids.txt")] for n in names
-                           if n.count("/") <= 1 and n.rsplit("/", 1)[-1] == "wnids.txt")
-            root = next((r for r in roots if any(n.startswith(r + "train/") for n in names)), None)
+                if not info.is_dir():
+                    src._members[info.filename] = info
+                parts = info.filename.split("/")[:-1]
+                src._dirs.update("/".join(parts[:k]) + "/" for k in range(1, len(parts) + 1))
         except BaseException:
             src.close()
             raise
-        if root is not None:
-            src.root = root
-            src._members = {i.filename[len(root):]: i for i in infos
-                            if i.filename.startswith(root) and not i.is_dir()}
-            return src
-        src.close()
-        raise NeuralCodesError(f"wrong layout: no wnids.txt and train/ at the top of {path} or "
-                               "one level below it (expected the Tiny ImageNet layout)")
+        return src
 
-    # -- reading ------------------------------------------------------------------------------
+    # -- reading, relative to the dataset root --------------------------------------------------
+
+    def is_file(self, rel: str) -> bool:
+        """Whether ``rel`` is a file of the source."""
+        if self.kind == "zip":
+            return self.root + rel in self._members
+        return (self.root_path / rel).is_file()
+
+    def dirs_in(self, rel: str) -> list[str]:
+        """The sub-folders of folder ``rel`` ("" the root), sorted; [] when it does not exist."""
+        if self.kind == "zip":
+            base = self.root + (rel.rstrip("/") + "/" if rel else "")
+            return sorted({d[len(base):].split("/")[0] for d in self._dirs
+                           if d.startswith(base) and d != base})
+        folder = self.root_path / rel
+        if not folder.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
+
+    def files_in(self, rel: str) -> list[str]:
+        """The files directly in folder ``rel``, sorted by name (``sorted(os.listdir())``);
+        [] when it does not exist. A link in a folder source is refused."""
+        if self.kind == "zip":
+            base = self.root + rel.rstrip("/") + "/"
+            return sorted(n[len(base):] for n in self._members
+                          if n.startswith(base) and "/" not in n[len(base):])
+        folder = self.root_path / rel
+        if not folder.is_dir():
+            return []
+        names = []
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    raise NeuralCodesError(f"refusing link in source: {entry.path}")
+                if entry.is_file():
+                    names.append(entry.name)
+        return sorted(names)
 
     def read_text(self, rel: str) -> str | None:
         """A small text file of the dataset root (None if absent)."""
         if self.kind == "zip":
-            if rel not in self._members:
+            if self.root + rel not in self._members:
                 return None
             assert self.archive is not None
             try:
@@ -144,54 +147,53 @@ class Source:
             raise NeuralCodesError(f"refusing {p}: absurd size ({p.stat().st_size:,} bytes)")
         return p.read_text(encoding="utf-8", errors="replace")
 
-    def train_items(self, wnids: Sequence[str]) -> list[Item]:
-        """Every file under ``train/<wnid>/images/``, class by class (wnid order), files in
-        lexicographic name order (``sorted(os.listdir(...))``: ``n…_0, n…_1, n…_10, n…_100``)."""
-        items: list[Item] = []
-        if self.kind == "zip":
-            per_class: dict[str, list[str]] = {w: [] for w in wnids}
-            for rel in self._members:
-                parts = rel.split("/")
-                if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" \
-                        and parts[1] in per_class and parts[3]:
-                    per_class[parts[1]].append(rel)
-            for label, wnid in enumerate(wnids):
-                items += [Item(rel, label) for rel in sorted(per_class[wnid])]
-            return items
-        for label, wnid in enumerate(wnids):
-            folder = self.root_path / "train" / wnid / "images"
-            if not folder.is_dir():
-                raise NeuralCodesError(f"wrong layout: {folder} is missing (class {wnid} is in "
-                                       "wnids.txt)")
-            names = []
-            with os.scandir(folder) as it:
-                for entry in it:
-                    if entry.is_symlink():
-                        raise NeuralCodesError(f"refusing link in source: {entry.path}")
-                    if entry.is_file():
-                        names.append(entry.name)
-            items += [Item(f"train/{wnid}/images/{name}", label) for name in sorted(names)]
-        return items
-
-    def checksum(self, items: Sequence[Item]) -> str:
-        """A content fingerprint: zip: all members' names, CRCs and sizes; folder: used files'
-        paths, sizes and modification times."""
+    def checksum(self, items: Sequence[Item], meta_files: Sequence[str] = ()) -> str:
+        """A content fingerprint: zip: all members' names, CRCs and sizes below the root;
+        folder: the ``meta_files`` and used files' paths, sizes and modification times."""
         h = hashlib.sha256(f"{self.kind}\0".encode())  # not the root's name: same content, same key
         if self.kind == "zip":
-            for rel in sorted(self._members):
-                i = self._members[rel]
-                h.update(f"{rel}\0{i.CRC}\0{i.file_size}\n".encode())
+            for name in sorted(n for n in self._members if n.startswith(self.root)):
+                i = self._members[name]
+                h.update(f"{name[len(self.root):]}\0{i.CRC}\0{i.file_size}\n".encode())
             return h.hexdigest()
-        for rel in ["wnids.txt", "words.txt", *(it.rel for it in items)]:
+        for rel in [*meta_files, *(it.rel for it in items)]:
             p = self.root_path / rel
             if p.exists():
                 st = p.stat()
                 h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
+    def checksum_method(self) -> str:
+        """How :meth:`checksum` is computed, in words (recorded in the manifest)."""
+        return ("sha256 of member names, CRC32s and sizes" if self.kind == "zip"
+                else "sha256 of file paths, sizes and mtimes")
+
     def describe(self) -> dict[str, Any]:
         """How the manifest records this source."""
         return {"path": str(self.path), "kind": self.kind, "root": self.root}
+
+
+def open_dataset(path: str | Path, dataset: str = "auto") -> tuple[Source, DatasetSpec]:
+    """Open ``path`` and find the layout of ``dataset`` in it (``auto``: the first registered
+    dataset whose layout it has); the source's root is set to the dataset's root."""
+    src = Source.open(path)
+    try:
+        specs = registry.specs() if dataset == "auto" else [registry.get(dataset)]
+        for spec in specs:
+            if src.kind == "zip" and not spec.zip_ok:
+                continue
+            root = spec.find_root(src)
+            if root is not None:
+                src.root = root
+                return src, spec
+    except BaseException:
+        src.close()
+        raise
+    src.close()
+    where = "at the top of" if src.kind == "zip" else "in"
+    raise NeuralCodesError(f"wrong layout {where} {src.path}: expected "
+                           + " or ".join(s.layout for s in specs if src.kind == "folder"
+                                         or s.zip_ok))
 
 
 class _PositionalFile(io.RawIOBase):
@@ -279,26 +281,6 @@ def check_member(info: zipfile.ZipInfo) -> None:
                                f"({info.file_size:,} bytes)")
 
 
-def read_wnids(src: Source) -> list[str]:
-    """The classes of ``wnids.txt``, sorted."""
-    text = src.read_text("wnids.txt")
-    wnids = sorted({line.strip() for line in (text or "").splitlines() if line.strip()})
-    if not wnids:
-        raise NeuralCodesError(f"wrong layout: wnids.txt in {src.path} lists no classes")
-    return wnids
-
-
-def read_names(src: Source, wnids: Sequence[str]) -> list[str]:
-    """Class names from ``words.txt`` (``wnid<TAB>names``); a wnid missing there keeps its id."""
-    wanted = set(wnids)
-    names: dict[str, str] = {}
-    for line in (src.read_text("words.txt") or "").splitlines():
-        wnid, _, words = line.partition("\t")
-        if wnid in wanted and words.strip():
-            names[wnid] = words.strip()
-    return [names.get(w, w) for w in wnids]
-
-
 # --------------------------------------------------------------------------------------------
 # One image's bytes and pixels (called in the decoding workers)
 
@@ -331,17 +313,3 @@ def read_file(path: Path, limit: int) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise Reject(f"unreadable: {e.strerror or e}") from None
-
-
-def decode(data: bytes) -> np.ndarray:
-    """JPEG (or any Pillow format) bytes -> uint8 (64, 64, 3) RGB, or :class:`Reject`."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.size != IMAGE_SHAPE[1::-1]:
-                raise Reject(f"not 64x64 (is {im.size[0]}x{im.size[1]})")
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            return np.asarray(rgb)
-    except Reject:
-        raise
-    except Exception as e:  # Pillow raises many types for broken files
-        raise Reject(f"cannot decode: {e}") from None

@@ -1,25 +1,21 @@
-"""The assignment's splits of a prepared :class:`~neuralcodes.data.Dataset`: in-domain
-train/val/test and the out-of-domain (ood) set, as index arrays into the cache."""
+"""The assignment's splits of a dataset's labels: in-domain train/val/test and the out-of-domain
+(ood) set, as index arrays into the cache (of a loaded dataset: :mod:`.partition`)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from neuralcodes.config import DataConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
-
-if TYPE_CHECKING:
-    from neuralcodes.data.cache import Dataset
 
 #: The DataConfig fields that decide the splits.
 SPLIT_FIELDS = ("ood_classes", "ood_wnids", "ood_random", "seed", "fractions", "max_classes",
@@ -28,7 +24,8 @@ SPLIT_FIELDS = ("ood_classes", "ood_wnids", "ood_random", "seed", "fractions", "
 
 @dataclass
 class Splits:
-    """Index arrays into a :class:`Dataset` (int64), and which classes are in-domain."""
+    """Index arrays into a :class:`~neuralcodes.data.dataset.Dataset` (int64), and which classes
+    are in-domain."""
 
     train: np.ndarray
     val: np.ndarray
@@ -69,8 +66,15 @@ class Splits:
                                   z["in_classes"].tolist(), z["ood_classes"].tolist())
 
 
-def make_splits(dataset: Dataset, cfg: DataConfig) -> Splits:
-    """The assignment's splits of ``dataset``, exactly as the course's notebook makes them.
+def split_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that decide the splits (recorded in the cache manifest)."""
+    d = dataclasses.asdict(cfg)
+    return {k: d[k] for k in SPLIT_FIELDS}
+
+
+def split_arrays(labels: np.ndarray, wnids: Sequence[str], cfg: DataConfig) -> Splits:
+    """The assignment's splits of a dataset with these labels (in cache order) and wnids,
+    exactly as the course's notebook makes them.
 
     1. Classes are the dataset's, sorted by wnid; files within a class in lexicographic name
        order (the cache's order: ``sorted(os.listdir(...))``). ``max_classes`` keeps the first N
@@ -88,17 +92,6 @@ def make_splits(dataset: Dataset, cfg: DataConfig) -> Splits:
 
     Every index array is in that order (e.g. ``splits.ood[:10]`` are "the first 10 ood images").
     """
-    return split_arrays(dataset.labels, dataset.wnids, cfg)
-
-
-def split_settings(cfg: DataConfig) -> dict[str, Any]:
-    """The settings of ``cfg`` that decide the splits (recorded in the cache manifest)."""
-    d = dataclasses.asdict(cfg)
-    return {k: d[k] for k in SPLIT_FIELDS}
-
-
-def split_arrays(labels: np.ndarray, wnids: Sequence[str], cfg: DataConfig) -> Splits:
-    """:func:`make_splits` from a dataset's labels (in cache order) and wnids."""
     n_classes = len(wnids)
     if cfg.max_classes is not None:
         n_classes = min(n_classes, cfg.max_classes)
@@ -137,7 +130,8 @@ def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:
             ood = list(range(n - min(k, n), n))
     if len(ood) >= n:
         raise NeuralCodesError(f"{len(ood)} out-of-domain classes leave no in-domain class "
-                               f"(only {n} classes used)")
+                               f"(only {n} classes used): set data.ood_classes below {n} "
+                               "(--set data.ood_classes=N) or add classes")
     return ood
 
 
@@ -155,41 +149,3 @@ def _finish_splits(train: np.ndarray, val: np.ndarray, test: np.ndarray, ood: np
 #: The partition file's columns and its splits, in file order.
 SPLITS_CSV_HEADER = ("split", "position", "file_name", "wnid")
 SPLIT_NAMES = ("train", "val", "test", "ood")
-
-
-def write_splits_csv(dataset: Dataset, splits: Splits, path: str | Path) -> Path:
-    """Write the partition as CSV (atomically): ``split,position,file_name,wnid``, one row per
-    image, splits in the order train, val, test, ood, each in its split order (positions from
-    0); ``file_name`` is the image's base name, e.g. ``n01443537_10.JPEG``."""
-    path = Path(path)
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        out = csv.writer(f, lineterminator="\n")
-        out.writerow(SPLITS_CSV_HEADER)
-        for name in SPLIT_NAMES:
-            for position, i in enumerate(getattr(splits, name).tolist()):
-                out.writerow((name, position, dataset.paths[i].rsplit("/", 1)[-1],
-                              dataset.wnids[dataset.labels[i]]))
-    return path
-
-
-def summary(ds: Dataset, splits: Splits, *, built: bool, splits_path: Path | None = None) -> str:
-    """The text ``neuralcodes prepare`` prints."""
-    m = ds.manifest
-    src = m["source"]
-    lines = [
-        f"cache:   {ds.root} ({'built now' if built else 'already prepared'}, "
-        f"{ds.images.nbytes / 2**20:,.0f} MiB of uint8 images)",
-        f"source:  {src['path']} ({src['kind']}, checksum {src['checksum'][:12]})",
-        f"images:  {len(ds):,} in {len(ds.wnids)} classes; {m['num_rejected']} file(s) rejected",
-    ]
-    lines += [f"  rejected {r['path']}: {r['reason']}" for r in m["rejected"][:10]]
-    s = splits.sizes()
-    ood_names = ", ".join(ds.wnids[c] for c in splits.ood_classes[:10])
-    more = ", ..." if len(splits.ood_classes) > 10 else ""
-    lines += [
-        f"splits:  train {s['train']:,} / val {s['val']:,} / test {s['test']:,} "
-        f"({s['in_classes']} in-domain classes); ood {s['ood']:,} ({s['ood_classes']} classes: "
-        f"{ood_names}{more})",
-        f"         hash {splits.hash[:16]}" + (f", saved in {splits_path}" if splits_path else ""),
-    ]
-    return "\n".join(lines)

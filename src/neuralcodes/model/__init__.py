@@ -1,4 +1,5 @@
-"""The assignment's ConvNet (architecture only) and its Keras-'same' layers."""
+"""The assignment's ConvNet (architecture only) and its Keras-'same' layers; the model as training
+and inference build it (:mod:`.build`) and its checkpoint files (:mod:`.checkpoint`)."""
 
 from neuralcodes.model.convnet import (
     CODE_LAYERS,

@@ -18,12 +18,11 @@ from neuralcodes.config import Config
 from neuralcodes.course import course_reference
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import write_text
-from neuralcodes.report.facts import chance_map_of_sizes, collect
+from neuralcodes.report.facts import collect
 from neuralcodes.report.render import render, to_html
 from neuralcodes.runs import RunDir
 
-__all__ = ["chance_map_of_sizes", "collect", "course_reference", "render", "to_html",
-           "write_report"]
+__all__ = ["collect", "course_reference", "render", "to_html", "write_report"]
 
 
 def write_report(run: str | Path, config: Config | None = None) -> tuple[Path, Path]:

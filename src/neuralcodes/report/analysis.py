@@ -15,7 +15,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from neuralcodes.report.facts import chance_map_of_sizes, equal_class_sizes
+from neuralcodes.config import Config
+from neuralcodes.presets import preset_config
+from neuralcodes.retrieval.metrics import chance_map
+from neuralcodes.retrieval.scores import classification_chance, equal_class_sizes, labels_of_sizes
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
 PAPER_BEST_LAYER = "6"
@@ -71,7 +74,10 @@ def training(facts: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def course_curves(facts: dict[str, Any]) -> dict[str, Any] | None:
-    """This run's per-epoch metrics against the course's, for the epochs both have."""
+    """This run's per-epoch metrics against the course's, for the epochs both have (None: not
+    the course's dataset, or no epoch in common)."""
+    if not facts["dataset"]["course"]:
+        return None
     course = {r["epoch"]: r for r in facts["course"]["epochs"]}
     both = [(r, course[r["epoch"]]) for r in facts["epochs"] if r["epoch"] in course]
     if not both:
@@ -135,7 +141,7 @@ def quality(facts: dict[str, Any]) -> dict[str, Any] | None:
     if not test:
         return None
     n = facts["architecture"]["num_classes"]
-    chance = 1 / n
+    chance = classification_chance(n)["top1"]
     se = math.sqrt(chance * (1 - chance) / max(1, test.get("n") or 1))
     at_chance = test["top1"] <= chance + 2 * se
     return {"top1": test["top1"], "chance": chance, "times_chance": test["top1"] * n,
@@ -154,7 +160,8 @@ def results(facts: dict[str, Any]) -> dict[str, Any] | None:
         return None
     splits = ev["splits"]
     n_cls = facts["architecture"]["num_classes"]
-    chance1, chance5 = 1 / n_cls, min(1.0, 5 / n_cls)
+    chance = classification_chance(n_cls)
+    chance1, chance5 = chance["top1"], chance["top5"]
     at_chance = {}
     for split, m in splits.items():
         # Within two binomial standard errors of guessing (or below it).
@@ -178,7 +185,7 @@ def results(facts: dict[str, Any]) -> dict[str, Any] | None:
             "top1": (_normalise("acc", run.get("top1"), n_cls),
                      _normalise("acc", row["course"]["top1"], cmp["course_classes"])),
             "top5": (None if run.get("top5") is None else run["top5"] / chance5,
-                     row["course"]["top5"] / min(1.0, 5 / cmp["course_classes"]))}
+                     row["course"]["top5"] / classification_chance(cmp["course_classes"])["top5"])}
     return {"splits": splits, "epoch": ev.get("epoch"), "checkpoint": ev.get("checkpoint"),
             "chance_top1": chance1, "chance_top5": chance5, "at_chance": at_chance,
             "test": test, "train": train, "gap": gap, "gap_se": gap_se,
@@ -226,8 +233,8 @@ def layers(facts: dict[str, Any]) -> dict[str, Any] | None:
     course_map = facts["course"]["map"]
     cmp = comparability(facts)
     course_ood = cmp["course_ood"]
-    course_chance = chance_map_of_sizes(equal_class_sizes(course_ood["images"],
-                                                          course_ood["classes"]))
+    course_chance = chance_map(labels_of_sizes(equal_class_sizes(course_ood["images"],
+                                                                  course_ood["classes"])))
     return {
         "course_chance": course_chance,
         "course_times_chance": {k: v / course_chance for k, v in course_map.items()},
@@ -342,9 +349,6 @@ def techniques(facts: dict[str, Any]) -> dict[str, Any]:
 def improve_command(facts: dict[str, Any]) -> str:
     """The command that trains this run's twin with the two techniques, next to it: the same
     data, classes and epoch budget (the matching preset where this run is one)."""
-    from neuralcodes.config import Config
-    from neuralcodes.pipeline import preset_config
-
     cfg = Config.from_dict(facts["saved"]["config"])
     source = cfg.data.source
     data = f" --data {shlex.quote(source)}" if source else ""

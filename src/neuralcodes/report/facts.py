@@ -3,48 +3,23 @@
 :func:`collect` reads the run through :class:`~neuralcodes.runs.RunDir` (the only place that names
 its files) into one plain dict; missing optional artifacts are ``None`` (or empty). The pure
 statistics the report needs and the artifacts may not carry yet (the expected mAP of a random
-ranking) are computed here.
+ranking) come from :mod:`neuralcodes.retrieval.scores`, as the web app's do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from neuralcodes import lineage
 from neuralcodes.course import course_reference
-from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json
-from neuralcodes.retrieval.metrics import chance_map
+from neuralcodes.retrieval.scores import chance_levels, equal_class_sizes, labels_of_sizes
 from neuralcodes.runs import RunDir
 
 #: The layers whose codes are studied.
 LAYERS: tuple[str, ...] = ("5", "6", "7")
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def chance_map_of_sizes(class_sizes: Iterable[int]) -> float:
-    """Expected mAP of random rankings when every image of classes of these sizes queries all
-    the others (:func:`neuralcodes.retrieval.metrics.chance_map` on labels of those sizes)."""
-    sizes = [int(s) for s in class_sizes]
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    try:
-        return chance_map(labels)
-    except NeuralCodesError as e:
-        raise ValueError(str(e)) from None
-
-
-def equal_class_sizes(n_images: int, n_classes: int) -> list[int]:
-    """``n_images`` split as evenly as possible over ``n_classes`` classes."""
-    base, extra = divmod(int(n_images), int(n_classes))
-    return [base + (i < extra) for i in range(int(n_classes))]
 
 
 # --------------------------------------------------------------------------- reading
@@ -82,6 +57,7 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
         "retrieval": _retrieval_facts(rd, lin, k),
         "improved": _find_improved_runs(rd, saved),
         "course": course_reference(),
+        "dataset": dataset_facts(saved),
         "timings": _read_optional(rd.timings),
         # How the text names the artifacts it cites (relative to the run directory).
         "files": {k: p.relative_to(rd.root).as_posix() for k, p in (
@@ -94,6 +70,15 @@ def collect(run: str | Path, k: int | None = None) -> dict[str, Any]:
     facts["made_by"] = lin.made_by
     facts["stale"] = lin.stale
     return facts
+
+
+def dataset_facts(saved: dict[str, Any]) -> dict[str, Any]:
+    """The run's dataset: its name, title, and whether the course's reference numbers are for
+    it (runs from before datasets were named trained on Tiny ImageNet, the only one then)."""
+    from neuralcodes import datasets as registry
+
+    spec = registry.get(str(saved.get("data", {}).get("dataset", registry.DEFAULT)))
+    return {"name": spec.name, "title": spec.title, "course": spec.course}
 
 
 class _Lineage:
@@ -158,20 +143,12 @@ def _retrieval_facts(rd: RunDir, lin: _Lineage, k: int) -> dict[str, Any]:
 
 
 def _chance(maps: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any] | None:
-    """Chance levels of retrieval: the expected mAP of a random ranking (from map.json when it
-    has it, else computed assuming equally large ood classes) and a random result's chance of
-    being relevant."""
+    """Chance levels of retrieval (:func:`~neuralcodes.retrieval.scores.chance_levels`): those
+    map.json recorded, else computed assuming equally large ood classes."""
     n_ood = data.get("sizes", {}).get("ood")
     n_cls = len(data.get("ood_classes") or [])
-    out: dict[str, Any] = {"map": None, "source": None, "precision": None,
-                           "images": n_ood, "classes": n_cls}
-    if n_ood and n_cls and n_ood >= 2:
-        sizes = equal_class_sizes(n_ood, n_cls)
-        out["precision"] = sum(s * (s - 1) for s in sizes) / (n_ood * (n_ood - 1))
-        with contextlib.suppress(ValueError):  # no class of two or more images
-            out.update(map=chance_map_of_sizes(sizes), source="computed")
-    if maps and isinstance(maps.get("chance_map"), int | float):
-        out.update(map=float(maps["chance_map"]), source="map")
+    labels = labels_of_sizes(equal_class_sizes(n_ood, n_cls)) if n_ood and n_cls else None
+    out = {**chance_levels(maps, labels), "images": n_ood, "classes": n_cls}
     return out if out["map"] is not None or out["precision"] is not None else None
 
 

@@ -125,6 +125,8 @@ def render(facts: dict[str, Any]) -> str:
         "layers": analysis.layers(facts), "evidence": analysis.evidence(facts),
         "pca": analysis.pca(facts), "techniques": analysis.techniques(facts),
         "quality": analysis.quality(facts),
+        # the course's reference numbers only beside a run of the course's dataset
+        "vs_course": facts["dataset"]["course"],
     }
     text = _environment(base).get_template("report.md.j2").render(**view)
     text = re.sub(r"\n+(#+ )", r"\n\n\1", text)  # a blank line before every heading

@@ -3,7 +3,8 @@
     metrics.py   pure measures: AP/mAP/precision@k (the ranking rule), top-k accuracy, chance
                  levels, paired bootstrap intervals
     codes.py     neural codes of images and of a run's splits; CodeSet (the .npz file)
-    images.py    the user's own image files as 64x64 RGB (read_image; to move to imageio)
+    images.py    the user's own image files, found in a folder and decoded into 64x64 RGB
+                 (read_image; the decoding itself: neuralcodes.imageio)
     index.py     CodeIndex: the one exact top-k (exact_top_k) or FAISS IVF/HNSW
     collection.py  an index of a folder of the user's images on disk (float16, memory-mapped,
                  centred codes, layer 5 by PCA; FAISS IVF-PQ when large): FolderIndex
@@ -14,6 +15,8 @@
     study.py     run_study: the ood study (map.json, figures, evidence.json, pca.json)
     search.py    Searcher, search, search_many, duplicate_groups, Hit: own images against the
                  ood set or an index
+    methods/     beyond the paper: pooled conv descriptors, whitening, re-ranking and their
+                 study (not wired into the commands yet)
 """
 
 from neuralcodes.retrieval.codes import (

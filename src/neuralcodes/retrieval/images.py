@@ -7,30 +7,16 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from neuralcodes import imageio
+from neuralcodes.datasets.imagefolder import IMAGE_SUFFIXES, read_image
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.progress import bar as progress_bar
 
 IMAGE_SIZE = imageio.IMAGE_SIZE
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
-
-
-
-def read_image(path: str | Path | BinaryIO) -> np.ndarray:
-    """An image (path or binary file) of any size and common format as uint8 (64, 64, 3) RGB,
-    decoded by :func:`neuralcodes.imageio.decode_image` (the one place user images are decoded).
-
-    The resize does not keep the aspect ratio (a non-square image is squeezed): index images,
-    search queries and web uploads are all treated so, and the result has the training images'
-    size."""
-    return imageio.decode_image(path, size=IMAGE_SIZE, formats=None,
-                                max_pixels=imageio.LOCAL_MAX_PIXELS,
-                                max_decode_bytes=imageio.LOCAL_MAX_DECODE_BYTES)[0]
+__all__ = ["IMAGE_SIZE", "IMAGE_SUFFIXES", "image_files", "read_image", "read_images"]
 
 
 def image_files(folder: str | Path) -> list[Path]:

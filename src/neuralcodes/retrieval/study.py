@@ -84,18 +84,16 @@ from neuralcodes.retrieval.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     RankingMetrics,
-    chance_map,
-    chance_precision,
     paired_bootstrap,
     self_retrieval_metrics,
 )
 from neuralcodes.retrieval.pca import pca_study
 from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.retrieval.scores import PRECISION_KS, map_row, precision_ks, retrieval_chance
 
 log = logging.getLogger(__name__)
 
 PCA_FIT_IMAGES = 5000  # in-domain training images the PCA is fitted on
-PRECISION_KS = (5, 10)
 
 
 def evaluate_codes(codes: CodeSet, ks: Sequence[int] = PRECISION_KS, top_k: int = 5,
@@ -103,7 +101,7 @@ def evaluate_codes(codes: CodeSet, ks: Sequence[int] = PRECISION_KS, top_k: int 
                    ) -> dict[str, RankingMetrics]:
     """Self-retrieval metrics (each image queries the others) per layer (default: all);
     precision@k only for the ``ks`` the database (N - 1 images) can provide."""
-    usable = tuple(k for k in ks if k <= len(codes) - 1)
+    usable = precision_ks(len(codes), ks)
     if usable != tuple(ks):
         log.warning("precision@%s not measured: the database has only %d images",
                     ", ".join(str(k) for k in ks if k not in usable), len(codes) - 1)
@@ -124,15 +122,6 @@ def layer_comparisons(metrics: dict[str, RankingMetrics]) -> tuple[list[dict[str
     top = max(metrics, key=lambda layer: metrics[layer].map)
     beats_all = all(diffs[top, other] for other in metrics if other != top)
     return pairs, (top if beats_all and len(metrics) > 1 else None)
-
-
-def map_statistics(codes: CodeSet) -> dict[str, Any]:
-    """Chance levels of mAP and precision@k for the labels of ``codes`` (self-retrieval)."""
-    out: dict[str, Any] = {"chance_map": chance_map(codes.labels)}
-    for k in PRECISION_KS:
-        out[f"chance_p@{k}"] = (chance_precision(codes.labels, k) if k <= len(codes) - 1
-                                else None)
-    return out
 
 
 def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool | None = None,
@@ -169,12 +158,13 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
 
     fp = lineage.map_fingerprint(codes_fp, layers)
     if lineage.needs_run("mAP", run.dir.map_json, fp, force=force):
-        maps: dict[str, Any] = map_statistics(run.ood_codes(False))
+        maps: dict[str, Any] = retrieval_chance(run.ood_codes(False).labels)
         maps["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
                              "confidence": 0.95, "unit": "query"}
         for v in (False, True):
             m = metrics_of(v)
-            maps[VARIANT[v]] = {layer: _map_row(x, seconds[v]) for layer, x in m.items()}
+            maps[VARIANT[v]] = {layer: {**map_row(x), "seconds": round(seconds[v], 3)}
+                                 for layer, x in m.items()}
             pairs, best = layer_comparisons(m)
             maps.setdefault("pairs", {})[VARIANT[v]] = pairs
             maps.setdefault("best_layer", {})[VARIANT[v]] = best
@@ -209,13 +199,6 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
             "split": "train", "images": len(next(iter(train.values())))}, "table": table}, fp))
     result["pca"] = read_json(run.dir.pca_json)
     return result
-
-
-def _map_row(m: RankingMetrics, seconds: float) -> dict[str, Any]:
-    """One layer's map.json entry; p@k is null when the database is smaller than k."""
-    precision = {f"p@{k}": float(m.precision[k].mean()) if k in m.precision else None
-                 for k in PRECISION_KS}
-    return {"map": m.map, **precision, "n_queries": len(m.ap), "seconds": round(seconds, 3)}
 
 
 def _train_codes(run: RunData, relu: bool, n_images: int, layers: Sequence[str] = CODE_LAYERS

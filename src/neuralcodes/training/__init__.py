@@ -1,1 +1,2 @@
-"""Training the ConvNet: the loop, checkpoints, distributed training, throughput."""
+"""Training the ConvNet: the epoch loop (:mod:`.loop`), what it keeps in the run (:mod:`.records`),
+the measure of a split (:mod:`.measure`), resuming, distributed training, throughput."""

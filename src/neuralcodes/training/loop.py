@@ -1,4 +1,5 @@
-"""Training the ConvNet (assignment Task 2): :func:`train` and its epoch loop.
+"""Training the ConvNet (assignment Task 2): :func:`train` and its epoch loop (what it keeps in
+the run directory: :mod:`.records`).
 
 The defaults are the assignment's protocol: cross-entropy, Adam (lr 1e-4, amsgrad), batches of
 100 reshuffled every epoch with a fixed seed, at most 100 epochs, and early stopping on the
@@ -45,52 +46,41 @@ global batch: the global batch size stays ``batch_size``. Only rank 0 writes fil
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from neuralcodes.config import Config
-from neuralcodes.course import course_reference
-from neuralcodes.data import Dataset, Splits, load_data, write_splits_csv
+from neuralcodes.data import load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.evaluation import evaluate_split
-from neuralcodes.files import read_json, write_json, write_text
+from neuralcodes.files import write_json
 from neuralcodes.kernels.choice import kernel_choice
-from neuralcodes.model import ConvNet, count_parameters
+from neuralcodes.model import count_parameters
+from neuralcodes.model.build import build_model
+from neuralcodes.model.checkpoint import load_checkpoint, set_rng_state
 from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runs import RunDir, check_same_splits
 from neuralcodes.runtime import threads
 from neuralcodes.training.batches import SplitData, epoch_order
-from neuralcodes.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from neuralcodes.training.context import interrupt_flag, log_file
 from neuralcodes.training.distributed import Dist, device_for
 from neuralcodes.training.early_stopping import EarlyStopping
+from neuralcodes.training.measure import evaluate_split
+from neuralcodes.training.records import Session, early_stopped_line, run_record
 from neuralcodes.training.resume import check_resumable, rewind_to_kept
-from neuralcodes.training.step import build_model, make_optimizer, train_step
+from neuralcodes.training.step import make_optimizer, train_step
 from neuralcodes.training.throughput import precision_warning
-from neuralcodes.versions import versions
 
 log = logging.getLogger(__name__)
 
-#: Learning curves are redrawn after an epoch if this long has passed since the last drawing (and
-#: always at the end): every epoch of a real run, without slowing down tiny test runs.
-PLOT_INTERVAL_S = 20.0
+T = TypeVar("T")
 
 
 def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool = True,
@@ -121,122 +111,19 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
         dist.close()
 
 
-def is_finished(run: str | Path) -> bool:
-    """True when ``run`` holds a training run that ended (early-stopped or at the epoch limit)."""
-    path = RunDir(Path(run)).train_state
-    return path.is_file() and bool(read_json(path).get("finished"))
-
-
-def training_left(run: str | Path, max_epochs: int, patience: int | None = None
-                  ) -> tuple[bool, str]:
-    """Whether ``run`` has training left to do at an epoch limit of ``max_epochs``, and the
-    line that says so: a finished run trains on when the limit was raised, unless early
-    stopping ended it and ``patience`` is not higher than it was (then the line says how to
-    go on)."""
-    rd = RunDir(Path(run))
-    if not is_finished(rd.root):
-        return True, ""
-    state = read_json(rd.train_state)
-    done = int(state.get("epochs_completed") or 0)
-    if done >= max_epochs:
-        return False, f"skipped: {rd.root} already holds a finished training run ({done} epochs)"
-    if state.get("stopped_early") and (patience is None
-                                       or patience <= int(state.get("patience") or 0)):
-        return False, early_stopped_line(rd, state.get("stopped_epoch"), state.get("patience"),
-                                         max_epochs)
-    return True, f"{rd.root} trained {done} epochs; the limit is now {max_epochs}: training on"
-
-
-def early_stopped_line(rd: RunDir, stopped: Any, patience: Any, max_epochs: int) -> str:
-    """The line for a run early stopping ended before ``max_epochs``: how to train on."""
-    return (f"not training on: early stopping ended {rd.root} at epoch {stopped} (patience "
-            f"{patience}); to train on to {max_epochs} epochs anyway, raise the patience: "
-            f"`neuralcodes train --resume {rd.root} --epochs {max_epochs} --set "
-            f"train.patience={int(patience or 0) + 1}`")
-
-
-@dataclass
-class _Session:
-    """Everything one call of :func:`train` works with."""
-
-    cfg: Config
-    run: RunDir
-    dist: Dist
-    device: torch.device
-    model: ConvNet
-    net: torch.nn.Module  # what the step calls: model, maybe DDP-wrapped and compiled
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    stopping: EarlyStopping
-    rows: list[dict[str, Any]]
-    progress: bool
-    on_step: Callable[[int, int], None] | None
-    interrupt: dict[str, bool]
-    plotted: float = -math.inf  # time.monotonic() of the last learning-curve plot
-
-    @property
-    def kept(self) -> str:
-        """Which weights ``best.pt`` holds: ``best`` or ``last`` (``train.restore_best``)."""
-        return "best" if self.cfg.train.restore_best else "last"
-
-    def save_last(self, epoch: int, step: int, partial: torch.Tensor) -> None:
-        """Write last.pt (a collective call: every rank must call it)."""
-        per_rank = self.dist.gather({"rng": rng_state(self.device), "partial": partial.cpu()})
-        if self.dist.main:
-            save_checkpoint(self.run.last_checkpoint, {
-                "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": epoch, "step": step, "world_size": self.dist.world, "ranks": per_rank,
-                "early_stopping": dataclasses.asdict(self.stopping), "metrics": list(self.rows)})
-
-    def save_kept(self, epoch: int, val_loss: float) -> None:
-        """Write best.pt: the weights the run keeps (rank 0)."""
-        save_checkpoint(self.run.best_checkpoint, {
-            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "epoch": epoch,
-            "val_loss": val_loss, "kept": self.kept})
-
-
 def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: bool,
            progress: bool, on_step: Callable[[int, int], None] | None,
            flag: dict[str, bool], start_from: str = "last") -> RunDir:
     t = cfg.train
-    if t.batch_size % dist.world:
-        raise NeuralCodesError(f"--batch-size {t.batch_size} is not divisible by the "
-                               f"{dist.world} processes")
-    if start_from not in ("last", "best"):
-        raise NeuralCodesError(f"unknown --from '{start_from}' (choose last or best)")
-    if start_from == "best" and not resume:
-        raise NeuralCodesError("--from best continues a run: use it with --resume RUN")
-    checkpoint: dict[str, Any] | None = None
-    changes: list[dict[str, Any]] = []
-    notes: list[str] = []
-    if resume:
-        run = RunDir.existing(run.root)
-        saved = run.saved()
-        changed = check_resumable(Config.from_dict(saved["config"]), cfg, start_from)
-        notes = [f"resuming with a changed setting: {d}" for d in changed]
-        if start_from == "best":
-            notes.append("resuming from the kept weights (best.pt) with a fresh Adam")
-        changes = list(saved.get("changes", []))
-        if start_from == "best":
-            checkpoint = rewind_to_kept(run, t.patience)
-            changes.append({"resumed_from": "best", "epoch": checkpoint["epoch"],
-                            "changed": changed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
-        else:
-            checkpoint = load_checkpoint(run.last_checkpoint)
-    elif run.last_checkpoint.exists() or run.best_checkpoint.exists():
-        raise NeuralCodesError(f"{run.root} already holds a run; continue it with "
-                               f"`neuralcodes train --resume {run.root}` or choose another --name")
+    _check_arguments(cfg, dist, resume, start_from)
+    run, saved, checkpoint, changes, notes = _resume_point(cfg, run, resume, start_from)
 
     random.seed(t.seed)
     np.random.seed(t.seed)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
 
-    if not dist.main:
-        dist.barrier()  # let rank 0 prepare the cache alone
-    dataset, splits = load_data(cfg.data, progress=progress)
-    if dist.main:
-        dist.barrier()
+    # rank 0 prepares the cache alone
+    dataset, splits = _main_first(dist, lambda: load_data(cfg.data, progress=progress))
     num_classes = len(splits.in_classes)
     if num_classes < 2:
         raise NeuralCodesError(f"need at least 2 in-domain classes to train, got {num_classes}")
@@ -245,81 +132,130 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
     if checkpoint is not None:
         check_same_splits(run, saved, splits.hash)
 
-    if not dist.main:
-        dist.barrier()  # rank 0 measures the CPU kernels (once per machine); the others read them
-    model = build_model(cfg, num_classes, device)
-    if dist.main:
-        dist.barrier()
+    # rank 0 measures the CPU kernels (once per machine); the others read them
+    model = _main_first(dist, lambda: build_model(cfg, num_classes, device))
     optimizer = make_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
-    stopping = EarlyStopping(t.patience)
-    rows: list[dict[str, Any]] = []
-    start_epoch, start_step, partial = 1, 0, torch.zeros(3, dtype=torch.float64)
+    s = Session(cfg, run, dist, device, model, model, optimizer, scaler,
+                EarlyStopping(t.patience), [], progress, on_step, flag,
+                course_data=dataset.spec.course)
     torch.manual_seed(t.seed + dist.rank)  # dropout and augmentation draws differ per rank
-
+    start = (1, 0, torch.zeros(3, dtype=torch.float64))
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        if "optimizer" in checkpoint:  # not when rewound to best.pt: Adam starts afresh
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scaler.load_state_dict(checkpoint["scaler"])
-        stopping = EarlyStopping(**{**checkpoint["early_stopping"], "patience": t.patience,
-                                    "stopped_epoch": None})
-        if stopping.should_stop:
-            stopping.stopped_epoch = checkpoint["early_stopping"]["stopped_epoch"]
-        start_epoch, start_step = checkpoint["epoch"] + 1, checkpoint["step"]
-        ranks = checkpoint.get("ranks")
-        if ranks is None:  # rewound to best.pt: fresh random draws for the epochs after it
-            torch.manual_seed(t.seed + dist.rank + 7919 * start_epoch)
-        else:
-            mine = ranks[dist.rank] if checkpoint["world_size"] == dist.world else ranks[0]
-            set_rng_state(mine["rng"], device)
-            partial = mine["partial"]
-        rows = list(checkpoint["metrics"])  # metrics.jsonl may be ahead of last.pt after a crash
+        start = _restore(s, checkpoint)
 
     if dist.main:
         run.root.mkdir(parents=True, exist_ok=True)
-        write_json(run.config, {
-            "config": cfg.to_dict(),
-            "data": _data_facts(dataset, splits),
-            "model": {"parameters": count_parameters(model)},
-            "kernels": _kernel_facts(model),
-            "distributed": {"world_size": dist.world, "backend": dist.backend},
-            "versions": versions(),
-        } | ({"changes": changes} if changes else {}))
+        write_json(run.config, run_record(cfg, dataset, splits, model, dist, changes))
         write_splits_csv(dataset, splits, run.splits_csv)
 
-    net: torch.nn.Module = model
     if dist.backend is not None:
-        net = torch.nn.parallel.DistributedDataParallel(
+        s.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
-        net = torch.compile(net)
+        s.net = torch.compile(s.net)
 
-    s = _Session(cfg, run, dist, device, model, net, optimizer, scaler, stopping, rows, progress,
-                 on_step, flag)
     with log_file(run.log if dist.main else None):
         train_data = SplitData.load(dataset, splits, "train", device)
         val_data = SplitData.load(dataset, splits, "val", device)
         if dist.main:
-            for note in notes:
-                log.info(note)
-            log.info(f"{'resuming' if resume else 'training'} {run.root}: {num_classes} classes, "
-                     f"{len(train_data)} train / {len(val_data)} val images, "
-                     f"{count_parameters(model):,} parameters, device {device}, {t.precision}"
-                     + (f", {dist.world} processes" if dist.world > 1 else ""))
-            choice = kernel_choice(model)
-            if choice is not None and choice.layers and device.type == "cpu":
-                log.info(f"convolution kernels: {choice.describe()}")
-            warning = precision_warning(device, t.precision)
-            if warning:
-                log.warning(f"warning: {warning}")
-        if dist.main and stopping.should_stop and start_epoch <= t.max_epochs:
-            log.info(early_stopped_line(run, stopping.stopped_epoch, t.patience, t.max_epochs))
-        _loop(s, train_data, val_data, start_epoch, start_step, partial)
+            _log_start(s, notes, resume, train_data, val_data, start[0])
+        _loop(s, train_data, val_data, *start)
     return run
 
 
-def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: int,
+def _check_arguments(cfg: Config, dist: Dist, resume: bool, start_from: str) -> None:
+    if cfg.train.batch_size % dist.world:
+        raise NeuralCodesError(f"--batch-size {cfg.train.batch_size} is not divisible by the "
+                               f"{dist.world} processes")
+    if start_from not in ("last", "best"):
+        raise NeuralCodesError(f"unknown --from '{start_from}' (choose last or best)")
+    if start_from == "best" and not resume:
+        raise NeuralCodesError("--from best continues a run: use it with --resume RUN")
+
+
+def _resume_point(cfg: Config, run: RunDir, resume: bool, start_from: str
+                  ) -> tuple[RunDir, dict[str, Any], dict[str, Any] | None,
+                             list[dict[str, Any]], list[str]]:
+    """Where training starts: (the run, its saved config.json, the checkpoint to continue from
+    (None: from scratch), the changes to record, the lines to log)."""
+    if not resume:
+        if run.last_checkpoint.exists() or run.best_checkpoint.exists():
+            raise NeuralCodesError(f"{run.root} already holds a run; continue it with "
+                                   f"`neuralcodes train --resume {run.root}` or choose another "
+                                   "--name")
+        return run, {}, None, [], []
+    run = RunDir.existing(run.root)
+    saved = run.saved()
+    changed = check_resumable(Config.from_dict(saved["config"]), cfg, start_from)
+    notes = [f"resuming with a changed setting: {d}" for d in changed]
+    changes = list(saved.get("changes", []))
+    if start_from == "best":
+        notes.append("resuming from the kept weights (best.pt) with a fresh Adam")
+        checkpoint = rewind_to_kept(run, cfg.train.patience)
+        changes.append({"resumed_from": "best", "epoch": checkpoint["epoch"],
+                        "changed": changed, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    else:
+        checkpoint = load_checkpoint(run.last_checkpoint)
+    return run, saved, checkpoint, changes, notes
+
+
+def _main_first(dist: Dist, make: Callable[[], T]) -> T:
+    """``make()`` on rank 0 first, then on the other ranks (which may reuse what it wrote)."""
+    if not dist.main:
+        dist.barrier()
+    made = make()
+    if dist.main:
+        dist.barrier()
+    return made
+
+
+def _restore(s: Session, checkpoint: dict[str, Any]) -> tuple[int, int, torch.Tensor]:
+    """Load a checkpoint's weights, optimizer, early stopping, RNG states and metrics into
+    ``s``; returns where to go on: (epoch, step inside it, the partial epoch's sums)."""
+    t, dist = s.cfg.train, s.dist
+    partial = torch.zeros(3, dtype=torch.float64)
+    s.model.load_state_dict(checkpoint["model"])
+    if "optimizer" in checkpoint:  # not when rewound to best.pt: Adam starts afresh
+        s.optimizer.load_state_dict(checkpoint["optimizer"])
+        s.scaler.load_state_dict(checkpoint["scaler"])
+    s.stopping = EarlyStopping(**{**checkpoint["early_stopping"], "patience": t.patience,
+                                  "stopped_epoch": None})
+    if s.stopping.should_stop:
+        s.stopping.stopped_epoch = checkpoint["early_stopping"]["stopped_epoch"]
+    start_epoch, start_step = checkpoint["epoch"] + 1, checkpoint["step"]
+    ranks = checkpoint.get("ranks")
+    if ranks is None:  # rewound to best.pt: fresh random draws for the epochs after it
+        torch.manual_seed(t.seed + dist.rank + 7919 * start_epoch)
+    else:
+        mine = ranks[dist.rank] if checkpoint["world_size"] == dist.world else ranks[0]
+        set_rng_state(mine["rng"], s.device)
+        partial = mine["partial"]
+    s.rows = list(checkpoint["metrics"])  # metrics.jsonl may be ahead of last.pt after a crash
+    return start_epoch, start_step, partial
+
+
+def _log_start(s: Session, notes: list[str], resume: bool, train_data: SplitData,
+               val_data: SplitData, start_epoch: int) -> None:
+    """The log's first lines: what is trained, on what, with which kernels."""
+    t = s.cfg.train
+    for note in notes:
+        log.info(note)
+    log.info(f"{'resuming' if resume else 'training'} {s.run.root}: "
+             f"{s.model.num_classes} classes, {len(train_data)} train / {len(val_data)} val "
+             f"images, {count_parameters(s.model):,} parameters, device {s.device}, "
+             f"{t.precision}" + (f", {s.dist.world} processes" if s.dist.world > 1 else ""))
+    choice = kernel_choice(s.model)
+    if choice is not None and choice.layers and s.device.type == "cpu":
+        log.info(f"convolution kernels: {choice.describe()}")
+    warning = precision_warning(s.device, t.precision)
+    if warning:
+        log.warning(f"warning: {warning}")
+    if s.stopping.should_stop and start_epoch <= t.max_epochs:
+        log.info(early_stopped_line(s.run, s.stopping.stopped_epoch, t.patience, t.max_epochs))
+
+
+def _loop(s: Session, train_data: SplitData, val_data: SplitData, start_epoch: int,
           start_step: int, partial: torch.Tensor) -> None:
     t = s.cfg.train
     for epoch in range(start_epoch, t.max_epochs + 1):
@@ -340,7 +276,7 @@ def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: 
             s.save_kept(epoch, val["loss"])
         s.save_last(epoch, 0, partial)
         if s.dist.main:
-            _write_progress(s, finished=False)
+            s.write_progress(finished=False)
             log.info(f"epoch {epoch:3d}/{t.max_epochs}  train loss {train_loss:.4f} acc "
                      f"{train_acc:.4f} | val loss {val['loss']:.4f} acc {val['top1']:.4f} "
                      f"top-5 {val['top5']:.4f} | {row['seconds']:.0f} s, {img_per_s:.1f} img/s"
@@ -348,7 +284,7 @@ def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: 
         if s.dist.any(s.interrupt["set"])[0]:
             _interrupted(s, epoch, 0)
     if s.dist.main:
-        _write_progress(s, finished=True)
+        s.write_progress(finished=True)
         es = s.stopping
         how = (f"early-stopped at epoch {es.stopped_epoch}" if es.stopped_epoch
                else f"reached the epoch limit ({t.max_epochs})")
@@ -358,7 +294,7 @@ def _loop(s: _Session, train_data: SplitData, val_data: SplitData, start_epoch: 
         log.info(f"done: {how}; best epoch {es.best_epoch} (val loss {es.best_loss:.4f}); {kept}")
 
 
-def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
+def _train_epoch(s: Session, data: SplitData, epoch: int, start_step: int,
                  partial: torch.Tensor) -> tuple[float, float, float]:
     """One pass over the training images; returns (mean loss, accuracy, img/s)."""
     t, dist = s.cfg.train, s.dist
@@ -404,7 +340,7 @@ def _train_epoch(s: _Session, data: SplitData, epoch: int, start_step: int,
     return loss / n, correct / n, done / max(seconds, 1e-9)
 
 
-def _non_finite(s: _Session, epoch: int, step: int) -> None:
+def _non_finite(s: Session, epoch: int, step: int) -> None:
     t = s.cfg.train
     es = s.stopping
     last = s.rows[-1]["epoch"] if s.rows else 0
@@ -423,7 +359,7 @@ def _non_finite(s: _Session, epoch: int, step: int) -> None:
                            + way)
 
 
-def _interrupted(s: _Session, epoch: int, step: int) -> None:
+def _interrupted(s: Session, epoch: int, step: int) -> None:
     if s.dist.main:
         where = f"epoch {epoch}" + (f" + {step} steps" if step else "")
         log.info(f"interrupted: saved {s.run.last_checkpoint} after {where}; continue with "
@@ -431,43 +367,3 @@ def _interrupted(s: _Session, epoch: int, step: int) -> None:
     raise KeyboardInterrupt
 
 
-def _write_progress(s: _Session, finished: bool) -> None:
-    """metrics.jsonl, curves.png and train_state.json, rewritten atomically each epoch."""
-    from neuralcodes.figures import plot_learning_curves  # matplotlib: only when drawing
-
-    write_text(s.run.metrics, "".join(json.dumps(r) + "\n" for r in s.rows))
-    now = time.monotonic()
-    if finished or now - s.plotted >= PLOT_INTERVAL_S:  # every epoch of a real run
-        # the course's curves only beside a run of as many classes: a loss of 15 classes and
-        # one of 190 are not on the same scale
-        ref = course_reference()
-        same = s.model.num_classes == ref["num_classes"]
-        plot_learning_curves(s.rows, s.run.curves, reference=ref["epochs"] if same else None)
-        s.plotted = now
-    es = s.stopping
-    write_json(s.run.train_state, {
-        "epochs_completed": s.rows[-1]["epoch"] if s.rows else 0,
-        "best_epoch": es.best_epoch, "best_val_loss": es.best_loss,
-        "stopped_epoch": es.stopped_epoch, "stopped_early": es.stopped_epoch is not None,
-        "patience": es.patience, "kept": s.kept, "finished": finished, "device": str(s.device),
-    })
-
-
-def _kernel_facts(model: torch.nn.Module) -> dict[str, Any] | None:
-    """What config.json records about the CPU convolution kernels the run trains with."""
-    choice = kernel_choice(model)
-    return choice.to_dict() if choice is not None else None
-
-
-def _data_facts(dataset: Dataset, splits: Splits) -> dict[str, Any]:
-    """What config.json records about the data: cache, checksums, split sizes, classes."""
-    source = dataset.manifest.get("source", {})
-    return {
-        "cache": str(Path(dataset.root).resolve()), "manifest_hash": dataset.manifest_hash,
-        "source": source.get("path"), "source_checksum": source.get("checksum"),
-        "splits_hash": splits.hash,
-        "sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test", "ood")},
-        "num_classes": len(splits.in_classes),
-        "ood_classes": [{"wnid": dataset.wnids[c], "name": dataset.names[c]}
-                        for c in splits.ood_classes],
-    }

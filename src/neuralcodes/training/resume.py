@@ -13,8 +13,8 @@ from typing import Any
 
 from neuralcodes.config import Config, describe_resumable
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.model.checkpoint import load_checkpoint
 from neuralcodes.runs import RunDir
-from neuralcodes.training.checkpoint import load_checkpoint
 from neuralcodes.training.early_stopping import EarlyStopping
 
 

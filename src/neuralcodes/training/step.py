@@ -1,52 +1,13 @@
-"""The model as training and inference use it, the optimizer, and one optimizer step."""
+"""The optimizer and one optimizer step (the model: :func:`neuralcodes.model.build.build_model`)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from neuralcodes.config import Config, TrainConfig
-from neuralcodes.data.cache import cache_root
-from neuralcodes.kernels import choice as kernels
-from neuralcodes.kernels.cpu import configure as configure_cpu
-from neuralcodes.model import ConvNet
-from neuralcodes.runtime import INFER_BATCH, autocast, to_input
+from neuralcodes.config import TrainConfig
+from neuralcodes.runtime import autocast, to_input
 from neuralcodes.training.batches import augment_batch
-
-
-def build_model(cfg: Config, num_classes: int, device: torch.device, *,
-                weights: dict[str, Any] | None = None, inference: bool = False,
-                batch_size: int | None = None, precision: str | None = None) -> ConvNet:
-    """A ConvNet on ``device`` with ``cfg``'s kernels and memory format, from fresh (seeded)
-    weights or ``weights`` (a state dict).
-
-    ``inference=True`` gives the eval-mode model of a trained run (channels-last, no
-    torch.compile) for batches of ``batch_size`` (default :data:`INFER_BATCH`) in ``precision``
-    (default the run's); otherwise the training settings ``cfg.train`` choose. The convolution
-    kernels follow ``train.cpu_conv`` (``auto``: measured here once and cached,
-    :mod:`neuralcodes.kernels.choice`); the choice is ``model.kernel_choice``. Process-wide CPU
-    settings (:func:`neuralcodes.kernels.cpu.configure`) are applied.
-    """
-    t = cfg.train
-    configure_cpu(device)
-    model = ConvNet(num_classes, cfg.model)
-    if weights is not None:
-        model.load_state_dict(weights)
-    model = model.to(device)
-    if inference:
-        model.eval()
-    channels_last = inference or t.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    choice = kernels.choose(
-        model, setting=t.cpu_conv, device=device, precision=precision or t.precision,
-        batch=batch_size or (INFER_BATCH if inference else t.batch_size), train=not inference,
-        compile=t.compile and not inference, channels_last=channels_last,
-        cache_dir=cache_root(cfg.data.cache_dir))
-    kernels.apply(model, choice)
-    return model
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:

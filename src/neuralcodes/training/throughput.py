@@ -9,10 +9,11 @@ from collections.abc import Callable
 import torch
 
 from neuralcodes.config import Config
+from neuralcodes.model.build import build_model
 from neuralcodes.progress import bar as progress_bar
 from neuralcodes.runtime import threads
 from neuralcodes.training.distributed import device_for
-from neuralcodes.training.step import build_model, make_optimizer, train_step
+from neuralcodes.training.step import make_optimizer, train_step
 
 
 def measure_throughput(cfg: Config, num_classes: int = 190, *, steps: int = 5, warmup: int = 2,

@@ -5,7 +5,10 @@
   gets 503 with ``Retry-After`` at once, before its body is read; a body that pauses longer
   than the idle timeout gets 408. Bodies are never collected in memory here: the multipart
   parser streams them into spooled temporary files (memory up to 1 MiB each, then an unlinked
-  file on disk, gone when closed or when the process ends).
+  file on disk, gone when closed or when the process ends). Requests without a body
+  (searches, pages, images) come first (:class:`Priority`): while one is being answered, upload
+  bodies wait before each chunk is read, so that receiving and spooling uploads does not take
+  the interpreter (GIL) and the CPU from them.
 - :class:`TokenAuth`: every route needs the server's token (cookie, ``Authorization: Bearer``,
   or ``?token=`` once, which sets the cookie): ``serve`` turns it on for non-loopback binds.
 - :func:`add_host_check`: only the allowed ``Host`` names are answered (no DNS rebinding).
@@ -41,6 +44,8 @@ TOKEN_COOKIE = "neuralcodes_token"
 #: Seconds a client is told to wait (``Retry-After``) when the body budget is full.
 RETRY_AFTER_S = 2
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The longest one chunk of an upload body waits for the requests being answered first.
+PRIORITY_WAIT_S = 0.1
 
 
 class BodyRefused(HTTPException):
@@ -78,20 +83,71 @@ class Budget:
         self.used -= n
 
 
+class Priority:
+    """Requests without a body first: :meth:`first` marks one while it is answered (one event
+    loop: no lock); :meth:`turn`, awaited before each chunk of an upload body is read, returns
+    once none is left, or after ``max_wait_s`` (uploads still move under a stream of
+    searches, one chunk per wait). A chunk not read is not received: the server stops reading
+    that connection (flow control) and its client waits."""
+
+    def __init__(self, max_wait_s: float = PRIORITY_WAIT_S) -> None:
+        self.max_wait_s = max_wait_s
+        self.active = 0  #: requests being answered first, now
+        self.waits = 0  #: body chunks that waited for them
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def first(self) -> Callable[[], None]:
+        """Count a request as being answered; returns the call that ends it (once, however
+        often it is called)."""
+        self.active += 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if ended:
+                return
+            ended = True
+            self.active -= 1
+            if not self.active:
+                for waiter in self._waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._waiters = []
+
+        return end
+
+    async def turn(self) -> None:
+        """Wait while requests are answered first (at most :attr:`max_wait_s`)."""
+        if not self.active:
+            return
+        self.waits += 1
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.max_wait_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class BodyBudget:
     """ASGI middleware: body size limit, shared byte budget and body idle timeout (see the
     module doc). ``limit``: the most bytes of one body; ``upload_limit``: the upload size the
     413 message names; ``budget``: shared by every request; ``idle_s``: the longest pause
-    within a body."""
+    within a body; ``priority``: requests without a body go first (:class:`Priority`)."""
 
     def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None,
-                 budget: Budget | None = None, idle_s: float = 10.0) -> None:
+                 budget: Budget | None = None, idle_s: float = 10.0,
+                 priority: Priority | None = None) -> None:
         self.app = app
         self.limit = limit
         self.upload_limit = (max(limit - MULTIPART_OVERHEAD, 0) if upload_limit is None
                              else upload_limit)
         self.budget = budget if budget is not None else Budget(limit)
         self.idle_s = idle_s
+        self.priority = priority if priority is not None else Priority()
 
     def _too_large(self) -> BodyRefused:
         from neuralcodes.web.uploads import format_bytes
@@ -104,8 +160,11 @@ class BodyBudget:
                            f"{RETRY_AFTER_S} s", RETRY_AFTER_S)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] in SAFE_METHODS:
+            await self._first(scope, receive, send)
             return
         length_header = dict(scope.get("headers") or []).get(b"content-length")
         length = None
@@ -128,6 +187,7 @@ class BodyBudget:
             nonlocal held, received, done
             if done:
                 return await receive()
+            await self.priority.turn()
             try:
                 message = await asyncio.wait_for(receive(), self.idle_s)
             except asyncio.TimeoutError:
@@ -162,6 +222,21 @@ class BodyBudget:
                 await _answer(e, scope, receive, send)
         finally:
             self.budget.give(held)
+
+    async def _first(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request without a body, counted by :attr:`priority` until its last byte
+        is handed over (not until a slow reader has taken it)."""
+        end = self.priority.first()
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                end()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            end()
 
 
 async def _answer(e: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:

@@ -8,11 +8,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from neuralcodes.course import course_reference
 from neuralcodes.files import read_json
-from neuralcodes.retrieval.metrics import chance_map
+from neuralcodes.retrieval.scores import (
+    chance_levels,
+    classification_chance,
+    map_row,
+    map_rows,
+    precision_ks,
+)
 
 if TYPE_CHECKING:
     from neuralcodes.web.service import ServedRun
@@ -30,6 +34,9 @@ FIGURES: dict[str, tuple[str, Any]] = {
     "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd, k: rd.pca_plot),
 }
 
+#: The command that writes a run's report.html (every finished stage is skipped).
+REPORT_COMMAND = "neuralcodes run --config RUN/config.json --out RUN"
+
 _map_lock = threading.Lock()
 
 
@@ -45,48 +52,32 @@ def figure_path(served: ServedRun, name: str) -> Path | None:
 
 
 def run_results(served: ServedRun) -> dict[str, Any]:
-    """Everything the results page shows (see :class:`neuralcodes.web.schemas.Results`)."""
+    """Everything the results page shows (see :class:`neuralcodes.web.schemas.Results`); the
+    numbers it states beside the measurements come from :mod:`neuralcodes.retrieval.scores`,
+    as the report's do."""
     rd = served.run
     eval_ = read_json(rd.eval_json) if served.current(rd.eval_json) else None
-    maps, source = _saved_map(served)
-    if maps is None:
+    saved = read_json(rd.map_json) if served.current(rd.map_json) else None  # of these weights
+    maps = map_rows(saved, len(served)) if saved else []
+    source = f"{rd.root.name}/retrieval/map.json"
+    if not maps:
         maps, source = _computed_map(served), "computed by the server from the ood codes"
-    n_classes = len(served.in_classes)
-    chance_ap, chance_p = _retrieval_chance(served)
+    chance = chance_levels(saved, served.labels)
     for row in maps:
-        row.update(chance_map=chance_ap, chance_p=chance_p)
+        row.update(chance_map=chance["map"], chance_p=chance["precision"])
     figures = [{"name": name, "title": title.format(k=served.figure_k),
                 "url": f"api/figure/{name}.png"}
                for name, (title, _) in FIGURES.items() if figure_path(served, name)]
+    n_classes = len(served.in_classes)
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,
-            "chance": {"top1": 1 / n_classes, "top5": min(5, n_classes) / n_classes},
-            "reference": _reference(),
+            "chance": classification_chance(n_classes),
+            # the course's numbers only beside a run of the course's dataset
+            "reference": _reference() if served.dataset.spec.course else None,
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
-            "report_url": "report.html" if served.current(rd.report_html) else None}
-
-
-def _retrieval_chance(served: ServedRun) -> tuple[float | None, float | None]:
-    """Mean over the ood queries of the expected AP and precision of a random ranking."""
-    n = len(served) - 1
-    _, counts = np.unique(served.labels, return_counts=True)
-    if n <= 0 or counts.max() < 2:
-        return None, None
-    precision = float(np.sum(counts * (counts - 1)) / (len(served) * n))
-    return chance_map(served.labels), precision
-
-
-def _saved_map(served: ServedRun) -> tuple[list[dict[str, Any]] | None, str]:
-    """mAP rows from ``retrieval/map.json`` (``{"pre"|"post": {layer: {"map", ...}}}``)."""
-    path = served.run.map_json
-    if not served.current(path):  # absent, or computed from other weights: not shown
-        return None, ""
-    rows = [{"layer": layer, "relu": variant == "post", "map": m["map"], "p@5": m.get("p@5"),
-             "p@10": m.get("p@10"), "n_queries": m.get("n_queries", len(served))}
-            for variant, layers in sorted(read_json(path).items(), reverse=True)
-            if variant in ("pre", "post") for layer, m in sorted(layers.items())]
-    return (rows or None), f"{served.run.root.name}/retrieval/map.json"
+            "report_url": "report.html" if served.current(rd.report_html) else None,
+            "report_command": REPORT_COMMAND}
 
 
 def _computed_map(served: ServedRun) -> list[dict[str, Any]]:
@@ -94,14 +85,9 @@ def _computed_map(served: ServedRun) -> list[dict[str, Any]]:
 
     with _map_lock:  # computed once, on first request
         if served.computed_map is None:
-            ks = tuple(k for k in (5, 10) if len(served) > k)
-            metrics = evaluate_codes(served.ood.codes, ks=ks, top_k=0)
-            served.computed_map = [
-                {"layer": layer, "relu": served.ood.relu, "map": m.map,
-                 **{f"p@{k}": float(m.precision[k].mean()) if k in ks else None
-                    for k in (5, 10)},
-                 "n_queries": len(served)}
-                for layer, m in metrics.items() if layer in served.layers]
+            metrics = evaluate_codes(served.ood.codes, ks=precision_ks(len(served)), top_k=0)
+            served.computed_map = [{"layer": layer, "relu": served.ood.relu, **map_row(m)}
+                                   for layer, m in metrics.items() if layer in served.layers]
     return [dict(row) for row in served.computed_map]
 
 

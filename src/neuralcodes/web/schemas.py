@@ -168,3 +168,5 @@ class Results(BaseModel):
     curves_url: str | None = Field(description="the learning curves PNG, if the run has one")
     figures: list[Figure] = Field(description="the run's figures that exist")
     report_url: str | None = Field(description="the run's report.html, if written")
+    report_command: str = Field(description="the command that writes report.html (RUN: the "
+                                "run's folder)")

@@ -10,6 +10,7 @@
   ``wait_s`` seconds and then get 503 with ``Retry-After`` (:class:`Busy`). Threads wait with
   :meth:`DecodeLimiter.slot`, coroutines with :meth:`DecodeLimiter.aslot` (which holds no
   thread while it waits, and stops waiting when its request is cancelled).
+- :func:`install_file_names_only`: every error detail names files, never the server's folders.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mutabl
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
+
+from neuralcodes.text import without_folders
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +222,23 @@ class DecodeLimiter:
                                 headers={"Retry-After": str(exc.retry_after_s)})
 
         app.add_exception_handler(Busy, busy)
+
+
+def install_file_names_only(app: Any, folders: list[Any] | None = None) -> None:
+    """Answer every ``HTTPException`` (every 4xx detail of a route, e.g. a refused index's
+    reason, which the library words with its absolute path for the command line) with each
+    absolute path in its detail cut to the file name (:func:`neuralcodes.text.without_folders`;
+    ``folders``: the server's own, removed exactly)."""
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException
+
+    known = list(folders or [])
+
+    async def file_names_only(request: Any, exc: Exception) -> Any:
+        assert isinstance(exc, HTTPException)
+        if isinstance(exc.detail, str):
+            exc = HTTPException(exc.status_code, without_folders(exc.detail, known),
+                                exc.headers)
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(HTTPException, file_names_only)

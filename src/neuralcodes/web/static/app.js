@@ -792,7 +792,7 @@ async function renderResults() {
   parts.push(el("h2", { text: "Report and figures" }));
   parts.push(r.report_url
     ? el("p", {}, el("a", { class: "button", href: r.report_url, text: "Read the full report" }))
-    : el("p", { class: "empty", text: "No report yet: run `neuralcodes report` on this run." }));
+    : el("p", { class: "empty", text: `No report yet: \`${r.report_command}\` writes it (RUN: this run's folder).` }));
   const curves = el("div", { id: "curves" });
   const figs = r.figures.map((f) => el("figure", { class: "figure", "data-name": f.name },
     el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": f.title }, el("img", { src: f.url, alt: f.title })),

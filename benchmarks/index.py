@@ -89,8 +89,9 @@ def recall(run: Path, queries: int = 200, k: int = 10) -> dict[str, Any]:
     queries, each excluding itself)."""
     from neuralcodes.retrieval import Searcher
     from neuralcodes.retrieval.collection import blocked_top_k
+    from neuralcodes.runs import TrainedRun
 
-    s = Searcher(run, index="bench", device="cpu")
+    s = Searcher(TrainedRun.open(run, device="cpu", progress=False), index="bench")
     assert s.folder is not None
     out: dict[str, Any] = {"approximate": sorted(s.folder._approx), "images": len(s)}
     rows = np.sort(np.random.default_rng(0).choice(len(s), queries, replace=False))
@@ -113,14 +114,15 @@ def map_cost(run: Path) -> dict[str, Any]:
     """ood mAP of the study's codes (float32) against the index's (centred, layer 5 by PCA,
     float16), same queries, with the paired bootstrap interval of the difference."""
     from neuralcodes import lineage
-    from neuralcodes.retrieval import RunData, paired_bootstrap, self_retrieval_metrics
-    from neuralcodes.retrieval.indexing import _transform
+    from neuralcodes.retrieval import ood_codes, paired_bootstrap, self_retrieval_metrics
+    from neuralcodes.retrieval.fitting import index_transform
+    from neuralcodes.runs import TrainedRun
 
-    r = RunData.open(run, progress=False)
+    r = TrainedRun.open(run, progress=False)
     relu = r.relu(None)
-    codes = r.ood_codes(relu)
+    codes = ood_codes(r, relu)
     weights = lineage.weights_identity(r.dir.best_checkpoint)
-    transform, described = _transform(r, weights, relu, 32, False)  # the run's, as an index
+    transform, described = index_transform(r, weights, relu, 32, False, r.dir.indexes, [])
     out: dict[str, Any] = {"relu": relu, "queries": len(codes), "transform": described}
     for layer, x in codes.layers.items():
         full = self_retrieval_metrics(x, codes.labels, ks=(5,))

@@ -16,7 +16,7 @@ from helpers import make_tiny_imagenet  # noqa: E402
 from neuralcodes.config import Config  # noqa: E402
 from neuralcodes.data import prepare  # noqa: E402
 from neuralcodes.evaluation import evaluate  # noqa: E402
-from neuralcodes.runs import RunDir  # noqa: E402
+from neuralcodes.runs import RunDir, TrainedRun  # noqa: E402
 from neuralcodes.training.loop import train  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def build_run(root: Path, *, classes: int, per_class: int, ood_classes: int,
                  "ood_classes": ood_classes},
         "model": model or {}, "train": {"device": "cpu", **(training or {})}})
     train(cfg, root / "run", progress=False)
-    evaluate(root / "run", progress=False, device="cpu")
+    evaluate(TrainedRun.open(root / "run", device="cpu", progress=False))
     return root / "run"
 
 

@@ -38,11 +38,12 @@ def build_run(root: Path) -> Path:
     with its retrieval study and report."""
     from neuralcodes.report import write_report
     from neuralcodes.retrieval import run_study
+    from neuralcodes.runs import TrainedRun
 
     run = tinyrun.build_run(root, classes=12, per_class=30, ood_classes=4,
                             model={"conv_widths": [8] * 5, "fc_width": 32, "batch_norm": True},
                             training={"max_epochs": 6, "batch_size": 16, "lr": 3e-3})
-    run_study(run, progress=False, device="cpu")
+    run_study(TrainedRun.open(run, device="cpu", progress=False))
     write_report(run)
     return run
 

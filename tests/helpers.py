@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 #: The shared 40-class real-image zip (never copied into the repo); tests skip without it.
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-40.zip"
@@ -223,7 +223,7 @@ def trained_web_run(tmp_path_factory: pytest.TempPathFactory, source: Path,
                      train=TrainConfig(max_epochs=2, batch_size=16, lr=1e-2, device="cpu"))
         train(cfg, out, progress=False)
     if not RunDir(out).eval_json.is_file():
-        evaluate(out, progress=False, device="cpu")
+        evaluate(TrainedRun.open(out, device="cpu", progress=False))
     return out
 
 

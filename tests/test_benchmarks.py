@@ -40,7 +40,7 @@ def test_plain_train_step_runs():
 
 def test_ceiling_counts_the_full_convnets_multiply_adds_per_image():
     """2.03 GFLOP per image forward, from the architecture written out here by hand."""
-    model = ConvNet(190).to(memory_format=torch.channels_last)
+    model = ConvNet(190, ModelConfig()).to(memory_format=torch.channels_last)
     inputs = layer_inputs(model, 1, torch.float32)
     assert list(inputs) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
     assert inputs["conv3"].shape == (1, 192, 16, 16) and inputs["fc6"].shape == (1, 16384)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from neuralcodes.config import ModelConfig
@@ -44,7 +45,7 @@ def test_codes_are_unit_length_model_codes_in_eval_mode(tiny_model, images):
     assert {k: v.shape for k, v in got.items()} == {"5": (11, 256), "6": (11, 16), "7": (11, 16)}
     tiny_model.eval()
     with torch.no_grad():
-        raw = tiny_model.codes(to_input(images), relu=False)
+        raw = tiny_model.forward_intermediates(to_input(images), ("5", "6", "7"))
     for layer, x in got.items():
         assert x.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
@@ -59,7 +60,8 @@ def test_post_relu_variant_equals_model_relu_codes(tiny_model, images):
     both = extract_code_variants(tiny_model, images, ("6", "7"), progress=False)
     tiny_model.eval()
     with torch.no_grad():
-        post = tiny_model.codes(to_input(images), layers=("6", "7"), relu=True)
+        post = {k: F.relu(v) for k, v in
+                tiny_model.forward_intermediates(to_input(images), ("6", "7")).items()}
     for layer in ("6", "7"):
         x = both[True][layer]
         assert (x >= 0).all()

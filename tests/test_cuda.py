@@ -46,7 +46,8 @@ def test_training_on_cuda_learns_in_each_precision(tmp_path, tiny_data_config, p
                       precision=precision, threads=None)
     run = train(cfg, tmp_path / precision, progress=False)
     assert read_json(run.config)["config"]["train"]["precision"] == precision
-    result = evaluate(run.root, device="cuda", precision=precision, progress=False)
+    result = evaluate(TrainedRun.open(run.root, device="cuda", precision=precision,
+                                     progress=False))
     chance = 1 / 4
     assert result["splits"]["train"]["top1"] >= 2 * chance
     assert all(np.isfinite(result["splits"][s]["loss"]) for s in ("train", "val", "test"))

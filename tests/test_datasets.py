@@ -156,8 +156,9 @@ def test_quick_run_on_a_labelled_folder_end_to_end(tmp_path: Path,
     for name in ("eval.json", "retrieval/map.json", "report.html"):
         assert (run / name).is_file(), name
     # the web app's results page, likewise, shows no course numbers beside this run's
+    from neuralcodes.runs import TrainedRun
     from neuralcodes.web.results import run_results
     from neuralcodes.web.service import ServedRun
 
-    results = run_results(ServedRun(run, device="cpu"))
+    results = run_results(ServedRun(TrainedRun.open(run, device="cpu", progress=False)))
     assert results["reference"] is None and results["map"]

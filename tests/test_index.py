@@ -16,8 +16,15 @@ from PIL import Image
 import neuralcodes
 from neuralcodes.cli import main as cli
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.retrieval import Searcher, build_index, collection, duplicate_groups, indexing
-from neuralcodes.runs import RunDir
+from neuralcodes.retrieval import (
+    Searcher,
+    build_index,
+    collection,
+    duplicate_groups,
+    fitting,
+    indexing,
+)
+from neuralcodes.runs import RunDir, TrainedRun
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +33,11 @@ def run(web_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("index-run") / "run"
     shutil.copytree(web_run, out)
     return out
+
+
+def _cpu(run: Path) -> TrainedRun:
+    """The run opened on the CPU, without progress bars."""
+    return TrainedRun.open(run, device="cpu", progress=False)
 
 
 def _png(path: Path, seed: int, side: int = 40) -> Path:
@@ -51,7 +63,8 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(len(images))
         return real(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(indexing, "extract_codes", counting)
+    for module in (indexing, fitting):  # the folder's codes, the transform's training codes
+        monkeypatch.setattr(module, "extract_codes", counting)
     return calls
 
 
@@ -73,7 +86,7 @@ def test_index_is_compact_named_under_the_run_and_incremental(run, tmp_path, cap
                                atol=2e-3)
     assert not (where / "pending").exists()
 
-    first = Searcher(run, index="photos", device="cpu")
+    first = Searcher(_cpu(run), index="photos")
     img005 = first.paths.index(str(folder.resolve() / "img005.png"))
     assert first.folder is not None
     code005 = np.array(first.folder.layers["6"][img005])
@@ -90,11 +103,11 @@ def test_index_is_compact_named_under_the_run_and_incremental(run, tmp_path, cap
     (folder / "img001.png").unlink()
     (folder / "img002.png").unlink()
     _png(folder / "img004.png", 999, side=50)
-    update = build_index(folder, run, device="cpu", progress=False)
+    update = build_index(folder, _cpu(run))
     assert (update.new, update.gone, update.changed, update.kept) == (10, 2, 1, 9)
     assert update.computed == 11 and sum(counted) == 11
     assert update.summary() == "+10 new, -2 gone, 1 changed, 9 kept"
-    s = Searcher(run, index="photos", device="cpu")
+    s = Searcher(_cpu(run), index="photos")
     assert len(s) == 20 and s.paths == sorted(s.paths)
     assert str(folder.resolve() / "img100.png") in s.paths
     assert not any(p.endswith("img001.png") for p in s.paths)
@@ -119,14 +132,14 @@ def test_an_interrupted_index_resumes_where_it_stopped(run, tmp_path, monkeypatc
 
     monkeypatch.setattr(indexing, "_save_segment", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
-        build_index(folder, run, batch_size=3, device="cpu", progress=False)
+        build_index(folder, _cpu(run), batch_size=3)
     monkeypatch.setattr(indexing, "_save_segment", real)
     where = RunDir(run).index("resume")
     assert not (where / "manifest.json").exists() and len(list((where / "pending").iterdir())) == 2
     counted.clear()
-    update = build_index(folder, run, batch_size=3, device="cpu", progress=False)
+    update = build_index(folder, _cpu(run), batch_size=3)
     assert (update.resumed, update.computed, update.new) == (6, 3, 9) and counted == [3]
-    assert len(Searcher(run, index="resume", device="cpu")) == 9
+    assert len(Searcher(_cpu(run), index="resume")) == 9
 
 
 def test_search_marks_the_query_itself_and_duplicates_are_grouped(run, tmp_path, capsys,
@@ -149,7 +162,7 @@ def test_search_marks_the_query_itself_and_duplicates_are_grouped(run, tmp_path,
     scores = [h["score"] for h in hits]
     assert scores[0] == pytest.approx(1, abs=2e-3)
     # centred by the mean training code, the scores spread more than the plain cosine
-    s = Searcher(run, index="d", device="cpu")
+    s = Searcher(_cpu(run), index="d")
     raw = s.query_codes(np.stack([s.image(i) for i in range(len(s))]), "6")
     plain = raw @ raw[s.paths.index(hits[0]["path"])]
     assert 1 - min(scores) > 2 * (1 - plain.min())
@@ -158,7 +171,7 @@ def test_search_marks_the_query_itself_and_duplicates_are_grouped(run, tmp_path,
     out = capsys.readouterr().out
     assert "group 1 (2 images):" in out and "copy-of-1.png" in out
     assert "1 groups of near-duplicates (2 of 7 images) at similarity >= 0.99" in out
-    groups = duplicate_groups(Searcher(run, index="d", device="cpu"), "6", 0.999)
+    groups = duplicate_groups(Searcher(_cpu(run), index="d"), "6", 0.999)
     assert [len(g) for g in groups] == [2]
 
 
@@ -168,9 +181,9 @@ def test_search_several_images_and_a_glob_with_one_model_load(run, tmp_path, cap
 
     folder = _folder(tmp_path / "many", 5)
     loads: list[int] = []
-    real = TrainedRun.load.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(TrainedRun, "load", classmethod(
-        lambda cls, *a, **k: loads.append(1) or real(cls, *a, **k)))
+    real = TrainedRun._load_model
+    monkeypatch.setattr(TrainedRun, "_load_model",
+                        lambda self: loads.append(1) or real(self))
     assert cli(["search", str(folder / "img001.png"), str(folder / "sub" / "*.png"), "--run",
                 str(run), "-k", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -204,11 +217,11 @@ def test_index_refusals_are_one_line(run, tmp_path, capsys):
 
 def test_large_indexes_search_through_faiss_with_exact_reranking(run, tmp_path):
     folder = _folder(tmp_path / "big", 30)
-    build_index(folder, run, name="big", approx_min=20, device="cpu", progress=False)
+    build_index(folder, _cpu(run), name="big", approx_min=20)
     where = RunDir(run).index("big")
     assert sorted(p.name for p in where.glob("*.faiss")) == [
         "g1-ivfpq5.faiss", "g1-ivfpq6.faiss", "g1-ivfpq7.faiss"]
-    s = Searcher(run, index="big", device="cpu")
+    s = Searcher(_cpu(run), index="big")
     assert s.folder is not None and set(s.folder._approx) == {"5", "6", "7"}
     exact = collection.blocked_top_k
     for layer in "567":
@@ -243,7 +256,7 @@ def test_non_utf8_names_are_kept_and_shown_escaped(run, tmp_path, capsys):
     _png(folder / "plain.png", 4)
     assert cli(["index", str(folder), "--run", str(run), "--no-progress"]) == 0
     capsys.readouterr()
-    s = Searcher(run, index="names", device="cpu")
+    s = Searcher(_cpu(run), index="names")
     assert os.fsencode(s.paths[0]) == raw and Path(s.paths[0]).is_file()
     assert cli(["search", str(folder / "plain.png"), "--run", str(run), "--index", "names",
                 "--device", "cpu"]) == 0

@@ -23,7 +23,7 @@ from neuralcodes.cli import main as cli
 from neuralcodes.files import read_json, write_json
 from neuralcodes.retrieval import CodeSet, Searcher, build_index
 from neuralcodes.retrieval.collection import FolderIndex
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 TINY = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
         "--set", "train.lr=0.01", "--set", "data.ood_classes=2", "--set", "train.patience=5",
@@ -63,9 +63,7 @@ def other_weights(run: Path) -> None:
 
 def ood_png(run: Path, tmp_path: Path, position: int = 0) -> Path:
     """Ood image ``position`` of the run as a lossless PNG file."""
-    from neuralcodes.retrieval.rundata import RunData
-
-    data = RunData.open(run)
+    data = TrainedRun.open(run)
     path = tmp_path / f"ood-{position}.png"
     Image.fromarray(data.images(np.array([data.splits.ood[position]]))[0]).save(path)
     return path
@@ -129,7 +127,6 @@ def test_training_on_then_run_recomputes_everything_from_the_new_weights(
     check_all(2, best)
     # the codes are those of the new weights, not merely relabelled
     from neuralcodes.retrieval import extract_codes
-    from neuralcodes.runs import TrainedRun
 
     trained = TrainedRun.load(run, device="cpu")
     codes = CodeSet.load(rd.codes("ood", False))
@@ -217,8 +214,9 @@ def test_search_with_relu_true_ranks_post_relu_codes(run_copy, tmp_path, capsys)
     assert out[0].startswith("layer 7, post-ReLU codes")
     scores = [float(line.split()[1]) for line in out[1:]]
     image = np.asarray(Image.open(query).convert("RGB"))[None]
-    post = Searcher(run_copy, relu=True, device="cpu").search_images(image, "7", 4)[0]
-    pre = Searcher(run_copy, relu=False, device="cpu").search_images(image, "7", 4)[0]
+    run = TrainedRun.open(run_copy, device="cpu")
+    post = Searcher(run, relu=True).search_images(image, "7", 4)[0]
+    pre = Searcher(run, relu=False).search_images(image, "7", 4)[0]
     assert scores == pytest.approx([h.score for h in post], abs=1e-4)
     assert abs(scores[0] - pre[0].score) > 1e-3  # not the pre-ReLU ranking
 
@@ -244,7 +242,7 @@ def test_search_recomputes_codes_of_other_weights_or_refuses_where_it_may_not_wr
     assert first[0] == "1" and float(first[1]) == pytest.approx(1.0, abs=1e-4)  # itself
 
     other_weights(run_copy)  # again, now where the run may not be written to
-    monkeypatch.setattr("neuralcodes.retrieval.rundata.os.access", lambda *a: False)
+    monkeypatch.setattr("neuralcodes.retrieval.codes.os.access", lambda *a: False)
     capsys.readouterr()
     assert cli(["search", str(query), "--run", str(run_copy), "--device", "cpu"]) == 2
     err = one_error_line(capsys)
@@ -266,7 +264,7 @@ def test_an_index_of_other_weights_or_a_malformed_one_is_refused(run_copy, tmp_p
     folder.mkdir()
     for i, colour in enumerate(("red", "blue", "green")):
         Image.new("RGB", (50 + 10 * i, 64), colour).save(folder / f"{colour}.png")
-    update = build_index(folder, run_copy, device="cpu", progress=False)
+    update = build_index(folder, TrainedRun.open(run_copy, device="cpu", progress=False))
     index = update.path
     made = FolderIndex(index).made_by
     assert update.count == 3 and made["settings"]["run"] == "copied-run"

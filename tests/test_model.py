@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralcodes.config import ModelConfig
+from neuralcodes.errors import NeuralCodesError
+from neuralcodes.features import code_names, paper_codes
 from neuralcodes.model import (
-    CODE_LAYERS,
     ConvNet,
     PaddedConv2d,
     SameMaxPool2d,
@@ -17,13 +18,15 @@ from neuralcodes.model import (
     same_conv2d,
 )
 
+CODES = paper_codes()
+
 TINY = ModelConfig(conv_widths=(4, 4, 4, 4, 4), fc_width=16)
 
 
 @pytest.fixture(scope="module")
 def full() -> ConvNet:
     torch.manual_seed(0)
-    return ConvNet(190)
+    return ConvNet(190, ModelConfig())
 
 
 def test_full_model_has_the_assignment_parameter_count(full):
@@ -38,8 +41,9 @@ def test_full_model_output_and_code_shapes(full):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert full.eval()(x).shape == (2, 190)
-        codes = full.codes(x)
-    assert list(codes) == list(CODE_LAYERS)
+        codes = full.forward_intermediates(x, CODES)
+    assert CODES == ("5", "6", "7") and code_names()[:3] == CODES
+    assert list(codes) == list(CODES)
     assert {k: tuple(v.shape) for k, v in codes.items()} == {"5": (2, 16384), "6": (2, 2048),
                                                              "7": (2, 2048)}
 
@@ -73,19 +77,17 @@ def test_codes_are_deterministic_in_train_mode_and_match_forward():
     x = torch.rand(3, 3, 64, 64)
     model.train()
     with torch.no_grad():
-        a, b = model.codes(x), model.codes(x)
-        post = model.codes(x, relu=True)
+        a, b = model.forward_intermediates(x, CODES), model.forward_intermediates(x, CODES)
         dropped = [model(x) for _ in range(2)]
-    for k in CODE_LAYERS:
+    for k in CODES:
         assert torch.equal(a[k], b[k])  # no dropout in codes, even in train mode
-        assert torch.equal(post[k], F.relu(a[k]))
     assert not torch.equal(dropped[0], dropped[1])  # forward in train mode does drop out
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), model.fc8(F.relu(a["7"])), atol=1e-6)
-    assert set(model.codes(x, layers=("6",))) == {"6"}
-    with pytest.raises(ValueError):
-        model.codes(x, layers=("4",))
+    assert set(model.forward_intermediates(x, ("6",))) == {"6"}
+    with pytest.raises(NeuralCodesError, match="unknown feature '4'"):
+        model.forward_intermediates(x, ("4",))
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
@@ -108,25 +110,52 @@ def test_torch_same_padding_equals_the_explicit_keras_pad(kernel):
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
-def test_feature_maps_are_the_conv_activations_and_agree_with_the_codes():
+def test_features_by_name_are_the_conv_activations_and_agree_with_the_codes():
+    """One call gives conv maps (before and after their pool) and codes from one pass."""
     torch.manual_seed(0)
     model = ConvNet(5, TINY).eval()
     x = torch.rand(2, 3, 64, 64)
+    names = ("conv1", "pool1", "conv3", "conv4", "conv5", "pool5", "5", "6")
     with torch.no_grad():
-        maps = model.feature_maps(x, ("conv3", "conv4", "conv5", "pool5"), codes=("5", "6"))
-        codes = model.codes(x, layers=("5", "6"))
+        out = model.forward_intermediates(x, names)
         h = F.relu(model.pool(model.conv1(x)))
+        conv1 = F.relu(model.conv1(x))
         h = F.relu(model.pool(model.conv2(h)))
         conv3 = F.relu(model.conv3(h))
-    assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == {
-        "conv3": (4, 16, 16), "conv4": (4, 16, 16), "conv5": (4, 16, 16), "pool5": (4, 8, 8),
-        "code5": (256,), "code6": (16,)}
-    assert torch.equal(maps["conv3"], conv3)
-    assert (maps["conv5"] >= 0).all()  # after the ReLU
+    shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}
+    assert shapes == {"conv1": (4, 64, 64), "pool1": (4, 32, 32), "conv3": (4, 16, 16),
+                      "conv4": (4, 16, 16), "conv5": (4, 16, 16), "pool5": (4, 8, 8),
+                      "5": (256,), "6": (16,)}
+    assert all(model.feature_shape(k) == v for k, v in shapes.items())  # declared = computed
+    assert torch.equal(out["conv1"], conv1) and torch.equal(out["conv3"], conv3)
+    assert torch.equal(model.pool(out["conv1"]), out["pool1"])  # conv1: before its pool
+    assert (out["conv5"] >= 0).all()  # after the ReLU
     # conv5 is the map before its pool: pooling it gives pool5, the ReLU of the layer-5 code
-    assert torch.equal(model.pool(maps["conv5"]), maps["pool5"])
-    assert torch.equal(maps["pool5"].flatten(1), F.relu(codes["5"]))
-    assert torch.equal(maps["code5"], codes["5"]) and torch.equal(maps["code6"], codes["6"])
-    assert list(model.feature_maps(x)) == ["conv5"]
-    with pytest.raises(ValueError, match="conv9"):
-        model.feature_maps(x, ("conv9",))
+    assert torch.equal(model.pool(out["conv5"]), out["pool5"])
+    assert torch.equal(out["pool5"].flatten(1), F.relu(out["5"]))
+    with pytest.raises(NeuralCodesError, match="conv9"):
+        model.forward_intermediates(x, ("conv9",))
+
+
+def test_the_forward_pass_stops_after_the_last_tap_it_needs():
+    model = ConvNet(5, TINY).eval()
+    calls: list[str] = []
+    for name in ("conv3", "fc6", "fc7"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, n=name: calls.append(n))
+    with torch.no_grad():
+        model.forward_intermediates(torch.rand(1, 3, 64, 64), ("conv3",))
+    assert calls == ["conv3"]  # neither fc6 nor fc7 ran
+
+
+def test_a_checkpoint_rebuilds_its_network_by_name():
+    from neuralcodes.model import checkpoint_meta, create_model
+
+    model = create_model("convnet-bn", num_classes=3, conv_widths=[4, 4, 4, 4, 8], fc_width=16,
+                         dropout=0.5)
+    meta = checkpoint_meta(model, ["n1", "n2", "n3"], ["a", "b", "c"])
+    again = create_model(meta["name"], num_classes=meta["num_classes"], **meta["args"])
+    again.load_state_dict(model.state_dict())  # same layers, batch norm included
+    assert isinstance(again.bn3, nn.BatchNorm2d) and again.args == model.args
+    assert meta["classes"] == {"ids": ["n1", "n2", "n3"], "names": ["a", "b", "c"]}
+    with pytest.raises(NeuralCodesError, match="unknown model 'resnet'"):
+        create_model("resnet", num_classes=3)

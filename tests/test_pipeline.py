@@ -206,8 +206,8 @@ def test_the_probe_times_inference_at_the_batch_the_stages_use(tiny_data_config,
 
     def spying_build(*args: object, **kwargs: object) -> object:
         model = real_build(*args, **kwargs)
-        codes = model.codes
-        model.codes = lambda x, layers: batches.append(len(x)) or codes(x, layers=layers)
+        codes = model.forward_intermediates
+        model.forward_intermediates = lambda x, names: batches.append(len(x)) or codes(x, names)
         return model
 
     monkeypatch.setattr(estimate, "build_model", spying_build)

@@ -25,7 +25,7 @@ from neuralcodes.evaluation import evaluate
 from neuralcodes.files import read_json
 from neuralcodes.retrieval import CodeSet, Searcher, build_index, evaluate_codes, run_codes
 from neuralcodes.retrieval.collection import FolderIndex
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.training.loop import train
 
 
@@ -78,7 +78,7 @@ def test_cli_evaluate_uses_the_run_precision_and_records_it(bf16_run, capsys):
 
 def test_library_evaluate_defaults_to_the_run_precision(bf16_run):
     with linear_dtypes() as seen:
-        result = evaluate(bf16_run, device="cpu", progress=False)
+        result = evaluate(TrainedRun.open(bf16_run, device="cpu", progress=False))
     assert seen == {torch.bfloat16} and result["precision"] == "bf16"
 
 
@@ -120,14 +120,16 @@ def test_web_query_path_runs_in_the_run_precision(bf16_run):
 
     _no_codes(bf16_run)
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    served = ServedRun(bf16_run, device="cpu")  # computes the missing ood codes: in bf16
+    # computes the missing ood codes: in bf16
+    served = ServedRun(TrainedRun.open(bf16_run, device="cpu", progress=False))
     assert served.ood.codes.precision == "bf16"
     with linear_dtypes() as seen:
         result = served.search_image(image, 3, "ood")
     assert seen == {torch.bfloat16}
     assert [len(layer["hits"]) for layer in result["layers"]] == [3] * len(served.layers)
 
-    fp32 = ServedRun(bf16_run, device="cpu", precision="fp32")  # an explicit override
+    fp32 = ServedRun(TrainedRun.open(bf16_run, device="cpu", precision="fp32",
+                                     progress=False))  # an explicit override
     assert fp32.ood.codes.precision == "fp32"  # the database follows the queries' precision
     with linear_dtypes() as seen:
         fp32.search_image(image, 3, "ood")
@@ -144,20 +146,20 @@ def test_search_and_index_use_the_run_precision(bf16_run, tmp_path):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
             folder / f"{i}.png")
     with linear_dtypes() as seen:
-        update = build_index(folder, bf16_run, device="cpu", progress=False)
+        update = build_index(folder, TrainedRun.open(bf16_run, device="cpu", progress=False))
     path = update.path
     assert update.count == 3 and seen == {torch.bfloat16}
     assert FolderIndex(path).precision == "bf16"
 
     image = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     with linear_dtypes() as seen:
-        Searcher(bf16_run, index=path, device="cpu").query_codes(image, "6")
+        Searcher(TrainedRun.open(bf16_run, device="cpu"), index=path).query_codes(image, "6")
     assert seen == {torch.bfloat16}
     # an index holds codes of one precision: a query in another is refused, in one line
     assert cli.main(["search", str(folder / "0.png"), "--run", str(bf16_run), "--index",
                      str(path), "--device", "cpu", "--precision", "fp32"]) == 2
-    fp32 = build_index(folder, bf16_run, device="cpu", precision="fp32", progress=False,
-                       out=tmp_path / "fp32-index").path
+    fp32 = build_index(folder, TrainedRun.open(bf16_run, device="cpu", precision="fp32",
+                                               progress=False), out=tmp_path / "fp32-index").path
     with linear_dtypes() as seen:
         assert cli.main(["search", str(folder / "0.png"), "--run", str(bf16_run),
                          "--index", str(fp32), "--device", "cpu", "--precision", "fp32"]) == 0
@@ -188,11 +190,12 @@ def test_bf16_agrees_with_fp32_on_real_images(tmp_path):
     train(cfg, out, progress=False)
     trained_s = time.perf_counter() - start
 
-    evals = {p: evaluate(out, device="cpu", precision=p, progress=False)["splits"]["test"]
-             for p in ("fp32", "bf16")}
+    evals = {p: evaluate(TrainedRun.open(out, device="cpu", precision=p, progress=False)
+                         )["splits"]["test"] for p in ("fp32", "bf16")}
     maps = {}
     for p in ("fp32", "bf16"):
-        path = run_codes(out, "ood", relu=False, device="cpu", precision=p, progress=False)[False]
+        path = run_codes(TrainedRun.open(out, device="cpu", precision=p, progress=False), "ood",
+                         relu=False)[False]
         codes = CodeSet.load(path)
         assert codes.precision == p
         maps[p] = {layer: m.map for layer, m in evaluate_codes(codes).items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from neuralcodes.cli import main as cli
@@ -34,6 +35,12 @@ from neuralcodes.retrieval import (
     self_retrieval_metrics,
 )
 from neuralcodes.runs import RunDir, TrainedRun
+from neuralcodes.runtime import to_input
+
+
+def quiet(run: Path) -> TrainedRun:
+    """The run opened on the CPU, without progress bars."""
+    return TrainedRun.open(run, device="cpu", progress=False)
 
 
 def clustered(n: int, dim: int, n_clusters: int, spread: float, seed: int = 0
@@ -243,17 +250,17 @@ def test_codes_that_cannot_fit_in_memory_are_refused_with_advice(tiny_run, monke
     # = 912 KiB for both variants, 840 KiB for one; the limit is 90% of the available 970 KiB
     monkeypatch.setattr(codes_module, "available_memory", lambda: 970 * 1024)
     with pytest.raises(NeuralCodesError, match=r"64 train images .* one variant at a time"):
-        run_codes(tiny_run, "train", progress=False)
+        run_codes(quiet(tiny_run), "train")
     assert not RunDir(tiny_run).codes("train", False).exists()
-    paths = run_codes(tiny_run, "train", relu=False, progress=False)  # one variant fits
+    paths = run_codes(quiet(tiny_run), "train", relu=False)  # one variant fits
     assert len(load_codes(paths[False])) == 64
     monkeypatch.setattr(codes_module, "available_memory", lambda: None)  # unknown: no check
-    assert run_codes(tiny_run, "train", progress=False)[True].is_file()
+    assert run_codes(quiet(tiny_run), "train")[True].is_file()
 
 
 @pytest.mark.slow
 def test_run_study_writes_every_output_once(tiny_run, capsys):
-    result = run_study(tiny_run, progress=False)
+    result = run_study(quiet(tiny_run))
     out = RunDir(tiny_run).retrieval
     names = {"map.json", "top5.json", "top5_layer5.png", "top5_layer6.png", "top5_layer7.png",
              "top5_layers.png", "evidence.json", "pca.json", "pca.png"}
@@ -310,7 +317,7 @@ def test_run_study_writes_every_output_once(tiny_run, capsys):
     assert cli(["retrieval", str(tiny_run), "--no-progress"]) == 0  # all exists: nothing is redone
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert "pre-ReLU layer 6: mAP" in capsys.readouterr().out
-    post = run_study(tiny_run, relu=True, progress=False)  # other codes: redone for them
+    post = run_study(quiet(tiny_run), relu=True)  # other codes: redone for them
     assert post["pca"]["relu"] is True and read_json(out / "top5.json")["relu"] is True
     assert post["evidence"]["relu"] is True and read_json(out / "map.json") == maps
 
@@ -322,9 +329,9 @@ def _save_png(path: Path, arr: np.ndarray) -> Path:
 
 
 def test_search_own_image_finds_its_ood_twin(tiny_run, tmp_path, capsys):
-    s = Searcher(tiny_run, device="cpu")
+    s = Searcher(quiet(tiny_run))
     query = _save_png(tmp_path / "q.png", s.image(3))
-    hits = search(query, tiny_run, layer="5", k=4, figure=tmp_path / "fig.png", device="cpu")
+    hits = search(query, quiet(tiny_run), layer="5", k=4, figure=tmp_path / "fig.png")
     assert [h.rank for h in hits] == [1, 2, 3, 4] and hits[0].position == 3
     assert hits[0].score == pytest.approx(1.0, abs=1e-4) and hits[0].label
     assert (tmp_path / "fig.png").is_file()
@@ -356,17 +363,17 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "broken.jpg" in text and "+5 new, -0 gone, 0 changed, 0 kept, 1 unreadable; 5 " \
         "images indexed" in text
-    assert len(Searcher(tiny_run, index=out, device="cpu")) == 5
+    assert len(Searcher(quiet(tiny_run), index=out)) == 5
     query = folder / "sub" / "img3.png"
-    hits = search(query, tiny_run, index=out, layer="6", k=5, device="cpu")
+    hits = search(query, quiet(tiny_run), index=out, layer="6", k=5)
     assert hits[0].path == str(query) and len(hits) == 5 and hits[0].same == "same file"
-    update = build_index(folder, tiny_run, device="cpu", progress=False)
+    update = build_index(folder, quiet(tiny_run))
     assert update.path == RunDir(tiny_run).index("mine") and update.count == 5
     assert len(update.failed) == 1
     shutil.rmtree(update.path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuralCodesError, match="no readable images"):
-        build_index(tmp_path / "empty", tiny_run, progress=False)
+        build_index(tmp_path / "empty", quiet(tiny_run))
 
 
 def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_path, capsys):
@@ -408,10 +415,9 @@ def test_non_square_images_are_squeezed_alike_and_the_help_says_so(tiny_run, tmp
     _save_png(tmp_path / "own" / "square.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     stretched = Image.open(wide).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
     np.testing.assert_array_equal(read_image(wide), np.asarray(stretched))
-    update = build_index(tmp_path / "own", tiny_run, out=tmp_path / "own-index", device="cpu",
-                         progress=False)
+    update = build_index(tmp_path / "own", quiet(tiny_run), out=tmp_path / "own-index")
     path = update.path
-    hits = search(wide, tiny_run, index=path, layer="5", k=1, device="cpu")
+    hits = search(wide, quiet(tiny_run), index=path, layer="5", k=1)
     assert update.count == 2 and hits[0].path == str(wide)
     assert hits[0].score == pytest.approx(1.0, abs=2e-3)  # float16 codes
     for command in ("index", "search"):
@@ -518,8 +524,6 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     import shlex
     import shutil
 
-    from neuralcodes.retrieval.rundata import RunData
-
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere" / "deeper"
     work.mkdir()
     elsewhere.mkdir(parents=True)
@@ -535,12 +539,86 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     assert cli(["search", str(query), "--run", str(work / "run"), "-k", "3"]) == 0
     hits = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [h[0] for h in hits] == ["1", "2", "3"] and all("/images/" in h[2] for h in hits)
-    shutil.rmtree(cache)  # no cache: one line naming the command that restores it (search
+    shutil.rmtree(cache)
+    # own photos need the checkpoint alone (it rebuilds its network): index and search work
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copy(query, own / "photo.jpg")
+    assert cli(["index", str(own), "--run", str(work / "run"), "--no-progress"]) == 0
+    index = work / "run" / "indexes" / "own"
+    assert (index / "transform.npz").is_file()  # without the training images: its own
+    capsys.readouterr()
+    assert cli(["search", str(query), "--run", str(work / "run"), "--index", str(index),
+                "-k", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[2] == str(own / "photo.jpg")
+    assert not cache.exists()
+    # the ood set does need the cache: one line naming the command that restores it (search
     with pytest.raises(NeuralCodesError, match="is missing; restore it with") as e:  # prepares
-        RunData.open(work / "run").dataset  # noqa: B018                           # nothing)
+        TrainedRun.open(work / "run").dataset  # noqa: B018                        # nothing)
     assert not cache.exists()
     command = str(e.value).split("`")[1]
     assert command.startswith("neuralcodes prepare --data /")  # the recorded absolute source
     assert cli(shlex.split(command)[1:] + ["--no-progress"]) == 0
-    data = RunData.open(work / "run")
+    data = TrainedRun.open(work / "run")
     assert len(data.dataset.labels) == 6 * 20 and len(data.splits.ood) == 2 * 20
+
+
+def test_a_feature_registered_in_one_place_reaches_settings_help_and_codes(tiny_run, capsys):
+    """One register() call: retrieval.layers accepts it, `search --help` lists it, and the
+    codes stage computes it (beside the paper's codes) from the same forward pass."""
+    from neuralcodes import features
+
+    layers = '["5","6","7","conv4-mac"]'
+    with pytest.raises(NeuralCodesError, match="retrieval.layers: Input should be"):
+        Config.from_dict({"retrieval": {"layers": ["5", "conv4-mac"]}})
+    features.register(features.Feature(
+        "conv4-mac", "max over ReLU(conv4)'s cells: one value per channel", "code", "conv4",
+        reduce=lambda t: t.relu().amax((2, 3)), shape=lambda s: s[:1]))
+    try:
+        cfg = Config.from_dict({"retrieval": {"layers": ["5", "conv4-mac"]}})
+        assert cfg.retrieval.layers == ("5", "conv4-mac")
+        assert cli(["search", "--help"]) == 0
+        assert "conv4-mac: max over ReLU(conv4)" in capsys.readouterr().out
+        assert cli(["codes", str(tiny_run), "--split", "test", "--relu", "pre", "--no-progress",
+                    "--set", f"retrieval.layers={layers}"]) == 0
+        assert "layer conv4-mac: 4" in capsys.readouterr().out
+        codes = load_codes(RunDir(tiny_run).codes("test", False))
+        assert codes.made_by["settings"]["layers"] == ["5", "6", "7", "conv4-mac"]
+        run = quiet(tiny_run)
+        images = run.images(codes.index)
+        with torch.no_grad():
+            raw = run.model.forward_intermediates(to_input(images), ("conv4",))["conv4"]
+        want = torch.relu(raw).amax((2, 3)).numpy()
+        np.testing.assert_allclose(codes.layers["conv4-mac"],
+                                   want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+    finally:
+        features.unregister("conv4-mac")
+    with pytest.raises(NeuralCodesError, match="retrieval.layers"):
+        Config.from_dict({"retrieval": {"layers": ["conv4-mac"]}})
+
+
+def test_the_checkpoint_rebuilds_its_network_and_older_ones_still_load(tiny_run, tmp_path):
+    """best.pt names its network, arguments and classes; a weights-only checkpoint (written
+    before) is rebuilt from config.json with fc8's class count; one with neither is refused
+    in one line."""
+    import shutil
+
+    run = quiet(tiny_run)
+    meta = run.meta
+    assert meta["name"] == "convnet" and meta["args"]["conv_widths"] == [4, 4, 4, 4, 4]
+    in_classes = run.splits.in_classes
+    assert meta["classes"] == {"ids": [run.dataset.wnids[c] for c in in_classes],
+                               "names": [run.dataset.names[c] for c in in_classes]}
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    shutil.copy(RunDir(tiny_run).config, old / "config.json")
+    ckpt = torch.load(RunDir(tiny_run).best_checkpoint, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "meta"}, old / "checkpoints" / "best.pt")
+    legacy = TrainedRun.open(old, device="cpu")
+    assert legacy.meta["classes"] is None and legacy.meta["num_classes"] == 4
+    for a, b in zip(legacy.model.state_dict().values(), run.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    torch.save({"model": {"fc6.weight": torch.zeros(2, 2)}}, old / "checkpoints" / "best.pt")
+    with pytest.raises(NeuralCodesError, match="best.pt: not a neuralcodes checkpoint"):
+        TrainedRun.open(old).model  # noqa: B018

@@ -118,7 +118,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, tiny_data_config, capsys, b
 
 def test_evaluate_needs_a_run_directory(tmp_path):
     with pytest.raises(NeuralCodesError, match="not a run directory"):
-        evaluate(tmp_path / "nothing", progress=False)
+        evaluate(TrainedRun.open(tmp_path / "nothing"))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -216,7 +216,7 @@ def test_restore_best_false_keeps_the_last_weights_as_the_course_did(trained, tm
     assert_same_weights(trained / "checkpoints/last.pt", out / "checkpoints/best.pt")
     # evaluation and codes (TrainedRun) use the kept, i.e. last, weights
     assert TrainedRun.load(out, device="cpu").epoch == state["stopped_epoch"]
-    result = evaluate(out, progress=False, device="cpu")
+    result = evaluate(TrainedRun.open(out, device="cpu", progress=False))
     assert result["epoch"] == state["stopped_epoch"]
     assert result["splits"]["val"]["loss"] == pytest.approx(rows(out)[-1]["val_loss"], rel=1e-5)
     assert "the last epoch's weights are kept" in RunDir(out).log.read_text()

@@ -25,7 +25,7 @@ from neuralcodes.data import Dataset, Splits, make_splits
 from neuralcodes.files import read_json, write_json
 from neuralcodes.retrieval import load_codes, read_image
 from neuralcodes.retrieval.metrics import chance_average_precision
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
@@ -78,7 +78,7 @@ def own_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def index_file(run: Path, own_images: dict[str, Path]) -> Path:
     from neuralcodes.retrieval import build_index
 
-    update = build_index(own_images["folder"], run, device="cpu", progress=False)
+    update = build_index(own_images["folder"], TrainedRun.open(run, device="cpu", progress=False))
     assert update.count == 3 and [p.name for p, _ in update.failed] == ["broken.png"]
     return update.path
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.3.0"
+from neuralcodes.versions import __version__
+
 __all__ = ["Run", "SearchResult", "__version__", "open_run"]
 
 

@@ -24,13 +24,13 @@ from typing import Union
 
 import numpy as np
 
+from neuralcodes import features
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.model import CODE_LAYERS
 from neuralcodes.retrieval.codes import extract_codes
 from neuralcodes.retrieval.images import expand_images
 from neuralcodes.retrieval.indexing import IndexUpdate, build_index
-from neuralcodes.retrieval.rundata import RunData
 from neuralcodes.retrieval.search import Hit, Searcher, read_queries, search_many
+from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
 
 Image = Union[str, Path, np.ndarray]  # noqa: UP007 (a runtime alias)
@@ -74,10 +74,10 @@ class SearchResult:
 class Run:
     """A trained run opened for search (:func:`open_run`)."""
 
-    def __init__(self, path: str | Path, *, device: str = "auto",
+    def __init__(self, path: str | Path, *, device: str | None = None,
                  precision: str | None = None) -> None:
-        self.data = RunData.open(path, device=device, precision=precision, progress=False,
-                                 reader=True)
+        self.data = TrainedRun.open(path, device=device, precision=precision, progress=False,
+                                    reader=True)
         self._searchers: dict[str | None, Searcher] = {}
 
     def __repr__(self) -> str:
@@ -87,7 +87,7 @@ class Run:
         """The database searched: the ood set (None) or an index (name or folder)."""
         key = None if index is None else str(index)
         if key not in self._searchers:
-            self._searchers[key] = Searcher(self.data.dir.root, index=index, run_data=self.data)
+            self._searchers[key] = Searcher(self.data, index=index)
         return self._searchers[key]
 
     def search(self, images: Image | Sequence[Image], k: int = 5, index: str | Path | None = None,
@@ -117,9 +117,9 @@ class Run:
               ) -> np.ndarray:
         """Unit-length codes (N, D) of ``layer`` for images (paths or uint8 arrays), in the
         run's ReLU variant unless ``relu`` is given."""
-        if layer not in CODE_LAYERS:
+        if layer not in features.code_names():
             raise NeuralCodesError(f"unknown layer '{layer}' (choose from "
-                                   f"{', '.join(CODE_LAYERS)})")
+                                   f"{', '.join(features.code_names())})")
         return extract_codes(self.data.model, read_queries(list(images)), (layer,),
                              self.data.relu(relu), device=None, precision=self.data.precision,
                              progress=False)[layer]
@@ -128,13 +128,13 @@ class Run:
               relu: bool | None = None) -> IndexUpdate:
         """Build or update the index of ``folder`` (``RUN/indexes/<name>``, the folder's name
         by default), holding the run's write lock."""
+        self.data.progress = progress
         with self.data.dir.lock("index (Python API)"):
-            update = build_index(folder, self.data.dir.root, name=name, relu=relu,
-                                 progress=progress, run_data=self.data)
+            update = build_index(folder, self.data, name=name, relu=relu)
         self._searchers = {k: v for k, v in self._searchers.items() if k is None}
         return update
 
 
-def open_run(path: str | Path, *, device: str = "auto", precision: str | None = None) -> Run:
+def open_run(path: str | Path, *, device: str | None = None, precision: str | None = None) -> Run:
     """A trained run (its directory) opened for search; the model loads on first use."""
     return Run(path, device=device, precision=precision)

@@ -27,7 +27,9 @@ from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_vali
 from pydantic.dataclasses import dataclass
 
 from neuralcodes import datasets as registry
+from neuralcodes import features
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.imageio import DEFAULT_MAX_PIXELS
 
 
 class _Resumable:
@@ -39,13 +41,20 @@ class _Resumable:
 
 RESUMABLE = _Resumable()
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-CPU_CONVS: tuple[str, ...] = ("auto", "nnpack", "onednn")
-CODE_LAYERS: tuple[str, ...] = ("5", "6", "7")
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+#: The CPU convolution kernels of conv2-conv5, in the order a timing tie prefers them
+#: (neuralcodes.kernels.choice); ``train.cpu_conv`` is one of them or ``auto``.
+KERNELS: tuple[str, ...] = ("onednn", "nnpack")
+CPU_CONVS: tuple[str, ...] = ("auto", *sorted(KERNELS))
+CpuConv = Literal[CPU_CONVS]  # type: ignore[valid-type]
+#: Upload limits of ``neuralcodes serve`` (serve.max_upload_mb, serve.max_megapixels): their
+#: defaults (the pixel limit is the decoder's own, imageio.DEFAULT_MAX_PIXELS).
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]
-Precision = Literal["fp32", "bf16", "fp16"]
 #: What ``data.url`` (and ``$NEURALCODES_URL``) may be: an address urllib can download.
 URL_PATTERN = r"(https?|ftp|file)://\S+"
 
@@ -142,7 +151,7 @@ class TrainConfig:
     channels_last: Annotated[bool, RESUMABLE] = True
     # fp32 CPU kernels of conv2-conv5: auto (each layer's faster kernel, measured once on this
     # CPU and cached: kernels/choice.py) | nnpack | onednn (forced)
-    cpu_conv: Annotated[Literal["auto", "nnpack", "onednn"], RESUMABLE] = "auto"
+    cpu_conv: Annotated[CpuConv, RESUMABLE] = "auto"
     threads: Annotated[PositiveInt | None, RESUMABLE] = None  # torch intra-op threads
 
 
@@ -150,7 +159,9 @@ class TrainConfig:
 class RetrievalConfig:
     """Neural-code retrieval (assignment Task 3)."""
 
-    layers: tuple[Literal["5", "6", "7"], ...] = CODE_LAYERS
+    # codes to study and search by: names of code features (neuralcodes.features,
+    # read when validating, so a registered feature is accepted); default the paper's 5, 6, 7
+    layers: tuple[str, ...] = dataclasses.field(default_factory=features.paper_codes)
     relu: bool = False  # False: pre-ReLU codes, as the course's reference solution used
     k: PositiveInt = 5  # results shown per query
     figure_queries: PositiveInt = 10  # "the first 10 images in the ood set"
@@ -159,8 +170,12 @@ class RetrievalConfig:
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = features.code_names()
+        bad = [x for x in v if x not in known]
+        if bad:
+            raise ValueError(f"Input should be {_choices(known)} (got {bad[0]!r})")
         if not v or len(set(v)) != len(v):
-            raise ValueError(f"layers must be distinct and among {CODE_LAYERS}, got {v}")
+            raise ValueError(f"layers must be distinct and among {known}, got {v}")
         return v
 
 
@@ -172,8 +187,8 @@ class ServeConfig:
     """``neuralcodes serve``'s limits and exposure (none of them changes a result, so all may
     change freely: README "The web app" explains each)."""
 
-    max_upload_mb: Annotated[float, Field(gt=0, le=1024), RESUMABLE] = 20.0  # MiB per upload
-    max_megapixels: Annotated[float, Field(gt=0, le=10_000), RESUMABLE] = 50.0  # per upload
+    max_upload_mb: Annotated[float, Field(gt=0, le=1024), RESUMABLE] = DEFAULT_MAX_UPLOAD_MB
+    max_megapixels: Annotated[float, Field(gt=0, le=10_000), RESUMABLE] = DEFAULT_MAX_MEGAPIXELS
     # a JPEG with more scans is refused before decoding (real ones have 1 to about 15)
     max_jpeg_scans: Annotated[int, Field(ge=1, le=100_000, strict=True), RESUMABLE] = 300
     # decoder processes (= decodes at once); a decode past the time limit is killed
@@ -276,6 +291,12 @@ def describe_resumable() -> str:
         else:
             parts += [f"{section.name}.{k}" for k in keys if (section.name, k) in found]
     return ", ".join(parts)
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    """``'5', '6' or '7'``, as pydantic words a choice."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _describe(e: pydantic.ValidationError) -> str:

@@ -4,7 +4,8 @@
 app both read it through :func:`course_reference`. Its ``epochs`` rows use the same keys as a
 run's ``metrics.jsonl`` (``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ...), its
 ``evaluation`` the keys of ``eval.json`` (``loss``, ``top1``, ``top5``) and its ``map`` maps a
-layer ("5", "6", "7") to the mAP of its pre-ReLU codes over all 5,000 ood queries.
+layer (the paper's codes: :func:`neuralcodes.features.paper_codes`) to the mAP of its
+pre-ReLU codes over all 5,000 ood queries.
 """
 
 from __future__ import annotations

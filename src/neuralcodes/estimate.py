@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuralcodes import features
 from neuralcodes.config import Config
 from neuralcodes.course import course_reference
 from neuralcodes.kernels.choice import kernel_choice
 from neuralcodes.kernels.cpu import native_bf16
 from neuralcodes.model.build import build_model
 from neuralcodes.retrieval.metrics import self_retrieval_metrics
-from neuralcodes.retrieval.pca import PCA
+from neuralcodes.retrieval.pca import PCA, PCA_FIT_IMAGES
 from neuralcodes.runtime import autocast, eval_mode, resolve_device, to_input
 from neuralcodes.training.measure import EVAL_BATCH
 from neuralcodes.training.throughput import measure_throughput
@@ -38,8 +39,6 @@ from neuralcodes.training.throughput import measure_throughput
 PROBE_BATCH = EVAL_BATCH
 #: Codes ranked by the ranking probe (all pairs): large enough to be timed, small enough to be fast.
 PROBE_RANKING = 600
-#: Training images whose codes the PCA study computes (retrieval's PCA_FIT_IMAGES).
-PCA_IMAGES = 5000
 #: Shape of the PCA probe's random codes (images, dims); a fit's time is scaled linearly in both.
 PROBE_PCA = (1000, 2048)
 #: Seconds per figure the retrieval stage draws (matplotlib, measured on a 2-core CPU).
@@ -97,7 +96,8 @@ def probe_speeds(cfg: Config, num_classes: int, folder: Path) -> Speeds:
             if i == 1:
                 _sync(device)
                 began = time.perf_counter()
-            out = model.codes(to_input(images, device), layers=("5", "6", "7"))
+            out = model.forward_intermediates(to_input(images, device),
+                                              features.code_layers(cfg.retrieval.layers))
         _sync(device)
     infer_ips = 2 * PROBE_BATCH / (time.perf_counter() - began)
     code_dims = {layer: int(x[0].numel()) for layer, x in out.items()}
@@ -170,7 +170,7 @@ def _retrieval(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstim
     training sample, a PCA fit per layer, the all-pairs rankings (mAP of both variants, then
     the full code and each PCA size, plain and whitened, in the PCA study) and the figures."""
     r = cfg.retrieval
-    fitted = min(PCA_IMAGES, sizes["train"])
+    fitted = min(PCA_FIT_IMAGES, sizes["train"])  # training images the PCA study codes
     coded = sizes["ood"] + fitted
     # all-pairs ranking grows with the square of the ood set
     rank_s = speeds.ranking_s * (sizes["ood"] / PROBE_RANKING) ** 2

@@ -5,50 +5,43 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
 from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json, write_json, write_text
-from neuralcodes.runs import RunDir, TrainedRun
-from neuralcodes.runtime import resolve_device
+from neuralcodes.runs import TrainedRun
 from neuralcodes.training.batches import SplitData
 from neuralcodes.training.measure import EVAL_BATCH, evaluate_split
 
 EVAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def evaluate(run: str | Path, *, progress: bool = True, device: str = "auto",
-             checkpoint: str = "best", precision: str | None = None,
-             batch_size: int = EVAL_BATCH, force: bool = False) -> dict[str, Any]:
+def evaluate(run: TrainedRun, *, batch_size: int = EVAL_BATCH,
+             force: bool = False) -> dict[str, Any]:
     """Cross-entropy, top-1 and top-5 accuracy on train/val/test (eval mode: no dropout).
 
-    ``checkpoint="best"`` evaluates the weights the run kept (``train.restore_best``: the best
-    epoch's, or the last epoch's). ``precision`` None: the run's own (``train.precision``; a
-    bf16 run evaluates under bf16 autocast). Writes ``eval.json`` (which records the precision)
-    and ``eval.csv`` into the run directory and returns the eval.json dict. Skipped (the saved
-    dict returned) when eval.json records the same fingerprint (:mod:`neuralcodes.lineage`:
-    the weights' sha256, the precision, the partition), unless ``force``.
+    Evaluates the run's checkpoint (``best``: the weights the run kept, ``train.restore_best``)
+    on its device, in its precision (``train.precision``; a bf16 run evaluates under bf16
+    autocast). Writes ``eval.json`` (which records the precision) and ``eval.csv`` into the run
+    directory and returns the eval.json dict. Skipped (the saved dict returned) when eval.json
+    records the same fingerprint (:mod:`neuralcodes.lineage`: the weights' sha256, the
+    precision, the partition), unless ``force``.
     """
     if batch_size < 1:
         raise NeuralCodesError(f"--batch-size must be positive, got {batch_size}")
-    rd = RunDir.existing(run)
-    fp = lineage.eval_fingerprint(
-        lineage.weights_identity(rd.checkpoint(checkpoint)),
-        precision or rd.read_config().train.precision, rd.saved()["data"]["splits_hash"])
+    rd, precision = run.dir, run.precision
+    fp = lineage.eval_fingerprint(lineage.weights_identity(rd.checkpoint(run.checkpoint)),
+                                  precision, run.saved["data"]["splits_hash"])
     if not lineage.needs_run("evaluate", rd.eval_json, fp, force=force):
         return read_json(rd.eval_json)
-    dev = resolve_device(device)
-    trained = TrainedRun.load(run, checkpoint=checkpoint, device=dev)
-    model, dataset, splits, rd = trained.model, trained.dataset, trained.splits, trained.dir
-    precision = precision or trained.config.train.precision
-    result: dict[str, Any] = {"checkpoint": checkpoint, "epoch": trained.epoch,
+    model, dev = run.model, run.device
+    result: dict[str, Any] = {"checkpoint": run.checkpoint, "epoch": run.epoch,
                               "precision": precision, "splits": {}}
     for name in EVAL_SPLITS:
-        data = SplitData.load(dataset, splits, name, dev)
+        data = SplitData.load(run.dataset, run.splits, name, dev)
         result["splits"][name] = evaluate_split(model, data, device=dev, precision=precision,
-                                                batch_size=batch_size, progress=progress,
+                                                batch_size=batch_size, progress=run.progress,
                                                 desc=name)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

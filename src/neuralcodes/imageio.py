@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 #: The formats a web upload may have (Pillow names).
 UPLOAD_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+#: The pixel limit of an upload by default (``serve.max_megapixels`` reads it from here).
 DEFAULT_MAX_PIXELS = 50_000_000
 #: Most scans a JPEG upload may have (real files: 1 to about 15; see :mod:`neuralcodes.jpegscans`).
 DEFAULT_MAX_SCANS = 300

@@ -125,11 +125,16 @@ def eval_fingerprint(weights: dict[str, Any], precision: str, splits_hash: str) 
 
 
 def codes_fingerprint(weights: dict[str, Any], split: str, relu: bool, precision: str,
-                      splits_hash: str) -> Fingerprint:
-    """codes/<split>-<pre|post>relu.npz (layers 5, 6 and 7)."""
-    return make("codes", weights=weights, settings={
-        "split": split, "relu": bool(relu), "train.precision": precision,
-        "data.splits_hash": splits_hash})
+                      splits_hash: str, layers: Sequence[str] = (),
+                      paper: Sequence[str] = ()) -> Fingerprint:
+    """codes/<split>-<pre|post>relu.npz: the paper's codes (layers 5, 6 and 7) and any other
+    code layer; ``layers`` is recorded only when it is not just the ``paper``'s, so files
+    written before it was recorded stay current."""
+    settings = {"split": split, "relu": bool(relu), "train.precision": precision,
+                "data.splits_hash": splits_hash}
+    if tuple(layers) != tuple(paper):
+        settings["layers"] = list(layers)
+    return make("codes", weights=weights, settings=settings)
 
 
 def map_fingerprint(codes: dict[bool, Fingerprint], layers: Sequence[str]) -> Fingerprint:

@@ -29,7 +29,7 @@ from neuralcodes.estimate import (
     seconds_per_epoch,
 )
 from neuralcodes.files import read_json, write_json
-from neuralcodes.runs import RunDir
+from neuralcodes.runs import RunDir, TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,17 @@ def run(cfg: Config, out: str | Path, *, preset: str = "assignment",
         with timings.stage("train"):
             train(cfg, rd.root, resume=rd.last_checkpoint.is_file(), progress=progress)
 
-    # every later stage reruns exactly when what made its files changed (neuralcodes.lineage)
+    # every later stage reruns exactly when what made its files changed (neuralcodes.lineage);
+    # the trained run is opened once and passed to each
+    trained = TrainedRun.open(rd.root, cfg, progress=progress)
     _stage("evaluate")
     with timings.stage("evaluate", [rd.eval_json]):
-        evaluate(rd.root, progress=progress, device=cfg.train.device,
-                 precision=cfg.train.precision)
+        evaluate(trained)
 
     _stage("retrieval: codes, figures, mAP, PCA study")
     with timings.stage("retrieval", [rd.map_json, rd.top_json(cfg.retrieval.k),
                                      rd.evidence_json, rd.pca_json]):
-        retrieval.run_study(rd.root, config=cfg, progress=progress)
+        retrieval.run_study(trained)
 
     _stage("report")
     md, html = write_report(rd.root, config=cfg)

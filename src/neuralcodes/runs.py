@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,43 +239,135 @@ def check_same_splits(rd: RunDir, saved: dict[str, Any], splits_hash: str) -> No
 
 @dataclass
 class TrainedRun:
-    """A trained run loaded for use: its config, model (eval mode), dataset and splits."""
+    """A trained run, opened once per command and passed to its stages: the run directory and
+    its resolved config (device and precision are ``config.train``'s: one source of truth),
+    then, each loaded on first use and at most once, the model (rebuilt from the checkpoint
+    alone), its classes, and the dataset and splits (read from the run's image cache).
+
+    ``reader``: opened by a command that holds no write lock (search, serve); codes it must
+    recompute are written under the run's lock, or refused where it may not write.
+    ``batch_size``: the inference batch the model's kernels are chosen for (None: the default).
+    """
 
     dir: RunDir
     config: Config
     saved: dict[str, Any]
-    model: ConvNet
-    dataset: Dataset
-    splits: Splits
-    epoch: int
-    device: torch.device
+    checkpoint: str = "best"
+    progress: bool = True
+    reader: bool = False
+    batch_size: int | None = None
+    _model: ConvNet | None = field(default=None, repr=False)
+    _meta: dict[str, Any] | None = field(default=None, repr=False)
+    _epoch: int = field(default=0, repr=False)
+    _data: tuple[Dataset, Splits] | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path, *, checkpoint: str = "best",
-             device: str | torch.device = "auto", batch_size: int | None = None,
-             precision: str | None = None) -> TrainedRun:
-        """Load ``checkpoint`` (best or last) of the run at ``path`` onto ``device``, its
-        convolution kernels chosen for batches of ``batch_size`` in ``precision`` (defaults:
-        ``build_model``'s inference batch, the run's precision)."""
-        import torch
-
-        from neuralcodes.model.build import build_model
-        from neuralcodes.model.checkpoint import load_checkpoint
-        from neuralcodes.runtime import resolve_device
-
+    def open(cls, path: str | Path, config: Config | None = None, *, device: str | None = None,
+             precision: str | None = None, checkpoint: str = "best", progress: bool = True,
+             reader: bool = False, batch_size: int | None = None) -> TrainedRun:
+        """Open the run at ``path`` (nothing heavy is loaded yet). ``config``: the run's
+        config with the command's settings applied (default: the saved one); ``device`` /
+        ``precision`` given: they replace the config's ``train`` ones."""
         rd = RunDir.existing(path)
         saved = rd.saved()
-        cfg = Config.from_dict(saved["config"])
-        ckpt = load_checkpoint(rd.checkpoint(checkpoint))
-        dataset, splits = load_run_data(rd, saved)
-        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        cfg = config if config is not None else Config.from_dict(saved["config"])
+        if device is not None or precision is not None:
+            d = cfg.to_dict()
+            d["train"].update({k: v for k, v in (("device", device), ("precision", precision))
+                               if v is not None})
+            cfg = Config.from_dict(d)
+        rd.checkpoint(checkpoint)  # an unknown name: one line, now
+        return cls(rd, cfg, saved, checkpoint, progress, reader, batch_size)
+
+    @classmethod
+    def load(cls, path: str | Path, *, checkpoint: str = "best", device: str = "auto",
+             batch_size: int | None = None, precision: str | None = None) -> TrainedRun:
+        """:meth:`open` with its model loaded at once."""
+        run = cls.open(path, device=device, precision=precision, checkpoint=checkpoint,
+                       batch_size=batch_size)
+        run.model  # noqa: B018 (loads it)
+        return run
+
+    @property
+    def precision(self) -> str:
+        return self.config.train.precision
+
+    @property
+    def device(self) -> torch.device:
+        from neuralcodes.runtime import resolve_device
+
+        return resolve_device(self.config.train.device)
+
+    @property
+    def model(self) -> ConvNet:
+        """The network in eval mode, rebuilt from the checkpoint (loaded on first use)."""
+        if self._model is None:
+            self._load_model()
+        assert self._model is not None
+        return self._model
+
+    @property
+    def epoch(self) -> int:
+        self.model  # noqa: B018
+        return self._epoch
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the checkpoint records of its network: name, args, classes (see
+        :func:`neuralcodes.model.checkpoint_meta`; ``classes`` None for an older checkpoint)."""
+        self.model  # noqa: B018
+        assert self._meta is not None
+        return self._meta
+
+    def _load_model(self) -> None:
+        from neuralcodes.model.build import build_model
+        from neuralcodes.model.checkpoint import load_checkpoint, network_meta
+
+        path = self.dir.checkpoint(self.checkpoint)
+        ckpt = load_checkpoint(path)
+        meta = network_meta(ckpt, self.config, path)
         try:
-            model = build_model(cfg, len(splits.in_classes), dev, weights=ckpt["model"],
-                                inference=True, batch_size=batch_size, precision=precision)
+            model = build_model(self.config, meta["num_classes"], self.device,
+                                weights=ckpt["model"], inference=True,
+                                batch_size=self.batch_size, spec=(meta["name"], meta["args"]))
         except (KeyError, RuntimeError) as e:
-            raise NeuralCodesError(f"{rd.checkpoint(checkpoint)}: weights do not fit this run's "
-                                   f"model ({str(e).splitlines()[0]})") from None
-        return cls(rd, cfg, saved, model, dataset, splits, int(ckpt.get("epoch", 0)), dev)
+            raise NeuralCodesError(f"{path}: weights do not fit this run's model "
+                                   f"({str(e).splitlines()[0]})") from None
+        self._model, self._meta, self._epoch = model, meta, int(ckpt.get("epoch", 0))
+
+    @property
+    def dataset(self) -> Dataset:
+        """The dataset (from the run's image cache), without loading the model."""
+        return self._load_data()[0]
+
+    @property
+    def splits(self) -> Splits:
+        return self._load_data()[1]
+
+    def _load_data(self) -> tuple[Dataset, Splits]:
+        if self._data is None:
+            self._data = load_run_data(self.dir, self.saved)
+        return self._data
+
+    def relu(self, relu: bool | None = None) -> bool:
+        """``relu``, or the run's default codes (``retrieval.relu``) when None."""
+        return self.config.retrieval.relu if relu is None else bool(relu)
+
+    def images(self, index: Any) -> Any:
+        """The dataset images at ``index`` (in that order), read in ascending order."""
+        import numpy as np
+
+        index = np.asarray(index, dtype=np.int64)
+        order = np.argsort(index)
+        images = self.dataset.images
+        out = np.empty((len(index), *images.shape[1:]), dtype=images.dtype)
+        out[order] = images[index[order]]
+        return out
+
+    def class_names(self, labels: Any) -> list[str]:
+        """Class names of dataset labels ("" for -1)."""
+        names = self.dataset.names
+        return [names[int(i)] if i >= 0 else "" for i in labels]
 
 
 def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Dataset, Splits]:
@@ -286,6 +378,7 @@ def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Data
     command that restores it; splits that differ from the run's are refused in one line.
     """
     from neuralcodes.data import Dataset, make_splits
+    from neuralcodes.data.cache import prepare_command
 
     saved = saved if saved is not None else rd.saved()
     data = Config.from_dict(saved["config"]).data
@@ -297,25 +390,3 @@ def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Data
     splits = make_splits(dataset, data)
     check_same_splits(rd, saved, splits.hash)
     return dataset, splits
-
-
-def prepare_command(saved: dict[str, Any], cache: Path) -> str:
-    """The ``neuralcodes prepare`` command that rebuilds a run's cache where it recorded it (the
-    cache folder's name is a hash of the source's content, so the same source gives it back),
-    with the run's data settings spelled out (none is taken from a file unseen)."""
-    import json
-    import shlex
-
-    from neuralcodes.config import DataConfig
-
-    source = saved["data"].get("source") or saved["config"]["data"].get("source")
-    parts = ["neuralcodes", "prepare"]
-    if source:
-        parts += ["--data", str(source)]
-    parts += ["--cache-dir", str(cache.parent)]
-    ours, default = Config.from_dict(saved["config"]).to_dict()["data"], \
-        Config(data=DataConfig()).to_dict()["data"]
-    for key, value in ours.items():
-        if key not in ("source", "cache_dir", "url") and value != default[key]:
-            parts += ["--set", f"data.{key}={json.dumps(value, separators=(',', ':'))}"]
-    return " ".join(shlex.quote(p) for p in parts)

@@ -12,23 +12,22 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-from neuralcodes.retrieval.codes import DEFAULT_BATCH
-
-SPLITS = ("ood", "train", "val", "test")  # as neuralcodes.retrieval.codes.SPLITS
-RELU = {"pre": False, "post": True, "both": None}
+from neuralcodes.retrieval.codes import DEFAULT_BATCH, RELU_CHOICES, SPLITS
+from neuralcodes.runs import CHECKPOINTS
 
 
 def register(p: argparse.ArgumentParser) -> None:
     """The ``codes`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
     p.description = (
-        "Compute layer 5/6/7 neural codes (eval mode, L2-normalised) of one split "
+        "Compute the neural codes (layers 5, 6, 7 and any other code layer in "
+        "retrieval.layers; eval mode, L2-normalised) of one split "
         "of a trained run and save them to RUN/codes/<split>-<pre|post>relu.npz.")
     p.add_argument("run", help="run directory (runs/<name>)")
     p.add_argument("--split", default="ood", choices=SPLITS, help="which images (default: ood)")
-    p.add_argument("--relu", default="both", choices=tuple(RELU),
+    p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="pre-ReLU, post-ReLU or both (default: both; pre-ReLU is the study's "
                    "default code)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS)
     add_batch_size_option(p, DEFAULT_BATCH)
     p.add_argument("--force", action="store_true", help="recompute codes files even when they "
                    "record the current weights (sha256), precision and partition")
@@ -39,13 +38,13 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.retrieval import CodeSet, run_codes
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     with console_logging(), run_lock(args.run, "codes"):
-        paths = run_codes(args.run, args.split, RELU[args.relu], checkpoint=args.checkpoint,
-                          device=cfg.train.device, precision=cfg.train.precision,
-                          batch_size=args.batch_size, progress=not args.no_progress,
+        run = TrainedRun.open(args.run, cfg, checkpoint=args.checkpoint,
+                              progress=not args.no_progress, batch_size=args.batch_size)
+        paths = run_codes(run, args.split, RELU_CHOICES[args.relu], batch_size=args.batch_size,
                           force=args.force)
     for path in paths.values():
         code_set = CodeSet.load(path)

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from neuralcodes.config import Config, apply_overrides, describe_resumable
+from neuralcodes.config import PRECISIONS, Config, apply_overrides, describe_resumable
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.text import printable
 
@@ -36,8 +36,8 @@ ALIASES: dict[str, tuple[str, str, str]] = {
     "--epochs": ("train", "max_epochs", "maximum number of epochs (100)"),
     "--device": ("train", "device", "auto, cpu, cuda, cuda:N or mps (default: a trained run's "
                  "own setting, else auto)"),
-    "--precision": ("train", "precision", "fp32, bf16 or fp16 (default: a trained run's own "
-                    "setting, else fp32)"),
+    "--precision": ("train", "precision", f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]} "
+                    f"(default: a trained run's own setting, else {PRECISIONS[0]})"),
 }
 
 

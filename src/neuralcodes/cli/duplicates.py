@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from neuralcodes import features
 from neuralcodes.cli.common import add_config_options, run_config
-from neuralcodes.model import CODE_LAYERS
 from neuralcodes.text import printable
 
 
@@ -20,7 +20,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="the index's name or folder")
     p.add_argument("--threshold", type=float, default=0.95,
                    help="least similarity of two duplicates (default: 0.95)")
-    p.add_argument("--layer", choices=CODE_LAYERS, default="6",
+    p.add_argument("--layer", choices=features.code_names(), default="6",
                    help="codes to compare (default: 6)")
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
@@ -29,13 +29,12 @@ def register(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import Searcher, duplicate_groups
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     if not -1 <= args.threshold <= 1:
         raise NeuralCodesError(f"--threshold must be within -1 and 1, got {args.threshold}")
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    searcher = Searcher(args.run, index=args.index, device=cfg.train.device,
-                        precision=cfg.train.precision)
+    searcher = Searcher(TrainedRun.open(args.run, cfg, reader=True), index=args.index)
     groups = duplicate_groups(searcher, args.layer, args.threshold)
     for n, group in enumerate(groups, 1):
         print(f"group {n} ({len(group)} images):")

@@ -12,8 +12,8 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-
-EVAL_BATCH = 200
+from neuralcodes.evaluation import EVAL_BATCH
+from neuralcodes.runs import CHECKPOINTS
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "Skipped when eval.json was computed from the same weights (sha256), precision and "
         "partition.")
     p.add_argument("run", help="the run directory (runs/<name>)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
                    help="which weights (default: best)")
     add_batch_size_option(p, EVAL_BATCH)
     p.add_argument("--force", action="store_true", help="evaluate even when eval.json is "
@@ -36,12 +36,12 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.evaluation import evaluate, format_eval_table
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
     with console_logging(), run_lock(args.run, "evaluate"):
-        result = evaluate(args.run, progress=not args.no_progress, device=cfg.train.device,
-                          checkpoint=args.checkpoint, precision=cfg.train.precision,
-                          batch_size=args.batch_size, force=args.force)
+        run = TrainedRun.open(args.run, cfg, checkpoint=args.checkpoint,
+                              progress=not args.no_progress)
+        result = evaluate(run, batch_size=args.batch_size, force=args.force)
     print(format_eval_table(result))
     return 0

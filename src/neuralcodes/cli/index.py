@@ -12,6 +12,7 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
+from neuralcodes.retrieval.codes import VARIANT
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES
 from neuralcodes.retrieval.indexing import FORWARD_BATCH
 from neuralcodes.text import printable
@@ -34,7 +35,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the index's name, for `search --index NAME` (default: the "
                    "folder's name)")
     p.add_argument("--out", help="keep the index in this folder instead of RUN/indexes/NAME")
-    p.add_argument("--relu", choices=("pre", "post"),
+    p.add_argument("--relu", choices=tuple(VARIANT.values()),
                    help="default: the run's retrieval.relu")
     add_batch_size_option(p, FORWARD_BATCH)
     add_progress_option(p)
@@ -46,18 +47,19 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes.files import require_folder
     from neuralcodes.retrieval import build_index
     from neuralcodes.retrieval.indexing import check_name
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     cfg = run_config(args, RunDir.existing(args.run).read_config())
-    relu = cfg.retrieval.relu if args.relu is None else args.relu == "post"
+    relu = cfg.retrieval.relu if args.relu is None else args.relu == VARIANT[True]
     if args.out:
         require_folder(args.out, "index folder")  # before the lock: nothing written on a typo
     if args.name:
         check_name(args.name)
     with run_lock(args.run, "index"), console_logging():
-        update = build_index(args.folder, args.run, name=args.name, out=args.out, relu=relu,
-                             device=cfg.train.device, precision=cfg.train.precision,
-                             batch_size=args.batch_size, progress=not args.no_progress)
+        run = TrainedRun.open(args.run, cfg, progress=not args.no_progress,
+                              batch_size=args.batch_size)
+        update = build_index(args.folder, run, name=args.name, out=args.out, relu=relu,
+                             batch_size=args.batch_size)
     for _, why in update.failed:  # names escaped: a file name cannot drive the terminal
         print(f"skipped: {printable(why)}")
     print(f"{printable(update.path)}: {update.summary()}; {update.count:,} "

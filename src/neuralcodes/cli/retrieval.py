@@ -12,8 +12,8 @@ from neuralcodes.cli.common import (
     run_config,
     run_lock,
 )
-
-PCA_FIT_IMAGES = 5000  # as neuralcodes.retrieval.study.PCA_FIT_IMAGES
+from neuralcodes.retrieval.codes import RELU_CHOICES, VARIANT
+from neuralcodes.retrieval.pca import PCA_FIT_IMAGES
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "--set retrieval.KEY=VALUE (k, figure_queries, pca_dims, layers, relu); the figures "
         "are named after their k (top<k>_layer<L>.png).")
     p.add_argument("run", help="run directory (runs/<name>)")
-    p.add_argument("--relu", default="both", choices=("pre", "post", "both"),
+    p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="codes of the figures, evidence and PCA study (both: the run's "
                    "retrieval.relu); map.json always has both")
     p.add_argument("--pca-images", type=int, default=PCA_FIT_IMAGES, metavar="N",
@@ -39,18 +39,18 @@ def register(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import run_study
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     if args.pca_images < 2:
         raise NeuralCodesError(f"--pca-images must be at least 2, got {args.pca_images}")
     rd = RunDir.existing(args.run)
     cfg = run_config(args, rd.read_config())
-    relu = {"pre": False, "post": True, "both": None}[args.relu]
+    relu = RELU_CHOICES[args.relu]
     with console_logging(), run_lock(rd.root, "retrieval"):
-        result = run_study(rd.root, config=cfg, relu=relu, progress=not args.no_progress,
-                           pca_images=args.pca_images, force=args.force)
+        run = TrainedRun.open(rd.root, cfg, progress=not args.no_progress)
+        result = run_study(run, relu=relu, pca_images=args.pca_images, force=args.force)
     maps = result["map"]
-    for variant in ("pre", "post"):
+    for variant in VARIANT.values():
         for layer, m in sorted(maps.get(variant, {}).items()):
             p10 = "—" if m.get("p@10") is None else f"{m['p@10']:.4f}"
             p5 = "—" if m.get("p@5") is None else f"{m['p@5']:.4f}"

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
+from neuralcodes import features
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
-from neuralcodes.model import CODE_LAYERS
 from neuralcodes.text import printable
 
 SCORES = ("Scores: in an index, the cosine similarity of codes centred by the mean training code "
@@ -30,9 +30,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--index", help="an index's name (from `neuralcodes index`, under "
                    "RUN/indexes/) or folder (default: the run's ood set)")
-    p.add_argument("--layer", choices=CODE_LAYERS,
+    p.add_argument("--layer", choices=features.code_names(),  # read now: registered ones too
                    help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
-                   "else its first layer)")
+                   "else its first layer): " + "; ".join(
+                       f"{f.name}: {f.meaning}" for f in features.features("code")))
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--figure", help="also save the queries and their results as a PNG")
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval import Searcher, search_many
     from neuralcodes.retrieval.images import expand_images
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
 
     saved = RunDir.existing(args.run).read_config()
     cfg = run_config(args, saved)
@@ -60,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
             else cfg.retrieval.relu)
     # everything that can fail runs before the first line is printed
     with console_logging():  # a line on stderr if the ood codes must be recomputed
-        searcher = Searcher(args.run, index=args.index, device=cfg.train.device,
-                            precision=cfg.train.precision, relu=relu, progress=True)
+        run = TrainedRun.open(args.run, cfg, reader=True)
+        searcher = Searcher(run, index=args.index, relu=relu)
         hits = search_many(images, layer=layer, k=k, figure=args.figure, searcher=searcher)
     notes = []
     for image in images:

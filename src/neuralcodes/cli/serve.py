@@ -8,6 +8,7 @@ import re
 import secrets
 
 from neuralcodes.cli.common import add_config_options, console_logging, run_config
+from neuralcodes.config import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB
 from neuralcodes.errors import NeuralCodesError
 
 #: The environment variable that gives the access token (else one is generated).
@@ -35,11 +36,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", metavar="NAME", help="an index built by `neuralcodes index` "
                    "(its name, or its folder), searchable with uploaded images besides the ood set")
     p.add_argument("--max-upload-mb", type=float, metavar="MB",
-                   help="largest accepted upload in MiB (default: 20; same as --set "
-                   "serve.max_upload_mb=MB)")
+                   help=f"largest accepted upload in MiB (default: {DEFAULT_MAX_UPLOAD_MB:g}; "
+                   "same as --set serve.max_upload_mb=MB)")
     p.add_argument("--max-megapixels", type=float, metavar="MP",
-                   help="largest accepted upload in megapixels (default: 50; same as --set "
-                   "serve.max_megapixels=MP)")
+                   help="largest accepted upload in megapixels (default: "
+                   f"{DEFAULT_MAX_MEGAPIXELS:g}; same as --set serve.max_megapixels=MP)")
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
@@ -47,9 +48,8 @@ def register(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from neuralcodes.retrieval import RunData
     from neuralcodes.retrieval.search import open_index
-    from neuralcodes.runs import RunDir
+    from neuralcodes.runs import RunDir, TrainedRun
     from neuralcodes.web import LOCAL_HOSTS, create_app, is_loopback
     from neuralcodes.web.protocol import protocol_with_header_timeout
 
@@ -75,15 +75,13 @@ def main(args: argparse.Namespace) -> int:
     else:
         allowed = list(cfg.serve.allowed_hosts)
     _check_can_listen(args.host, args.port)  # before the (slow) loading, not after
+    run = TrainedRun.open(args.run, cfg, reader=True)  # opened once, served
     if args.index:  # a wrong index: its one line before the ood codes are computed
-        open_index(args.index, RunData.open(args.run, precision=cfg.train.precision,
-                                            reader=True))
+        open_index(args.index, run)
     print(f"neuralcodes: loading {args.run} ...", flush=True)
     with console_logging():
-        app = create_app(args.run, args.index, device=cfg.train.device,
-                         precision=cfg.train.precision, allowed_hosts=allowed,
-                         settings=cfg.retrieval, serve=cfg.serve, token=token, warm=True,
-                         progress=True)
+        app = create_app(run, args.index, allowed_hosts=allowed, serve=cfg.serve, token=token,
+                         warm=True)
     refused = app.state.retrieval.index_error
     if refused:  # `serve --index` with an index it may not use: one line, nothing served
         raise NeuralCodesError(refused)

@@ -13,6 +13,7 @@ from neuralcodes.cli.common import (
     console_logging,
     run_lock,
 )
+from neuralcodes.runs import CHECKPOINTS
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def register(p: argparse.ArgumentParser) -> None:
     where.add_argument("--out", metavar="DIR", help="the run directory itself (instead of --name)")
     where.add_argument("--resume", metavar="RUN", help="continue this run from its last.pt (only "
                        "the settings marked resumable in config.py may change)")
-    where.add_argument("--from", dest="start_from", choices=("last", "best"), default="last",
+    where.add_argument("--from", dest="start_from", choices=CHECKPOINTS, default="last",
                        help="with --resume: last (default) continues exactly where it stopped; "
                        "best goes back to the kept weights (best.pt) with a fresh Adam, and "
                        "train.lr may change too (after a NaN loss)")

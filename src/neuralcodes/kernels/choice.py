@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuralcodes.config import CPU_CONVS
+from neuralcodes.config import CPU_CONVS, KERNELS
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import read_json, write_json
 from neuralcodes.kernels.cpu import cpu_vendor, native_bf16
@@ -50,8 +50,6 @@ from neuralcodes.kernels.nnpack import (
 
 log = logging.getLogger(__name__)
 
-#: The kernels a convolution can run in; the first is torch's default (and wins ties).
-KERNELS: tuple[str, ...] = ("onednn", "nnpack")
 #: Seconds one measurement may take at most (warm-up included); it happens once per machine
 #: for each (precision, train/inference, batch size, threads, model shape).
 BUDGET_S = 10.0

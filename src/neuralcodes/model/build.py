@@ -12,14 +12,17 @@ from neuralcodes.data.cache import cache_root
 from neuralcodes.kernels import choice as kernels
 from neuralcodes.kernels.cpu import configure as configure_cpu
 from neuralcodes.model.convnet import ConvNet
+from neuralcodes.model.registry import create_model, model_spec
 from neuralcodes.runtime import INFER_BATCH
 
 
 def build_model(cfg: Config, num_classes: int, device: torch.device, *,
                 weights: dict[str, Any] | None = None, inference: bool = False,
-                batch_size: int | None = None, precision: str | None = None) -> ConvNet:
-    """A ConvNet on ``device`` with ``cfg``'s kernels and memory format, from fresh (seeded)
-    weights or ``weights`` (a state dict).
+                batch_size: int | None = None, precision: str | None = None,
+                spec: tuple[str, dict[str, Any]] | None = None) -> ConvNet:
+    """The network ``spec`` (registry name and arguments: :func:`create_model`; default: what
+    ``cfg.model`` describes) on ``device`` with ``cfg``'s kernels and memory format, from
+    fresh (seeded) weights or ``weights`` (a state dict).
 
     ``inference=True`` gives the eval-mode model of a trained run (channels-last, no
     torch.compile) for batches of ``batch_size`` (default :data:`INFER_BATCH`) in ``precision``
@@ -30,7 +33,8 @@ def build_model(cfg: Config, num_classes: int, device: torch.device, *,
     """
     t = cfg.train
     configure_cpu(device)
-    model = ConvNet(num_classes, cfg.model)
+    name, args = spec or model_spec(cfg.model)
+    model = create_model(name, num_classes=num_classes, **args)
     if weights is not None:
         model.load_state_dict(weights)
     model = model.to(device)

@@ -63,6 +63,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                                ) from e
 
 
+def network_meta(ckpt: dict[str, Any], cfg: Any, path: Path) -> dict[str, Any]:
+    """What rebuilds a checkpoint's network: its ``meta`` (model name, arguments, classes:
+    :func:`neuralcodes.model.checkpoint_meta`), or, for a checkpoint written before it held
+    one (weights only), the network the run's config describes with as many classes as fc8's
+    weights have (``classes`` None); one line for a file that holds neither."""
+    from neuralcodes.model import model_spec
+
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if isinstance(meta, dict) and {"name", "args", "num_classes"} <= set(meta):
+        return meta
+    fc8 = ckpt.get("model", {}).get("fc8.weight") if isinstance(ckpt, dict) else None
+    if fc8 is None or getattr(fc8, "ndim", 0) != 2:
+        raise NeuralCodesError(f"{path}: not a neuralcodes checkpoint (no network description "
+                               "and no fc8 weights to count the classes from)")
+    name, args = model_spec(cfg.model)
+    return {"name": name, "args": args, "num_classes": int(fc8.shape[0]), "image_size": 64,
+            "classes": None}
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Every RNG state this process draws from (torch, CUDA, numpy, Python), checkpointable."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -14,55 +14,89 @@ padding goes to the bottom/right), and where a pool follows a conv the order is
 conv -> pool -> ReLU, exactly as in the course's reference (Keras) solution. With 190 classes
 the model has 40,516,382 parameters.
 
-Neural codes are read by name with :meth:`ConvNet.codes`; nobody needs forward hooks. Faster
+Features (conv maps, the paper's codes, any registered later) are read by name with
+:meth:`ConvNet.forward_intermediates`; nobody needs forward hooks. Faster
 CPU kernels are swapped in from outside (:func:`neuralcodes.kernels.nnpack.use_nnpack`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# CODE_LAYERS: the layers whose activations serve as neural codes, as in the paper (Sec. 2).
-from neuralcodes.config import CODE_LAYERS, ModelConfig
+from neuralcodes import features as feats
 from neuralcodes.model.layers import SameMaxPool2d, same_conv2d
 
-#: Feature maps :meth:`ConvNet.feature_maps` gives by name.
-FEATURE_MAPS: tuple[str, ...] = ("conv3", "conv4", "conv5", "pool5")
+#: The ConvNet's constructor arguments beside ``num_classes``: the fields of the ``model``
+#: settings (:class:`neuralcodes.config.ModelConfig`, which holds their defaults).
+ARGS: tuple[str, ...] = ("conv_widths", "fc_width", "dropout", "batch_norm")
+POOLED = (1, 2, 5)  # the convolutions a 3x3/2 max-pool follows
 
 
 class ConvNet(nn.Module):
-    """The assignment's ConvNet. ``forward`` returns logits; :meth:`codes` returns neural codes."""
+    """The assignment's ConvNet. ``forward`` returns logits; :meth:`forward_intermediates`
+    returns any set of the features declared in :mod:`neuralcodes.features`."""
 
-    def __init__(
-        self, num_classes: int, cfg: ModelConfig | None = None, image_size: int = 64
-    ) -> None:
+    def __init__(self, num_classes: int, cfg: Any = None, image_size: int = 64,
+                 **args: Any) -> None:
+        """``cfg``: an object with the fields :data:`ARGS` (``ModelConfig``), or pass them as
+        keyword ``args``."""
         super().__init__()
-        cfg = cfg or ModelConfig()
-        self.cfg = cfg
+        if cfg is not None:
+            args = {**dataclasses.asdict(cfg), **args}
+        if set(args) != set(ARGS):
+            raise TypeError(f"ConvNet takes {', '.join(ARGS)}; got {', '.join(sorted(args))}")
+        a = args
+        self.args = {**a, "conv_widths": tuple(a["conv_widths"])}  # what rebuilds it
         self.num_classes = num_classes
         self.image_size = image_size
-        w1, w2, w3, w4, w5 = cfg.conv_widths
-        norm = (lambda c: nn.BatchNorm2d(c)) if cfg.batch_norm else (lambda c: nn.Identity())
+        w1, w2, w3, w4, w5 = a["conv_widths"]
+        norm = (lambda c: nn.BatchNorm2d(c)) if a["batch_norm"] else (lambda c: nn.Identity())
         self.conv1, self.bn1 = same_conv2d(3, w1, 4), norm(w1)
         self.conv2, self.bn2 = same_conv2d(w1, w2, 5), norm(w2)
         self.conv3, self.bn3 = same_conv2d(w2, w3, 3), norm(w3)
         self.conv4, self.bn4 = same_conv2d(w3, w4, 3), norm(w4)
         self.conv5, self.bn5 = same_conv2d(w4, w5, 3), norm(w5)
         self.pool = SameMaxPool2d(3, 2)
-        side = image_size
-        for _ in range(3):
-            side = -(-side // 2)
-        self.code5_shape = (w5, side, side)
-        self.drop6 = nn.Dropout(cfg.dropout)
-        self.fc6 = nn.Linear(w5 * side * side, cfg.fc_width)
-        self.drop7 = nn.Dropout(cfg.dropout)
-        self.fc7 = nn.Linear(cfg.fc_width, cfg.fc_width)
-        self.fc8 = nn.Linear(cfg.fc_width, num_classes)
+        self.tap_shapes = self._tap_shapes(a["conv_widths"], a["fc_width"], image_size)
+        self.drop6 = nn.Dropout(a["dropout"])
+        self.fc6 = nn.Linear(math.prod(self.tap_shapes["pool5"]), a["fc_width"])
+        self.drop7 = nn.Dropout(a["dropout"])
+        self.fc7 = nn.Linear(a["fc_width"], a["fc_width"])
+        self.fc8 = nn.Linear(a["fc_width"], num_classes)
         self.reset_parameters()
+
+    @staticmethod
+    def _tap_shapes(widths: Sequence[int], fc: int, size: int) -> dict[str, tuple[int, ...]]:
+        """Each tap's shape for one image (``size`` x ``size``)."""
+        out: dict[str, tuple[int, ...]] = {}
+        for i, w in enumerate(widths, 1):
+            out[f"conv{i}"] = (w, size, size)
+            if i in POOLED:
+                size = -(-size // 2)
+                out[f"pool{i}"] = (w, size, size)
+        return {**out, "fc6": (fc,), "fc7": (fc,)}
+
+    @property
+    def model_name(self) -> str:
+        """Its name in the model registry (:mod:`neuralcodes.model.registry`)."""
+        return "convnet-bn" if self.args["batch_norm"] else "convnet"
+
+    @property
+    def code5_shape(self) -> tuple[int, ...]:
+        """The layer-5 map's shape (C, H, W)."""
+        return self.tap_shapes["pool5"]
+
+    def feature_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of feature ``name`` for one image."""
+        f = feats.get(name)
+        return f.shape_of(self.tap_shapes[f.tap])
 
     def reset_parameters(self) -> None:
         """Keras' default initialisation, as in the course's reference solution: Glorot-uniform
@@ -74,81 +108,53 @@ class ConvNet(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Layers 1-5 up to the last pool, before its ReLU: the pre-ReLU layer-5 map."""
-        return self._conv_maps(x)[-1]
-
-    def _conv_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """conv3, conv4 (after ReLU), conv5 before its pool and ReLU, and the pre-ReLU layer-5
-        map (conv5 -> pool)."""
-        x = F.relu(self.pool(self.bn1(self.conv1(x))))
-        x = F.relu(self.pool(self.bn2(self.conv2(x))))
-        c3 = F.relu(self.bn3(self.conv3(x)))
-        c4 = F.relu(self.bn4(self.conv4(c3)))
-        c5 = self.bn5(self.conv5(c4))
-        return c3, c4, c5, self.pool(c5)
+    def _convs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3),
+                (self.conv4, self.bn4), (self.conv5, self.bn5)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of float images (N, 3, H, W) in [0, 1]."""
-        x = torch.flatten(F.relu(self._trunk(x)), 1)
+        for i, (conv, bn) in enumerate(self._convs(), 1):
+            x = bn(conv(x))
+            x = F.relu(self.pool(x) if i in POOLED else x)
+        x = torch.flatten(x, 1)
         x = F.relu(self.fc6(self.drop6(x)))
         x = F.relu(self.fc7(self.drop7(x)))
         return self.fc8(x)
 
-    def codes(
-        self, x: torch.Tensor, layers: Sequence[str] = CODE_LAYERS, relu: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """Neural codes of ``layers`` (any of "5", "6", "7") for a batch, without dropout.
+    def forward_intermediates(self, x: torch.Tensor, names: Sequence[str]
+                              ) -> dict[str, torch.Tensor]:
+        """The features ``names`` (registered in :mod:`neuralcodes.features`) of a batch
+        of float images, from one forward pass that stops after the last tap they need.
 
-        ``relu=False`` gives pre-ReLU activations (what the course's reference solution used);
-        ``relu=True`` gives post-ReLU ones. Codes are not normalised here. Dropout is never
-        applied, whatever the module's mode (dropout is the identity at inference).
+        Dropout is never applied, whatever the module's mode (it is the identity at
+        inference). The paper's codes are pre-ReLU; their post-ReLU variant is their ReLU.
         """
-        unknown = set(layers) - set(CODE_LAYERS)
-        if unknown:
-            raise ValueError(f"unknown code layer(s) {sorted(unknown)}; choose from {CODE_LAYERS}")
-        return self._codes_of(self._trunk(x), layers, relu)
+        wanted = [feats.get(n) for n in names]
+        taps = self._taps(x, {f.tap for f in wanted})
+        return {f.name: f.apply(taps[f.tap]) for f in wanted}
 
-    def _codes_of(self, pre5_map: torch.Tensor, layers: Sequence[str], relu: bool
-                  ) -> dict[str, torch.Tensor]:
+    def _taps(self, x: torch.Tensor, need: set[str]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        act = F.relu if relu else (lambda t: t)
-        pre5 = torch.flatten(pre5_map, 1)
-        if "5" in layers:
-            out["5"] = act(pre5)
-        if "6" in layers or "7" in layers:
-            pre6 = self.fc6(F.relu(pre5))
-            if "6" in layers:
-                out["6"] = act(pre6)
-            if "7" in layers:
-                out["7"] = act(self.fc7(F.relu(pre6)))
-        return {name: out[name] for name in layers}
 
-    def feature_maps(
-        self, x: torch.Tensor, names: Sequence[str] = ("conv5",), codes: Sequence[str] = ()
-    ) -> dict[str, torch.Tensor]:
-        """Post-ReLU convolutional feature maps (N, C, H, W) by name, for pooled descriptors
-        (MAC, SPoC, GeM, R-MAC), and optionally the pre-ReLU neural codes of ``codes`` (as
-        :meth:`codes` gives them) from the same forward pass, without dropout.
+        def keep(name: str, t: torch.Tensor) -> bool:  # True: every tap needed is there
+            if name in need:
+                out[name] = t
+            return len(out) == len(need)
 
-        Names: ``conv3``, ``conv4`` (16x16 for 64x64 images), ``conv5`` (ReLU(conv5) *before*
-        its 3x3/2 pool, 16x16) and ``pool5`` (after the pool, 8x8: the layer-5 code's map).
-        ``conv5`` is the map pooled descriptors are meant for, as in Tolias et al. and
-        Radenovic et al., who drop the network's last max-pool: the pool's overlapping 3x3
-        windows count most cells of the 16x16 map twice or four times in a sum (SPoC, GeM),
-        and R-MAC's regions need the finer grid (3 scales fit in 16x16, hardly in 8x8); MAC is
-        the same on both (a max of maxima). ReLU and max-pool commute, so ``pool5`` is exactly
-        the ReLU of the layer-5 code.
-        """
-        unknown = (set(names) - set(FEATURE_MAPS)) | (set(codes) - set(CODE_LAYERS))
-        if unknown:
-            raise ValueError(f"unknown feature map(s) or code layer(s) {sorted(unknown)}; "
-                             f"choose from {FEATURE_MAPS} and {CODE_LAYERS}")
-        c3, c4, c5, p5 = self._conv_maps(x)
-        maps = {"conv3": c3, "conv4": c4, "conv5": F.relu(c5), "pool5": F.relu(p5)}
-        out = {name: maps[name] for name in names}
-        if codes:
-            out.update({f"code{k}": v for k, v in self._codes_of(p5, codes, False).items()})
+        for i, (conv, bn) in enumerate(self._convs(), 1):
+            x = bn(conv(x))
+            if keep(f"conv{i}", x):
+                return out
+            if i in POOLED:
+                x = self.pool(x)
+                if keep(f"pool{i}", x):
+                    return out
+            x = F.relu(x)
+        x = self.fc6(torch.flatten(x, 1))
+        if keep("fc6", x):
+            return out
+        keep("fc7", self.fc7(F.relu(x)))
         return out
 
 
@@ -159,17 +165,13 @@ def count_parameters(model: nn.Module) -> int:
 
 def layer_table(model: ConvNet) -> list[dict[str, object]]:
     """Layer name, output shape (for one image) and parameter count, for the report."""
+    shapes = model.tap_shapes
     rows: list[dict[str, object]] = []
-    side = model.image_size
-    shapes: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    for i, conv in enumerate([model.conv1, model.conv2, model.conv3, model.conv4, model.conv5]):
-        if i in (0, 1, 4):
-            side = -(-side // 2)
-        shapes.append((f"conv{i + 1}" + (" + pool" if i in (0, 1, 4) else ""), conv,
-                       (conv.out_channels, side, side)))
-    shapes += [("fc6", model.fc6, (model.fc6.out_features,)),
-               ("fc7", model.fc7, (model.fc7.out_features,)),
-               ("fc8", model.fc8, (model.fc8.out_features,))]
-    for name, module, shape in shapes:
-        rows.append({"layer": name, "output": list(shape), "parameters": count_parameters(module)})
+    for i, (conv, _) in enumerate(model._convs(), 1):
+        pooled = i in POOLED
+        rows.append({"layer": f"conv{i}" + (" + pool" if pooled else ""),
+                     "output": list(shapes[f"pool{i}" if pooled else f"conv{i}"]),
+                     "parameters": count_parameters(conv)})
+    rows += [{"layer": name, "output": [m.out_features], "parameters": count_parameters(m)}
+             for name, m in (("fc6", model.fc6), ("fc7", model.fc7), ("fc8", model.fc8))]
     return rows

@@ -19,6 +19,7 @@ from neuralcodes.config import Config
 from neuralcodes.presets import preset_config
 from neuralcodes.retrieval.metrics import chance_map
 from neuralcodes.retrieval.scores import classification_chance, equal_class_sizes, labels_of_sizes
+from neuralcodes.runs import CHECKPOINTS
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
 PAPER_BEST_LAYER = "6"
@@ -53,7 +54,7 @@ def training(facts: dict[str, Any]) -> dict[str, Any] | None:
     tcfg = facts["saved"].get("config", {}).get("train", {})
     best = min(rows, key=lambda r: r["val_loss"])
     last = rows[-1]
-    kept = state.get("kept") if state.get("kept") in ("best", "last") else "best"
+    kept = state.get("kept") if state.get("kept") in CHECKPOINTS else "best"
     kept_row = last if kept == "last" else next(
         (r for r in rows if r["epoch"] == state.get("best_epoch")), best)
     stopped_early = state.get("stopped_early") if "stopped_early" in state else None

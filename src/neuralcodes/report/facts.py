@@ -12,15 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.course import course_reference
 from neuralcodes.files import read_json
 from neuralcodes.retrieval.scores import chance_levels, equal_class_sizes, labels_of_sizes
 from neuralcodes.runs import RunDir
-
-#: The layers whose codes are studied.
-LAYERS: tuple[str, ...] = ("5", "6", "7")
-
 
 # --------------------------------------------------------------------------- reading
 
@@ -133,7 +129,7 @@ def _retrieval_facts(rd: RunDir, lin: _Lineage, k: int) -> dict[str, Any]:
                            "pca": lin.read(rd.pca_json, again),
                            "evidence": lin.read(rd.evidence_json, again)}
     combined = rd.top_figure(k)
-    per_layer = [rd.top_figure(k, layer) for layer in LAYERS]
+    per_layer = [rd.top_figure(k, layer) for layer in features.code_names()]
     # each layer's figure at a legible size; the layers side by side as one more figure
     out["figures"] = [p for p in per_layer if p.is_file() and lin.current(p, again)]
     out["combined_figure"] = (combined if combined.is_file() and lin.current(combined, again)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from neuralcodes import features
 from neuralcodes.report import analysis
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def render(facts: dict[str, Any]) -> str:
         "layers": analysis.layers(facts), "evidence": analysis.evidence(facts),
         "pca": analysis.pca(facts), "techniques": analysis.techniques(facts),
         "quality": analysis.quality(facts),
+        "names": features.labels(),  # how the text names each layer (the model declares it)
         # the course's reference numbers only beside a run of the course's dataset
         "vs_course": facts["dataset"]["course"],
     }

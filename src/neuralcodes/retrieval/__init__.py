@@ -9,9 +9,9 @@
     collection.py  an index of a folder of the user's images on disk (float16, memory-mapped,
                  centred codes, layer 5 by PCA; FAISS IVF-PQ when large): FolderIndex
     indexing.py  build_index: build or update it, streamed, incremental, resumable
+    fitting.py   the transform of an index's codes (centring, layer-5 PCA), fitted
     pca.py       PCA of codes and the PCA study
     evidence.py  measured layer differences with their baselines
-    rundata.py   RunData: a trained run opened for retrieval, loaded lazily
     study.py     run_study: the ood study (map.json, figures, evidence.json, pca.json)
     search.py    Searcher, search, search_many, duplicate_groups, Hit: own images against the
                  ood set or an index
@@ -26,8 +26,8 @@ from neuralcodes.retrieval.codes import (
     CodeSet,
     extract_code_variants,
     extract_codes,
-    gather_images,
     l2_normalize,
+    ood_codes,
     run_codes,
     split_indices,
 )
@@ -44,7 +44,6 @@ from neuralcodes.retrieval.metrics import (
     self_retrieval_metrics,
 )
 from neuralcodes.retrieval.pca import PCA, pca_study
-from neuralcodes.retrieval.rundata import RunData
 from neuralcodes.retrieval.search import Hit, Searcher, duplicate_groups, search, search_many
 from neuralcodes.retrieval.study import PCA_FIT_IMAGES, evaluate_codes, run_study
 
@@ -52,10 +51,11 @@ load_codes = CodeSet.load  #: read a codes file (the name other modules import)
 
 __all__ = [
     "DEFAULT_BATCH", "KINDS", "PCA", "PCA_FIT_IMAGES", "SPLITS", "VARIANT", "CodeIndex",
-    "CodeSet", "Hit", "IndexUpdate", "RankingMetrics", "RunData", "Searcher", "build_index",
+    "CodeSet", "Hit", "IndexUpdate", "RankingMetrics", "Searcher", "build_index",
     "chance_average_precision", "chance_map", "colour_histograms", "duplicate_groups",
-    "evaluate_codes", "exact_top_k", "extract_code_variants", "extract_codes", "gather_images",
-    "image_files", "l2_normalize", "layer_evidence", "load_codes", "paired_bootstrap",
-    "pca_study", "ranking_metrics", "read_image", "read_images", "run_codes", "run_study",
-    "search", "search_many", "self_retrieval_metrics", "split_indices",
+    "evaluate_codes", "exact_top_k", "extract_code_variants", "extract_codes",
+    "image_files", "l2_normalize", "layer_evidence", "load_codes", "ood_codes",
+    "paired_bootstrap", "pca_study", "ranking_metrics", "read_image", "read_images",
+    "run_codes", "run_study", "search", "search_many", "self_retrieval_metrics",
+    "split_indices",
 ]

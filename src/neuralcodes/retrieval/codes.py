@@ -18,6 +18,7 @@ RUN``) writes them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
-from neuralcodes.model import CODE_LAYERS
 from neuralcodes.progress import bar as progress_bar
-from neuralcodes.runs import RunDir, TrainedRun
+from neuralcodes.runs import TrainedRun
 from neuralcodes.runtime import (
     INFER_BATCH,
     autocast,
@@ -41,16 +41,19 @@ from neuralcodes.runtime import (
     to_input,
 )
 
+#: The splits a run's codes can be computed for (the names ``neuralcodes codes --split`` takes).
 SPLITS: tuple[str, ...] = ("ood", "train", "val", "test")
 DEFAULT_BATCH = INFER_BATCH
 VARIANT: dict[bool, str] = {False: "pre", True: "post"}  # file and JSON names of the variants
+#: What a command's ``--relu`` takes: a variant's name, or ``both`` (None).
+RELU_CHOICES: dict[str, bool | None] = {**{v: k for k, v in VARIANT.items()}, "both": None}
 
 
 @dataclass
 class CodeSet:
     """Unit-length codes per layer of N images, with their dataset indices and class labels."""
 
-    layers: dict[str, np.ndarray]  # "5" -> (N, 16384) float32, "6"/"7" -> (N, 2048)
+    layers: dict[str, np.ndarray]  # feature name -> (N, D) float32, e.g. layer 5: (N, 16384)
     index: np.ndarray  # (N,) int64 dataset indices (or positions in a folder index)
     labels: np.ndarray  # (N,) int64 dataset class indices (-1: unknown)
     relu: bool  # post-ReLU (True) or pre-ReLU (False) activations
@@ -102,16 +105,6 @@ class CodeSet:
         return code_set
 
 
-def gather_images(images: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``images[index]`` read in ascending index order (fast on a memory map) but returned in
-    the order of ``index``."""
-    index = np.asarray(index, dtype=np.int64)
-    order = np.argsort(index)
-    out = np.empty((len(index), *images.shape[1:]), dtype=images.dtype)
-    out[order] = images[index[order]]
-    return out
-
-
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32, in place when possible); all-zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
@@ -121,15 +114,17 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def extract_code_variants(
-    model: torch.nn.Module, images_uint8: np.ndarray, layers: Sequence[str] = CODE_LAYERS,
+    model: torch.nn.Module, images_uint8: np.ndarray, layers: Sequence[str] | None = None,
     variants: Sequence[bool] = (False, True), batch_size: int = DEFAULT_BATCH,
     device: str | torch.device | None = None, precision: str = "fp32", progress: bool = True,
 ) -> dict[bool, dict[str, np.ndarray]]:
     """Unit-length codes of ``images_uint8`` (N, 64, 64, 3) for each ReLU variant, one pass.
 
     Returns ``{relu: {layer: (N, D) float32}}``; post-ReLU codes are ReLU(pre-ReLU) activations.
-    ``device`` None uses the model's device; otherwise the model is moved there.
+    ``layers``: code features by name (None: the paper's). ``device`` None uses the model's
+    device; otherwise the model is moved there.
     """
+    layers = features.paper_codes() if layers is None else tuple(layers)
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
     images = images_uint8
@@ -147,7 +142,7 @@ def extract_code_variants(
         for start in range(0, n, batch_size):
             x = to_input(np.array(images[start:start + batch_size]), dev)  # writable copy
             with autocast(dev, precision):
-                raw = model.codes(x, layers=tuple(layers), relu=False)
+                raw = model.forward_intermediates(x, layers)
             for layer, t in raw.items():
                 t = t.float()
                 for relu, arrays in out.items():
@@ -160,7 +155,7 @@ def extract_code_variants(
 
 
 def extract_codes(
-    model: torch.nn.Module, images_uint8: np.ndarray, layers: Sequence[str] = CODE_LAYERS,
+    model: torch.nn.Module, images_uint8: np.ndarray, layers: Sequence[str] | None = None,
     relu: bool = False, batch_size: int = DEFAULT_BATCH, device: str | torch.device | None = None,
     precision: str = "fp32", progress: bool = True,
 ) -> dict[str, np.ndarray]:
@@ -185,57 +180,73 @@ def split_indices(splits: Any, split: str) -> np.ndarray:
 
 
 def run_codes(
-    run: str | Path, split: str = "ood", relu: bool | None = None, *, checkpoint: str = "best",
-    device: str = "auto", precision: str | None = None, batch_size: int = DEFAULT_BATCH,
-    progress: bool = True, force: bool = False, trained: TrainedRun | None = None,
+    run: TrainedRun, split: str = "ood", relu: bool | None = None, *,
+    batch_size: int = DEFAULT_BATCH, force: bool = False,
 ) -> dict[bool, Path]:
     """Compute and save the codes of one split of a trained run; ``relu`` None: both variants.
 
-    ``precision`` None: the run's own (``train.precision``). A file is kept when it records the
-    same fingerprint (:func:`codes_fingerprint`: the weights' sha256, split, variant, precision,
-    partition), unless ``force``; otherwise it is recomputed and one line says why.
-    ``trained`` may pass the run already loaded, to avoid loading it again. Returns
-    ``{relu: path}``.
+    The codes of :func:`~neuralcodes.features.code_layers` of ``retrieval.layers`` (the
+    paper's 5, 6, 7 and any other code feature asked for), on the run's device, in its
+    precision (``train.precision``), from its checkpoint. A file is kept when it records the
+    same fingerprint (:func:`codes_fingerprint`), unless ``force``; otherwise it is recomputed
+    and one line says why. Returns ``{relu: path}``.
     """
     check_split(split)
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
-    rd = RunDir.existing(run)
-    precision = precision or (trained.config if trained else rd.read_config()).train.precision
+    rd = run.dir
     variants = (False, True) if relu is None else (bool(relu),)
     paths = {v: rd.codes(split, v) for v in variants}
-    fps = {v: codes_fingerprint(rd, split, v, precision, checkpoint) for v in variants}
+    fps = {v: codes_fingerprint(run, split, v) for v in variants}
     todo = [v for v in variants
             if lineage.needs_run(f"codes ({split}, {VARIANT[v]}-ReLU)", paths[v], fps[v],
                                  force=force)]
     if todo:
-        if trained is None:
-            trained = TrainedRun.load(rd.root, checkpoint=checkpoint, device=device,
-                                      batch_size=batch_size, precision=precision)
-        model, dataset, splits = trained.model, trained.dataset, trained.splits
-        index = split_indices(splits, split)
-        _check_memory(model, len(index), split, len(todo))
-        images = gather_images(dataset.images, index)
-        result = extract_code_variants(model, images, CODE_LAYERS, todo, batch_size, device,
-                                       precision, progress)
-        labels = np.asarray(dataset.labels[index], dtype=np.int64)
+        index = split_indices(run.splits, split)
+        layers = features.code_layers(run.config.retrieval.layers)
+        _check_memory(run.model, len(index), split, len(todo), layers)
+        result = extract_code_variants(run.model, run.images(index), layers, todo, batch_size,
+                                       run.device, run.precision, run.progress)
+        labels = np.asarray(run.dataset.labels[index], dtype=np.int64)
         for v in todo:
-            CodeSet(result[v], index, labels, v, precision=precision,
+            CodeSet(result[v], index, labels, v, precision=run.precision,
                     made_by=fps[v]).save(paths[v])
     return paths
 
 
-def codes_fingerprint(rd: RunDir, split: str, relu: bool, precision: str,
-                      checkpoint: str = "best") -> lineage.Fingerprint:
-    """What the codes of ``split`` in one variant must record to be current."""
-    return lineage.codes_fingerprint(lineage.weights_identity(rd.checkpoint(checkpoint)), split,
-                                     relu, precision, rd.saved()["data"]["splits_hash"])
+def codes_fingerprint(run: TrainedRun, split: str, relu: bool) -> lineage.Fingerprint:
+    """What the codes of ``split`` in one variant must record to be current: the run's
+    checkpoint, precision, partition and the code layers it computes."""
+    rd = run.dir
+    return lineage.codes_fingerprint(
+        lineage.weights_identity(rd.checkpoint(run.checkpoint)), split, relu, run.precision,
+        rd.saved()["data"]["splits_hash"],
+        features.code_layers(run.config.retrieval.layers), features.paper_codes())
 
 
-def _check_memory(model: Any, n: int, split: str, variants: int) -> None:
+def ood_codes(run: TrainedRun, relu: bool) -> CodeSet:
+    """The ood codes of one variant, computed from the run's current weights: recomputed
+    (both variants, one line saying why) when they record another fingerprint."""
+    path = run.dir.codes("ood", relu)
+    why = lineage.check(path, codes_fingerprint(run, "ood", relu))
+    if why is not None:
+        if not run.reader:
+            run_codes(run, "ood", None)
+        elif not os.access(path.parent if path.parent.is_dir() else run.dir.root, os.W_OK):
+            raise NeuralCodesError(
+                f"{path}: {why}, and this process may not write to {run.dir.root}; run "
+                f"`neuralcodes codes {run.dir.root}` where it may, then try again")
+        else:
+            with run.dir.lock("codes (for search)"):
+                run_codes(run, "ood", None)
+    return CodeSet.load(path)
+
+
+def _check_memory(model: Any, n: int, split: str, variants: int, layers: Sequence[str]
+                  ) -> None:
     """Refuse, with advice, codes that cannot fit in the memory available (instead of an OOM
     kill): the assignment's train split, both variants, needs ~12 GiB."""
-    dims = int(np.prod(model.code5_shape)) + model.fc6.out_features + model.fc7.out_features
+    dims = sum(int(np.prod(model.feature_shape(layer))) for layer in layers)
     need = n * (dims * 4 * variants + model.image_size ** 2 * 3)
     free = available_memory()
     if free is not None and need > 0.9 * free:

@@ -43,6 +43,9 @@ from neuralcodes.retrieval.index import exact_top_k
 
 MANIFEST = "manifest.json"
 PENDING = "pending"
+OWN_TRANSFORM = "transform.npz"  #: an index's own transform (fitted on its images)
+CENTRE_TRAIN = "mean training code"  #: how the codes are centred (the transform's fit)
+CENTRE_OWN = "mean code of the indexed images"  #: without the run's training images
 PCA5_DIMS = 256  #: layer 5 (16,384 values) is stored as its first 256 principal components
 FIT_IMAGES = 1000  #: training images the transform (mean, PCA) is fitted on
 APPROX_MIN = 20_000  #: from this many images on, search goes through a FAISS IVF-PQ index
@@ -69,13 +72,14 @@ class Transform:
 
     mean: dict[str, np.ndarray]  # layer -> (D,) float32
     axes: dict[str, np.ndarray]  # layer -> (K, D) float32, for the layers reduced by PCA
+    fitted: int = 0  # images it was fitted on
 
     def dims(self, layer: str) -> int:
         return int(len(self.axes[layer]) if layer in self.axes else len(self.mean[layer]))
 
-    def describe(self, fit_images: int) -> dict[str, Any]:
+    def describe(self, centre: str = CENTRE_TRAIN) -> dict[str, Any]:
         """The settings the index's fingerprint records."""
-        return {"centre": "mean training code", "fit_images": fit_images,
+        return {"centre": centre, "fit_images": self.fitted,
                 "pca": {layer: int(len(a)) for layer, a in sorted(self.axes.items())}}
 
     def apply(self, layer: str, codes: np.ndarray) -> np.ndarray:
@@ -88,6 +92,7 @@ class Transform:
     def save(self, path: Path, made_by: dict[str, Any]) -> None:
         arrays = {f"mean{k}": v for k, v in self.mean.items()}
         arrays |= {f"axes{k}": v for k, v in self.axes.items()}
+        arrays["fitted"] = np.int64(self.fitted)
         with atomic_open(path, "wb") as f:
             np.savez(f, **arrays, **{lineage.KEY: np.str_(json.dumps(made_by))})
 
@@ -97,9 +102,10 @@ class Transform:
             with np.load(path) as f:
                 mean = {k[4:]: f[k] for k in f.files if k.startswith("mean")}
                 axes = {k[4:]: f[k] for k in f.files if k.startswith("axes")}
+                fitted = int(f["fitted"]) if "fitted" in f.files else 0
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise NeuralCodesError(f"{path}: not a readable index transform ({e})") from None
-        return cls(mean, axes)
+        return cls(mean, axes, fitted)
 
 
 # --------------------------------------------------------------------------- entries

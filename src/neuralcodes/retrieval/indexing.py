@@ -22,13 +22,11 @@ import numpy as np
 
 from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.model import CODE_LAYERS
 from neuralcodes.progress import bar as progress_bar
 from neuralcodes.retrieval.codes import extract_codes
 from neuralcodes.retrieval.collection import (
     APPROX_MIN,
-    FIT_IMAGES,
-    PCA5_DIMS,
+    OWN_TRANSFORM,
     PENDING,
     Entries,
     RowReader,
@@ -41,8 +39,9 @@ from neuralcodes.retrieval.collection import (
     write_approx,
     write_manifest,
 )
+from neuralcodes.retrieval.fitting import index_transform
 from neuralcodes.retrieval.images import IMAGE_SUFFIXES, image_files, read_image, read_images
-from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,6 @@ log = logging.getLogger(__name__)
 #: Images per forward pass (and per saved batch): the full model's activations take about
 #: 4 MB per image, so 16 keeps the process within ~600 MB (250 would need ~1.4 GB).
 FORWARD_BATCH = 16
-#: Layers stored reduced by PCA (fitted on training codes), and to how many dimensions.
-PCA_LAYERS: dict[str, int] = {CODE_LAYERS[0]: PCA5_DIMS}
 
 
 @dataclass
@@ -96,14 +93,13 @@ def check_name(name: str) -> str:
     return name
 
 
-def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
-                 out: str | Path | None = None, relu: bool | None = None, device: str = "auto",
-                 precision: str | None = None, batch_size: int = FORWARD_BATCH,
-                 progress: bool = True, approx_min: int = APPROX_MIN,
-                 run_data: RunData | None = None) -> IndexUpdate:
+def build_index(folder: str | Path, run: TrainedRun, *, name: str | None = None,
+                out: str | Path | None = None, relu: bool | None = None,
+                batch_size: int = FORWARD_BATCH, approx_min: int = APPROX_MIN) -> IndexUpdate:
     """Build or update the index of every image under ``folder`` (``RUN/indexes/<name>``,
-    ``name`` defaulting to the folder's name; ``out``: an index folder elsewhere). The caller
-    holds the run's write lock."""
+    ``name`` defaulting to the folder's name; ``out``: an index folder elsewhere), on the
+    run's device in its precision (a progress bar if it was opened with ``progress``). The
+    caller holds the run's write lock."""
     if batch_size < 1:
         raise NeuralCodesError(f"batch size must be positive, got {batch_size}")
     root = Path(folder).expanduser()
@@ -114,19 +110,20 @@ def build_index(folder: str | Path, run: str | Path, *, name: str | None = None,
     root = root.resolve()
     if not any(_readable(p) for p in files):  # before any loading or progress bar, too
         raise NeuralCodesError(f"{folder}: no readable images found ({len(files)} unreadable)")
-    r = run_data or RunData.open(run, device=device, precision=precision, progress=progress,
-                                 batch_size=batch_size)
+    r, progress = run, run.progress
     dest = Path(out).expanduser() if out else r.dir.index(check_name(name or root.name))
     if dest.exists() and not (dest.is_dir() and (
-            not any(dest.iterdir()) or (dest / PENDING).exists() or read_manifest(dest))):
+            not any(dest.iterdir()) or (dest / PENDING).exists() or (dest / OWN_TRANSFORM).exists()
+            or read_manifest(dest))):
         raise NeuralCodesError(f"{dest} exists and is not an index (choose a new folder)")
     dest.mkdir(parents=True, exist_ok=True)  # an unwritable place fails before any work
     use_relu = r.relu(relu)
     weights = lineage.weights_identity(r.dir.best_checkpoint)
-    transform, described = _transform(r, weights, use_relu, batch_size, progress)
-    dims = {layer: transform.dims(layer) for layer in CODE_LAYERS}
+    transform, described = index_transform(r, weights, use_relu, batch_size, progress, dest,
+                                            files)
+    dims = {layer: transform.dims(layer) for layer in transform.mean}
     fp = lineage.index_fingerprint(weights, r.dir.root.resolve().name, use_relu, r.precision,
-                                   CODE_LAYERS, dims, described)
+                                   list(transform.mean), dims, described)
     old = _current(dest, fp, str(root))
     update = IndexUpdate(dest, str(root))
     names = [os.fsencode(p.relative_to(root)) for p in files]
@@ -172,52 +169,6 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _transform(r: RunData, weights: dict[str, Any], relu: bool, batch_size: int,
-               progress: bool) -> tuple[Transform, dict[str, Any]]:
-    """The run's transform for indexes (shared by them): kept when it records these weights
-    and settings, else fitted on up to :data:`FIT_IMAGES` training images (evenly spread over
-    the training split). Returns it and what an index records of it (with its digest)."""
-    train = np.asarray(r.splits.train, dtype=np.int64)
-    n = min(FIT_IMAGES, len(train))
-    fp = lineage.make("index", weights=weights, settings={
-        "part": "transform", "relu": relu, "train.precision": r.precision, "fit_images": n,
-        "pca": PCA_LAYERS})
-    path = r.dir.index_transform(relu, r.precision)
-    if lineage.check(path, fp) is None:
-        transform = Transform.load(path)
-        return transform, {**transform.describe(n), "digest": lineage.digest(fp)}
-    if n < 2:
-        raise NeuralCodesError(f"{r.dir.root}: too few training images to fit the index's "
-                               "transform (2 at least)")
-    pick = train[np.unique(np.linspace(0, len(train) - 1, n).astype(np.int64))]
-    log.info(f"index: fitting the codes' centring and layer-5 PCA on {len(pick):,} training "
-             "images (once per index)")
-    codes = extract_codes(r.model, r.images(pick), CODE_LAYERS, relu, batch_size, None,
-                          r.precision, progress)
-    mean, axes = {}, {}
-    for layer in list(codes):
-        x = codes.pop(layer)
-        mean[layer] = x.mean(axis=0)
-        if layer in PCA_LAYERS:
-            x -= mean[layer]  # in place: no second copy of the training codes
-            axes[layer] = _principal_axes(x, PCA_LAYERS[layer])
-        del x
-    transform = Transform(mean, axes)
-    transform.save(path, fp)
-    return transform, {**transform.describe(n), "digest": lineage.digest(fp)}
-
-
-def _principal_axes(centred: np.ndarray, k: int) -> np.ndarray:
-    """The first ``k`` principal axes (rows, unit length) of centred codes (N, D), exact, from
-    the N x N Gram matrix: memory of the codes plus the axes, whatever D."""
-    gram = (centred @ centred.T).astype(np.float64)
-    values, vectors = np.linalg.eigh(gram)
-    order = np.argsort(values)[::-1]
-    keep = [i for i in order[:min(k, centred.shape[1], len(centred) - 1)] if values[i] > 1e-12]
-    axes = (vectors[:, keep].T.astype(np.float32) @ centred)
-    return axes / np.linalg.norm(axes, axis=1, keepdims=True)
-
-
 def _current(dest: Path, fp: dict[str, Any], root: str) -> Entries | None:
     """The entries of the index at ``dest`` when it holds codes ``fp`` describes (None: there
     is none yet, or it is of other weights or settings and is rebuilt, with one line)."""
@@ -259,7 +210,7 @@ def _pending(dest: Path, digest: str) -> dict[bytes, tuple[Path, int, int]]:
     return found
 
 
-def _compute(r: RunData, dest: Path, fp: dict[str, Any], transform: Transform, relu: bool,
+def _compute(r: TrainedRun, dest: Path, fp: dict[str, Any], transform: Transform, relu: bool,
              batch_size: int, progress: bool, todo: list[tuple[Path, bytes, os.stat_result]],
              update: IndexUpdate, sources: dict[bytes, tuple[str, Any]]) -> None:
     """Code ``todo`` batch by batch, each batch saved at once to ``pending/``."""
@@ -278,8 +229,8 @@ def _compute(r: RunData, dest: Path, fp: dict[str, Any], transform: Transform, r
             if ok:
                 done = {p for p in ok}
                 kept = [(n, st) for p, n, st in batch if p in done]
-                codes = extract_codes(r.model, images, CODE_LAYERS, relu, batch_size, None,
-                                      r.precision, False)
+                codes = extract_codes(r.model, images, tuple(transform.mean), relu,
+                                      batch_size, None, r.precision, False)
                 seg = folder / f"{seq:08d}.npz"
                 _save_segment(seg, digest, kept, {k: transform.apply(k, v)
                                                   for k, v in codes.items()})

@@ -15,6 +15,9 @@ from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval.codes import CodeSet, l2_normalize
 from neuralcodes.retrieval.metrics import RankingMetrics, paired_bootstrap, self_retrieval_metrics
 
+#: In-domain training images the PCA study fits on (`neuralcodes retrieval --pca-images`).
+PCA_FIT_IMAGES = 5000
+
 
 @dataclass
 class PCA:

@@ -21,16 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import Result, RetrievalRow, plot_retrieval
 from neuralcodes.files import require_folder
-from neuralcodes.model import CODE_LAYERS
-from neuralcodes.retrieval.codes import VARIANT, CodeSet, extract_codes
-from neuralcodes.retrieval.collection import IDENTICAL, MANIFEST, FolderIndex, Transform
+from neuralcodes.retrieval.codes import VARIANT, CodeSet, extract_codes, ood_codes
+from neuralcodes.retrieval.collection import (
+    CENTRE_OWN,
+    IDENTICAL,
+    MANIFEST,
+    OWN_TRANSFORM,
+    FolderIndex,
+    Transform,
+)
 from neuralcodes.retrieval.images import read_image
 from neuralcodes.retrieval.index import CodeIndex
-from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
 
 #: How a hit is the query itself (:attr:`Hit.same`).
@@ -52,21 +58,18 @@ class Hit:
 class Searcher:
     """A trained run's model plus a database of codes (the ood set, or a folder index)."""
 
-    def __init__(self, run: str | Path, *, index: str | Path | None = None,
-                 relu: bool | None = None, device: str = "auto", precision: str | None = None,
-                 kind: str = "exact", progress: bool = False,
-                 run_data: RunData | None = None) -> None:
-        """``precision`` None: the run's own (``train.precision``), for the query codes and
-        for the ood codes when they have to be computed. ``index``: an index's name (under
-        the run) or folder."""
-        self.run = run_data or RunData.open(run, device=device, precision=precision,
-                                            progress=progress, reader=True)
+    def __init__(self, run: TrainedRun, *, index: str | Path | None = None,
+                 relu: bool | None = None, kind: str = "exact") -> None:
+        """The query codes (and the ood codes, when they have to be computed) are computed
+        on the run's device in its precision (``train.precision``). ``index``: an index's
+        name (under the run) or folder."""
+        self.run = run
         self.kind = kind
         self.folder: FolderIndex | None = None
         self.codes: CodeSet | None = None
         if index is None:
             self.relu = self.run.relu(relu)
-            self.codes = self.run.ood_codes(self.relu)
+            self.codes = ood_codes(self.run, self.relu)
             self.paths = [self.run.dataset.paths[int(i)] for i in self.codes.index]
             self.labels = self.run.class_names(self.codes.labels)
             self.source = "ood"
@@ -150,14 +153,14 @@ def _same(query: str | None, path: str, score: float) -> str:
     return SAME_CODE if score >= IDENTICAL else ""
 
 
-def index_names(run: RunData) -> list[str]:
+def index_names(run: TrainedRun) -> list[str]:
     """The names of the run's indexes."""
     folder = run.dir.indexes
     return sorted(p.name for p in folder.iterdir() if (p / MANIFEST).is_file()) \
         if folder.is_dir() else []
 
 
-def resolve_index(index: str | Path, run: RunData) -> Path:
+def resolve_index(index: str | Path, run: TrainedRun) -> Path:
     """The folder of an index given by name (under the run) or by path."""
     path = Path(index).expanduser()
     build = f"`neuralcodes index FOLDER --run {run.dir.root}`"
@@ -174,7 +177,7 @@ def resolve_index(index: str | Path, run: RunData) -> Path:
     raise NeuralCodesError(f"{index}: no index file; build one with {build}{return_hint}")
 
 
-def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> FolderIndex:
+def open_index(index: str | Path, run: TrainedRun, relu: bool | None = None) -> FolderIndex:
     """A folder index, refused in one line unless it was made by this run's current weights,
     in the precision and ReLU variant asked for, and holds what it records."""
     path = resolve_index(index, run)
@@ -210,10 +213,13 @@ def open_index(index: str | Path, run: RunData, relu: bool | None = None) -> Fol
     return folder
 
 
-def _index_transform(folder: FolderIndex, run: RunData, again: str) -> Transform:
-    """The run's transform the index was made with (its digest recorded), or one line."""
-    path = run.dir.index_transform(folder.relu, str(folder.precision))
-    want = ((folder.made_by.get("settings") or {}).get("transform") or {}).get("digest")
+def _index_transform(folder: FolderIndex, run: TrainedRun, again: str) -> Transform:
+    """The run's transform the index was made with (its digest recorded; the index's own when
+    it was fitted on its images), or one line."""
+    made_with = (folder.made_by.get("settings") or {}).get("transform") or {}
+    path = (folder.folder / OWN_TRANSFORM if made_with.get("centre") == CENTRE_OWN
+            else run.dir.index_transform(folder.relu, str(folder.precision)))
+    want = made_with.get("digest")
     made = lineage.recorded(path) if path.is_file() else None
     if made is None or lineage.digest(made) != want:
         raise NeuralCodesError(f"{printable(folder.folder.name)} was made with a transform of "
@@ -227,24 +233,26 @@ def read_queries(images: Sequence[str | Path | np.ndarray]) -> np.ndarray:
     return np.stack([im if isinstance(im, np.ndarray) else read_image(im) for im in images])
 
 
-def search_many(images: Sequence[str | Path | np.ndarray], run: str | Path | None = None, *,
+def search_many(images: Sequence[str | Path | np.ndarray], run: TrainedRun | None = None, *,
                 index: str | Path | None = None, layer: str = "6", k: int = 5,
-                figure: str | Path | None = None, device: str = "auto",
-                precision: str | None = None, relu: bool | None = None, progress: bool = False,
+                figure: str | Path | None = None, relu: bool | None = None,
                 searcher: Searcher | None = None) -> list[list[Hit]]:
     """Rank the database (ood set by default, or a folder index) for each query image, the
-    model loaded once; the query's codes are computed in ``precision`` (None: the run's own)
+    model loaded once; the query's codes are computed on the run's device in its precision
     and ``relu`` (None: the run's ``retrieval.relu`` for the ood set, the index's own for an
-    index). Stale ood codes are recomputed first (with a progress bar if ``progress``)."""
+    index). Stale ood codes are recomputed first (with a progress bar if the run was opened
+    with ``progress``). ``searcher``: one already open (``run`` is then not needed)."""
     if k < 1:
         raise NeuralCodesError(f"k must be positive, got {k}")
-    if layer not in CODE_LAYERS:
-        raise NeuralCodesError(f"unknown layer '{layer}' (choose from {', '.join(CODE_LAYERS)})")
+    if layer not in features.code_names():
+        raise NeuralCodesError(f"unknown layer '{layer}' (choose from "
+                               f"{', '.join(features.code_names())})")
     if figure:
         figure = require_folder(figure, "figure")
     queries = read_queries(images)
-    s = searcher or Searcher(run, index=index, device=device, precision=precision, relu=relu,
-                             progress=progress)
+    if searcher is None and run is None:
+        raise NeuralCodesError("search needs a run or a searcher")
+    s = searcher or Searcher(run, index=index, relu=relu)
     named = [None if isinstance(im, np.ndarray) else im for im in images]
     hits = s.search_images(queries, layer, k, named)
     if figure:
@@ -257,7 +265,7 @@ def search_many(images: Sequence[str | Path | np.ndarray], run: str | Path | Non
     return hits
 
 
-def search(image: str | Path | np.ndarray, run: str | Path, **kwargs: object) -> list[Hit]:
+def search(image: str | Path | np.ndarray, run: TrainedRun, **kwargs: object) -> list[Hit]:
     """:func:`search_many` for one query image: its hits."""
     return search_many([image], run, **kwargs)[0]  # type: ignore[arg-type]
 

@@ -55,13 +55,11 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from neuralcodes import lineage
-from neuralcodes.config import Config
+from neuralcodes import features, lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.figures import (
     Result,
@@ -71,13 +69,12 @@ from neuralcodes.figures import (
     plot_retrieval_layers,
 )
 from neuralcodes.files import read_json, write_json
-from neuralcodes.model import CODE_LAYERS
 from neuralcodes.retrieval.codes import (
     VARIANT,
     CodeSet,
     codes_fingerprint,
     extract_codes,
-    gather_images,
+    ood_codes,
 )
 from neuralcodes.retrieval.evidence import layer_evidence
 from neuralcodes.retrieval.metrics import (
@@ -87,13 +84,11 @@ from neuralcodes.retrieval.metrics import (
     paired_bootstrap,
     self_retrieval_metrics,
 )
-from neuralcodes.retrieval.pca import pca_study
-from neuralcodes.retrieval.rundata import RunData
+from neuralcodes.retrieval.pca import PCA_FIT_IMAGES, pca_study
 from neuralcodes.retrieval.scores import PRECISION_KS, map_row, precision_ks, retrieval_chance
+from neuralcodes.runs import TrainedRun
 
 log = logging.getLogger(__name__)
-
-PCA_FIT_IMAGES = 5000  # in-domain training images the PCA is fitted on
 
 
 def evaluate_codes(codes: CodeSet, ks: Sequence[int] = PRECISION_KS, top_k: int = 5,
@@ -124,33 +119,31 @@ def layer_comparisons(metrics: dict[str, RankingMetrics]) -> tuple[list[dict[str
     return pairs, (top if beats_all and len(metrics) > 1 else None)
 
 
-def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool | None = None,
-              progress: bool = True, device: str | None = None, precision: str | None = None,
+def run_study(run: TrainedRun, *, relu: bool | None = None,
               pca_images: int = PCA_FIT_IMAGES, force: bool = False) -> dict[str, Any]:
     """The whole retrieval study of a trained run (see the module docstring for the files).
 
-    ``config``: the run's config with retrieval settings changed (default: the saved one);
-    ``device``/``precision`` None: the config's ``train`` ones. map.json always holds both
-    pre- and post-ReLU codes; ``relu`` (None: the config's ``retrieval.relu``) picks the codes
-    of the figures, the evidence and the PCA study. Each step is skipped exactly when its files
-    record the fingerprint it would write now (:mod:`neuralcodes.lineage`: the codes' weights
-    and the retrieval settings it uses), unless ``force``; otherwise one line says why it
-    reruns. Returns the contents of the JSON files.
+    The run's config (its retrieval settings, device and precision) rules; map.json always
+    holds both pre- and post-ReLU codes; ``relu`` (None: the config's ``retrieval.relu``)
+    picks the codes of the figures, the evidence and the PCA study. Each step is skipped
+    exactly when its files record the fingerprint it would write now
+    (:mod:`neuralcodes.lineage`: the codes' weights and the retrieval settings it uses),
+    unless ``force``; otherwise one line says why it reruns. Returns the contents of the JSON
+    files.
     """
     if pca_images < 2:
         raise NeuralCodesError(f"the PCA needs at least 2 training images, got {pca_images}")
-    run = RunData.open(run_dir, config, device=device, precision=precision, progress=progress)
-    main = run.relu(relu)
+    main, progress = run.relu(relu), run.progress
     cfg = run.config.retrieval
-    layers = [layer for layer in CODE_LAYERS if layer in cfg.layers]
-    codes_fp = {v: codes_fingerprint(run.dir, "ood", v, run.precision) for v in (False, True)}
+    layers = [layer for layer in features.code_names() if layer in cfg.layers]
+    codes_fp = {v: codes_fingerprint(run, "ood", v) for v in (False, True)}
     result: dict[str, Any] = {}
     metrics: dict[bool, dict[str, RankingMetrics]] = {}
     seconds: dict[bool, float] = {}
 
     def metrics_of(v: bool) -> dict[str, RankingMetrics]:
         if v not in metrics:
-            codes = run.ood_codes(v)
+            codes = ood_codes(run, v)
             start = time.perf_counter()
             metrics[v] = evaluate_codes(codes, PRECISION_KS, cfg.k, progress, cfg.layers)
             seconds[v] = (time.perf_counter() - start) / len(metrics[v])
@@ -158,7 +151,7 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
 
     fp = lineage.map_fingerprint(codes_fp, layers)
     if lineage.needs_run("mAP", run.dir.map_json, fp, force=force):
-        maps: dict[str, Any] = retrieval_chance(run.ood_codes(False).labels)
+        maps: dict[str, Any] = retrieval_chance(ood_codes(run, False).labels)
         maps["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
                              "confidence": 0.95, "unit": "query"}
         for v in (False, True):
@@ -171,7 +164,7 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
         write_json(run.dir.map_json, lineage.stamped(maps, fp))
     result["map"] = read_json(run.dir.map_json)
 
-    codes = run.ood_codes(main)
+    codes = ood_codes(run, main)
     first = np.arange(min(cfg.figure_queries, len(codes)))
     top_json = run.dir.top_json(cfg.k)
     figure_paths = [run.dir.top_figure(cfg.k, layer) for layer in layers]
@@ -201,21 +194,20 @@ def run_study(run_dir: str | Path, *, config: Config | None = None, relu: bool |
     return result
 
 
-def _train_codes(run: RunData, relu: bool, n_images: int, layers: Sequence[str] = CODE_LAYERS
+def _train_codes(run: TrainedRun, relu: bool, n_images: int, layers: Sequence[str]
                  ) -> dict[str, np.ndarray]:
     """Codes of up to ``n_images`` in-domain training images (a fixed random sample)."""
-    trained = run.trained
-    train = np.asarray(trained.splits.train)
+    train = np.asarray(run.splits.train)
     if len(train) < 2:
         raise NeuralCodesError(f"the PCA needs at least 2 training images; the run has "
                                f"{len(train)}")
     pick = np.random.default_rng(0).choice(len(train), min(n_images, len(train)), replace=False)
-    images = gather_images(trained.dataset.images, np.sort(train[pick]))
-    return extract_codes(trained.model, images, tuple(layers), relu, device=run.device,
+    images = run.images(np.sort(train[pick]))
+    return extract_codes(run.model, images, tuple(layers), relu, device=run.device,
                          precision=run.precision, progress=run.progress)
 
 
-def _rows(run: RunData, codes: CodeSet, m: RankingMetrics, first: np.ndarray
+def _rows(run: TrainedRun, codes: CodeSet, m: RankingMetrics, first: np.ndarray
           ) -> list[RetrievalRow]:
     ids = np.concatenate([first, m.top[first].ravel()])
     images = dict(zip(ids.tolist(), run.images(codes.index[ids]), strict=True))
@@ -229,7 +221,7 @@ def _rows(run: RunData, codes: CodeSet, m: RankingMetrics, first: np.ndarray
     return rows
 
 
-def _write_figures(run: RunData, codes: CodeSet, metrics: dict[str, RankingMetrics],
+def _write_figures(run: TrainedRun, codes: CodeSet, metrics: dict[str, RankingMetrics],
                    first: np.ndarray, fp: lineage.Fingerprint) -> dict[str, Any]:
     k = run.config.retrieval.k
     variant = f"{VARIANT[codes.relu]}-ReLU"

@@ -62,11 +62,11 @@ from neuralcodes.data import load_data, write_splits_csv
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import write_json
 from neuralcodes.kernels.choice import kernel_choice
-from neuralcodes.model import count_parameters
+from neuralcodes.model import checkpoint_meta, count_parameters
 from neuralcodes.model.build import build_model
 from neuralcodes.model.checkpoint import load_checkpoint, set_rng_state
 from neuralcodes.progress import bar as progress_bar
-from neuralcodes.runs import RunDir, check_same_splits
+from neuralcodes.runs import CHECKPOINTS, RunDir, check_same_splits
 from neuralcodes.runtime import threads
 from neuralcodes.training.batches import SplitData, epoch_order
 from neuralcodes.training.context import interrupt_flag, log_file
@@ -139,6 +139,8 @@ def _train(cfg: Config, run: RunDir, dist: Dist, device: torch.device, resume: b
     s = Session(cfg, run, dist, device, model, model, optimizer, scaler,
                 EarlyStopping(t.patience), [], progress, on_step, flag,
                 course_data=dataset.spec.course)
+    s.meta = checkpoint_meta(model, [dataset.wnids[c] for c in splits.in_classes],
+                             [dataset.names[c] for c in splits.in_classes])
     torch.manual_seed(t.seed + dist.rank)  # dropout and augmentation draws differ per rank
     start = (1, 0, torch.zeros(3, dtype=torch.float64))
     if checkpoint is not None:
@@ -168,7 +170,7 @@ def _check_arguments(cfg: Config, dist: Dist, resume: bool, start_from: str) -> 
     if cfg.train.batch_size % dist.world:
         raise NeuralCodesError(f"--batch-size {cfg.train.batch_size} is not divisible by the "
                                f"{dist.world} processes")
-    if start_from not in ("last", "best"):
+    if start_from not in CHECKPOINTS:
         raise NeuralCodesError(f"unknown --from '{start_from}' (choose last or best)")
     if start_from == "best" and not resume:
         raise NeuralCodesError("--from best continues a run: use it with --resume RUN")

@@ -52,6 +52,7 @@ class Session:
     interrupt: dict[str, bool]
     plotted: float = -math.inf  # time.monotonic() of the last learning-curve plot
     course_data: bool = True  # trained on the course's dataset: its curves may be drawn beside
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # rebuilds the network
 
     @property
     def kept(self) -> str:
@@ -63,7 +64,7 @@ class Session:
         per_rank = self.dist.gather({"rng": rng_state(self.device), "partial": partial.cpu()})
         if self.dist.main:
             save_checkpoint(self.run.last_checkpoint, {
-                "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "format": CHECKPOINT_FORMAT, "meta": self.meta, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "world_size": self.dist.world, "ranks": per_rank,
                 "early_stopping": dataclasses.asdict(self.stopping), "metrics": list(self.rows)})
@@ -71,8 +72,8 @@ class Session:
     def save_kept(self, epoch: int, val_loss: float) -> None:
         """Write best.pt: the weights the run keeps (rank 0)."""
         save_checkpoint(self.run.best_checkpoint, {
-            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "epoch": epoch,
-            "val_loss": val_loss, "kept": self.kept})
+            "format": CHECKPOINT_FORMAT, "meta": self.meta, "model": self.model.state_dict(),
+            "epoch": epoch, "val_loss": val_loss, "kept": self.kept})
 
     def write_progress(self, finished: bool) -> None:
         """metrics.jsonl, curves.png and train_state.json, rewritten atomically each epoch."""

@@ -25,13 +25,15 @@ then answers only requests addressed to a local host name (no DNS rebinding).
 """
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from neuralcodes.config import RetrievalConfig, ServeConfig
+from neuralcodes.config import Config, RetrievalConfig, ServeConfig
 from neuralcodes.kernels.cpu import return_freed_memory
+from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.text import printable
 from neuralcodes.web.middleware import (
     MULTIPART_OVERHEAD,
@@ -52,18 +54,32 @@ from neuralcodes.web.uploads import UploadDecoder, UploadStore
 MB = 2**20
 
 
-def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: str = "auto",
-               precision: str | None = None, max_upload_bytes: int | None = None,
-               max_pixels: int | None = None, allowed_hosts: list[str] | None = None,
-               settings: RetrievalConfig | None = None, serve: ServeConfig | None = None,
-               token: str | None = None, warm: bool = False, progress: bool = False) -> Any:
-    """The FastAPI app serving the trained run ``run_dir`` (and an index from ``neuralcodes
-    index``, if given), its ood codes computed and saved first if missing (with a progress bar
-    if ``progress``). ``allowed_hosts``: the only ``Host`` headers answered (None: any).
-    ``settings``: the retrieval settings (default: the run's). ``precision`` None: the run's.
-    ``serve``: the limits (:class:`~neuralcodes.config.ServeConfig`; ``max_upload_bytes`` and
-    ``max_pixels`` override two). ``token``: every route then needs it (:class:`TokenAuth`).
-    ``warm``: start the decoder processes with the app (a server), not on the first upload."""
+def open_run(run: TrainedRun | str | Path, settings: RetrievalConfig | None = None,
+             device: str | None = None, precision: str | None = None,
+             progress: bool = False) -> TrainedRun:
+    """``run`` itself, or the run at that path opened with ``settings`` (its retrieval
+    section), ``device`` and ``precision`` (None: the run's own) in its config."""
+    if isinstance(run, TrainedRun):
+        return run
+    config = None
+    if settings is not None:
+        config = Config.from_dict({**RunDir.existing(run).read_config().to_dict(),
+                                   "retrieval": dataclasses.asdict(settings)})
+    return TrainedRun.open(run, config, device=device, precision=precision, progress=progress)
+
+
+def create_app(run: TrainedRun | str | Path, index: str | Path | None = None, *,
+               device: str | None = None, precision: str | None = None,
+               max_upload_bytes: int | None = None, max_pixels: int | None = None,
+               allowed_hosts: list[str] | None = None, settings: RetrievalConfig | None = None,
+               serve: ServeConfig | None = None, token: str | None = None, warm: bool = False,
+               progress: bool = False) -> Any:
+    """The FastAPI app serving the trained run ``run`` (opened: its config rules; or a path:
+    :func:`open_run` with ``settings``, ``device``, ``precision``) and an index from
+    ``neuralcodes index``, if given; its ood codes computed first if missing (a progress bar if
+    ``progress``). ``allowed_hosts``: the only ``Host`` headers answered (None: any). ``serve``:
+    the limits (``max_upload_bytes`` and ``max_pixels`` override two). ``token``: every route
+    then needs it. ``warm``: start the decoders with the app (a server), not on first upload."""
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
 
@@ -71,8 +87,7 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     from neuralcodes.web import routes
 
     limits = serve or ServeConfig()
-    served = ServedRun(run_dir, index, device=device, precision=precision, settings=settings,
-                       progress=progress)
+    served = ServedRun(open_run(run, settings, device, precision, progress), index)
     return_freed_memory()  # a server: memory goes back after a burst (see kernels.cpu)
     decoder = _decoder(limits, max_upload_bytes, max_pixels)
     # /docs with its scripts served from the fastapi-offline package (no CDN); /redoc leads
@@ -80,9 +95,9 @@ def create_app(run_dir: str | Path, index: str | Path | None = None, *, device: 
     app = FastAPIOffline(
         title="neuralcodes", version=__version__, static_url="/static-docs", redoc_url=None,
         favicon_url="/static/favicon.svg", lifespan=_lifespan(decoder, warm),
-        description="Query-by-example image retrieval with the neural codes (layers 5, 6, 7) "
-        f"of the trained run `{printable(served.run.root.name)}`. Images are addressed by "
-        "their integer id in the out-of-domain set.")
+        description=f"Query-by-example image retrieval with the neural codes (layers "
+        f"{', '.join(served.layers)}) of the trained run `{printable(served.run.root.name)}`. "
+        "Images are addressed by their integer id in the out-of-domain set.")
     _protect(app, limits, decoder, allowed_hosts, token)
     install_file_names_only(app, served.folders)  # no server folder in any detail
     app.state.retrieval = served

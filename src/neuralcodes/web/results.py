@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuralcodes import features
 from neuralcodes.course import course_reference
 from neuralcodes.files import read_json
 from neuralcodes.retrieval.scores import (
@@ -23,16 +24,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Figures the app may serve: name -> (title, how to find it in a run for the run's k).
-#: Requests name a figure by one of these keys only, never by a path.
-FIGURES: dict[str, tuple[str, Any]] = {
-    "curves": ("Learning curves: loss and accuracy per epoch", lambda rd, k: rd.curves),
-    "top_layers": ("The first ood queries and their top {k}, layers side by side",
-                   lambda rd, k: rd.top_figure(k)),
-    **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
-                         lambda rd, k, x=x: rd.top_figure(k, x)) for x in ("5", "6", "7")},
-    "pca": ("mAP of PCA-compressed codes against their dimension", lambda rd, k: rd.pca_plot),
-}
+def figure_table() -> dict[str, tuple[str, Any]]:
+    """Figures the app may serve: name -> (title, how to find it in a run for the run's k),
+    one per code layer (:mod:`neuralcodes.features`). Requests name a figure by one of
+    these keys only, never by a path."""
+    return {
+        "curves": ("Learning curves: loss and accuracy per epoch", lambda rd, k: rd.curves),
+        "top_layers": ("The first ood queries and their top {k}, layers side by side",
+                       lambda rd, k: rd.top_figure(k)),
+        **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
+                             lambda rd, k, x=x: rd.top_figure(k, x))
+           for x in features.code_names()},
+        "pca": ("mAP of PCA-compressed codes against their dimension",
+                lambda rd, k: rd.pca_plot),
+    }
 
 #: The command that writes a run's report.html (every finished stage is skipped).
 REPORT_COMMAND = "neuralcodes run --config RUN/config.json --out RUN"
@@ -41,11 +46,12 @@ _map_lock = threading.Lock()
 
 
 def figure_path(served: ServedRun, name: str) -> Path | None:
-    """The file of figure ``name`` (a key of :data:`FIGURES`) if the run has it, made from the
+    """The file of figure ``name`` (a key of :func:`figure_table`) if the run has it, made from the
     weights being served (a figure of other weights is not shown)."""
-    if name not in FIGURES:
+    found = figure_table().get(name)
+    if found is None:
         return None
-    path = Path(FIGURES[name][1](served.run, served.figure_k))
+    path = Path(found[1](served.run, served.figure_k))
     if not path.is_file() or (name != "curves" and not served.current(path)):
         return None
     return path
@@ -67,7 +73,7 @@ def run_results(served: ServedRun) -> dict[str, Any]:
         row.update(chance_map=chance["map"], chance_p=chance["precision"])
     figures = [{"name": name, "title": title.format(k=served.figure_k),
                 "url": f"api/figure/{name}.png"}
-               for name, (title, _) in FIGURES.items() if figure_path(served, name)]
+               for name, (title, _) in figure_table().items() if figure_path(served, name)]
     n_classes = len(served.in_classes)
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,

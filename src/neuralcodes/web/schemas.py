@@ -29,7 +29,8 @@ class HitOut(ImageItem):
 class LayerResult(BaseModel):
     """The results of one layer's codes."""
 
-    layer: str = Field(description='"5", "6" or "7"')
+    layer: str = Field(description="a code layer (retrieval.layers): the paper's 5, 6, 7 or a "
+                       "registered code feature")
     ap: float | None = Field(description="the query's average precision over the full ranking "
                              "(ood queries only; None when its class has no other image)")
     hits: list[HitOut]

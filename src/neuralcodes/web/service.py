@@ -15,6 +15,7 @@ from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval import Searcher, exact_top_k, extract_code_variants
 from neuralcodes.retrieval.metrics import chance_average_precision, ranking_metrics
+from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
 from neuralcodes.web.uploads import UploadRejected, png_bytes
 
@@ -40,11 +41,13 @@ class ServedRun:
     positions in the index file.
     """
 
-    def __init__(self, run_dir: str | Path, index: str | Path | None = None, *,
-                 device: str = "auto", precision: str | None = None,
-                 settings: RetrievalConfig | None = None, progress: bool = False) -> None:
-        """``precision`` None: the run's own (``train.precision``) for every forward pass."""
-        relu = None if settings is None else settings.relu
+    def __init__(self, trained: TrainedRun, index: str | Path | None = None) -> None:
+        """``trained``: served as a reader (it writes only missing ood codes, under the run's
+        lock); its config's retrieval settings (layers, k, pre/post-ReLU), device and
+        precision rule every search."""
+        trained.reader = True
+        cfg = trained.config.retrieval
+        run_dir = trained.dir.root
         #: the server's folders, never shown to a client (``install_file_names_only``)
         self.folders = [f for p in (run_dir, None if index is None else Path(index).parent)
                         if p is not None for f in (Path(p).absolute(), Path(p).resolve())]
@@ -54,17 +57,15 @@ class ServedRun:
         self.index_error: str | None = None
         if index is not None:
             try:
-                self.index = Searcher(run_dir, index=index, device=device, precision=precision)
-                _check_layers("index", self.index, settings or self.index.run.config.retrieval)
+                self.index = Searcher(trained, index=index)
+                _check_layers("index", self.index, cfg)
             except NeuralCodesError as e:
                 self.index, self.index_error = None, str(e)
-        self.ood = Searcher(run_dir, relu=relu, device=device, precision=precision,
-                            progress=progress)
+        self.ood = Searcher(trained, relu=cfg.relu)
         self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
         self.weights = (self.ood.codes.made_by or {}).get("weights")
-        self.figure_k = self.ood.run.config.retrieval.k  # the run's own: its figures' k
-        cfg = self.ood.run.config.retrieval if settings is None else settings
+        self.figure_k = int(trained.saved["config"]["retrieval"]["k"])  # its figures' k
         self.layers = tuple(cfg.layers)
         self.k = int(cfg.k)
         self.dataset, splits = self.ood.run.dataset, self.ood.run.splits

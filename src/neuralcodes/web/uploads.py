@@ -18,12 +18,13 @@ import numpy as np
 from PIL import Image
 
 from neuralcodes import imageio, jpegscans
+from neuralcodes.config import DEFAULT_MAX_UPLOAD_MB
 from neuralcodes.decodepool import DecodeCancelled, DecodePool, DecodeTimeout, WorkerFailed
 
 #: The model's input size (the cached images' side).
 #: Upload limits (``create_app`` arguments, ``serve --max-upload-mb/--max-megapixels``).
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_UPLOAD_BYTES = int(DEFAULT_MAX_UPLOAD_MB * 2**20)
+DEFAULT_MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS
 #: Accepted upload formats: Pillow format name -> media type.
 UPLOAD_FORMATS: dict[str, str] = {f: f"image/{f.lower()}" for f in imageio.UPLOAD_FORMATS}
 

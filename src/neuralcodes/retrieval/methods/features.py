@@ -15,13 +15,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from neuralcodes import features as registry
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, l2_normalize
 from neuralcodes.retrieval.methods import pooling
 from neuralcodes.runtime import autocast, eval_mode, to_input
 
-#: The paper's codes by row name, and the code layer each is read from.
-PAPER_CODES: dict[str, str] = {"layer5": "5", "fc6": "6", "fc7": "7"}
+
+def paper_codes() -> dict[str, str]:
+    """The paper's codes by row name (``layer5``, ``fc6``, ``fc7``), and the code feature each
+    is read from (:mod:`neuralcodes.features`)."""
+    return {f.row: f.name for f in registry.features("code") if f.paper}
 
 
 @dataclass
@@ -63,16 +67,17 @@ def extract_features(
     precision: str = "fp32", progress: bool = False,
 ) -> Features:
     """Descriptors of ``images`` (N, 64, 64, 3) uint8: the paper's ``codes`` (names of
-    :data:`PAPER_CODES`) and, for every conv map named in ``gem_ps`` (conv3, conv4, conv5),
+    :func:`paper_codes`) and, for every conv map named in ``gem_ps`` (conv3, conv4, conv5),
     its pooled descriptors with GeM at each p of ``gem_ps[map]``."""
     if len(images) == 0:
         raise NeuralCodesError(f"no {split} images to describe")
-    unknown = set(codes) - set(PAPER_CODES)
+    paper = paper_codes()
+    unknown = set(codes) - set(paper)
     if unknown:
         raise NeuralCodesError(f"unknown code(s) {sorted(unknown)}; choose from "
-                               f"{', '.join(PAPER_CODES)}")
+                               f"{', '.join(paper)}")
     dev = device or next(model.parameters()).device
-    layers = tuple(PAPER_CODES[c] for c in codes)
+    layers = tuple(paper[c] for c in codes)
     out: dict[str, np.ndarray] = {}
     n = len(images)
     with eval_mode(model), torch.inference_mode(), tqdm(
@@ -81,10 +86,10 @@ def extract_features(
         for start in range(0, n, batch_size):
             x = to_input(np.array(images[start:start + batch_size]), dev)
             with autocast(dev, precision):
-                raw = model.feature_maps(x, tuple(gem_ps), codes=layers)
+                raw = model.forward_intermediates(x, (*gem_ps, *layers))
             batch: dict[str, np.ndarray] = {}
             for name, layer in zip(codes, layers, strict=True):
-                t = raw[f"code{layer}"].float()
+                t = raw[layer].float()
                 batch[name] = l2_normalize((torch.relu(t) if relu else t).cpu().numpy())
             for layer, ps in gem_ps.items():
                 batch.update(_pool(raw[layer].cpu(), layer, ps))

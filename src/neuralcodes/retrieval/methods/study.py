@@ -39,13 +39,13 @@ import numpy as np
 import torch
 
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.retrieval.codes import DEFAULT_BATCH, gather_images
+from neuralcodes.retrieval.codes import DEFAULT_BATCH
 from neuralcodes.retrieval.methods import REGISTRY, FitData, get, pooling, reranking
 from neuralcodes.retrieval.methods.features import (
-    PAPER_CODES,
     Features,
     extract_features,
     gem_name,
+    paper_codes,
 )
 from neuralcodes.retrieval.methods.whitening import LearnedWhitening
 from neuralcodes.retrieval.metrics import (
@@ -91,7 +91,7 @@ def run_split_images(trained: Any, split: str, limit: int | None = None) -> Spli
     if limit is not None and len(index) > limit:
         index = np.sort(index[np.random.default_rng(0).choice(len(index), limit,
                                                               replace=False)])
-    return SplitImages(gather_images(trained.dataset.images, index),
+    return SplitImages(trained.images(index),
                        np.asarray(trained.dataset.labels[index], np.int64))
 
 
@@ -139,9 +139,9 @@ def methods_study(
         train = Features({k: np.concatenate([head.codes[k], v]) for k, v in rest.codes.items()},
                          data["train"].labels, "train")
     val = extract_features(model, data["val"].images, data["val"].labels, "val", gem_ps=ps,
-                           codes=tuple(PAPER_CODES), **kw)
+                           codes=tuple(paper_codes()), **kw)
     ood = extract_features(model, data["ood"].images, data["ood"].labels, "ood", gem_ps=ps,
-                           codes=tuple(PAPER_CODES), **kw)
+                           codes=tuple(paper_codes()), **kw)
     extract_seconds = time.perf_counter() - start
     for feats in (train, val, ood):  # the fitted GeM under its own name
         for m in maps:
@@ -149,7 +149,7 @@ def methods_study(
 
     rows: list[_Row] = []
     measure = _Measure(ood, val)
-    for name in PAPER_CODES:
+    for name in paper_codes():
         rows.append(measure(name, "paper", lambda x: x, name))
     pooled = [f"{m}/{p}" for m in maps for p in (
         ("mac", "spoc", "spoc-centre", "gem-p3", "gem-fit", "rmac") if m == maps[-1]

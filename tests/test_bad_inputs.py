@@ -351,7 +351,7 @@ OTHER_CASES = [
                  id="retrieval: bad device"),
     pytest.param(lambda c: ["retrieval", str(c.run()), "--device", "tpu"],
                  id="retrieval: bad device, before any work"),
-    pytest.param(lambda c: (lambda rd: (shutil.rmtree(RunDir(rd).retrieval),
+    pytest.param(lambda c: (lambda rd: (shutil.rmtree(RunDir(rd).retrieval, ignore_errors=True),
                                         RunDir(rd).retrieval.write_text("x"),
                                         ["retrieval", str(rd), "--device", "cpu",
                                          "--no-progress"])[2])(c.run()),

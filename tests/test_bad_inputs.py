@@ -132,7 +132,8 @@ def codes_file(rd: Path) -> Path:
 
 
 def index_file(rd: Path) -> Path:
-    return next(RunDir(rd).retrieval.glob("index-*.npz"))
+    """The file list of the run's index (its folder is the file's parent)."""
+    return next(RunDir(rd).index("images").glob("g*-entries.npz"))
 
 
 def train(c: Case, *extra: str, out: str | None = None) -> list[str]:
@@ -158,7 +159,7 @@ def on_run(command: str) -> Callable[[Path, Case], list[str]]:
             "codes": ["codes", str(rd), "--device", "cpu", "--no-progress", "--force"],
             "retrieval": ["retrieval", str(rd), "--device", "cpu", "--no-progress"],
             "index": ["index", str(c.w.images), "--run", str(rd), "--out",
-                      str(c.tmp / "new-index.npz"), "--device", "cpu", "--no-progress"],
+                      str(c.tmp / "new-index"), "--device", "cpu", "--no-progress"],
             "search": ["search", c.image, "--run", str(rd), "--device", "cpu"],
             "train --resume": ["train", "--resume", str(rd), "--epochs", "2", "--no-progress"],
         }[command]
@@ -248,8 +249,8 @@ def _npz_cases() -> list:
         cases += [
             pytest.param(lambda c, index=index: ["search", c.image, "--run",
                                                  str(index(rd := c.run())), "--index",
-                                                 str(index_file(rd)), "--device", "cpu"],
-                         id=f"search: --index .npz {how}"),
+                                                 str(index_file(rd).parent), "--device", "cpu"],
+                         id=f"search: --index entries .npz {how}"),
         ]
     return cases
 
@@ -350,7 +351,7 @@ OTHER_CASES = [
                  id="retrieval: bad device"),
     pytest.param(lambda c: ["retrieval", str(c.run()), "--device", "tpu"],
                  id="retrieval: bad device, before any work"),
-    pytest.param(lambda c: (lambda rd: (shutil.rmtree(RunDir(rd).retrieval),
+    pytest.param(lambda c: (lambda rd: (shutil.rmtree(RunDir(rd).retrieval, ignore_errors=True),
                                         RunDir(rd).retrieval.write_text("x"),
                                         ["retrieval", str(rd), "--device", "cpu",
                                          "--no-progress"])[2])(c.run()),
@@ -364,16 +365,17 @@ OTHER_CASES = [
                             ["index", str(c.tmp), "--run", str(c.w.run), "--device", "cpu",
                              "--no-progress"])[1], id="index: only unreadable images"),
     pytest.param(lambda c: ["index", str(c.w.images), "--run", str(c.w.run), "--out",
-                            str(c.file("f") / "i.npz"), "--device", "cpu", "--no-progress"],
+                            str(c.file("f") / "i"), "--device", "cpu", "--no-progress"],
                  id="index: --out under a file"),
+    pytest.param(lambda c: (c.file("notes.txt"),
+                            ["index", str(c.w.images), "--run", str(c.w.run), "--out",
+                             str(c.tmp), "--device", "cpu", "--no-progress"])[1],
+                 id="index: --out a folder that is not an index"),
     pytest.param(lambda c: ["index", str(c.w.images), "--run", str(c.w.run), "--out",
-                            str(c.tmp), "--device", "cpu", "--no-progress"],
-                 id="index: --out a directory"),
-    pytest.param(lambda c: ["index", str(c.w.images), "--run", str(c.w.run), "--out",
-                            "/proc/neuralcodes-index.npz", "--device", "cpu", "--no-progress"],
+                            "/proc/neuralcodes-index", "--device", "cpu", "--no-progress"],
                  id="index: --out unwritable (/proc)"),
     pytest.param(lambda c: ["index", str(c.w.images), "--run", str(c.w.run), "--batch-size", "0",
-                            "--out", str(c.tmp / "i.npz"), "--device", "cpu", "--no-progress"],
+                            "--out", str(c.tmp / "i"), "--device", "cpu", "--no-progress"],
                  id="index: --batch-size 0"),
     # search
     pytest.param(lambda c: ["search", str(c.tmp / "nope.jpg"), "--run", str(c.w.run)],
@@ -513,7 +515,7 @@ def test_serve_fails_before_listening(damage: str, world: World, tmp_path: Path)
     elif damage == "config.json corrupt":
         RunDir(rd).config.write_text("{")
     elif damage == "--index truncated":
-        extra = ["--index", str(truncate(index_file(rd)))]
+        extra = ["--index", str(truncate(index_file(rd)).parent)]
     elif damage == "run missing":
         shutil.rmtree(rd)
     elif damage == "port 0":

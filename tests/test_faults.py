@@ -266,8 +266,9 @@ def test_codes_and_index_killed_at_random_leave_no_half_file(base: Path, command
     argv = (["codes", str(run), "--device", "cpu", "--no-progress", "--force"]
             if command == "codes" else
             ["index", str(images), "--run", str(run), "--device", "cpu", "--no-progress"])
-    # a whole run makes 10 (codes: two files) or 4 (index) file events (NC_FAULT_COUNT=FILE)
-    events = {"codes": 10, "index": 4}[command]
+    # a whole run makes 10 (codes: two files) or 14 (index: transform, batch, entries, 3
+    # layers, manifest) file events (NC_FAULT_COUNT=FILE)
+    events = {"codes": 10, "index": 14}[command]
     for kill_at in sorted(random.Random(11).sample(range(1, events + 1), 2)):
         code, _, err = finish(start(base, argv, NC_FAULT_KILL_AT=str(kill_at)))
         assert code == -signal.SIGKILL, err

@@ -22,6 +22,7 @@ from neuralcodes import lineage
 from neuralcodes.cli import main as cli
 from neuralcodes.files import read_json, write_json
 from neuralcodes.retrieval import CodeSet, Searcher, build_index
+from neuralcodes.retrieval.collection import FolderIndex
 from neuralcodes.runs import RunDir, TrainedRun
 
 TINY = ["--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
@@ -264,19 +265,20 @@ def test_an_index_of_other_weights_or_a_malformed_one_is_refused(run_copy, tmp_p
     folder.mkdir()
     for i, colour in enumerate(("red", "blue", "green")):
         Image.new("RGB", (50 + 10 * i, 64), colour).save(folder / f"{colour}.png")
-    index, n, _ = build_index(folder, TrainedRun.open(run_copy, device="cpu", progress=False))
-    made = CodeSet.load(index).made_by
-    assert n == 3 and made["settings"]["run"] == "copied-run" and made["settings"]["images"] == 3
+    update = build_index(folder, TrainedRun.open(run_copy, device="cpu", progress=False))
+    index = update.path
+    made = FolderIndex(index).made_by
+    assert update.count == 3 and made["settings"]["run"] == "copied-run"
     assert made["weights"]["sha256"] == sha256(RunDir(run_copy).best_checkpoint)
     query = folder / "red.png"
 
-    codes = CodeSet.load(index)  # malformed: fewer paths than codes
-    codes.paths = codes.paths[:2]
-    short = tmp_path / "short.npz"
-    codes.save(short)
+    short = tmp_path / "short"  # malformed: its manifest records more images than it holds
+    shutil.copytree(index, short)
+    manifest = json.loads((short / "manifest.json").read_text())
+    (short / "manifest.json").write_text(json.dumps({**manifest, "count": 4}))
     capsys.readouterr()
     assert cli(["search", str(query), "--run", str(run_copy), "--index", str(short)]) == 2
-    assert "short.npz: codes file is inconsistent" in one_error_line(capsys)
+    assert "short does not hold what it records" in one_error_line(capsys)
 
     other = RunDir(run_copy).best_checkpoint.read_bytes()
     other_weights(run_copy)
@@ -292,7 +294,7 @@ def test_an_index_of_other_weights_or_a_malformed_one_is_refused(run_copy, tmp_p
                 "--device", "cpu"]) == 2
     assert "was made with weights" in capsys.readouterr().err.strip().splitlines()[-1]
 
-    for bad, words in ((index, "was made with weights"), (short, "inconsistent")):
+    for bad, words in ((index, "was made with weights"), (short, "does not hold what it")):
         app = create_app(run_copy, bad, device="cpu")
         with fastapi.testclient.TestClient(app, raise_server_exceptions=False) as client:
             info = client.get("/api/info").json()

@@ -24,6 +24,7 @@ from neuralcodes.config import Config, DataConfig, ModelConfig, TrainConfig
 from neuralcodes.evaluation import evaluate
 from neuralcodes.files import read_json
 from neuralcodes.retrieval import CodeSet, Searcher, build_index, evaluate_codes, run_codes
+from neuralcodes.retrieval.collection import FolderIndex
 from neuralcodes.runs import RunDir, TrainedRun
 from neuralcodes.training.loop import train
 
@@ -145,9 +146,10 @@ def test_search_and_index_use_the_run_precision(bf16_run, tmp_path):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
             folder / f"{i}.png")
     with linear_dtypes() as seen:
-        path, n, _ = build_index(folder, TrainedRun.open(bf16_run, device="cpu", progress=False))
-    assert n == 3 and seen == {torch.bfloat16}
-    assert CodeSet.load(path).precision == "bf16"
+        update = build_index(folder, TrainedRun.open(bf16_run, device="cpu", progress=False))
+    path = update.path
+    assert update.count == 3 and seen == {torch.bfloat16}
+    assert FolderIndex(path).precision == "bf16"
 
     image = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     with linear_dtypes() as seen:
@@ -156,8 +158,8 @@ def test_search_and_index_use_the_run_precision(bf16_run, tmp_path):
     # an index holds codes of one precision: a query in another is refused, in one line
     assert cli.main(["search", str(folder / "0.png"), "--run", str(bf16_run), "--index",
                      str(path), "--device", "cpu", "--precision", "fp32"]) == 2
-    fp32, _, _ = build_index(folder, TrainedRun.open(bf16_run, device="cpu", precision="fp32",
-                                                  progress=False), out=tmp_path / "fp32.npz")
+    fp32 = build_index(folder, TrainedRun.open(bf16_run, device="cpu", precision="fp32",
+                                               progress=False), out=tmp_path / "fp32-index").path
     with linear_dtypes() as seen:
         assert cli.main(["search", str(folder / "0.png"), "--run", str(bf16_run),
                          "--index", str(fp32), "--device", "cpu", "--precision", "fp32"]) == 0

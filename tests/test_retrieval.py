@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -399,19 +400,20 @@ def test_index_folder_and_search_it(tiny_run, tmp_path, capsys):
         _save_png(folder / ("sub" if i % 2 else "") / f"img{i}.png",
                   rng.integers(0, 256, (30 + 10 * i, 50, 3), dtype=np.uint8))
     (folder / "broken.jpg").write_bytes(b"garbage")
-    out = tmp_path / "mine.npz"
+    out = tmp_path / "mine-index"
     assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(out), "--no-progress",
                 "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    assert "broken.jpg" in text and "5 images indexed, 1 unreadable" in text
-    codes = load_codes(out)
-    assert len(codes) == 5 and len(codes.paths) == 5
+    assert "broken.jpg" in text and "+5 new, -0 gone, 0 changed, 0 kept, 1 unreadable; 5 " \
+        "images indexed" in text
+    assert len(Searcher(quiet(tiny_run), index=out)) == 5
     query = folder / "sub" / "img3.png"
     hits = search(query, quiet(tiny_run), index=out, layer="6", k=5)
-    assert hits[0].path == str(query) and len(hits) == 5
-    path, n, failed = build_index(folder, quiet(tiny_run))
-    assert path == RunDir(tiny_run).retrieval / "index-mine.npz" and n == 5 and len(failed) == 1
-    os.remove(path)
+    assert hits[0].path == str(query) and len(hits) == 5 and hits[0].same == "same file"
+    update = build_index(folder, quiet(tiny_run))
+    assert update.path == RunDir(tiny_run).index("mine") and update.count == 5
+    assert len(update.failed) == 1
+    shutil.rmtree(update.path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeuralCodesError, match="no readable images"):
         build_index(tmp_path / "empty", quiet(tiny_run))
@@ -422,7 +424,7 @@ def test_search_says_when_k_is_beyond_the_database_and_shows_all(tiny_run, tmp_p
     folder = tmp_path / "three"
     for i in range(3):
         _save_png(folder / f"img{i}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    index = tmp_path / "three.npz"
+    index = tmp_path / "three-index"
     assert cli(["index", str(folder), "--run", str(tiny_run), "--out", str(index),
                 "--no-progress", "--device", "cpu"]) == 0
     capsys.readouterr()
@@ -456,9 +458,11 @@ def test_non_square_images_are_squeezed_alike_and_the_help_says_so(tiny_run, tmp
     _save_png(tmp_path / "own" / "square.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     stretched = Image.open(wide).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
     np.testing.assert_array_equal(read_image(wide), np.asarray(stretched))
-    path, n, _ = build_index(tmp_path / "own", quiet(tiny_run), out=tmp_path / "own.npz")
+    update = build_index(tmp_path / "own", quiet(tiny_run), out=tmp_path / "own-index")
+    path = update.path
     hits = search(wide, quiet(tiny_run), index=path, layer="5", k=1)
-    assert n == 2 and hits[0].path == str(wide) and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert update.count == 2 and hits[0].path == str(wide)
+    assert hits[0].score == pytest.approx(1.0, abs=2e-3)  # float16 codes
     for command in ("index", "search"):
         assert cli([command, "--help"]) == 0
         text = " ".join(capsys.readouterr().out.split())
@@ -489,7 +493,7 @@ def test_nothing_to_read_is_one_error_line_without_a_progress_bar(tiny_run, tmp_
     out, err = capsys.readouterr()
     expected = {"empty": f"{folder}: no readable images found (no image files: ",
                 "unreadable": f"{folder}: no readable images found (2 unreadable)",
-                "search a folder": f"{folder} is a folder; search takes one image"}[case]
+                "search a folder": f"{folder} is a folder; search takes image files"}[case]
     assert err.startswith(f"neuralcodes: error: {expected}"), err
     assert err.count("\n") == 1 and "\r" not in err, repr(err)
     assert out == ""
@@ -584,7 +588,8 @@ def test_a_run_trained_with_a_relative_data_path_works_from_another_directory(
     own.mkdir()
     shutil.copy(query, own / "photo.jpg")
     assert cli(["index", str(own), "--run", str(work / "run"), "--no-progress"]) == 0
-    index = work / "run" / "retrieval" / "index-own.npz"
+    index = work / "run" / "indexes" / "own"
+    assert (index / "transform.npz").is_file()  # without the training images: its own
     capsys.readouterr()
     assert cli(["search", str(query), "--run", str(work / "run"), "--index", str(index),
                 "-k", "1"]) == 0

@@ -78,10 +78,9 @@ def own_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def index_file(run: Path, own_images: dict[str, Path]) -> Path:
     from neuralcodes.retrieval import build_index
 
-    path, n, failed = build_index(own_images["folder"],
-                                  TrainedRun.open(run, device="cpu", progress=False))
-    assert n == 3 and [p.name for p, _ in failed] == ["broken.png"]
-    return path
+    update = build_index(own_images["folder"], TrainedRun.open(run, device="cpu", progress=False))
+    assert update.count == 3 and [p.name for p, _ in update.failed] == ["broken.png"]
+    return update.path
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +299,7 @@ def test_upload_searches_the_index_built_by_neuralcodes_index(client, own_images
     for layer in body["layers"]:
         top = layer["hits"][0]
         assert top["class_name"] == "noise.jpg"  # the file's name, never its folder
-        assert top["score"] == pytest.approx(1.0, abs=1e-5)
+        assert top["score"] == pytest.approx(1.0, abs=2e-3)  # float16 codes
         assert len(layer["hits"]) == 3
     thumb = client.get(body["layers"][0]["hits"][0]["url"])
     assert thumb.status_code == 200
@@ -528,8 +527,9 @@ def test_serve_checks_its_index_before_computing_the_ood_codes(run, tmp_path, ca
     assert main(["serve", str(fresh), "--index", str(tmp_path / "nope.npz"), "--device", "cpu",
                  "--port", str(port)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"neuralcodes: error: {tmp_path / 'nope.npz'}: no index file; build one "
-                   f"with `neuralcodes index FOLDER --run {fresh}`\n")
+    assert err.startswith(f"neuralcodes: error: {tmp_path / 'nope.npz'}: no index file; build "
+                          f"one with `neuralcodes index FOLDER --run {fresh}`")
+    assert err.count("\n") == 1  # one line (naming the run's indexes, if it has some)
     assert not (fresh / "codes").exists()  # nothing was computed
 
 

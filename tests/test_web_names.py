@@ -7,7 +7,9 @@ crafted file is generated here (``test_web_attacks.py``: the attacks on the serv
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +67,7 @@ def hostile_index(web_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     for i, name in enumerate(HOSTILE):
         Image.new("RGB", (70, 70), (40 * i, 200, 90)).save(os.fsencode(folder) + b"/" + name,
                                                             "PNG")
-    index = folder.parent / "hostile-index.npz"
+    index = folder.parent / "hostile-index"
     out = StrictStdout()
     mp = pytest.MonkeyPatch()
     mp.setattr(sys, "stdout", out)
@@ -79,10 +81,10 @@ def hostile_index(web_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def test_index_keeps_names_losslessly(hostile_index):
-    from neuralcodes.retrieval.codes import CodeSet
+    from neuralcodes.retrieval.collection import FolderIndex
 
     folder, index = hostile_index
-    stored = sorted(os.fsencode(p) for p in CodeSet.load(index).paths)
+    stored = sorted(os.fsencode(p) for p in FolderIndex(index).paths)
     assert stored == sorted(os.fsencode(folder) + b"/" + n for n in HOSTILE)
 
 
@@ -149,16 +151,15 @@ def test_no_error_detail_names_a_server_folder(web_run, hostile_index, tmp_path,
 
     from neuralcodes.files import write_error
     from neuralcodes.model.checkpoint import load_checkpoint
-    from neuralcodes.retrieval.codes import CodeSet
     from neuralcodes.web import create_app
 
     base = str(tmp_path.parents[1])  # --basetemp: web_run, the index and tmp_path are below it
     assert str(web_run).startswith(base) and str(hostile_index[1]).startswith(base)
     folder, index = hostile_index
-    short = tmp_path / "short.npz"  # an index with fewer names than codes
-    codes = CodeSet.load(index)
-    codes.paths = codes.paths[:2]
-    codes.save(short)
+    short = tmp_path / "short"  # an index that records more images than it holds
+    shutil.copytree(index, short)
+    manifest = json.loads((short / "manifest.json").read_text())
+    (short / "manifest.json").write_text(json.dumps({**manifest, "count": 9}))
     evil = tmp_path / "evil.pt"
     evil.write_bytes(b"\x80\x02not a checkpoint")
     with pytest.raises(NeuralCodesError) as refused_checkpoint:

@@ -44,7 +44,7 @@ KEY = "made_by"
 #: Format version of each stage's artifacts: bump one when what the stage writes changes, and
 #: every artifact written before is recomputed.
 FORMATS: dict[str, int] = {"eval": 1, "codes": 1, "map": 1, "figures": 1, "evidence": 1,
-                           "pca": 1, "report": 1, "index": 1, "cache": 1, "methods": 1}
+                           "pca": 1, "report": 1, "index": 2, "cache": 1, "methods": 1}
 _MD_PREFIX = "<!-- made_by: "
 _MD_SUFFIX = " -->"
 _HASHES: dict[tuple[str, int, int], tuple[str, int]] = {}  # (path, size, mtime_ns) -> (sha, epoch)
@@ -188,11 +188,13 @@ def report_fingerprint(weights: dict[str, Any], inputs: dict[str, str]) -> Finge
 
 
 def index_fingerprint(weights: dict[str, Any], run: str, relu: bool, precision: str,
-                      layers: Sequence[str], dims: dict[str, int], n: int) -> Fingerprint:
-    """An index of the user's images: the run, its weights, and the shape of what it holds."""
+                      layers: Sequence[str], dims: dict[str, int], transform: dict[str, Any]
+                      ) -> Fingerprint:
+    """An index of the user's images: the run, its weights, the code sizes it stores and the
+    transform of its codes (centring, PCA: fitted on training codes of the same weights)."""
     return make("index", weights=weights, settings={
         "run": run, "relu": bool(relu), "train.precision": precision, "layers": list(layers),
-        "dims": dims, "images": n})
+        "dims": dims, "transform": transform})
 
 
 # --------------------------------------------------------------------------- reading, checking

@@ -12,7 +12,9 @@ is a trained run loaded for use (config, model, data).
     curves.png             learning curves
     eval.json, eval.csv    cross-entropy, top-1, top-5 on train/val/test
     codes/<split>-<pre|post>relu.npz   unit-length neural codes per layer
-    retrieval/             figures (top{k}*), mAP, PCA, evidence, methods.*, your indexes
+    retrieval/             figures (top{k}*), mAP, PCA study, layer evidence, methods.*
+    indexes/<name>/        `neuralcodes index`: the codes of a folder of your images
+    indexes/transform-<pre|post>relu-<precision>.npz   what their codes are centred/reduced by
     report.md, report.html
     .lock                  held (flock) by the one process writing the run; names it
 """
@@ -205,9 +207,20 @@ class RunDir:
     def methods_file(self, kind: str = "json") -> Path:  # the methods study: json or png
         return self.retrieval / f"methods.{kind}"
 
+    @property
+    def indexes(self) -> Path:
+        """The folder of the run's indexes of the user's images."""
+        return self.root / "indexes"
+
+    def index_transform(self, relu: bool, precision: str) -> Path:
+        """The codes' transform (centring, layer-5 PCA, fitted on training codes) that the run's
+        indexes of one ReLU variant and precision share."""
+        return self.indexes / f"transform-{'post' if relu else 'pre'}relu-{precision}.npz"
+
     def index(self, name: str) -> Path:
-        """Where ``neuralcodes index`` puts the codes of a folder of the user's images."""
-        return self.retrieval / f"index-{name}.npz"
+        """Where ``neuralcodes index`` keeps the index ``name`` of a folder of the user's images
+        (a folder: :mod:`neuralcodes.retrieval.collection` names the files inside)."""
+        return self.indexes / name
 
     @property
     def report_md(self) -> Path:
@@ -366,6 +379,7 @@ def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Data
     command that restores it; splits that differ from the run's are refused in one line.
     """
     from neuralcodes.data import Dataset, make_splits
+    from neuralcodes.data.cache import prepare_command
 
     saved = saved if saved is not None else rd.saved()
     data = Config.from_dict(saved["config"]).data
@@ -377,24 +391,3 @@ def load_run_data(rd: RunDir, saved: dict[str, Any] | None = None) -> tuple[Data
     splits = make_splits(dataset, data)
     check_same_splits(rd, saved, splits.hash)
     return dataset, splits
-
-
-def prepare_command(saved: dict[str, Any], cache: Path) -> str:
-    """The ``neuralcodes prepare`` command that rebuilds a run's cache where it recorded it (the
-    cache folder's name is a hash of the source's content, so the same source gives it back),
-    with the run's data settings spelled out (none is taken from a file unseen)."""
-    import json
-    import shlex
-
-    from neuralcodes.config import DataConfig
-
-    source = saved["data"].get("source") or saved["config"]["data"].get("source")
-    parts = ["neuralcodes", "prepare"]
-    parts += ["--data", str(source)] if source else []
-    parts += ["--cache-dir", str(cache.parent)]
-    ours, default = Config.from_dict(saved["config"]).to_dict()["data"], \
-        Config(data=DataConfig()).to_dict()["data"]
-    for key, value in ours.items():
-        if key not in ("source", "cache_dir", "url") and value != default[key]:
-            parts += ["--set", f"data.{key}={json.dumps(value, separators=(',', ':'))}"]
-    return " ".join(shlex.quote(p) for p in parts)

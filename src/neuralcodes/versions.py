@@ -5,7 +5,9 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from neuralcodes import __version__
+#: This package's version (``neuralcodes.__version__``; here so that what records it does not
+#: import the package, whose API imports the stages).
+__version__ = "0.3.0"
 
 #: Installed packages whose versions are recorded (read from their metadata: nothing is imported).
 PACKAGES: tuple[str, ...] = ("numpy", "pillow", "torch")

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "ood retrieval study: figures, mAP, PCA study, layer evidence"),
     "index": ("neuralcodes.cli.index", "index a folder of your own images for `search`"),
     "search": ("neuralcodes.cli.search", "find the images most similar to IMAGE"),
+    "duplicates": ("neuralcodes.cli.duplicates", "list near-duplicate images in an index"),
     "run": ("neuralcodes.cli.run",
             "run the whole study: prepare, train, evaluate, retrieve, report"),
     "serve": ("neuralcodes.cli.serve",

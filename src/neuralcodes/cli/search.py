@@ -1,10 +1,10 @@
-"""``neuralcodes search``: the images most similar to IMAGE (ood set or a folder index)."""
+"""``neuralcodes search``: the images most similar to each IMAGE (ood set or a folder index)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from neuralcodes import features
@@ -15,17 +15,26 @@ from neuralcodes.text import printable
 #: library to build its parser; tests/test_methods.py checks they agree).
 POOLING_METHODS = ("mac", "spoc", "spoc-centre", "gem", "gem-fit", "rmac")
 
+SCORES = ("Scores: in an index, the cosine similarity of codes centred by the mean training code "
+          "(layer 5 also reduced by PCA), which spreads over -1..1: 1 is the same image, about 0 "
+          "unrelated, below 0 unlike; in the ood set, the plain cosine of the paper's codes. A "
+          "hit that is the query itself (the same file, or an identical code) is marked.")
+
 
 def register(p: argparse.ArgumentParser) -> None:
     """The ``search`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
     p.description = (
-        "Rank the ood set (or an index from `neuralcodes index`) by cosine "
-        "similarity of neural codes to IMAGE and print paths and scores.")
-    p.add_argument("image", help="a JPEG, PNG, WebP, ... of any size; it is resized to 64x64 "
-                   "(the size of the training images) without keeping its aspect ratio, so a "
-                   "non-square image is squeezed, as `neuralcodes index` does with its images")
+        "Rank the ood set (or an index from `neuralcodes index`) by the similarity "
+        "of neural codes to each IMAGE and print rank, score and path. " + SCORES)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="a JPEG, PNG, WebP, ... of any size, or a glob in quotes ('shots/*.jpg', "
+                   "'**' for subfolders); several are searched with one model load; each is "
+                   "resized to 64x64 (the size of the training images) without keeping its "
+                   "aspect ratio, so a non-square image is squeezed, as `neuralcodes index` does "
+                   "with its images")
     p.add_argument("--run", required=True, help="trained run directory")
-    p.add_argument("--index", help="folder index file (default: the run's ood set)")
+    p.add_argument("--index", help="an index's name (from `neuralcodes index`, under "
+                   "RUN/indexes/) or folder (default: the run's ood set)")
     p.add_argument("--layer", choices=features.code_names(),  # read now: registered ones too
                    help="codes to rank by (default: 6 if the run's retrieval.layers has it, "
                    "else its first layer): " + "; ".join(
@@ -38,15 +47,17 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="with --method: save each hit beside the query, each cell of their "
                    "conv5 maps shaded by its share of the score (why they are similar)")
     p.add_argument("-k", type=int, help="results to show (default: the run's retrieval.k)")
-    p.add_argument("--figure", help="also save the query and its results as a PNG")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--figure", help="also save the queries and their results as a PNG")
     add_config_options(p, "--device", "--precision")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from neuralcodes import imageio, lineage
+    from neuralcodes import imageio
     from neuralcodes.errors import NeuralCodesError
-    from neuralcodes.retrieval import search
+    from neuralcodes.retrieval import Searcher, search_many
+    from neuralcodes.retrieval.images import expand_images
     from neuralcodes.runs import RunDir, TrainedRun
 
     saved = RunDir.existing(args.run).read_config()
@@ -54,11 +65,9 @@ def main(args: argparse.Namespace) -> int:
     k = cfg.retrieval.k if args.k is None else args.k
     if k < 1:
         raise NeuralCodesError(f"-k must be positive, got {k}")
-    if Path(args.image).is_dir():
-        raise NeuralCodesError(f"{args.image} is a folder; search takes one image (to search "
-                               "among a folder's images, index it with `neuralcodes index`)")
+    images = expand_images(args.images)
     if args.method is not None or args.why:
-        return _method_search(args, cfg, k)
+        return _method_search(args, cfg, images, k)
     layers = cfg.retrieval.layers
     layer = args.layer or ("6" if "6" in layers else layers[0])
     # an index holds one variant: its own unless retrieval.relu is set on this command
@@ -67,37 +76,51 @@ def main(args: argparse.Namespace) -> int:
     # everything that can fail runs before the first line is printed
     with console_logging():  # a line on stderr if the ood codes must be recomputed
         run = TrainedRun.open(args.run, cfg, reader=True)
-        hits = search(args.image, run, index=args.index, layer=layer, k=k,
-                      figure=args.figure, relu=relu)
-    if relu is None:
-        relu = bool((lineage.recorded(args.index) or {}).get("settings", {}).get("relu"))
-    _, width, height = imageio.probe(args.image, formats=None)  # as displayed (EXIF)
-    for note in imageio.query_notes(width, height):  # what was done to the query: said once
-        print(f"neuralcodes: note: {printable(args.image)}: {note}", file=sys.stderr,
-              flush=True)
-    # every name is escaped (printable): a file name cannot drive the terminal
-    print(f"layer {layer}, {'post' if relu else 'pre'}-ReLU codes, "
-          f"{'index ' + printable(args.index) if args.index else 'the ood set'}:", flush=True)
-    if len(hits) < k:  # exact search returns min(k, database size) results
+        searcher = Searcher(run, index=args.index, relu=relu)
+        hits = search_many(images, layer=layer, k=k, figure=args.figure, searcher=searcher)
+    notes = []
+    for image in images:
+        _, width, height = imageio.probe(image, formats=None)  # as displayed (EXIF)
+        notes.append(imageio.query_notes(width, height))
+        for note in notes[-1]:  # what was done to the query: said once
+            print(f"neuralcodes: note: {printable(image)}: {note}", file=sys.stderr, flush=True)
+    where = f"index {printable(args.index)}" if args.index else "the ood set"
+    if len(searcher) < k:  # exact search returns min(k, database size) results
         what = "indexed" if args.index else "ood"
         flag = "retrieval.k" if args.k is None else "-k"
-        print(f"neuralcodes: note: {flag} {k} is more than the {len(hits)} {what} images; "
-              f"showing all {len(hits)}", file=sys.stderr, flush=True)
-    _print_hits(hits, "figure", args.figure)
-    return 0
+        print(f"neuralcodes: note: {flag} {k} is more than the {len(searcher)} {what} images; "
+              f"showing all {len(searcher)}", file=sys.stderr, flush=True)
+    variant = "post" if searcher.relu else "pre"
+    if args.json:
+        print(json.dumps({
+            "layer": layer, "relu": variant, "database": "ood" if not args.index else
+            printable(args.index), "database_size": len(searcher), "k": k,
+            "score": "cosine" if not args.index else "centred cosine",
+            "queries": [{"image": printable(image), "notes": n, "hits": [
+                {"rank": h.rank, "score": h.score, "path": printable(h.path),
+                 "label": h.label or None, "same": h.same or None} for h in row]}
+                for image, n, row in zip(images, notes, hits, strict=True)]}, indent=1))
+        return 0
+    # every name is escaped (printable): a file name cannot drive the terminal
+    print(f"layer {layer}, {variant}-ReLU codes, {where}:", flush=True)
+    for image, row in zip(images, hits, strict=True):
+        if len(images) > 1:
+            print(f"query {printable(image)}:")
+        _print_hits(row)
+    if args.figure:
+        print(f"figure: {printable(args.figure)}")
 
 
-def _print_hits(hits: list[Any], what: str, written: str | None) -> None:
-    """One line per hit (names escaped: a file name cannot drive the terminal), then the
-    file written, if any."""
+def _print_hits(hits: list[Any]) -> None:
+    """One line per hit; names escaped (a file name cannot drive the terminal), the query
+    itself marked."""
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
-              + (f"  ({printable(h.label)})" if h.label else ""))
-    if written:
-        print(f"{what}: {printable(written)}")
+              + (f"  ({printable(h.label)})" if h.label else "")
+              + (f"  [{h.same}]" if getattr(h, "same", "") else ""))
 
 
-def _method_search(args: argparse.Namespace, cfg: Any, k: int) -> int:
+def _method_search(args: argparse.Namespace, cfg: Any, images: list[str], k: int) -> int:
     """``search --method NAME``: the ood set ranked by a pooled conv5 descriptor."""
     from neuralcodes.errors import NeuralCodesError
     from neuralcodes.retrieval.methods import get
@@ -105,17 +128,21 @@ def _method_search(args: argparse.Namespace, cfg: Any, k: int) -> int:
 
     if args.method is None:
         raise NeuralCodesError("--why needs --method (a pooled descriptor to explain)")
+    if len(images) != 1:
+        raise NeuralCodesError(f"--method ranks by one query image; {len(images)} were given")
     get(args.method, "pooling")  # an unknown name: one line naming the known ones
     for flag, value in (("--index", args.index), ("--layer", args.layer),
-                        ("--figure", args.figure)):
+                        ("--figure", args.figure), ("--json", args.json)):
         if value:
             raise NeuralCodesError(f"{flag} does not go with --method (it ranks the ood set by "
                                    "a pooled conv5 descriptor)")
     from neuralcodes.runs import TrainedRun
 
     with console_logging():
-        hits = search_with_method(args.image, TrainedRun.open(args.run, cfg, reader=True),
+        hits = search_with_method(images[0], TrainedRun.open(args.run, cfg, reader=True),
                                   args.method, k=k, why=args.why)
     print(f"method {args.method} (pooled conv5 descriptor), the ood set:", flush=True)
-    _print_hits(hits, "why similar", args.why)
+    _print_hits(hits)
+    if args.why:
+        print(f"why similar: {printable(args.why)}")
     return 0

@@ -33,8 +33,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="a host name (or address) the app is reached by, checked against each "
                    "request's Host header (repeatable; same as --set serve.allowed_hosts=[...])")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--index", metavar="PATH", help="an index built by `neuralcodes index`, "
-                   "searchable with uploaded images besides the ood set")
+    p.add_argument("--index", metavar="NAME", help="an index built by `neuralcodes index` "
+                   "(its name, or its folder), searchable with uploaded images besides the ood set")
     p.add_argument("--max-upload-mb", type=float, metavar="MB",
                    help=f"largest accepted upload in MiB (default: {DEFAULT_MAX_UPLOAD_MB:g}; "
                    "same as --set serve.max_upload_mb=MB)")

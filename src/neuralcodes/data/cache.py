@@ -28,7 +28,7 @@ import numpy as np
 
 from neuralcodes import datasets as registry
 from neuralcodes import lineage
-from neuralcodes.config import URL_PATTERN, DataConfig
+from neuralcodes.config import URL_PATTERN, Config, DataConfig
 from neuralcodes.data import decode
 from neuralcodes.data.dataset import FORMAT_VERSION, IMAGE_SHAPE
 from neuralcodes.data.download import download
@@ -293,3 +293,23 @@ def _report_rejects(manifest: dict[str, Any]) -> None:
     if len(rejected) > 10:
         lines.append(f"  ... and {len(rejected) - 10} more")
     log.warning("\n".join(lines))
+
+
+def prepare_command(saved: dict[str, Any], cache: Path) -> str:
+    """The ``neuralcodes prepare`` command that rebuilds a run's cache where it recorded it (the
+    cache folder's name is a hash of the source's content, so the same source gives it back),
+    with the run's data settings spelled out (none is taken from a file unseen)."""
+    import json
+    import shlex
+
+    source = saved["data"].get("source") or saved["config"]["data"].get("source")
+    parts = ["neuralcodes", "prepare"]
+    if source:
+        parts += ["--data", str(source)]
+    parts += ["--cache-dir", str(cache.parent)]
+    ours, default = Config.from_dict(saved["config"]).to_dict()["data"], \
+        Config(data=DataConfig()).to_dict()["data"]
+    for key, value in ours.items():
+        if key not in ("source", "cache_dir", "url") and value != default[key]:
+            parts += ["--set", f"data.{key}={json.dumps(value, separators=(',', ':'))}"]
+    return " ".join(shlex.quote(p) for p in parts)

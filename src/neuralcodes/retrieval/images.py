@@ -3,7 +3,9 @@ the training images (through :mod:`neuralcodes.imageio`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import glob
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,23 @@ def read_images(paths: Iterable[str | Path], progress: bool = False
         read(p)
     arr = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return arr, ok, failed
+
+
+def expand_images(patterns: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The image files named: each argument a file, or a glob (``**`` for subfolders) matched
+    against files, sorted; a folder or a glob that matches nothing is refused in one line."""
+    out = []
+    for arg in map(os.fspath, patterns):
+        if Path(arg).is_dir():
+            raise NeuralCodesError(f"{arg} is a folder; search takes image files or a glob "
+                                   "(to search among a folder's images, index it with "
+                                   "`neuralcodes index`)")
+        if Path(arg).exists() or not glob.has_magic(arg):
+            out.append(arg)
+            continue
+        found = sorted(p for p in glob.glob(os.path.expanduser(arg), recursive=True)
+                       if os.path.isfile(p))
+        if not found:
+            raise NeuralCodesError(f"{arg}: no file matches")
+        out += found
+    return out

@@ -77,7 +77,7 @@ def pages() -> APIRouter:
 def gallery(served: ServedRun, decoder: UploadDecoder) -> APIRouter:
     """What the run serves (``/api/info``), pages of the ood images, and the images."""
     router = APIRouter(prefix="/api")
-    n_index = 0 if served.index is None else len(served.index.codes)
+    n_index = 0 if served.index is None else len(served.index)
     index_id = PathParam(ge=0, lt=max(n_index, 1), description="an index entry id")
 
     @router.get("/info", summary="The run, its layers and the searchable databases",

@@ -129,7 +129,7 @@ class ServedRun:
         """The databases an uploaded image can be searched in."""
         out = [{"name": "ood", "size": len(self), "description": "the out-of-domain images"}]
         if self.index is not None:
-            out.append({"name": "index", "size": len(self.index.codes),
+            out.append({"name": "index", "size": len(self.index),
                         "description": printable(Path(self.index.source).name)})
         return out
 
@@ -225,15 +225,15 @@ class ServedRun:
                 keep = id_rows[0] >= 0
                 ids, scores = id_rows[0][keep], score_rows[0][keep].tolist()
                 items = [self.item(int(j)) for j in ids]
-            else:  # the index's own (FAISS) search
-                score_rows, id_rows = searcher.index(layer).search(q, k)
+            else:  # the index's own search (its transform, then exact or FAISS)
+                score_rows, id_rows = searcher.search_codes(q, layer, k)
                 keep = id_rows[0] >= 0
                 scores = score_rows[0][keep].tolist()
                 items = [self.index_item(int(j)) for j in id_rows[0][keep]]
             hits = [self._hit(item, rank, s, None)
                     for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
             layers.append({"layer": layer, "ap": None, "hits": hits})
-        size = len(searcher.codes)
+        size = len(searcher)
         return {"query": {"id": None, "source": "upload"}, "database": database,
                 "database_size": size,
                 **_shown(k, size, "ood set" if database == "ood" else "index"),
@@ -246,7 +246,7 @@ class ServedRun:
 
 
 def _check_layers(name: str, searcher: Searcher, cfg: RetrievalConfig) -> None:
-    missing = [x for x in cfg.layers if x not in searcher.codes.layers]
+    missing = [x for x in cfg.layers if x not in searcher.layers]
     if missing:
         raise NeuralCodesError(f"the {name} has no codes for layer(s) {', '.join(missing)}")
 

@@ -492,6 +492,10 @@ function aboutText(result) {
     ? `the ${result.database_size} ${result.query.source === "ood" ? "other " : ""}out-of-domain images` : `your index (${result.database_size} images)`;
   let text = `Each column ranks ${db} by the cosine similarity of their ${variant(result.relu)} ` +
     "codes of one layer to this image's code (1 = same direction). ";
+  if (result.database !== "ood") {
+    text += "In an index the codes are first centred by the mean code of the training images, so " +
+      "the similarity spreads over -1 to 1: 1 is the same image, about 0 unrelated, below 0 unlike. ";
+  }
   if (result.query.source === "ood") {
     text += `✓ marks an image of the query's class (${result.relevant} others); ✗ another class. ` +
       "AP (average precision) sums up the whole ranking: 100% puts every image of the class first; " +

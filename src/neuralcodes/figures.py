@@ -297,3 +297,34 @@ def plot_methods(rows: Sequence[dict[str, Any]], path: str | Path, *, chance: fl
     ax.set_title(title or "Methods beyond the paper, on the ood queries")
     fig.tight_layout()
     return _save(fig, path, metadata)
+
+
+def plot_collection(result: dict[str, Any], path: str | Path, *,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """A labelled collection's retrieval (``retrieval.json``): per measure a group of bars, one
+    per layer, with the 95% interval of its distance to chance drawn around it (chance +
+    interval), and the chance level as a black tick."""
+    plt = _pyplot()
+    layers = list(result["layers"])
+    keys = list(result["names"])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(keys), 3.4))
+    width = 0.8 / max(len(layers), 1)
+    for li, layer in enumerate(layers):
+        row = result["layers"][layer]
+        xs = np.arange(len(keys)) + (li - (len(layers) - 1) / 2) * width
+        ax.bar(xs, [row[k] for k in keys], width, color=f"C{li}", label=f"layer {layer}")
+        for x, k in zip(xs, keys, strict=True):
+            lo, hi = row["above_chance"][k]["ci95"]
+            ax.plot([x, x], [result["chance"][k] + lo, result["chance"][k] + hi], color="black",
+                    lw=1)
+    for x, k in enumerate(keys):
+        ax.plot([x - 0.42, x + 0.42], [result["chance"][k]] * 2, color="black", lw=2,
+                label="chance" if x == 0 else None)
+    ax.set_xticks(np.arange(len(keys)), list(result["names"].values()), fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(layers) + 1, loc="upper right")
+    ax.set_title(f"{result['index']}: {result['n_images']:,} images, {result['n_classes']} "
+                 "classes (each queries the others)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, metadata)

@@ -44,7 +44,8 @@ KEY = "made_by"
 #: Format version of each stage's artifacts: bump one when what the stage writes changes, and
 #: every artifact written before is recomputed.
 FORMATS: dict[str, int] = {"eval": 1, "codes": 1, "map": 1, "figures": 1, "evidence": 1,
-                           "pca": 1, "report": 1, "index": 2, "cache": 1, "methods": 1}
+                           "pca": 1, "report": 1, "index": 2, "cache": 1, "methods": 1,
+                           "collection": 1}
 _MD_PREFIX = "<!-- made_by: "
 _MD_SUFFIX = " -->"
 _HASHES: dict[tuple[str, int, int], tuple[str, int]] = {}  # (path, size, mtime_ns) -> (sha, epoch)
@@ -195,6 +196,15 @@ def index_fingerprint(weights: dict[str, Any], run: str, relu: bool, precision: 
     return make("index", weights=weights, settings={
         "run": run, "relu": bool(relu), "train.precision": precision, "layers": list(layers),
         "dims": dims, "transform": transform})
+
+
+def collection_fingerprint(index: Fingerprint, entries: str, generation: int,
+                           ks: Sequence[int]) -> Fingerprint:
+    """The measurement of a labelled index (retrieval.json, its figure and report): the index's
+    own fingerprint, its generation and the digest of its file list, and the k measured."""
+    return make("collection", weights=index.get("weights"), settings={
+        "ks": list(ks), "index.generation": int(generation)},
+        inputs={"index": digest(index), "entries": entries})
 
 
 # --------------------------------------------------------------------------- reading, checking

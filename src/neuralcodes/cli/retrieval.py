@@ -4,6 +4,7 @@ chance level and intervals, PCA study, layer evidence)."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from neuralcodes.cli.common import (
     add_config_options,
@@ -14,6 +15,10 @@ from neuralcodes.cli.common import (
 )
 from neuralcodes.retrieval.codes import RELU_CHOICES, VARIANT
 from neuralcodes.retrieval.pca import PCA_FIT_IMAGES
+
+if TYPE_CHECKING:
+    from neuralcodes.config import Config
+    from neuralcodes.runs import RunDir
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -28,6 +33,13 @@ def register(p: argparse.ArgumentParser) -> None:
         "runs unless --set retrieval.methods=false (or a list of its families: "
         "'[\"pooling\",\"whitening\",\"reranking\"]').")
     p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--index", metavar="NAME", help=(
+        "instead of the ood study, measure the index NAME (or an index folder) of a labelled "
+        "folder, whose images sit in class subfolders: each image queries the others, "
+        "relevant = same first-level subfolder; mAP, mAP@k, P@k and recall@k per layer with "
+        "their exact chance levels and bootstrap intervals, into the index folder "
+        "(retrieval.json, retrieval.png, report.md, report.html; mAP@k's definition is in "
+        "the report)"))
     p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="codes of the figures, evidence and PCA study (both: the run's "
                    "retrieval.relu); map.json always has both")
@@ -49,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     rd = RunDir.existing(args.run)
     cfg = run_config(args, rd.read_config())
     relu = RELU_CHOICES[args.relu]
+    if args.index is not None:
+        return _collection(args, rd, cfg)
     with console_logging(), run_lock(rd.root, "retrieval"):
         run = TrainedRun.open(rd.root, cfg, progress=not args.no_progress)
         result = run_study(run, relu=relu, pca_images=args.pca_images, force=args.force)
@@ -69,4 +83,25 @@ def main(args: argparse.Namespace) -> int:
               f"({len(methods['rows'])} methods; reference {methods['reference']}); "
               f"verdict in {rd.methods_file('json').name}")
     print(f"written to {rd.retrieval}")
+    return 0
+
+
+def _collection(args: argparse.Namespace, rd: RunDir, cfg: Config) -> int:
+    """``--index NAME``: the retrieval of a labelled collection, one line per layer."""
+    from neuralcodes.retrieval.labelled import REPORT_MD, measure_collection
+    from neuralcodes.retrieval.search import resolve_index
+    from neuralcodes.runs import TrainedRun
+    from neuralcodes.text import printable
+
+    with console_logging(), run_lock(rd.root, "retrieval"):
+        run = TrainedRun.open(rd.root, cfg, progress=not args.no_progress)
+        result = measure_collection(run, args.index, force=args.force)
+        folder = resolve_index(args.index, run)
+    names = result["names"]
+    print(f"{printable(result['index'])}: {result['n_images']:,} images, "
+          f"{result['n_classes']} classes (each image queries the others)")
+    for layer, row in result["layers"].items():
+        print(f"layer {layer}: " + "  ".join(f"{n} {row[k]:.4f}" for k, n in names.items()))
+    print("chance:   " + "  ".join(f"{n} {result['chance'][k]:.4f}" for k, n in names.items()))
+    print(f"report: {printable(folder / REPORT_MD)}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +37,12 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
 # above this is exact and deterministic. ``sklearn.metrics.average_precision_score`` treats a
 # block of tied scores as one threshold instead, so the two agree on tie-free scores and, on
 # tied scores, sklearn agrees with us once the ties are broken by index (see the tests).
+#
+# AP@k (and mAP@k, its mean): the same sum cut at rank k, divided by min(R, k), the most
+# relevant items the top k can hold: AP@k = (1/min(R, k)) sum_{i<=k} precision@i rel(i), so 1
+# exactly when the top k is as good as it can be (the ``apk`` of Kaggle and ml_metrics; some
+# papers divide by R, others by the relevant items found in the top k). recall@k: the share
+# of the R relevant items in the top k. Both are NaN for a query with R = 0, as AP is.
 
 #: Bytes of working memory one chunk of the ranking may use (about 10 int64 arrays per cell).
 CHUNK_BYTES = 256 * 2**20
@@ -52,6 +58,8 @@ class RankingMetrics:
     precision: dict[int, np.ndarray]  # k -> (Q,) precision@k
     top: np.ndarray  # (Q, top_k) database indices of the best results, in rank order
     top_scores: np.ndarray  # (Q, top_k) their similarities
+    ap_at: dict[int, np.ndarray] = field(default_factory=dict)  # k -> (Q,) AP@k (NaN: R = 0)
+    recall: dict[int, np.ndarray] = field(default_factory=dict)  # k -> (Q,) recall@k (NaN: R = 0)
 
     @property
     def map(self) -> float:
@@ -164,12 +172,17 @@ def ranking_metrics_from_scores(
     n_rel = np.bincount(row, minlength=q)
     first = np.concatenate(([0], np.cumsum(n_rel)[:-1]))
     ith = np.arange(1, len(row) + 1) - first[row]
-    sums = np.bincount(row, weights=ith / (col + 1.0), minlength=q)
+    terms = ith / (col + 1.0)  # precision@rank at each relevant item's rank
+    found = {k: relevant[:, :k].sum(axis=1) for k in ks}
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(n_rel > 0, sums / n_rel, np.nan)
-    precision = {k: relevant[:, :k].sum(axis=1) / k for k in ks}
+        ap = np.where(n_rel > 0, np.bincount(row, weights=terms, minlength=q) / n_rel, np.nan)
+        ap_at = {k: np.where(n_rel > 0, np.bincount(row, weights=terms * (col < k), minlength=q)
+                             / np.minimum(n_rel, k), np.nan) for k in ks}
+        recall = {k: np.where(n_rel > 0, found[k] / n_rel, np.nan) for k in ks}
+    precision = {k: found[k] / k for k in ks}
     top = order[:, :min(top_k, n_ranked)]
-    return RankingMetrics(ap, precision, top, np.take_along_axis(scores, top, axis=1))
+    return RankingMetrics(ap, precision, top, np.take_along_axis(scores, top, axis=1), ap_at,
+                          recall)
 
 
 def ranking_metrics(
@@ -220,6 +233,8 @@ def _in_chunks(
         {k: np.concatenate([p.precision[k] for p in parts]) for k in ks},
         np.concatenate([p.top for p in parts]),
         np.concatenate([p.top_scores for p in parts]),
+        {k: np.concatenate([p.ap_at[k] for p in parts]) for k in ks},
+        {k: np.concatenate([p.recall[k] for p in parts]) for k in ks},
     )
 
 
@@ -253,17 +268,18 @@ def self_retrieval_metrics(
 # --------------------------------------------------------------------------- honest statistics
 
 
-def chance_average_precision(n_database: np.ndarray | int, n_relevant: np.ndarray | int
-                             ) -> np.ndarray:
-    """Expected AP of a uniformly random ranking of ``N`` items of which ``R >= 1`` are relevant.
+def chance_average_precision(n_database: np.ndarray | int, n_relevant: np.ndarray | int,
+                             k: int | None = None) -> np.ndarray:
+    """Expected AP (AP@k with ``k``) of a uniformly random ranking of ``N`` items of which
+    ``R >= 1`` are relevant.
 
-    A relevant item sits at rank k with probability R/N; given that, the other k-1 places above
-    it hold on average (k-1)(R-1)/(N-1) relevant items (drawn without replacement from the other
-    N-1, R-1 of them relevant), so E[precision@k | relevant at k] = (1 + (k-1)(R-1)/(N-1)) / k and
+    A relevant item sits at rank i with probability R/N; given that, the other i-1 places above
+    it hold on average (i-1)(R-1)/(N-1) relevant items (drawn without replacement from the other
+    N-1, R-1 of them relevant), so E[precision@i | relevant at i] = (1 + (i-1)(R-1)/(N-1)) / i
+    and, summing the ranks i <= k (k = N: AP) and dividing by min(R, k) (R: AP),
 
-        E[AP] = (1/R) sum_k (R/N) E[precision@k | k relevant]
-              = (1/N) sum_{k=1..N} (1 + (R-1)(k-1)/(N-1)) / k
-              = (H_N + (R-1)(N - H_N)/(N-1)) / N,   H_N = sum_{k=1..N} 1/k.
+        E[AP@k] = R / (N min(R, k)) sum_{i=1..k} (1 + (R-1)(i-1)/(N-1)) / i
+                = R (H_k + (R-1)(k - H_k)/(N-1)) / (N min(R, k)),   H_k = sum_{i=1..k} 1/i.
 
     This is the chance level of mAP; it is not R/N (the share of relevant items), which is the
     chance level of precision@k. NaN where R = 0 (AP undefined).
@@ -272,13 +288,14 @@ def chance_average_precision(n_database: np.ndarray | int, n_relevant: np.ndarra
     r = np.asarray(n_relevant, dtype=np.float64)
     if (n < 1).any() or (r > n).any() or (r < 0).any():
         raise NeuralCodesError("chance AP needs 1 <= N and 0 <= R <= N")
-    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, int(n.max()) + 1))))[n]
+    cut = n if k is None else np.minimum(n, k)
+    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, int(cut.max()) + 1))))[cut]
     with np.errstate(invalid="ignore", divide="ignore"):
-        rest = np.where(n > 1, (r - 1) * (n - harmonic) / np.maximum(n - 1, 1), 0.0)
-        return np.where(r > 0, (harmonic + rest) / n, np.nan)
+        rest = np.where(n > 1, (r - 1) * (cut - harmonic) / np.maximum(n - 1, 1), 0.0)
+        return np.where(r > 0, r * (harmonic + rest) / (n * np.minimum(r, cut)), np.nan)
 
 
-def _relevant_counts(query_labels: np.ndarray, database_labels: np.ndarray | None
+def relevant_counts(query_labels: np.ndarray, database_labels: np.ndarray | None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(N, R) per query; ``database_labels`` None: self-retrieval (each item queries the others)."""
     query_labels = np.asarray(query_labels)
@@ -293,14 +310,16 @@ def _relevant_counts(query_labels: np.ndarray, database_labels: np.ndarray | Non
     return np.full(len(query_labels), len(db)), r
 
 
-def chance_map(query_labels: np.ndarray, database_labels: np.ndarray | None = None) -> float:
-    """Expected mAP of uniformly random rankings: :func:`chance_average_precision` averaged over
-    the queries that have a relevant item (as :attr:`RankingMetrics.map` averages).
-    ``database_labels`` None: the self-retrieval protocol (each item queries the others)."""
-    n, r = _relevant_counts(query_labels, database_labels)
+def chance_map(query_labels: np.ndarray, database_labels: np.ndarray | None = None,
+               k: int | None = None) -> float:
+    """Expected mAP (mAP@k with ``k``) of uniformly random rankings:
+    :func:`chance_average_precision` averaged over the queries that have a relevant item (as
+    :attr:`RankingMetrics.map` averages). ``database_labels`` None: the self-retrieval protocol
+    (each item queries the others)."""
+    n, r = relevant_counts(query_labels, database_labels)
     if len(n) == 0 or n.min() < 1:
         raise NeuralCodesError("chance mAP needs queries and a database of at least one item")
-    ap = chance_average_precision(n, r)
+    ap = chance_average_precision(n, r, k)
     if np.isnan(ap).all():
         raise NeuralCodesError("no query has a relevant item in the database: mAP undefined")
     return float(np.nanmean(ap))
@@ -310,7 +329,7 @@ def chance_precision(query_labels: np.ndarray, k: int,
                      database_labels: np.ndarray | None = None) -> float:
     """Expected precision@k of uniformly random rankings (k <= N): the mean of R/N over all
     queries, as precision@k is averaged."""
-    n, r = _relevant_counts(query_labels, database_labels)
+    n, r = relevant_counts(query_labels, database_labels)
     if not 1 <= k <= n.min():
         raise NeuralCodesError(f"precision@{k}: k must be between 1 and the database size")
     return float(np.mean(r / n))

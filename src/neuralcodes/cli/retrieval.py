@@ -88,15 +88,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _collection(args: argparse.Namespace, rd: RunDir, cfg: Config) -> int:
     """``--index NAME``: the retrieval of a labelled collection, one line per layer."""
-    from neuralcodes.retrieval.labelled import REPORT_MD, measure_collection
-    from neuralcodes.retrieval.search import resolve_index
+    from neuralcodes.report.collection import collection_report
+    from neuralcodes.retrieval.labelled import REPORT_MD
     from neuralcodes.runs import TrainedRun
     from neuralcodes.text import printable
 
     with console_logging(), run_lock(rd.root, "retrieval"):
         run = TrainedRun.open(rd.root, cfg, progress=not args.no_progress)
-        result = measure_collection(run, args.index, force=args.force)
-        folder = resolve_index(args.index, run)
+        folder, result = collection_report(run, args.index, force=args.force)
     names = result["names"]
     print(f"{printable(result['index'])}: {result['n_images']:,} images, "
           f"{result['n_classes']} classes (each image queries the others)")

@@ -10,6 +10,8 @@ from typing import Any
 from neuralcodes import lineage
 from neuralcodes.files import write_text
 from neuralcodes.report.render import cell, fmt, signed, to_html
+from neuralcodes.retrieval.labelled import FIGURE, REPORT_HTML, REPORT_MD, measure_collection
+from neuralcodes.runs import TrainedRun
 
 DEFINITIONS = """\
 ## What each measure means
@@ -90,14 +92,17 @@ def markdown(result: dict[str, Any], figure: str) -> str:
                       *_comparisons(result), DEFINITIONS])
 
 
-def write_report(result: dict[str, Any], figure: Path, md: Path, page: Path,
-                 fp: lineage.Fingerprint) -> None:
-    """The figure, the Markdown and the HTML page of a collection's measurement (beside one
-    another), each recording ``fp``."""
-    from neuralcodes.figures import plot_collection
-
-    plot_collection(result, figure, metadata=lineage.png_metadata(fp))
-    text = markdown(result, figure.name)
-    html = to_html(text, f"neuralcodes — collection {result['index']}", figure.parent)
-    write_text(md, text + "\n" + lineage.text_line(fp) + "\n")
-    write_text(page, html.rstrip() + "\n" + lineage.text_line(fp) + "\n")
+def collection_report(run: TrainedRun, index: str | Path, *, force: bool = False
+                      ) -> tuple[Path, dict[str, Any]]:
+    """Measure a labelled index (:func:`~neuralcodes.retrieval.labelled.measure_collection`)
+    and write its ``report.md`` and ``report.html`` beside the results, unless they record the
+    same measurement: (the index folder, the result)."""
+    out, result = measure_collection(run, index, force=force)
+    fp = result[lineage.KEY]
+    md, page = out / REPORT_MD, out / REPORT_HTML
+    if lineage.needs_run("collection report", [md, page], fp, force=force):
+        text = markdown(result, FIGURE)
+        html = to_html(text, f"neuralcodes — collection {result['index']}", out)
+        write_text(md, text + "\n" + lineage.text_line(fp) + "\n")
+        write_text(page, html.rstrip() + "\n" + lineage.text_line(fp) + "\n")
+    return out, result

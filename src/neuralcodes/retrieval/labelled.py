@@ -11,8 +11,8 @@ difference of every pair of layers. Not per method: the methods study (pooled co
 whitening, re-ranking) needs conv feature maps, which an index does not store.
 
 Written into the index folder, each file recording its lineage (the index's fingerprint, its
-generation and file list, the k): ``retrieval.json``, ``retrieval.png`` and the report
-(:mod:`neuralcodes.report.collection`); recomputed when the index changes.
+generation and file list, the k): ``retrieval.json`` and ``retrieval.png`` here, the report
+by :mod:`neuralcodes.report.collection`; recomputed when the index changes.
 """
 
 from __future__ import annotations
@@ -111,28 +111,28 @@ def _labelled(folder: FolderIndex) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_collection(run: TrainedRun, index: str | Path, *, force: bool = False
-                       ) -> dict[str, Any]:
-    """Measure the labelled index ``index`` (name or folder) of ``run`` and write its results,
-    figure and report, or read them when they record the index as it is now."""
-    from neuralcodes.report.collection import write_report
+                       ) -> tuple[Path, dict[str, Any]]:
+    """Measure the labelled index ``index`` (name or folder) of ``run`` into ``retrieval.json``
+    and ``retrieval.png``, or read them when they record the index as it is now: (the index
+    folder, the result with its ``made_by``)."""
+    from neuralcodes.figures import plot_collection
 
     folder = open_index(index, run)
     mask, labels = _labelled(folder)
     ks = precision_ks(len(labels), PRECISION_KS)
     fp = collection_fingerprint(folder, ks)
     out = folder.folder
-    paths = [out / RESULT, out / FIGURE, out / REPORT_MD, out / REPORT_HTML]
-    if not lineage.needs_run("collection", paths, fp, force=force):
-        return read_json(out / RESULT)
+    if not lineage.needs_run("collection", [out / RESULT, out / FIGURE], fp, force=force):
+        return out, read_json(out / RESULT)
     rows = np.flatnonzero(mask)
     metrics = {layer: self_retrieval_metrics(np.asarray(codes[rows], np.float32), labels, ks=ks,
                                              progress=run.progress, desc=f"mAP layer {layer}")
                for layer, codes in folder.layers.items()}
-    result = _result(folder, labels, ks, metrics)
+    result = lineage.stamped(_result(folder, labels, ks, metrics), fp)
     result["unlabelled"] = int((~mask).sum())
-    write_report(result, *paths[1:], fp)
-    write_json(out / RESULT, lineage.stamped(result, fp))
-    return result
+    plot_collection(result, out / FIGURE, metadata=lineage.png_metadata(fp))
+    write_json(out / RESULT, result)
+    return out, result
 
 
 def _result(folder: FolderIndex, labels: np.ndarray, ks: tuple[int, ...],

@@ -15,6 +15,7 @@
     study.py     run_study: the ood study (map.json, figures, evidence.json, pca.json)
     search.py    Searcher, search, search_many, duplicate_groups, Hit: own images against the
                  ood set or an index
+    labelled.py  measure_collection: a labelled index measured (mAP, mAP@k, P@k, recall@k)
     methods/     beyond the paper: pooled conv descriptors, whitening, re-ranking and their
                  study (not wired into the commands yet)
 """

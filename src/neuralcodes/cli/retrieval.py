@@ -39,7 +39,8 @@ def register(p: argparse.ArgumentParser) -> None:
         "relevant = same first-level subfolder; mAP, mAP@k, P@k and recall@k per layer with "
         "their exact chance levels and bootstrap intervals, into the index folder "
         "(retrieval.json, retrieval.png, report.md, report.html; mAP@k's definition is in "
-        "the report)"))
+        "the report); the codes are the index's own (its ReLU variant: --relu and "
+        "--pca-images do not apply)"))
     p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="codes of the figures, evidence and PCA study (both: the run's "
                    "retrieval.relu); map.json always has both")

@@ -102,6 +102,7 @@ def create_app(run: TrainedRun | str | Path, index: str | Path | None = None, *,
     install_file_names_only(app, served.folders)  # no server folder in any detail
     app.state.retrieval = served
     for router in (routes.pages(), routes.gallery(served, decoder), routes.search(served),
+                   routes.collection(served),
                    routes.uploads(served, decoder, UploadStore(), limits),
                    routes.results(served)):
         app.include_router(router)

@@ -81,6 +81,10 @@ class Collection:
         for layer in layers:
             query = np.asarray(self.folder.layers[layer][i:i + 1], dtype=np.float32)
             scores, ids = self.folder.search(layer, query, k)
+            own = np.flatnonzero(ids[0] == i)
+            if len(own) and scores[0][own[0]] >= IDENTICAL:  # itself first among its copies
+                order = np.r_[own[0], np.delete(np.arange(len(ids[0])), own[0])]
+                scores, ids = scores[:, order], ids[:, order]
             out.append({"layer": layer, "ap": None, "hits": self.hits(scores[0], ids[0], i)})
         return {"query": {**self.item(i), "source": "index"}, "database": "index",
                 "database_size": len(self), **shown(k, len(self)),

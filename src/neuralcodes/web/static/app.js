@@ -1120,7 +1120,10 @@ function setup(info) {
   buildControls("query");
   buildControls("upload");
   buildControls("item");
-  $("nav-collection").hidden = !hasIndex();
+  if (hasIndex()) { // "Your photos" after the gallery, only when there is an index to browse
+    document.querySelector("nav[aria-label=Main] li").after(
+      el("li", {}, el("a", { href: "#/collection", "data-view": "collection", text: "Your photos" })));
+  }
   $("collection-filter").addEventListener("submit", (e) => { e.preventDefault(); filterCollection(true); });
   $("collection-folder").addEventListener("change", () => filterCollection(true));
   setupUpload(info);

@@ -128,6 +128,12 @@ def test_browse_your_photos_filter_and_click_to_search(browser, base, size):
         pg.wait_for_url("**#/collection?folder=trip")
         _settle(pg)
         assert grid.count() == 3 and pg.locator("#collection-folder").input_value() == "trip"
+        pg.goto(base + f"#/item/{me}")  # dog.png, in the top folder
+        _settle(pg)
+        pg.get_by_test_id("folder").click()
+        pg.wait_for_url("**#/collection?folder=.")
+        _settle(pg)
+        assert grid.count() == 2 and pg.locator("#collection-folder").input_value() == "."
         assert not problems, problems
     finally:
         pg.close()

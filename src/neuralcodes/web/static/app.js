@@ -463,7 +463,7 @@ function hitCard(hit, k, layer, why = null) {
     li.classList.add("mine");
     li.append(el("span", { class: "hit-links" },
       el("a", { href: hit.original_url, target: "_blank", rel: "noopener noreferrer", "data-testid": "hit-original", text: "Original", "aria-label": `Original of ${photoName(hit)}` }),
-      el("a", { href: hashFor(["collection"], { folder: hit.folder }), text: "Folder", "aria-label": `Folder ${folderName(hit.folder)}` })));
+      el("a", { href: hashFor(["collection"], { folder: folderParam(hit.folder) }), text: "Folder", "aria-label": `Folder ${folderName(hit.folder)}` })));
   }
   if (why) {
     li.classList.add("has-why");
@@ -621,6 +621,8 @@ async function renderQuery(arg, params) {
 
 const hasIndex = () => state.info.databases.some((d) => d.name === "index");
 const folderName = (folder) => (folder ? `${folder}/` : "(top folder)");
+// the top folder is "" in the API and "." in the address (where an empty value is dropped)
+const folderParam = (folder) => (folder === "" ? "." : folder);
 const photoName = (item) => (item.folder ? `${item.folder}/${item.class_name}` : item.class_name);
 
 async function renderCollection(params) {
@@ -628,7 +630,7 @@ async function renderCollection(params) {
     folder: (v) => [true, "", ""], q: (v) => [true, "", ""],
     page: (v) => [/^[1-9][0-9]*$/.test(v), "page 1", "a page number from 1"],
   });
-  const folder = params.has("folder") ? params.get("folder") : null;
+  const folder = params.has("folder") ? (params.get("folder") === "." ? "" : params.get("folder")) : null;
   const q = (params.get("q") || "").trim();
   const page = /^[1-9][0-9]*$/.test(params.get("page") || "") ? Number(params.get("page")) : 1;
   state.lastCollection = location.hash || "#/collection";
@@ -654,7 +656,7 @@ async function renderCollection(params) {
   if (!current(token)) return;
   fillFolders(data.folders, folder);
   const pages = Math.max(1, Math.ceil(data.total / state.pageSize));
-  const href = (p) => hashFor(["collection"], { folder, q: q || null, page: p > 1 ? p : null });
+  const href = (p) => hashFor(["collection"], { folder: folder === null ? null : folderParam(folder), q: q || null, page: p > 1 ? p : null });
   if (page > pages) {
     history.replaceState(null, "", href(pages));
     showNotice(`There is no page ${page}: these photos fill ${pages} page${pages === 1 ? "" : "s"}; showing the last.`);
@@ -681,10 +683,11 @@ const indexName = () => state.info.databases.find((d) => d.name === "index").des
 function fillFolders(folders, chosen) {
   const select = $("collection-folder");
   if (select.options.length === 1) {
-    select.append(...folders.map((f) => el("option", { value: f.folder, text: `${folderName(f.folder)} (${f.count})` })));
+    select.append(...folders.map((f) => el("option", { value: folderParam(f.folder), text: `${folderName(f.folder)} (${f.count})` })));
   }
-  select.value = chosen === null ? "*" : chosen;
-  if (select.value !== (chosen === null ? "*" : chosen)) select.value = "*";
+  const want = chosen === null ? "*" : folderParam(chosen);
+  select.value = want;
+  if (select.value !== want) select.value = "*";
 }
 
 function filterCollection(keepFocus) {
@@ -739,7 +742,7 @@ async function renderItem(arg, params) {
   original.href = q.original_url;
   const folderLink = $("item-folder");
   folderLink.hidden = false;
-  folderLink.href = hashFor(["collection"], { folder: q.folder });
+  folderLink.href = hashFor(["collection"], { folder: folderParam(q.folder) });
   folderLink.textContent = `Its folder: ${folderName(q.folder)}`;
   $("item-about").textContent = aboutText(result);
   paintResult("item", result, layer, `Results for ${name}: ${topText(result)} ${layer === "all" ? "per layer" : `in layer ${layer}`}.`, !keepFocus);

@@ -23,7 +23,7 @@ fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 #: relative path -> (colour channel pushed up, seed); "trip/copy.png" is a copy of "red.png"
 PHOTOS = {"red.png": 0, "blue.png": 2, "trip/green.png": 1, "trip/night <b>.png": 2,
-          "trip/deep/x.jpg": 0}
+          "trip/deep/x.jpg": 0, "odd\x1bname.png": 1}
 
 
 def _photo(channel: int, seed: int) -> Image.Image:
@@ -73,8 +73,8 @@ def _ids(client: object) -> dict[str, int]:
 
 def test_the_collection_pages_by_folder_and_name(client):
     page = client.get("/api/collection").json()
-    assert page["total"] == page["size"] == 6
-    assert {f["folder"]: f["count"] for f in page["folders"]} == {"": 2, "trip": 3,
+    assert page["total"] == page["size"] == 7
+    assert {f["folder"]: f["count"] for f in page["folders"]} == {"": 3, "trip": 3,
                                                                   "trip/deep": 1}
     item = next(it for it in page["items"] if it["class_name"] == "night <b>.png")
     assert item["folder"] == "trip" and item["source"] == "index"
@@ -88,7 +88,7 @@ def test_the_collection_pages_by_folder_and_name(client):
     both = client.get("/api/collection", params={"folder": "trip", "q": "ree"}).json()
     assert [it["class_name"] for it in both["items"]] == ["green.png"]
     second = client.get("/api/collection?offset=4&limit=4").json()
-    assert second["total"] == 6 and len(second["items"]) == 2
+    assert second["total"] == 7 and len(second["items"]) == 3
     assert client.get("/api/collection", params={"folder": "nowhere"}).json()["total"] == 0
 
 
@@ -106,7 +106,7 @@ def test_searching_with_an_index_image_marks_itself_and_its_copy(client):
         assert all(h["score"] > 0.999 for h in top)
         assert all(h["same"] is None and h["score"] < 0.999 for h in layer["hits"][2:])
         assert all(h["original_url"] == f"api/original/{h['id']}" for h in layer["hits"])
-    assert client.get("/api/index-search/6").status_code == 422  # ids 0 to 5
+    assert client.get("/api/index-search/7").status_code == 422  # ids 0 to 6
 
 
 def test_an_upload_of_an_indexed_image_finds_it_as_identical_code(client, photos):
@@ -129,6 +129,9 @@ def test_the_original_is_served_with_its_name_escaped(client, photos):
     assert r.content == (photos["root"] / "trip" / "night <b>.png").read_bytes()
     assert r.headers["content-disposition"] == "inline; filename*=utf-8''night%20%3Cb%3E.png"
     assert r.headers["x-content-type-options"] == "nosniff"
+    odd_id = ids["odd\\x1bname.png"]  # the name escaped
+    odd = client.get(f"/api/original/{odd_id}")
+    assert odd.headers["content-disposition"] == "inline; filename*=utf-8''odd%5Cx1bname.png"
     assert Image.open(io.BytesIO(client.get(f"/api/index-image/{ids['red.png']}").content)
                       ).size == (64, 64)
 
@@ -137,7 +140,7 @@ def test_no_file_outside_the_indexed_folder_is_served(client, photos):
     """Only integer ids reach the server; an entry whose file became a symbolic link out of
     the folder is refused (original and thumbnail), and no answer names a server folder."""
     for bad in ("/api/original/..%2f..%2fsecret.png", "/api/original/-1",
-                "/api/original/6", "/api/original/%2e%2e", "/api/index-search/..%2f0"):
+                "/api/original/7", "/api/original/%2e%2e", "/api/index-search/..%2f0"):
         r = client.get(bad)
         assert r.status_code in (404, 422), bad
         assert str(photos["root"]) not in r.text

@@ -139,8 +139,9 @@ def test_browse_your_photos_filter_and_click_to_search(browser, base, size):
         pg.close()
 
 
-def test_upload_hits_in_your_photos_lead_to_the_photo_and_its_original(browser, base):
-    pg = browser.new_page(viewport=SIZES["desktop"])
+@pytest.mark.parametrize("size", SIZES)
+def test_upload_hits_in_your_photos_lead_to_the_photo_and_its_original(browser, base, size):
+    pg = browser.new_page(viewport=SIZES[size])
     try:
         pg.goto(base + "#/upload?db=index")
         _settle(pg)
@@ -156,6 +157,8 @@ def test_upload_hits_in_your_photos_lead_to_the_photo_and_its_original(browser, 
             "api/original/")
         assert "Similarity: cosine similarity of the codes centred" in \
             pg.locator("#upload-about").inner_text()
+        pg.screenshot(path=str(ARTIFACTS / f"collection-upload-{size}.png"), full_page=True)
+        _fits(pg)
         hit.locator("a").first.click()
         pg.wait_for_url("**#/item/*")
         _settle(pg)

@@ -61,3 +61,36 @@ def test_a_disabled_bar_writes_nothing():
         with progress.bar(total=total, file=out, disable=True) as b:
             b.update(10)
     assert out.getvalue() == ""
+
+
+def test_the_methods_descriptors_bar_writes_lines_to_a_log(capsys):
+    """The methods stage's "descriptors" bar goes through :func:`progress.bar` (a new user's
+    log had tqdm's ``\\r`` redraws in it)."""
+    import numpy as np
+    import torch
+
+    from neuralcodes.config import ModelConfig
+    from neuralcodes.model import ConvNet
+    from neuralcodes.retrieval.methods.features import extract_features
+
+    torch.manual_seed(0)
+    model = ConvNet(3, ModelConfig(conv_widths=(4, 4, 4, 4, 8), fc_width=16))
+    images = np.zeros((6, 64, 64, 3), np.uint8)
+    extract_features(model, images, np.arange(6), "val", gem_ps={"conv5": (3.0,)},
+                     batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "descriptors (val)" in err and "100%" in err
+    assert "\r" not in err
+
+
+def test_no_module_uses_tqdm_but_progress():
+    import re
+    from pathlib import Path
+
+    import neuralcodes
+
+    root = Path(neuralcodes.__file__).parent
+    users = [str(p.relative_to(root)) for p in root.rglob("*.py")
+             if re.search(r"^\s*(from|import) tqdm", p.read_text(), re.M)
+             and p.name != "progress.py"]
+    assert users == []

@@ -81,3 +81,8 @@ def bar(*args: Any, **kwargs: Any) -> Bar:
     """A progress bar (tqdm's arguments) for a terminal or a log: see the module's docstring."""
     kwargs.setdefault("dynamic_ncols", True)
     return Bar(*args, **kwargs)
+
+
+def write(text: str, file: Any = None) -> None:
+    """Write a line beside the progress bars (above a terminal's bar, not through it)."""
+    tqdm.write(text, file=file or sys.stderr)

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from neuralcodes import progress
 from neuralcodes.config import PRECISIONS, Config, apply_overrides, describe_resumable
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.text import printable
@@ -131,7 +130,7 @@ class _TqdmHandler(logging.Handler):
     """Log lines on stderr beside the progress bars, so stdout stays clean for results."""
 
     def emit(self, record: logging.LogRecord) -> None:  # names in messages escaped
-        tqdm.write("\n".join(map(printable, self.format(record).split("\n"))), file=sys.stderr)
+        progress.write("\n".join(map(printable, self.format(record).split("\n"))), sys.stderr)
 
 
 @contextlib.contextmanager

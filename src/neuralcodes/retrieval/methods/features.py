@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuralcodes import features as registry
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.progress import bar as progress_bar
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, l2_normalize
 from neuralcodes.retrieval.methods import pooling
 from neuralcodes.runtime import autocast, eval_mode, to_input
@@ -87,9 +87,9 @@ def extract_features(
     layers = tuple(paper[c] for c in codes)
     out: dict[str, np.ndarray] = {}
     n = len(images)
-    with eval_mode(model), torch.inference_mode(), tqdm(
+    with eval_mode(model), torch.inference_mode(), progress_bar(
             total=n, unit="img", desc=f"descriptors ({split})", disable=not progress,
-            leave=False, dynamic_ncols=True) as bar:
+            leave=False) as bar:
         for start in range(0, n, batch_size):
             x = to_input(np.array(images[start:start + batch_size]), dev)
             with autocast(dev, precision):

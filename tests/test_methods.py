@@ -322,6 +322,7 @@ def test_methods_study_on_a_tiny_model_gives_a_complete_table(tmp_path):
     from neuralcodes.retrieval.methods.study import (
         SplitImages,
         methods_study,
+        planned_rows,
         write_methods_figure,
     )
 
@@ -340,6 +341,8 @@ def test_methods_study_on_a_tiny_model_gives_a_complete_table(tmp_path):
                           maps=("conv5",), dims=(4, 8), rerankers=("aqe", "dba"),
                           gem_fit_images=20)  # p from 20 of the 40 training images
     rows = {r["method"]: r for r in table["rows"]}
+    assert len(table["rows"]) == planned_rows(maps=("conv5",), dims=(4, 8),
+                                              rerankers=("aqe", "dba"))  # the plan's count
     assert table["reference"] in ("layer5", "fc6", "fc7")
     assert rows[table["reference"]]["diff"] == 0
     for name in ("fc6", "fc7", "layer5", "conv5/mac", "conv5/spoc", "conv5/spoc-centre",
@@ -418,7 +421,8 @@ def test_the_verdict_says_beats_only_where_the_interval_excludes_zero():
         _row("fc7+pca8", "whitening", -0.03, -0.05, -0.01),
         _row("fc7+lw8", "whitening", -0.01, -0.02, 0.005, vs)]}
     text = " ".join(verdict(table))
-    assert "1 of 4 methods beat it" in text and "conv5/spoc (+5.00 pp [+1.00, +9.00])" in text
+    assert "1 of the 4 other methods beat it" in text
+    assert "conv5/spoc (+5.00 pp [+1.00, +9.00])" in text
     assert "conv5/mac" not in text.split("beat it")[1].split(".")[0]  # its interval holds 0
     assert "1 are worse than it" in text and "fc7+pca8" in text
     assert "it beats PCA in 1 of 1 cases" in text

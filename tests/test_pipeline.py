@@ -134,7 +134,8 @@ def test_plan_prints_the_plan_and_creates_nothing(command, tiny_source, tmp_path
     assert train and "10 epochs, as many as the course's run needed" in train.group(2)
     assert "at most" in train.group(2) and "for all 40" in train.group(2)
     assert (re.search(r"^  retrieval +~", out, re.M) is not None) == (command == "run")
-    assert (re.search(r"^  methods +~ .*methods ranked on 40 ood images", out, re.M)
+    # the count the report's table will have (3 paper, 12 pooling, 27 whitened, 5 re-ranked)
+    assert (re.search(r"^  methods +~ .* 47 methods ranked on 40 ood images", out, re.M)
             is not None) == (command == "run")
 
 

@@ -200,6 +200,7 @@ def _methods(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimat
         RERANKERS,
         TRAIN_IMAGES,
         WHITEN_DIMS,
+        planned_rows,
     )
 
     families = cfg.retrieval.method_families()
@@ -225,7 +226,7 @@ def _methods(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimat
     seconds = (1.5 * coded / speeds.infer_ips + rows * (rank(sizes["ood"]) + rank(sizes["val"]))
                + tuning * rank(sizes["val"]) + FIGURE_S)
     return StageEstimate("methods", seconds,
-                         f"maps of {coded:,} images, {rows:.0f} methods ranked on "
+                         f"maps of {coded:,} images, {planned_rows(families)} methods ranked on "
                          f"{sizes['ood']:,} ood images ({', '.join(families)})")
 
 

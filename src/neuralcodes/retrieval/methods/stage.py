@@ -78,7 +78,7 @@ def verdict(table: dict[str, Any]) -> list[str]:
            f"{table['n_queries']:,} queries (mAP {100 * ref['map']:.2f}%; chance "
            f"{100 * table['chance_map']:.2f}%)."]
     if beat:
-        out.append(f"{len(beat)} of {len(rows)} methods beat it (95% interval of the "
+        out.append(f"{len(beat)} of the {len(rows)} other methods beat it (95% interval of the "
                    f"difference above 0), the largest gains: {_names(beat)}.")
     else:
         out.append(f"None of the {len(rows)} other methods beats it (no interval of the "

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 MAPS: tuple[str, ...] = ("conv3", "conv4", "conv5")
 WHITEN_DIMS: tuple[int, ...] = (64, 128, 256)
+#: The whitenings measured on each whitened descriptor (names in the registry).
+WHITENINGS: tuple[str, ...] = ("pca", "pcaw", "lw")
 TUNE_DIMS = 128
 TRAIN_IMAGES = 5000
 GEM_FIT_IMAGES = 2000
@@ -194,6 +196,16 @@ def _pooled_names(maps: Sequence[str]) -> list[str]:
         else ("mac", "spoc", "gem-fit"))]
 
 
+def planned_rows(families: Sequence[str] = FAMILIES, maps: Sequence[str] = MAPS,
+                 dims: Sequence[int] = WHITEN_DIMS, rerankers: Sequence[str] = RERANKERS) -> int:
+    """How many rows (methods, the reference among them) :func:`methods_study` measures with
+    these arguments: the count the plan announces before the study runs."""
+    pooled = _pooled_names(maps) if "pooling" in families else []
+    whitened = 2 + bool(pooled) if "whitening" in families else 0
+    return (len(paper_codes()) + len(pooled) + whitened * len(WHITENINGS) * len(dims)
+            + (len(rerankers) if "reranking" in families else 0))
+
+
 def _describe(model: torch.nn.Module, data: dict[str, SplitImages], maps: Sequence[str],
               n_fit: int, kw: dict[str, Any]
               ) -> tuple[Features, Features, Features, dict[str, float], dict[str, Any]]:
@@ -262,7 +274,7 @@ def _whitening_rows(measure: _Measure, train: Features, val: Features, base: str
     sizes = [d for d in dims if d <= cap] or [cap]  # shorter codes: whitened at their size
     n, d = fit.codes.shape
     fit.pca(min(max([*sizes, LearnedWhitening.max_input]), d, n - 1))  # one fit serves all
-    for kind in ("pca", "pcaw", "lw"):
+    for kind in WHITENINGS:
         spec = get(kind, "whitening")
         params: dict[str, Any] = {}
         if spec.grid and sizes:

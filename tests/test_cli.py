@@ -144,3 +144,17 @@ def test_index_help_says_what_folder_is(capsys, tmp_path):
     for name in ("sub/a.PNG", "b.jpeg", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert image_files(tmp_path) == [tmp_path / "b.jpeg", tmp_path / "sub" / "a.PNG"]
+
+
+def test_checkpoint_and_epochs_help_say_their_choices_and_defaults(capsys):
+    from neuralcodes.presets import PRESETS
+
+    for command in ("codes", "evaluate"):
+        assert cli.main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--checkpoint {best,last} which weights: best" in text, command
+    assert cli.main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    epochs = text.split("--epochs N ")[1].split("; same as")[0]
+    assert "(100)" not in epochs and "default: 100" in epochs
+    assert f"quick {PRESETS['quick']['train']['max_epochs']}" in epochs  # the preset's own

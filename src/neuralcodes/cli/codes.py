@@ -6,6 +6,7 @@ import argparse
 
 from neuralcodes.cli.common import (
     add_batch_size_option,
+    add_checkpoint_option,
     add_config_options,
     add_progress_option,
     console_logging,
@@ -13,7 +14,6 @@ from neuralcodes.cli.common import (
     run_lock,
 )
 from neuralcodes.retrieval.codes import DEFAULT_BATCH, RELU_CHOICES, SPLITS
-from neuralcodes.runs import CHECKPOINTS
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relu", default="both", choices=tuple(RELU_CHOICES),
                    help="pre-ReLU, post-ReLU or both (default: both; pre-ReLU is the study's "
                    "default code)")
-    p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS)
+    add_checkpoint_option(p)
     add_batch_size_option(p, DEFAULT_BATCH)
     p.add_argument("--force", action="store_true", help="recompute codes files even when they "
                    "record the current weights (sha256), precision and partition")

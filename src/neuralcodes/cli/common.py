@@ -21,7 +21,18 @@ from typing import Any
 from neuralcodes import progress
 from neuralcodes.config import PRECISIONS, Config, apply_overrides, describe_resumable
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.presets import PRESETS
+from neuralcodes.runs import CHECKPOINTS
 from neuralcodes.text import printable
+
+
+def _epochs_help() -> str:
+    """``--epochs``'s help: the default, and the presets that change it (``run --preset``)."""
+    by_preset = ", ".join(f"{name} {p['train']['max_epochs']}" for name, p in PRESETS.items()
+                          if "max_epochs" in p.get("train", {}))
+    return (f"maximum number of epochs (default: {Config().train.max_epochs}, or the preset's "
+            f"with run --preset: {by_preset})")
+
 
 #: Short aliases: flag -> (section, key, help); values stay strings except ``--epochs``.
 ALIASES: dict[str, tuple[str, str, str]] = {
@@ -32,7 +43,7 @@ ALIASES: dict[str, tuple[str, str, str]] = {
                     "$NEURALCODES_CACHE or ~/.cache/neuralcodes)"),
     "--url": ("data", "url", "download the official archive from this address, e.g. a mirror "
               "of the same file (md5-checked; default: $NEURALCODES_URL, else cs231n)"),
-    "--epochs": ("train", "max_epochs", "maximum number of epochs (100)"),
+    "--epochs": ("train", "max_epochs", _epochs_help()),
     "--device": ("train", "device", "auto, cpu, cuda, cuda:N or mps (default: a trained run's "
                  "own setting, else auto)"),
     "--precision": ("train", "precision", f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]} "
@@ -53,6 +64,13 @@ def add_config_options(p: argparse.ArgumentParser, *aliases: str) -> None:
         g.add_argument(flag, dest=f"alias_{section}_{key}", metavar="N" if flag == "--epochs"
                        else "VALUE", type=int if flag == "--epochs" else str,
                        help=f"{text}; same as --set {section}.{key}=...")
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint``: which of a run's weights to use."""
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                   help="which weights: best (the kept weights, checkpoints/best.pt; default) or "
+                   "last (the last epoch's, checkpoints/last.pt)")
 
 
 def positive_int(text: str) -> int:

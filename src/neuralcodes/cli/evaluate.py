@@ -6,6 +6,7 @@ import argparse
 
 from neuralcodes.cli.common import (
     add_batch_size_option,
+    add_checkpoint_option,
     add_config_options,
     add_progress_option,
     console_logging,
@@ -13,7 +14,6 @@ from neuralcodes.cli.common import (
     run_lock,
 )
 from neuralcodes.evaluation import EVAL_BATCH
-from neuralcodes.runs import CHECKPOINTS
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -24,8 +24,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "Skipped when eval.json was computed from the same weights (sha256), precision and "
         "partition.")
     p.add_argument("run", help="the run directory (runs/<name>)")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
-                   help="which weights (default: best)")
+    add_checkpoint_option(p)
     add_batch_size_option(p, EVAL_BATCH)
     p.add_argument("--force", action="store_true", help="evaluate even when eval.json is "
                    "up to date")

@@ -263,7 +263,7 @@ def test_non_utf8_names_are_kept_and_shown_escaped(run, tmp_path, capsys):
     assert "caf\\xe9.png" in capsys.readouterr().out
 
 
-def test_python_api(run, tmp_path):
+def test_python_api(run, tmp_path, monkeypatch):
     folder = _folder(tmp_path / "api", 4)
     r = neuralcodes.open_run(run, device="cpu")
     update = r.index(folder, name="api", progress=False)
@@ -271,6 +271,10 @@ def test_python_api(run, tmp_path):
     result = r.search(folder / "img001.png", k=2, index="api")
     assert result.hits[0].path == str(folder.resolve() / "img001.png")
     assert result.hits[0].same == "same file"
+    assert result.hits[1].same is None and result.hits[1].label is None  # absent: None (JSON null)
+    monkeypatch.setenv("HOME", str(tmp_path))  # "~" expanded wherever a path enters
+    home = r.search("~/api/img001.png", k=1, index="api")
+    assert home.hits[0].same == "same file"
     html = result._repr_html_()
     assert html.count("<img") == 3 and "img001.png" in html
     many = r.search([folder / "img001.png", folder / "img002.png"], k=1, index="api")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import glob
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -34,6 +35,16 @@ from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
 
 Image = Union[str, Path, np.ndarray]  # noqa: UP007 (a runtime alias)
+
+
+def _user(path: str | Path) -> str | Path:
+    """A path given to the API, ``~`` expanded (as a shell would)."""
+    return type(path)(os.path.expanduser(path))
+
+
+def _image(image: Image) -> Image:
+    """An image given to the API: an array as it is, a path with ``~`` expanded."""
+    return image if isinstance(image, np.ndarray) else _user(image)
 
 
 def _png_uri(image: np.ndarray) -> str:
@@ -76,8 +87,8 @@ class Run:
 
     def __init__(self, path: str | Path, *, device: str | None = None,
                  precision: str | None = None) -> None:
-        self.data = TrainedRun.open(path, device=device, precision=precision, progress=False,
-                                    reader=True)
+        self.data = TrainedRun.open(_user(path), device=device, precision=precision,
+                                    progress=False, reader=True)
         self._searchers: dict[str | None, Searcher] = {}
 
     def __repr__(self) -> str:
@@ -85,6 +96,7 @@ class Run:
 
     def searcher(self, index: str | Path | None = None) -> Searcher:
         """The database searched: the ood set (None) or an index (name or folder)."""
+        index = None if index is None else _user(index)
         key = None if index is None else str(index)
         if key not in self._searchers:
             self._searchers[key] = Searcher(self.data, index=index)
@@ -95,6 +107,9 @@ class Run:
         """The ``k`` most similar images of the ood set or of ``index`` for an image (a path,
         a glob, or a uint8 (64, 64, 3) array): a :class:`SearchResult`, or a list of them
         for a list of images or a glob."""
+        images = _image(images) if isinstance(images, (str, Path, np.ndarray)) else \
+            [_image(item) for item in images]
+        index = None if index is None else _user(index)
         if isinstance(images, np.ndarray) and images.ndim == 3:
             queries: list[Image] = [images]
         elif isinstance(images, (str, Path)):
@@ -120,7 +135,8 @@ class Run:
         if layer not in features.code_names():
             raise NeuralCodesError(f"unknown layer '{layer}' (choose from "
                                    f"{', '.join(features.code_names())})")
-        return extract_codes(self.data.model, read_queries(list(images)), (layer,),
+        pictures = read_queries([_image(im) for im in images])
+        return extract_codes(self.data.model, pictures, (layer,),
                              self.data.relu(relu), device=None, precision=self.data.precision,
                              progress=False)[layer]
 
@@ -130,7 +146,7 @@ class Run:
         by default), holding the run's write lock."""
         self.data.progress = progress
         with self.data.dir.lock("index (Python API)"):
-            update = build_index(folder, self.data, name=name, relu=relu)
+            update = build_index(_user(folder), self.data, name=name, relu=relu)
         self._searchers = {k: v for k, v in self._searchers.items() if k is None}
         return update
 

@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
             "score": "cosine" if not args.index else "centred cosine",
             "queries": [{"image": printable(image), "notes": n, "hits": [
                 {"rank": h.rank, "score": h.score, "path": printable(h.path),
-                 "label": h.label or None, "same": h.same or None} for h in row]}
+                 "label": h.label, "same": h.same} for h in row]}
                 for image, n, row in zip(images, notes, hits, strict=True)]}, indent=1))
         return 0
     # every name is escaped (printable): a file name cannot drive the terminal
@@ -117,7 +117,7 @@ def _print_hits(hits: list[Any]) -> None:
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
               + (f"  ({printable(h.label)})" if h.label else "")
-              + (f"  [{h.same}]" if getattr(h, "same", "") else ""))
+              + (f"  [{h.same}]" if h.same else ""))
 
 
 def _method_search(args: argparse.Namespace, cfg: Any, images: list[str], k: int) -> int:

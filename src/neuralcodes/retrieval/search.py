@@ -51,8 +51,8 @@ class Hit:
     score: float
     position: int  # row in the database
     path: str  # the image's path (absolute for an index; dataset-relative for the ood set)
-    label: str  # class name ("" when unknown)
-    same: str = ""  # SAME_FILE or SAME_CODE when the hit is the query itself, else ""
+    label: str | None  # class name (None when unknown: a folder index)
+    same: str | None = None  # SAME_FILE or SAME_CODE when the hit is the query itself, else None
 
 
 class Searcher:
@@ -71,12 +71,12 @@ class Searcher:
             self.relu = self.run.relu(relu)
             self.codes = ood_codes(self.run, self.relu)
             self.paths = [self.run.dataset.paths[int(i)] for i in self.codes.index]
-            self.labels = self.run.class_names(self.codes.labels)
+            self.labels: list[str | None] = list(self.run.class_names(self.codes.labels))
             self.source = "ood"
         else:
             self.folder = open_index(index, self.run, relu)
             self.relu, self.paths = self.folder.relu, self.folder.paths
-            self.labels = [""] * len(self.paths)
+            self.labels = [None] * len(self.paths)
             self.source = str(index)
         self._indexes: dict[str, CodeIndex] = {}
 
@@ -147,10 +147,10 @@ def _real(path: str | Path | None) -> str | None:
     return None if path is None else os.path.realpath(path)
 
 
-def _same(query: str | None, path: str, score: float) -> str:
+def _same(query: str | None, path: str, score: float) -> str | None:
     if query is not None and os.path.isabs(path) and os.path.realpath(path) == query:
         return SAME_FILE
-    return SAME_CODE if score >= IDENTICAL else ""
+    return SAME_CODE if score >= IDENTICAL else None
 
 
 def index_names(run: TrainedRun) -> list[str]:

@@ -666,3 +666,24 @@ def test_size_limits_read_the_same_in_the_page_and_the_error(client):
     assert info["max_upload_text"] == "293 KiB"
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
     assert "293 KiB" in upload(client, png(noise)).json()["detail"]
+
+
+def test_search_by_id_takes_one_served_layer_and_refuses_others(client):
+    from neuralcodes import features
+
+    one = client.get("/api/search/3?layer=6")
+    assert one.status_code == 200 and [x["layer"] for x in one.json()["layers"]] == ["6"]
+    r = client.get("/api/search/3?layer=9")
+    assert r.status_code == 422
+    assert r.json()["detail"] == (f"unknown layer '9' (choose from "
+                                  f"{', '.join(features.code_names())})")
+
+
+def test_figures_are_named_by_their_files_in_the_run(run):
+    from neuralcodes.web.results import figure_table
+
+    rd = RunDir(run)
+    table = figure_table(rd, 5)
+    assert table["top5_layer6"][1] == rd.top_figure(5, "6")  # the file's own name
+    assert table["methods"][1] == rd.methods_file("png")
+    assert all(path.stem == name for name, (_, path) in table.items())

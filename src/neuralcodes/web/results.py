@@ -20,26 +20,24 @@ from neuralcodes.retrieval.scores import (
 )
 
 if TYPE_CHECKING:
+    from neuralcodes.runs import RunDir
     from neuralcodes.web.service import ServedRun
 
 log = logging.getLogger(__name__)
 
-def figure_table() -> dict[str, tuple[str, Any]]:
-    """Figures the app may serve: name -> (title, how to find it in a run for the run's k),
-    one per code layer (:mod:`neuralcodes.features`). Requests name a figure by one of
-    these keys only, never by a path."""
-    return {
-        "curves": ("Learning curves: loss and accuracy per epoch", lambda rd, k: rd.curves),
-        "top_layers": ("The first ood queries and their top {k}, layers side by side",
-                       lambda rd, k: rd.top_figure(k)),
-        **{f"top_layer{x}": (f"The first ood queries and their top {{k}}, layer {x}",
-                             lambda rd, k, x=x: rd.top_figure(k, x))
-           for x in features.code_names()},
-        "pca": ("mAP of PCA-compressed codes against their dimension",
-                lambda rd, k: rd.pca_plot),
-        "methods": ("Beyond the paper: mAP of pooled conv descriptors, whitening and "
-                    "re-ranking", lambda rd, k: rd.methods_file("png")),
-    }
+def figure_table(rd: RunDir, k: int) -> dict[str, tuple[str, Path]]:
+    """Figures the app may serve, by the name of their file (:class:`~neuralcodes.runs.RunDir`
+    declares them; ``k``: the run's top-k): name -> (title, path), one per code layer
+    (:mod:`neuralcodes.features`). Requests name a figure by one of these keys only, never
+    by a path."""
+    table = [(rd.curves, "Learning curves: loss and accuracy per epoch"),
+             (rd.top_figure(k), f"The first ood queries and their top {k}, layers side by side"),
+             *[(rd.top_figure(k, x), f"The first ood queries and their top {k}, layer {x}")
+               for x in features.code_names()],
+             (rd.pca_plot, "mAP of PCA-compressed codes against their dimension"),
+             (rd.methods_file("png"), "Beyond the paper: mAP of pooled conv descriptors, "
+              "whitening and re-ranking")]
+    return {path.stem: (title, path) for path, title in table}
 
 #: The command that writes a run's report.html (every finished stage is skipped).
 REPORT_COMMAND = "neuralcodes run --config RUN/config.json --out RUN"
@@ -50,11 +48,11 @@ _map_lock = threading.Lock()
 def figure_path(served: ServedRun, name: str) -> Path | None:
     """The file of figure ``name`` (a key of :func:`figure_table`) if the run has it, made from the
     weights being served (a figure of other weights is not shown)."""
-    found = figure_table().get(name)
+    found = figure_table(served.run, served.figure_k).get(name)
     if found is None:
         return None
-    path = Path(found[1](served.run, served.figure_k))
-    if not path.is_file() or (name != "curves" and not served.current(path)):
+    path = found[1]
+    if not path.is_file() or (path != served.run.curves and not served.current(path)):
         return None
     return path
 
@@ -73,9 +71,9 @@ def run_results(served: ServedRun) -> dict[str, Any]:
     chance = chance_levels(saved, served.labels)
     for row in maps:
         row.update(chance_map=chance["map"], chance_p=chance["precision"])
-    figures = [{"name": name, "title": title.format(k=served.figure_k),
-                "url": f"api/figure/{name}.png"}
-               for name, (title, _) in figure_table().items() if figure_path(served, name)]
+    figures = [{"name": name, "title": title, "url": f"api/figure/{name}.png"}
+               for name, (title, _) in figure_table(rd, served.figure_k).items()
+               if figure_path(served, name)]
     n_classes = len(served.in_classes)
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,

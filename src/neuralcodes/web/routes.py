@@ -138,9 +138,13 @@ def search(served: ServedRun) -> APIRouter:
                 response_model=SearchResult)
     def search_id(image_id: int = _image_id(served), k: int = _k(served),
                   method: str | None = Query(None, description="also rank by a pooled "
-                                             "descriptor: " + method_doc)) -> dict[str, Any]:
+                                             "descriptor: " + method_doc),
+                  layer: str | None = Query(None, description="only this code layer: "
+                                            f"{', '.join(served.layers)} (default: all)")
+                  ) -> dict[str, Any]:
         try:
-            return served.search_ood_item(image_id, k, method)
+            return served.search_ood_item(image_id, k, method,
+                                          None if layer is None else served.check_layer(layer))
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes import lineage
+from neuralcodes import features, lineage
 from neuralcodes.config import RetrievalConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval import Searcher, exact_top_k, extract_code_variants
@@ -150,11 +150,23 @@ class ServedRun:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def search_ood_item(self, i: int, k: int, method: str | None = None) -> dict[str, Any]:
-        """Ood image ``i`` against the other ood images: top ``k`` and AP per layer, and with
-        ``method`` (a pooling method) one more column ranked by that conv5 descriptor."""
+    def check_layer(self, layer: str) -> str:
+        """``layer`` if it is a served code layer, else :class:`UploadRejected` (422)."""
+        if layer not in features.code_names():
+            raise UploadRejected(422, f"unknown layer '{layer}' (choose from "
+                                 f"{', '.join(self.layers)})")
+        if layer not in self.layers:
+            raise UploadRejected(422, f"layer {layer} is not served (this run's "
+                                 f"retrieval.layers: {', '.join(self.layers)})")
+        return layer
+
+    def search_ood_item(self, i: int, k: int, method: str | None = None,
+                        layer: str | None = None) -> dict[str, Any]:
+        """Ood image ``i`` against the other ood images: top ``k`` and AP per layer (``layer``
+        alone when given), and with ``method`` (a pooling method) one more column ranked by
+        that conv5 descriptor."""
         query_label = int(self.labels[i])
-        dbs = [(layer, self.ood.codes.layers[layer]) for layer in self.layers]
+        dbs = [(x, self.ood.codes.layers[x]) for x in self.layers if layer in (None, x)]
         if method is not None:
             dbs.append((f"{MAP}/{method}", self.pooled_database(method)))
         layers = []

@@ -129,3 +129,28 @@ def test_pca_plot_shows_chance_and_the_intervals(tmp_path, monkeypatch):
     # each point's interval: the full code's mAP plus the interval of its difference
     assert [(seg[0][1], seg[1][1]) for seg in segments] == [
         pytest.approx((27.5, 28.5)), pytest.approx((26.5, 27.6))]
+
+
+def test_methods_figure_in_percent_with_its_legend_clear_of_the_rows(tmp_path, monkeypatch):
+    from neuralcodes import figures
+
+    families = ["paper", "pooling", "whitening", "reranking"] * 3
+    rows = [{"method": f"m{i}", "family": f, "map": 0.2 + 0.01 * i,
+             "ci95": [-0.01, 0.02] if i else [0.0, 0.0]} for i, f in enumerate(families)]
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, *a, **kw: (drawn.append(fig),
+                                                                 save(fig, *a, **kw))[1])
+    figures.plot_methods(rows, tmp_path / "m.png", chance=0.1, reference="m0")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = drawn[0]
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    assert ax.get_xlim()[0] < 10 < 31 < ax.get_xlim()[1]  # percent, chance (10%) included
+    assert "%" in ax.get_xlabel()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.y1 <= ax.get_window_extent(renderer).y0  # below the plot, on no row
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "chance (10.0%)" in texts and "m0 (20.0%)" in texts

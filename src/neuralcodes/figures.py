@@ -270,30 +270,33 @@ FAMILY_COLOURS = {"paper": "#444444", "pooling": "C0", "whitening": "C2", "reran
 def plot_methods(rows: Sequence[dict[str, Any]], path: str | Path, *, chance: float,
                  reference: str, title: str = "", metadata: dict[str, str] | None = None
                  ) -> Path:
-    """The methods study (issue 19): one line per method, its mAP as a dot coloured by family,
-    with the paired-bootstrap 95% interval of its difference to the ``reference`` drawn around
-    it (reference mAP + interval: where the bar misses the reference's line, the difference is
-    significant); dashed line: chance mAP, dotted line: the reference."""
+    """The methods study (issue 19): one line per method, its mAP (%) as a dot coloured by
+    family, with the paired-bootstrap 95% interval of its difference to the ``reference`` drawn
+    around it (reference mAP + interval: where the bar misses the reference's line, the
+    difference is significant); dashed line: chance mAP, dotted line: the reference. The
+    legend sits below the plot, clear of the rows."""
     plt = _pyplot()
-    ref = next(r["map"] for r in rows if r["method"] == reference)
+    ref = 100 * next(r["map"] for r in rows if r["method"] == reference)
     fig, ax = plt.subplots(figsize=(7.5, 0.22 * len(rows) + 1.6))
     ys = np.arange(len(rows))[::-1]
     for y, r in zip(ys, rows, strict=True):
         colour = FAMILY_COLOURS.get(r["family"], "C7")
-        low, high = (ref + r["ci95"][0], ref + r["ci95"][1]) if r.get("ci95") else (None, None)
-        if low is not None and r["method"] != reference:
+        if r.get("ci95") and r["method"] != reference:
+            low, high = ref + 100 * r["ci95"][0], ref + 100 * r["ci95"][1]
             ax.plot([low, high], [y, y], color=colour, lw=2, alpha=0.45, solid_capstyle="butt")
-        ax.plot([r["map"]], [y], "o", color=colour, ms=4)
-    ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3f})")
-    ax.axvline(ref, color="black", ls=":", lw=1, label=f"{reference} ({ref:.3f})")
+        ax.plot([100 * r["map"]], [y], "o", color=colour, ms=4)
+    ax.axvline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f}%)")
+    ax.axvline(ref, color="black", ls=":", lw=1, label=f"{reference} ({ref:.1f}%)")
     for family, colour in FAMILY_COLOURS.items():
         if any(r["family"] == family for r in rows):
             ax.plot([], [], "o", color=colour, label=family)
     ax.set_yticks(ys, [r["method"] for r in rows], fontsize=7)
     ax.set_ylim(-0.8, len(rows) - 0.2)
-    ax.set_xlabel("mAP (ood); bar: reference + 95% interval of the difference")
+    ax.set_xlabel("mAP (%, ood queries); bar: reference + 95% interval of the difference")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    handles = ax.get_legend_handles_labels()[0]
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6 / fig.get_figheight()),
+              ncol=min(len(handles), 4), frameon=False)
     ax.set_title(title or "Methods beyond the paper, on the ood queries")
     fig.tight_layout()
     return _save(fig, path, metadata)

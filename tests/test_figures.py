@@ -154,3 +154,30 @@ def test_methods_figure_in_percent_with_its_legend_clear_of_the_rows(tmp_path, m
     assert legend.y1 <= ax.get_window_extent(renderer).y0  # below the plot, on no row
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "chance (10.0%)" in texts and "m0 (20.0%)" in texts
+
+
+def test_why_figure_names_query_hit_rank_score_and_its_colour_scale(tmp_path, monkeypatch):
+    from neuralcodes import figures
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    share = np.full((16, 16), 0.001)
+    share[3, 4] = 0.3  # one cell holds most of the score
+    rows = [figures.WhyRow(image, share, share, float(share.sum()), f"#{i} n0144{i}")
+            for i in (1, 2)]
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, *a, **kw: (drawn.append(fig),
+                                                                 save(fig, *a, **kw))[1])
+    out = figures.plot_why(image, rows, tmp_path / "why.png", title="Why similar: spoc")
+    assert Image.open(out).size[0] > 300
+    fig = drawn[0]
+    texts = [t.get_text() for ax in fig.axes for t in (ax.title, ax.yaxis.label)]
+    assert {"query", "hit", "query's cells", "hit's cells"} <= set(texts)
+    assert fig._suptitle.get_text() == "Why similar: spoc"
+    assert f"#1 n01441\nscore {rows[0].score:.3f}" in texts
+    assert "cell's share of the score (%)" in texts  # the colour bar's label
+    heat = fig.axes[1].images[0]
+    # in % of the score, stretched from the smallest share to the largest
+    assert heat.norm.vmax == pytest.approx(100 * 0.3 / rows[0].score)
+    assert heat.norm.vmin == pytest.approx(100 * 0.001 / rows[0].score)

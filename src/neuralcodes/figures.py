@@ -331,3 +331,44 @@ def plot_collection(result: dict[str, Any], path: str | Path, *,
                  "classes (each queries the others)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, metadata)
+
+
+@dataclass
+class WhyRow:
+    """One hit of :func:`plot_why`: its image, the cells' shares of its score for the query's
+    map and for its own (each sums to ``score``), and its caption (rank, class)."""
+
+    image: np.ndarray
+    query_share: np.ndarray
+    hit_share: np.ndarray
+    score: float
+    caption: str
+
+
+def plot_why(query: np.ndarray, rows: Sequence[WhyRow], path: str | Path, *, title: str,
+             metadata: dict[str, str] | None = None) -> Path:
+    """Why each hit is similar to the query: per row the query, its map's cells coloured by
+    their share of the score (%), the hit's cells, and the hit. One colour scale for the whole
+    sheet, stretched from the smallest share to the largest so that their differences show."""
+    plt = _pyplot()
+    pct = [(100 * r.query_share / max(r.score, 1e-12), 100 * r.hit_share / max(r.score, 1e-12))
+           for r in rows]
+    every = np.concatenate([g.ravel() for pair in pct for g in pair]) if pct else np.zeros(1)
+    low, high = float(every.min()), float(every.max())
+    fig, axes = plt.subplots(len(rows), 4, figsize=(7.4, 1.75 * len(rows) + 0.9),
+                             squeeze=False, layout="constrained")
+    for ax_row, r, (q_pct, h_pct) in zip(axes, rows, pct, strict=True):
+        ax_row[0].imshow(query)
+        shown = ax_row[1].imshow(q_pct, cmap="inferno", vmin=low, vmax=max(high, low + 1e-9))
+        ax_row[2].imshow(h_pct, cmap="inferno", vmin=low, vmax=max(high, low + 1e-9))
+        ax_row[3].imshow(r.image)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_row[0].set_ylabel(f"{r.caption}\nscore {r.score:.3f}", fontsize=8)
+    for ax, name in zip(axes[0], ("query", "query's cells", "hit's cells", "hit"), strict=True):
+        ax.set_title(name, fontsize=9)
+    bar = fig.colorbar(shown, ax=axes, shrink=0.5, pad=0.02)
+    bar.set_label("cell's share of the score (%)", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path, metadata)

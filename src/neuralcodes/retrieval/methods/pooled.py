@@ -206,23 +206,21 @@ def search_with_method(image: Any, run: Any, method: str, *, k: int = 5,
     hits = [Hit(rank, float(s), int(i), r.dataset.paths[int(codes.index[i])], name)
             for rank, (i, s, name) in enumerate(zip(ids, scores, names, strict=True), 1)]
     if why:
-        _why_figure(searcher, query, r.images(codes.index[ids]), method, why)
+        _why_figure(searcher, query, r.images(codes.index[ids]), hits, method, why)
     return hits
 
 
-def _why_figure(searcher: PooledSearch, query: np.ndarray, hits: np.ndarray, method: str,
-                path: str) -> None:
-    from PIL import Image
-
-    from neuralcodes.files import atomic_path
+def _why_figure(searcher: PooledSearch, query: np.ndarray, images: np.ndarray, hits: list[Any],
+                method: str, path: str) -> None:
+    """The ``--why`` PNG (:func:`neuralcodes.figures.plot_why`): per hit, the query's and the
+    hit's cells coloured by their share of the score."""
+    from neuralcodes.figures import WhyRow, plot_why
 
     rows = []
-    for hit in hits:
-        gq, gh, _ = searcher.explain(query, hit, method)
-        top = max(gq.max(), gh.max())
-        rows.append(np.concatenate([overlay(query, gq, vmax=top), np.full((128, 8, 3), 255,
-                                    np.uint8), overlay(hit, gh, vmax=top)], axis=1))
-    sheet = np.concatenate([np.pad(r, ((0, 8), (0, 0), (0, 0)), constant_values=255)
-                            for r in rows])
-    with atomic_path(path) as tmp:
-        Image.fromarray(sheet).save(tmp, format="PNG")
+    for hit, image in zip(hits, images, strict=True):
+        gq, gh, score = searcher.explain(query, image, method)
+        rows.append(WhyRow(image, gq, gh, score, f"#{hit.rank} {hit.label or ''}".strip()))
+    cells = rows[0].query_share.shape[0] if rows else 0
+    plot_why(query, rows, path, title=f"Why similar: {method} of the {MAP} map "
+             f"({cells}x{cells} cells)\ncolour: each cell's share of the score, from the "
+             "smallest share on this sheet to the largest")

@@ -673,10 +673,20 @@ def test_search_by_id_takes_one_served_layer_and_refuses_others(client):
 
     one = client.get("/api/search/3?layer=6")
     assert one.status_code == 200 and [x["layer"] for x in one.json()["layers"]] == ["6"]
+    detail = f"unknown layer '9' (choose from {', '.join(features.code_names())})"
     r = client.get("/api/search/3?layer=9")
-    assert r.status_code == 422
-    assert r.json()["detail"] == (f"unknown layer '9' (choose from "
-                                  f"{', '.join(features.code_names())})")
+    assert r.status_code == 422 and r.json()["detail"] == detail
+
+
+def test_an_upload_takes_one_served_layer_and_refuses_others(client, data):
+    dataset, splits = data
+    image = png(dataset.images[splits.ood[12]])
+    r = client.post("/api/search?layer=7", files={"file": ("q.png", image, "image/png")})
+    assert r.status_code == 200 and [x["layer"] for x in r.json()["layers"]] == ["7"]
+    again = client.get(f"/api/upload/{r.json()['query']['upload_id']}?layer=5")
+    assert [x["layer"] for x in again.json()["layers"]] == ["5"]
+    r = client.post("/api/search?layer=9", files={"file": ("q.png", image, "image/png")})
+    assert r.status_code == 422 and r.json()["detail"].startswith("unknown layer '9'")
 
 
 def test_figures_are_named_by_their_files_in_the_run(run):

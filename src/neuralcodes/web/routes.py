@@ -128,6 +128,12 @@ def gallery(served: ServedRun, decoder: UploadDecoder) -> APIRouter:
     return router
 
 
+def _layer(served: ServedRun) -> Any:
+    """The ``layer`` query parameter of the searches: one served code layer (default: all)."""
+    return Query(None, description=f"only this code layer: {', '.join(served.layers)} "
+                 "(default: all; another is a 422)")
+
+
 def search(served: ServedRun) -> APIRouter:
     """Search the other ood images with one of them (the study's protocol)."""
     router = APIRouter(prefix="/api")
@@ -139,9 +145,7 @@ def search(served: ServedRun) -> APIRouter:
     def search_id(image_id: int = _image_id(served), k: int = _k(served),
                   method: str | None = Query(None, description="also rank by a pooled "
                                              "descriptor: " + method_doc),
-                  layer: str | None = Query(None, description="only this code layer: "
-                                            f"{', '.join(served.layers)} (default: all)")
-                  ) -> dict[str, Any]:
+                  layer: str | None = _layer(served)) -> dict[str, Any]:
         try:
             return served.search_ood_item(image_id, k, method,
                                           None if layer is None else served.check_layer(layer))
@@ -227,10 +231,13 @@ def uploads(served: ServedRun, decoder: UploadDecoder, store: UploadStore,
         file: UploadFile = File(description="a JPEG, PNG or WebP image of any size"),
         k: int = Form(served.k, ge=1, le=max_k(served), description="results per layer"),
         database: str = Form("ood", description="ood, or index (with serve --index)"),
+        layer: str | None = _layer(served),
     ) -> dict[str, Any]:
         try:
+            if layer is not None:
+                served.check_layer(layer)  # before reading the upload
             image, meta = await decoder.decode(file, request.is_disconnected)
-            result = await run_in_threadpool(served.search_image, image, k, database)
+            result = await run_in_threadpool(served.search_image, image, k, database, layer)
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None
         name = None if file.filename is None else printable(file.filename)
@@ -244,11 +251,11 @@ def uploads(served: ServedRun, decoder: UploadDecoder, store: UploadStore,
                 response_model=SearchResult,
                 responses={404: {"description": "not among the latest uploads (send it again)"}})
     def search_again(upload_id: str = PathParam(pattern="^[0-9a-f]{16}$"), k: int = _k(served),
-                     database: str = Query("ood", description="ood, or index")
-                     ) -> dict[str, Any]:
+                     database: str = Query("ood", description="ood, or index"),
+                     layer: str | None = _layer(served)) -> dict[str, Any]:
         try:
             image, meta = store.get(upload_id)
-            result = served.search_image(image, k, database)
+            result = served.search_image(image, k, database, layer)
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None
         result["query"].update(meta)

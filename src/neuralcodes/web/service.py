@@ -215,8 +215,11 @@ class ServedRun:
         return png_bytes(np.concatenate([overlay(query, gq, vmax=top), gap,
                                          overlay(hit, gh, vmax=top)], axis=1))
 
-    def search_image(self, image: np.ndarray, k: int, database: str) -> dict[str, Any]:
-        """A 64x64 uint8 image against ``database`` ("ood" or "index"): top ``k`` per layer."""
+    def search_image(self, image: np.ndarray, k: int, database: str,
+                     layer: str | None = None) -> dict[str, Any]:
+        """A 64x64 uint8 image against ``database`` ("ood" or "index"): top ``k`` per layer
+        (``layer`` alone when given: :meth:`check_layer`)."""
+        shown_layers = self.layers if layer is None else (self.check_layer(layer),)
         if database not in ("ood", "index"):
             raise UploadRejected(400, f"unknown database '{database}' (choose ood or index)")
         searcher = self.ood if database == "ood" else self.index
@@ -226,12 +229,12 @@ class ServedRun:
             raise UploadRejected(400, "no index is loaded (start `neuralcodes serve` with "
                                  "--index to search one)")
         with self._model_lock:  # one forward pass at a time
-            query = extract_code_variants(self.ood.run.model, np.array(image)[None], self.layers,
+            query = extract_code_variants(self.ood.run.model, np.array(image)[None], shown_layers,
                                           (searcher.relu,), device=None,
                                           precision=self.ood.run.precision,
                                           progress=False)[searcher.relu]
         layers = []
-        for layer in self.layers:
+        for layer in shown_layers:
             q = query[layer]
             if database == "ood":  # the NumPy reference ranking: no copy of the ood codes
                 score_rows, id_rows = exact_top_k(q, searcher.codes.layers[layer], k)

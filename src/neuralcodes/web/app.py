@@ -10,6 +10,9 @@ Pages (plain HTML/JS in ``static/``, no build step, nothing loaded from elsewher
 - **Search with your image**: an uploaded JPEG/PNG/WebP of any size is resized to 64x64, the
   training images' size, without keeping its aspect ratio (as ``neuralcodes index`` treats its
   images), and searched in the ood set or in an index built by ``neuralcodes index``.
+- **Your photos** (``serve --index NAME``): the index's images by folder and name, in pages;
+  clicking one ranks the index by it; each links to its original file and its folder
+  (:mod:`neuralcodes.web.collection`).
 - **Results**: the train/val/test table (``eval.json``), mAP per layer, the learning curves.
 - **JSON API** under ``/api/``, described by the OpenAPI schema at ``/openapi.json``.
 
@@ -18,8 +21,9 @@ builds what they serve and wires them with the middleware. (FastAPI is imported 
 :func:`create_app`, so ``serve --help`` stays fast.)
 
 Safety: images are addressed by integer ids only, so no path from a request ever reaches the
-file system; request bodies, upload bytes and pixels are capped (decompression bombs are refused
-from the image header, before decoding); anything that is not a readable JPEG, PNG or WebP gets a
+file system (an index's originals are served only from inside its indexed folder); request
+bodies, upload bytes and pixels are capped (decompression bombs are refused from the image
+header, before decoding); anything that is not a readable JPEG, PNG or WebP gets a
 4xx answer with a one-line ``detail``. ``serve`` binds 127.0.0.1 unless told otherwise, and
 then answers only requests addressed to a local host name (no DNS rebinding).
 """
@@ -102,6 +106,7 @@ def create_app(run: TrainedRun | str | Path, index: str | Path | None = None, *,
     install_file_names_only(app, served.folders)  # no server folder in any detail
     app.state.retrieval = served
     for router in (routes.pages(), routes.gallery(served, decoder), routes.search(served),
+                   routes.collection(served),
                    routes.uploads(served, decoder, UploadStore(), limits),
                    routes.results(served)):
         app.include_router(router)

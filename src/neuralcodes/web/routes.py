@@ -4,6 +4,8 @@ its routes need, so that any one can be mounted on an app of its own (and tested
 - :func:`pages`: the page (``/``), its icon, ``/redoc``;
 - :func:`gallery`: ``/api/info``, pages of the ood images, the images of the ood set and index;
 - :func:`search`: search the ood set with one of its images;
+- :func:`collection`: the served index (your own images): pages of it by folder and name,
+  search with one of its images, its original files;
 - :func:`uploads`: search with an uploaded image, and again with an earlier upload;
 - :func:`results`: the results table, the run's figures and learning curves, ``report.html``.
 
@@ -14,6 +16,7 @@ module imports FastAPI: :func:`neuralcodes.web.app.create_app` imports it only w
 import base64
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -24,7 +27,7 @@ from neuralcodes.config import ServeConfig
 from neuralcodes.report.render import style_hashes
 from neuralcodes.text import printable
 from neuralcodes.web.results import REPORT_COMMAND, figure_path, run_results
-from neuralcodes.web.schemas import Gallery, Info, Results, SearchResult
+from neuralcodes.web.schemas import CollectionPage, Gallery, Info, Results, SearchResult
 from neuralcodes.web.security import CSP
 from neuralcodes.web.service import MAX_K, POOLING, ServedRun
 from neuralcodes.web.uploads import (
@@ -151,6 +154,51 @@ def search(served: ServedRun) -> APIRouter:
         except UploadRejected as e:
             raise HTTPException(e.status, e.detail) from None
         return Response(png, media_type="image/png", headers=_CACHED)
+
+    return router
+
+
+def collection(served: ServedRun) -> APIRouter:
+    """The served index as a gallery: pages by folder and name, search with one of its
+    images, and its original files (from inside the indexed folder only)."""
+    router = APIRouter(prefix="/api")
+    mine = served.collection
+    n = 0 if mine is None else len(mine)
+    entry = PathParam(ge=0, lt=max(n, 1), description="an index entry id")
+    missing = {404: {"description": "no index loaded (serve --index), or its file is gone"}}
+
+    def loaded() -> Any:
+        if mine is None:
+            raise HTTPException(404, "no index is loaded (start `neuralcodes serve` with "
+                                "--index NAME to browse one)")
+        return mine
+
+    @router.get("/collection", summary="A page of your images (the served index)",
+                response_model=CollectionPage, responses=missing)
+    def page(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+             folder: str | None = Query(None, max_length=4096, description="only this folder "
+                                        "(relative to the indexed one; \"\" for it)"),
+             q: str | None = Query(None, max_length=200, description="only images whose "
+                                   "folder or file name holds this text (any case)")
+             ) -> dict[str, Any]:
+        return loaded().page(offset, limit, folder, q)
+
+    @router.get("/index-search/{image_id}", summary="Search the index with one of its images",
+                response_model=SearchResult, responses=missing)
+    def search_entry(image_id: int = entry, k: int = Query(
+            served.k, ge=1, le=MAX_K, description="results per layer")) -> dict[str, Any]:
+        return loaded().search_item(image_id, k, served.layers)
+
+    @router.get("/original/{image_id}", summary="The original file of an index image",
+                response_class=Response, responses=missing)
+    def original(image_id: int = entry) -> Response:
+        try:
+            path, media, name = loaded().original(image_id)
+        except UploadRejected as e:
+            raise HTTPException(e.status, e.detail) from None
+        how = "inline" if media.startswith("image/") else "attachment"
+        return FileResponse(path, media_type=media, headers={
+            **_CACHED, "Content-Disposition": f"{how}; filename*=utf-8''{quote(name)}"})
 
     return router
 

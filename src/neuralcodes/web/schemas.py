@@ -15,6 +15,10 @@ class ImageItem(BaseModel):
     wnid: str | None = Field(description="WordNet id of the class (None for index images)")
     class_name: str = Field(description="class name; the file name for index images")
     url: str = Field(description="its 64x64 PNG, relative to the app's root")
+    source: Literal["ood", "index"] = Field("ood", description="the database it belongs to")
+    folder: str | None = Field(None, description="index images: its folder, relative to the "
+                               "indexed folder (\"\" for that folder itself)")
+    original_url: str | None = Field(None, description="index images: the original file")
 
 
 class HitOut(ImageItem):
@@ -24,6 +28,8 @@ class HitOut(ImageItem):
     score: float = Field(description="cosine similarity of the unit-length codes")
     same_class: bool | None = Field(description="same class as the query (None: the query has "
                                     "no class, e.g. an upload)")
+    same: str | None = Field(None, description="index hits: \"same file\" (the query's own "
+                             "file) or \"identical code\" (the query's code, another file)")
 
 
 class LayerResult(BaseModel):
@@ -41,8 +47,10 @@ class LayerResult(BaseModel):
 class QueryInfo(BaseModel):
     """The query: an ood image, or an upload (with its format and size before resizing)."""
 
-    source: Literal["ood", "upload"]
+    source: Literal["ood", "upload", "index"]
     id: int | None = None
+    folder: str | None = None
+    original_url: str | None = None
     label: int | None = None
     wnid: str | None = None
     class_name: str | None = None
@@ -78,6 +86,7 @@ class SearchResult(BaseModel):
     relevant: int | None = Field(None, description="ood query: other images of its class")
     chance_ap: float | None = Field(None, description="ood query: the expected AP of a random "
                                     "ranking (the chance level of AP)")
+    scores: str | None = Field(None, description="index: how its similarities are measured")
 
 
 class Gallery(BaseModel):
@@ -87,6 +96,24 @@ class Gallery(BaseModel):
     offset: int
     limit: int
     label: int | None = Field(None, description="the class filter, if any")
+    items: list[ImageItem]
+
+
+class FolderCount(BaseModel):
+    folder: str = Field(description="relative to the indexed folder (\"\": that folder)")
+    count: int
+
+
+class CollectionPage(BaseModel):
+    """A page of the images of the served index (your own images)."""
+
+    total: int = Field(description="images that pass the filters")
+    size: int = Field(description="images in the index")
+    offset: int
+    limit: int
+    folder: str | None = Field(None, description="the folder filter, if any")
+    q: str | None = Field(None, description="the text filter (folder or file name), if any")
+    folders: list[FolderCount]
     items: list[ImageItem]
 
 

@@ -24,6 +24,7 @@ from neuralcodes.retrieval.methods.pooled import (
 from neuralcodes.retrieval.metrics import chance_average_precision, ranking_metrics
 from neuralcodes.runs import TrainedRun
 from neuralcodes.text import printable
+from neuralcodes.web.collection import Collection, shown
 from neuralcodes.web.uploads import UploadRejected, png_bytes
 
 #: The largest k the API answers (capped further by the database size).
@@ -63,6 +64,7 @@ class ServedRun:
         # the index first: a wrong one is known before the ood codes are computed (with a bar);
         # it is not served, and searches in it answer 409 with the reason (index_error)
         self.index: Searcher | None = None
+        self.collection: Collection | None = None  # the index as a gallery
         self.index_error: str | None = None
         if index is not None:
             try:
@@ -70,6 +72,10 @@ class ServedRun:
                 _check_layers("index", self.index, cfg)
             except NeuralCodesError as e:
                 self.index, self.index_error = None, str(e)
+        if self.index is not None:
+            self.collection = Collection(self.index)
+            self.folders += [Path(self.index.folder.folder).absolute(),  # type: ignore[union-attr]
+                             Path(self.collection.root)]
         self.ood = Searcher(trained, relu=cfg.relu)
         self.ood.run.model  # noqa: B018 -- load the weights now: a damaged run fails before serving
         self.run = self.ood.run.dir
@@ -106,14 +112,6 @@ class ServedRun:
         return {"id": i, "label": label, "wnid": self.dataset.wnids[label],
                 "class_name": self.dataset.names[label], "url": f"api/image/{i}"}
 
-    def index_item(self, i: int) -> dict[str, Any]:
-        """Entry ``i`` of the index as the API describes it (its file name only, not its folder,
-        escaped: :func:`neuralcodes.text.printable`)."""
-        assert self.index is not None
-        return {"id": i, "label": None, "wnid": None,
-                "class_name": printable(Path(self.index.paths[i]).name),
-                "url": f"api/index-image/{i}"}
-
     def gallery(self, offset: int, limit: int, label: int | None = None) -> dict[str, Any]:
         """A page of the ood images, of one class if ``label`` is given (ids stay global)."""
         ids = np.arange(len(self)) if label is None else np.flatnonzero(self.labels == label)
@@ -139,6 +137,9 @@ class ServedRun:
         from the path stored in the index, never from a path in a request)."""
         searcher = self.ood if database == "ood" else self.index
         assert searcher is not None
+        if database == "index":  # only files inside the indexed folder (Collection.real_path)
+            assert self.collection is not None
+            self.collection.real_path(i)
         try:
             return png_bytes(searcher.image(i))
         except NeuralCodesError as e:  # the file name only: no server path in an answer
@@ -167,7 +168,7 @@ class ServedRun:
                            "method": method if "/" in layer else None})
         relevant = self.relevant(i)
         return {"query": {**self.item(i), "source": "ood"}, "database": "ood",
-                "database_size": len(self) - 1, **_shown(k, len(self) - 1, "ood set"),
+                "database_size": len(self) - 1, **shown(k, len(self) - 1, "ood set"),
                 "relu": self.ood.relu, "layers": layers,
                 "relevant": relevant, "chance_ap": _chance_ap(relevant, len(self) - 1)}
 
@@ -225,19 +226,20 @@ class ServedRun:
                 keep = id_rows[0] >= 0
                 ids, scores = id_rows[0][keep], score_rows[0][keep].tolist()
                 items = [self.item(int(j)) for j in ids]
+                hits = [self._hit(item, rank, s, None)
+                        for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
             else:  # the index's own search (its transform, then exact or FAISS)
+                assert self.collection is not None
                 score_rows, id_rows = searcher.search_codes(q, layer, k)
-                keep = id_rows[0] >= 0
-                scores = score_rows[0][keep].tolist()
-                items = [self.index_item(int(j)) for j in id_rows[0][keep]]
-            hits = [self._hit(item, rank, s, None)
-                    for rank, (item, s) in enumerate(zip(items, scores, strict=True), 1)]
+                hits = self.collection.hits(score_rows[0], id_rows[0])
             layers.append({"layer": layer, "ap": None, "hits": hits})
         size = len(searcher)
+        scores_text = None if self.collection is None or database == "ood" \
+            else self.collection.scores_text()
         return {"query": {"id": None, "source": "upload"}, "database": database,
                 "database_size": size,
-                **_shown(k, size, "ood set" if database == "ood" else "index"),
-                "relu": searcher.relu, "layers": layers}
+                **shown(k, size, "ood set" if database == "ood" else "index"),
+                "relu": searcher.relu, "layers": layers, "scores": scores_text}
 
     def _hit(self, item: dict[str, Any], rank: int, score: float, query_label: int | None
              ) -> dict[str, Any]:
@@ -249,15 +251,6 @@ def _check_layers(name: str, searcher: Searcher, cfg: RetrievalConfig) -> None:
     missing = [x for x in cfg.layers if x not in searcher.layers]
     if missing:
         raise NeuralCodesError(f"the {name} has no codes for layer(s) {', '.join(missing)}")
-
-
-def _shown(k: int, size: int, what: str) -> dict[str, Any]:
-    """``k`` asked for, the results given per layer, and a note when the database is smaller
-    (``neuralcodes search`` says the same on stderr)."""
-    shown = min(k, size)
-    note = (None if shown == k else f"{k} results per layer asked for, but the {what} holds "
-            f"only {size} images; showing all {size}")
-    return {"k": k, "shown": shown, "note": note}
 
 
 def _chance_ap(relevant: int, n: int) -> float | None:

@@ -2,6 +2,7 @@
 // Every view's state lives in the URL hash, so Back, reload and sharing a link all work:
 //   #/gallery?page=2&class=3    #/query/12?k=10&layer=6    #/upload/<id>?k=5&layer=all&db=ood
 //   #/upload    #/results    #/api
+//   #/collection?folder=trip&q=beach&page=2    #/item/7?k=10&layer=6   (serve --index: your photos)
 "use strict";
 
 const state = {
@@ -11,6 +12,7 @@ const state = {
   controller: null,
   keepFocus: false, // set by in-view controls, so a re-render does not steal their focus
   lastGallery: "#/gallery",
+  lastCollection: "#/collection",
   uploads: new Map(), // "<id> <k> <db>" -> result of an upload (no second search on navigation)
   results: {}, // last search result per view, for switching layers without a request
 };
@@ -155,7 +157,7 @@ function setStatus(view, message, busy = false) {
   box.textContent = message || "";
   box.hidden = !message;
   box.classList.toggle("busy", busy);
-  const results = $(`${view}-results`) || $(view === "gallery" ? "gallery" : `${view}-body`);
+  const results = $(`${view}-results`) || $(["gallery", "collection"].includes(view) ? view : `${view}-body`);
   if (results) results.setAttribute("aria-busy", busy ? "true" : "false");
 }
 
@@ -257,8 +259,12 @@ function go(hash, keepFocus = false) {
 const TITLES = {
   gallery: "Gallery", query: "Similar images", upload: "Search with your image",
   results: "Results", api: "JSON API", notfound: "Page not found",
+  collection: "Your photos", item: "Similar photos",
 };
-const NAV = { gallery: "gallery", query: "gallery", upload: "upload", results: "results", api: "api" };
+const NAV = {
+  gallery: "gallery", query: "gallery", upload: "upload", results: "results", api: "api",
+  collection: "collection", item: "collection",
+};
 
 function show(view, title) {
   const changed = $(`view-${view}`).hidden;
@@ -294,6 +300,8 @@ async function route() {
     if (parts.length === 0 || (view === "gallery" && !arg)) await renderGallery(params);
     else if (view === "query" && arg !== undefined && extra === undefined) await renderQuery(arg, params);
     else if (view === "upload" && extra === undefined) await renderUpload(arg, params);
+    else if (view === "collection" && !arg && hasIndex()) await renderCollection(params);
+    else if (view === "item" && arg !== undefined && extra === undefined && hasIndex()) await renderItem(arg, params);
     else if (view === "results" && !arg) await renderResults();
     else if (view === "api" && !arg) await renderApi();
     else notFound(`There is no page “${location.hash}” in this app.`);
@@ -364,15 +372,21 @@ async function renderGallery(params) {
   setStatus("gallery", data.items.length ? "" : "No images here.");
   const first = data.items.length ? offset + 1 : 0;
   const last = offset + data.items.length;
-  for (const pager of document.querySelectorAll("#view-gallery .pager")) {
+  paintPagers("gallery", page, pages, `${first}–${last} of ${data.total}`,
+    (p) => hashFor(["gallery"], { class: cls && cls.label, page: p > 1 ? p : null }));
+  announce(`Gallery page ${page} of ${pages}: images ${first} to ${last} of ${data.total}.`);
+}
+
+/** The pagers of a gallery-like view: first, previous, where we are, next, last. */
+function paintPagers(view, page, pages, range, href) {
+  for (const pager of document.querySelectorAll(`#view-${view} .pager`)) {
     const link = (p, text, rel, label) => (p >= 1 && p <= pages && p !== page
-      ? el("a", { class: "button", href: hashFor(["gallery"], { class: cls && cls.label, page: p > 1 ? p : null }), rel, text, "aria-label": label })
+      ? el("a", { class: "button", href: href(p), rel, text, "aria-label": label })
       : el("span", { class: "button disabled", "aria-disabled": "true", text, "aria-label": label }));
     pager.replaceChildren(link(1, "«", null, "First page"), link(page - 1, "← Previous", "prev"),
-      el("span", { class: "range", text: `${first}–${last} of ${data.total} · page ${page} of ${pages}` }),
+      el("span", { class: "range", text: `${range} · page ${page} of ${pages}` }),
       link(page + 1, "Next →", "next"), link(pages, "»", null, `Last page (${pages})`));
   }
-  announce(`Gallery page ${page} of ${pages}: images ${first} to ${last} of ${data.total}.`);
 }
 
 // ---------------------------------------------------------------- search results
@@ -429,14 +443,28 @@ function hitCard(hit, k, layer, why = null) {
       el("span", { class: "score", title: `cosine similarity ${hit.score.toFixed(6)}`, text: `similarity ${similarity(hit.score)}` }),
       words ? el("span", { class: "sr-only", text: `, ${words}` }) : null),
   ];
-  const isOod = hit.url.startsWith("api/image/");
-  const body = isOod
+  const mine = hit.source === "index";
+  if (mine) {
+    inner[1].prepend(el("span", { class: "folder", text: folderName(hit.folder) }));
+    if (hit.same) inner[1].append(el("span", { class: "same-badge", "data-testid": "same", text: hit.same }));
+  }
+  const at = layer === "all" ? null : layer;
+  const body = mine
     ? el("a", {
-      href: hashFor(["query", String(hit.id)], { k, layer: layer === "all" ? null : layer, method: why && why.method }),
-      title: `#${hit.id} ${hit.class_name}: search with this image`,
+      href: hashFor(["item", String(hit.id)], { k, layer: at }),
+      title: `${photoName(hit)}: search with this photo`,
     }, ...inner)
-    : el("div", { class: "card", title: hit.class_name }, ...inner);
+    : el("a", {
+      href: hashFor(["query", String(hit.id)], { k, layer: at, method: why && why.method }),
+      title: `#${hit.id} ${hit.class_name}: search with this image`,
+    }, ...inner);
   const li = el("li", { class: cls, "data-testid": "hit", "data-id": hit.id }, body);
+  if (mine) {
+    li.classList.add("mine");
+    li.append(el("span", { class: "hit-links" },
+      el("a", { href: hit.original_url, target: "_blank", rel: "noopener noreferrer", "data-testid": "hit-original", text: "Original", "aria-label": `Original of ${photoName(hit)}` }),
+      el("a", { href: hashFor(["collection"], { folder: folderParam(hit.folder) }), text: "Folder", "aria-label": `Folder ${folderName(hit.folder)}` })));
+  }
   if (why) {
     li.classList.add("has-why");
     li.append(whyButton(hit, why));
@@ -490,18 +518,16 @@ function renderLayers(view, result, layer) {
 function aboutText(result) {
   const db = result.database === "ood"
     ? `the ${result.database_size} ${result.query.source === "ood" ? "other " : ""}out-of-domain images` : `your index (${result.database_size} images)`;
-  let text = `Each column ranks ${db} by the cosine similarity of their ${variant(result.relu)} ` +
-    "codes of one layer to this image's code (1 = same direction). ";
-  if (result.database !== "ood") {
-    text += "In an index the codes are first centred by the mean code of the training images, so " +
-      "the similarity spreads over -1 to 1: 1 is the same image, about 0 unrelated, below 0 unlike. ";
-  }
+  let text = result.scores
+    ? `Each column ranks ${db} by their ${variant(result.relu)} codes of one layer. Similarity: ${result.scores}. `
+    : `Each column ranks ${db} by the cosine similarity of their ${variant(result.relu)} ` +
+      "codes of one layer to this image's code (1 = same direction). ";
   if (result.query.source === "ood") {
     text += `✓ marks an image of the query's class (${result.relevant} others); ✗ another class. ` +
       "AP (average precision) sums up the whole ranking: 100% puts every image of the class first; " +
       `a random ranking gets ${pct(result.chance_ap)} on average (chance).`;
   } else {
-    text += "Your image has no class, so there is no ✓/✗ or AP here.";
+    text += `Your ${result.query.source === "index" ? "photos have" : "image has"} no class, so there is no ✓/✗ or AP here.`;
   }
   const pooled = result.layers.find((l) => l.method);
   if (pooled) {
@@ -589,6 +615,137 @@ async function renderQuery(arg, params) {
     `Results for image #${q.id}, ${q.class_name}: ${topText(result)} in ${layer === "all" ? "layers " + info.layers.join(", ") : "layer " + layer}${method ? ` and conv5 ${method}` : ""}.`,
     !keepFocus);
   state.results.query.method = method;
+}
+
+// ---------------------------------------------------------------- your photos (serve --index)
+
+const hasIndex = () => state.info.databases.some((d) => d.name === "index");
+const folderName = (folder) => (folder ? `${folder}/` : "(top folder)");
+// the top folder is "" in the API and "." in the address (where an empty value is dropped)
+const folderParam = (folder) => (folder === "" ? "." : folder);
+const photoName = (item) => (item.folder ? `${item.folder}/${item.class_name}` : item.class_name);
+
+async function renderCollection(params) {
+  normalise(["collection"], params, {
+    folder: (v) => [true, "", ""], q: (v) => [true, "", ""],
+    page: (v) => [/^[1-9][0-9]*$/.test(v), "page 1", "a page number from 1"],
+  });
+  const folder = params.has("folder") ? (params.get("folder") === "." ? "" : params.get("folder")) : null;
+  const q = (params.get("q") || "").trim();
+  const page = /^[1-9][0-9]*$/.test(params.get("page") || "") ? Number(params.get("page")) : 1;
+  state.lastCollection = location.hash || "#/collection";
+  $("item-back").setAttribute("href", state.lastCollection);
+  const what = [folder !== null ? folderName(folder) : null, q ? `“${q}”` : null].filter(Boolean).join(", ");
+  show("collection", `Your photos${what ? `: ${what}` : ""}${page > 1 ? `, page ${page}` : ""}`);
+  $("collection-q").value = q;
+  const token = begin();
+  setStatus("collection", "Loading photos…", true);
+  const grid = $("collection");
+  grid.classList.add("stale");
+  const offset = (page - 1) * state.pageSize;
+  const query = new URLSearchParams({ offset, limit: state.pageSize });
+  if (folder !== null) query.set("folder", folder);
+  if (q) query.set("q", q);
+  let data;
+  try {
+    data = await api(`api/collection?${query}`, { signal: token.signal });
+  } catch (err) {
+    if (current(token)) { grid.replaceChildren(); setStatus("collection", ""); }
+    throw err;
+  }
+  if (!current(token)) return;
+  fillFolders(data.folders, folder);
+  const pages = Math.max(1, Math.ceil(data.total / state.pageSize));
+  const href = (p) => hashFor(["collection"], { folder: folder === null ? null : folderParam(folder), q: q || null, page: p > 1 ? p : null });
+  if (page > pages) {
+    history.replaceState(null, "", href(pages));
+    showNotice(`There is no page ${page}: these photos fill ${pages} page${pages === 1 ? "" : "s"}; showing the last.`);
+    state.keepFocus = true;
+    return renderCollection(parseHash().params);
+  }
+  $("collection-caption").textContent = `The ${data.size} images of your index “${indexName()}”, ` +
+    "by folder and file name. Choose one to find the most similar others among them.";
+  grid.classList.remove("stale");
+  grid.replaceChildren(...data.items.map((item) => el("li", {}, el("a", {
+    class: "thumb", href: hashFor(["item", String(item.id)]), "data-id": item.id, title: photoName(item),
+  }, el("img", { src: item.url, alt: "", width: 64, height: 64, loading: "lazy" }),
+  el("span", { class: "cap" }, el("span", { class: "id", text: folderName(item.folder) }),
+    el("span", { class: "name", text: item.class_name }))))));
+  setStatus("collection", data.items.length ? "" : "No photos match: change the folder or the text.");
+  const first = data.items.length ? offset + 1 : 0;
+  const last = offset + data.items.length;
+  paintPagers("collection", page, pages, `${first}–${last} of ${data.total}`, href);
+  announce(`Your photos, page ${page} of ${pages}: ${first} to ${last} of ${data.total}.`);
+}
+
+const indexName = () => state.info.databases.find((d) => d.name === "index").description;
+
+function fillFolders(folders, chosen) {
+  const select = $("collection-folder");
+  if (select.options.length === 1) {
+    select.append(...folders.map((f) => el("option", { value: folderParam(f.folder), text: `${folderName(f.folder)} (${f.count})` })));
+  }
+  const want = chosen === null ? "*" : folderParam(chosen);
+  select.value = want;
+  if (select.value !== want) select.value = "*";
+}
+
+function filterCollection(keepFocus) {
+  const folder = $("collection-folder").value;
+  go(hashFor(["collection"], { folder: folder === "*" ? null : folder, q: $("collection-q").value.trim() || null }), keepFocus);
+}
+
+async function renderItem(arg, params) {
+  const size = state.info.databases.find((d) => d.name === "index").size;
+  const id = /^\d+$/.test(arg) ? Number(arg) : NaN;
+  const valid = Number.isInteger(id) && id < size;
+  if (valid) normalise(["item", arg], params, { k: kRule, layer: layerRule });
+  const k = readK(params);
+  const layer = readLayer(params);
+  show("item", valid ? "Similar photos" : "Photo not found");
+  syncControls("item", k, layer);
+  document.querySelector(".controls[data-for=item]").hidden = !valid;
+  const image = $("item-image");
+  const prev = state.results.item;
+  if (!valid) {
+    begin();
+    image.hidden = true;
+    for (const id_ of ["item-caption", "item-about"]) $(id_).textContent = "";
+    $("item-results").replaceChildren();
+    $("item-results-title").hidden = true;
+    for (const a of ["item-original", "item-folder"]) $(a).hidden = true;
+    $("item-title").textContent = "Photo not found";
+    showError(`There is no photo “${arg}”: your index has photos 0 to ${size - 1}.`);
+    return;
+  }
+  $("item-results-title").hidden = false;
+  const keepFocus = state.keepFocus;
+  if (prev && prev.result.query.id === id && prev.result.k === k) {
+    begin();
+    paintResult("item", prev.result, layer, `Showing ${layer === "all" ? "all layers" : `layer ${layer}`}.`, false);
+    return;
+  }
+  const token = begin();
+  image.src = `api/index-image/${id}`;
+  image.hidden = false;
+  $("item-results").replaceChildren();
+  const result = await load("item", token, `api/index-search/${id}?k=${k}`, "Searching your photos…");
+  if (!result) return;
+  const q = result.query;
+  const name = photoName(q);
+  image.alt = `query photo ${name}`;
+  $("item-caption").textContent = name;
+  $("item-title").textContent = `Photos similar to ${q.class_name}`;
+  setTitle(`${q.class_name}: similar photos`);
+  const original = $("item-original");
+  original.hidden = false;
+  original.href = q.original_url;
+  const folderLink = $("item-folder");
+  folderLink.hidden = false;
+  folderLink.href = hashFor(["collection"], { folder: folderParam(q.folder) });
+  folderLink.textContent = `Its folder: ${folderName(q.folder)}`;
+  $("item-about").textContent = aboutText(result);
+  paintResult("item", result, layer, `Results for ${name}: ${topText(result)} ${layer === "all" ? "per layer" : `in layer ${layer}`}.`, !keepFocus);
 }
 
 // ---------------------------------------------------------------- upload
@@ -965,6 +1122,13 @@ function setup(info) {
     go(hashFor(["gallery"], { class: classSelect.value }), true));
   buildControls("query");
   buildControls("upload");
+  buildControls("item");
+  if (hasIndex()) { // "Your photos" after the gallery, only when there is an index to browse
+    document.querySelector("nav[aria-label=Main] li").after(
+      el("li", {}, el("a", { href: "#/collection", "data-view": "collection", text: "Your photos" })));
+  }
+  $("collection-filter").addEventListener("submit", (e) => { e.preventDefault(); filterCollection(true); });
+  $("collection-folder").addEventListener("change", () => filterCollection(true));
   setupUpload(info);
 }
 

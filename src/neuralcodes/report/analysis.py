@@ -8,15 +8,11 @@ never states something the tables next to it contradict.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import shlex
-from pathlib import Path
 from typing import Any
 
-from neuralcodes.config import Config
-from neuralcodes.presets import preset_config
+from neuralcodes.report.commands import improve_command, run_time, train_longer_command
 from neuralcodes.retrieval.metrics import chance_map
 from neuralcodes.retrieval.scores import classification_chance, equal_class_sizes, labels_of_sizes
 from neuralcodes.runs import CHECKPOINTS
@@ -354,26 +350,5 @@ def techniques(facts: dict[str, Any]) -> dict[str, Any]:
     return {"measured": measured, "base": base,
             "per_class": data.get("sizes", {}).get("train", 0) // n_classes,
             "params": facts["architecture"]["total"], "command": improve_command(facts),
-            "minutes": sum((facts.get("timings") or {}).get("actual", {}).values()) / 60 or None}
-
-
-def improve_command(facts: dict[str, Any]) -> str:
-    """The command that trains this run's twin with the two techniques, next to it: the same
-    data, classes and epoch budget (the matching preset where this run is one)."""
-    cfg = Config.from_dict(facts["saved"]["config"])
-    source = cfg.data.source
-    data = f" --data {shlex.quote(source)}" if source else ""
-    twin = Path(facts["root"]).parent / f"{facts['run']}-improved"  # a sibling: found by the report
-    with contextlib.suppress(ValueError):
-        twin = twin.relative_to(Path.cwd())
-    out = shlex.quote(twin.as_posix())
-    for name, twin in (("quick", "quick-improved"), ("assignment", "improved")):
-        preset = Config.from_dict(preset_config(name))
-        budget = (preset.train.max_epochs, preset.train.patience) == (
-            cfg.train.max_epochs, cfg.train.patience)  # resumable, yet part of the comparison
-        if budget and not preset.differences(cfg) and not cfg.train.augment \
-                and not cfg.model.batch_norm:
-            return f"neuralcodes run --preset {twin}{data} --out {out}"
-    config = shlex.quote(f"{facts['root']}/config.json")
-    return (f"neuralcodes run --config {config} --set train.augment=true "
-            f"--set model.batch_norm=true --out {out}")
+            "longer": train_longer_command(facts),
+            **run_time(facts.get("timings") or {})}

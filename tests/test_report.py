@@ -561,3 +561,16 @@ def test_a_folder_runs_report_says_its_measured_time_and_how_to_train_on(tmp_pat
     write_json(run / "timings.json", {"actual": {"train": 600.0, "evaluate": 60.0}})
     md = write_report(run)[0].read_text()
     assert "11.0 min for the timed stages here (training, evaluation, retrieval)" in md
+
+
+def test_top5_of_at_most_five_classes_is_not_applicable(tmp_path):
+    """With 4 in-domain classes top-5 is always 100%: n/a, and said why, never 100.0%."""
+    run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25}, top1=0.7)
+    _set_data(run, num_classes=4)
+    md = write_report(run)[0].read_text()
+    assert "Top-5 is n/a: with 4 classes it is trivially 100%" in md
+    assert "top-5 is n/a: with 4 classes it is trivially 100%" in _section(md, "## Results")
+    assert "| test | 4.0000 | 60.0% | n/a | 100 |" in md and "100.0%" not in md
+    _set_data(run, num_classes=6)  # above 5 classes top-5 says something
+    md = write_report(run)[0].read_text()
+    assert "n/a" not in _section(md, "## Results") and "| test | 4.0000 | 60.0% | 60.0% |" in md

@@ -14,7 +14,13 @@ from typing import Any
 
 from neuralcodes.report.commands import improve_command, run_time, train_longer_command
 from neuralcodes.retrieval.metrics import chance_map
-from neuralcodes.retrieval.scores import classification_chance, equal_class_sizes, labels_of_sizes
+from neuralcodes.retrieval.scores import (
+    classification_chance,
+    course_comparable,
+    equal_class_sizes,
+    labels_of_sizes,
+    top5_trivial,
+)
 from neuralcodes.runs import CHECKPOINTS
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
@@ -114,14 +120,13 @@ def comparability(facts: dict[str, Any]) -> dict[str, Any]:
     data = facts["saved"].get("data", {})
     run_classes = facts["architecture"]["num_classes"]
     chance = facts.get("chance") or {}
-    course_ood = ref.get("ood", {"classes": 10, "images": 5000})
+    same = course_comparable(run_classes, (chance.get("classes"), chance.get("images")), ref)
     return {"run_classes": run_classes, "course_classes": ref["num_classes"],
-            "same_classes": run_classes == ref["num_classes"],
+            "same_classes": same["classification"],
             "run_ood": {"classes": chance.get("classes") or len(data.get("ood_classes") or []),
                         "images": chance.get("images")},
-            "course_ood": course_ood,
-            "same_ood": (chance.get("classes"), chance.get("images")) == (
-                course_ood["classes"], course_ood["images"])}
+            "course_ood": ref.get("ood", {"classes": 10, "images": 5000}),
+            "same_ood": same["map"]}
 
 
 def _normalise(key: str, value: float | None, classes: int) -> float | None:
@@ -187,7 +192,7 @@ def results(facts: dict[str, Any]) -> dict[str, Any] | None:
             "chance_top1": chance1, "chance_top5": chance5, "at_chance": at_chance,
             "test": test, "train": train, "gap": gap, "gap_se": gap_se,
             "gap_significant": gap is not None and gap > 2 * gap_se, "side_by_side": side,
-            "like_for_like": cmp["same_classes"]}
+            "like_for_like": cmp["same_classes"], "top5_trivial": top5_trivial(n_cls)}
 
 
 # --------------------------------------------------------------------------- retrieval

@@ -99,7 +99,7 @@ def _thin_ood(p: Path) -> None:
 @pytest.mark.parametrize(("change", "settings", "says"), [
     (lambda p: [f.unlink() for d in p.iterdir() for f in d.iterdir()], [],
      "wrong layout in"),
-    (None, ["data.ood_classes=3"], "3 out-of-domain classes leave no in-domain class"),
+    (None, ["data.ood_classes=3"], "data.ood_classes=3 leaves 0 in-domain"),
     (_garbage, [], "cannot be read as images, e.g. a-ants/broken.jpg"),
     (_thin_ood, [], "out-of-domain class c-cats"),
     (None, ["data.max_per_class=2", "retrieval.k=1", "retrieval.figure_queries=2"], "split of"),
@@ -119,6 +119,42 @@ def test_a_folder_that_cannot_work_says_what_to_do(tmp_path: Path, change, setti
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert not [p for p in (tmp_path / "cache").glob("*") if p.name.startswith(".building")]
+
+
+def _no_cache_built(cache: Path) -> bool:
+    return not list(cache.rglob("images.npy")) and not list(cache.glob(".building*"))
+
+
+def test_too_few_in_domain_classes_are_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """6 classes with the quick preset's 5 ood ones leave 1 to train on: every command says
+    so in one line, with a --set that works, before decoding an image (--plan too)."""
+    source = make_image_folder(tmp_path, 6, 3)
+    cache = tmp_path / "cache"
+    common = ["--data", str(source), "--cache-dir", str(cache)]
+    for argv in (["run", "--preset", "quick", "--plan", "--out", str(tmp_path / "r")],
+                 ["run", "--preset", "quick", "--no-progress", "--out", str(tmp_path / "r")],
+                 ["train", "--set", "data.ood_classes=5", "--out", str(tmp_path / "t")],
+                 ["prepare", "--set", "data.ood_classes=5", "--no-progress"]):
+        assert main([*argv, *common]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, (argv, err)
+        assert "has 6 classes; data.ood_classes=5 leaves 1 in-domain" in err[0], err
+        assert "--set data.ood_classes=1 (any N from 1 to 4)" in err[0], err
+        assert _no_cache_built(cache) and not (tmp_path / "r").exists(), argv
+    assert main(["prepare", *common, "--set", "data.ood_classes=4", "--no-progress"]) == 0
+
+
+def test_a_folder_of_one_class_says_how_many_are_needed(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = make_image_folder(tmp_path, 1, 3)
+    for extra in ([], ["--plan"]):
+        assert main(["run", "--preset", "quick", "--data", str(source), "--cache-dir",
+                     str(tmp_path / "cache"), "--out", str(tmp_path / "r"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "has 1 class: at least 3 are needed (2 in-domain to train on, "\
+            "1 out of domain for retrieval): add class folders" in err[0], err
+        assert "below 1" not in err[0] and _no_cache_built(tmp_path / "cache")
 
 
 def test_dataset_setting_is_validated_with_the_registry(tmp_path: Path,

@@ -528,3 +528,49 @@ def test_pca_sentences_and_table_are_well_formed(tmp_path):
     assert len(pca_tables) == 1
     assert [len(r) for r in pca_tables[0]] == [4] * 7 and all(all(r) for r in pca_tables[0])
     assert pca_tables[0][-1] == ["layer 7 (whitened)", "20.0%", "25.4%", "25.0%"]
+
+
+def test_a_folder_runs_report_says_its_measured_time_and_how_to_train_on(tmp_path):
+    """No course heading for a non-course dataset; the whole run's time is the measured one
+    (timings.json's whole_run, not the sum of a few stages); "train longer" is a command that
+    parses and reruns on the run's own data into the same run."""
+    from neuralcodes.cli import build_parser
+    from neuralcodes.cli.common import config_from_args
+
+    run = _fake_run(tmp_path / "r1", {"5": 0.21, "6": 0.333, "7": 0.30}, top1=0.22)
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["data"].update(source="my photos", dataset="image-folder")
+    saved["data"]["dataset"] = "image-folder"
+    write_json(run / "config.json", saved)
+    write_json(run / "timings.json", {"estimate": {}, "actual": {"train": 600.0, "evaluate": 60.0},
+                                      "whole_run": 1014.0})
+    md = write_report(run)[0].read_text()
+    assert "## Comparison with the paper\n" in md and "and the course's reference" not in md
+    assert "(#comparison-with-the-paper)" in md
+    assert "16.9 min for the whole run here (`neuralcodes run`, from reading the data" in md
+    assert "11 min" not in md
+    command = re.search(r"train longer, on the same data into the same run, to test it: "
+                        r"`([^`]+)`", md).group(1)
+    assert "--out " in command and "`neuralcodes run`)" not in md
+    args = build_parser().parse_args(command.split()[1:])
+    cfg = config_from_args(args)
+    assert cfg.data.source == "my photos" and cfg.data.dataset == "image-folder"
+    assert cfg.train.max_epochs == 200 and cfg.train.patience == 1 and args.out == str(run)
+    # a run without the whole run's time says what its minutes count
+    (run / "timings.json").unlink()
+    write_json(run / "timings.json", {"actual": {"train": 600.0, "evaluate": 60.0}})
+    md = write_report(run)[0].read_text()
+    assert "11.0 min for the timed stages here (training, evaluation, retrieval)" in md
+
+
+def test_top5_of_at_most_five_classes_is_not_applicable(tmp_path):
+    """With 4 in-domain classes top-5 is always 100%: n/a, and said why, never 100.0%."""
+    run = _fake_run(tmp_path / "r1", {"5": 0.2, "6": 0.3, "7": 0.25}, top1=0.7)
+    _set_data(run, num_classes=4)
+    md = write_report(run)[0].read_text()
+    assert "Top-5 is n/a: with 4 classes it is trivially 100%" in md
+    assert "top-5 is n/a: with 4 classes it is trivially 100%" in _section(md, "## Results")
+    assert "| test | 4.0000 | 60.0% | n/a | 100 |" in md and "100.0%" not in md
+    _set_data(run, num_classes=6)  # above 5 classes top-5 says something
+    md = write_report(run)[0].read_text()
+    assert "n/a" not in _section(md, "## Results") and "| test | 4.0000 | 60.0% | 60.0% |" in md

@@ -41,6 +41,10 @@ PROBE_BATCH = EVAL_BATCH
 PROBE_RANKING = 600
 #: Shape of the PCA probe's random codes (images, dims); a fit's time is scaled linearly in both.
 PROBE_PCA = (1000, 2048)
+#: Forward passes' worth of time per image of the methods study, its pooling included (a
+#: cProfile of the quick run on 2 cores: pooling took 0.85 of the forward pass' time, GeM's p
+#: grid on the fitting images the most; it was counted as 0.5 before, 88 s predicted for 317 s).
+METHODS_PASS = 1.9
 #: Seconds per figure the retrieval stage draws (matplotlib, measured on a 2-core CPU).
 FIGURE_S = 0.5
 
@@ -191,8 +195,9 @@ def _retrieval(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstim
 def _methods(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimate:
     """The methods study (:mod:`neuralcodes.retrieval.methods.study`): conv maps and codes of
     its training sample, the validation and the ood images in one pass each (pooling costs
-    about half a forward pass more), GeM's p grid ranked on its fitting images, then every
-    row ranked on the ood and the validation images, and the parameter grids on validation."""
+    :data:`METHODS_PASS` forward passes in all), the whitenings' fits, GeM's p grid ranked on
+    its fitting images, then every row ranked on the ood and the validation images, and the
+    parameter grids on validation."""
     from neuralcodes.retrieval.methods import REGISTRY
     from neuralcodes.retrieval.methods.study import (
         GEM_FIT_IMAGES,
@@ -210,7 +215,7 @@ def _methods(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimat
     def rank(n: int) -> float:  # all pairs of n codes: grows with the square
         return speeds.ranking_s * (n / PROBE_RANKING) ** 2
 
-    rows, tuning = 3.0, 0.0
+    rows, tuning, fits = 3.0, 0.0, 0.0
     if "pooling" in families:
         rows += 3 * (len(MAPS) - 1) + 6
         tuning += len(MAPS) * 6 * rank(min(GEM_FIT_IMAGES, fitted)) / max(rank(sizes["val"]),
@@ -219,11 +224,17 @@ def _methods(cfg: Config, sizes: dict[str, int], speeds: Speeds) -> StageEstimat
         bases = 3 if "pooling" in families else 2
         rows += bases * 3 * len(WHITEN_DIMS)
         tuning += bases * sum(len(REGISTRY[k].grid.get("shrinkage", ())) for k in ("pcaw", "lw"))
+        # per base: one PCA of its training codes (the probe's fit, scaled to their number and
+        # an fc code's length), and the learned whitening's two eigendecompositions (512 x 512)
+        # per shrinkage, measured at about a probe PCA fit each
+        lw_fits = len(REGISTRY["lw"].grid.get("shrinkage", ())) or 1
+        fits = bases * speeds.pca_s * (fitted / PROBE_PCA[0] + lw_fits)
     if "reranking" in families:
         # k-reciprocal and diffusion cost several rankings each (measured: ~5x)
         rows += 3 + 2 * 5
         tuning += sum(np.prod([len(v) for v in REGISTRY[n].grid.values()]) for n in RERANKERS)
-    seconds = (1.5 * coded / speeds.infer_ips + rows * (rank(sizes["ood"]) + rank(sizes["val"]))
+    seconds = (METHODS_PASS * coded / speeds.infer_ips + fits
+               + rows * (rank(sizes["ood"]) + rank(sizes["val"]))
                + tuning * rank(sizes["val"]) + FIGURE_S)
     return StageEstimate("methods", seconds,
                          f"maps of {coded:,} images, {planned_rows(families)} methods ranked on "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from neuralcodes.config import Config, DataConfig
-from neuralcodes.data.splits import split_arrays
+from neuralcodes.data.splits import check_class_count, split_arrays
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.estimate import estimate_stages, expected_epochs, plan_lines, probe_speeds
 from neuralcodes.runs import RunDir
@@ -42,6 +42,7 @@ def planned_sizes(cfg: DataConfig) -> tuple[dict[str, int], int, str]:
         wnids = listing.classes
         labels = np.array([it.label for it in listing.items], dtype=np.int64)
         origin = f"the file listing of {cfg.source}, before decoding"
+        check_class_count(len(wnids), cfg, str(cfg.source))
     splits = split_arrays(labels, wnids, cfg)
     return splits.sizes(), len(splits.in_classes), origin
 

@@ -38,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from neuralcodes.data import (
         Dataset,
         check_usable,
+        class_check,
         make_splits,
         prepare_cache,
         summary,
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     with console_logging():
         root, built = prepare_cache(cfg.source, cfg.cache_dir, dataset=cfg.dataset,
                                     workers=args.workers, progress=not args.no_progress,
-                                    url=cfg.url)
+                                    url=cfg.url, check=class_check(cfg))
     dataset = Dataset.load(root)
     splits = make_splits(dataset, cfg)
     check_usable(dataset, splits)

@@ -51,6 +51,7 @@ from neuralcodes.data.cache import default_cache_dir, fetch_official, prepare, p
 from neuralcodes.data.dataset import FORMAT_VERSION, Dataset
 from neuralcodes.data.partition import (
     check_usable,
+    class_check,
     load_data,
     make_splits,
     summary,
@@ -58,6 +59,7 @@ from neuralcodes.data.partition import (
 )
 from neuralcodes.data.splits import Splits
 
-__all__ = ["FORMAT_VERSION", "Dataset", "Splits", "check_usable", "default_cache_dir",
+__all__ = ["FORMAT_VERSION", "Dataset", "Splits", "check_usable", "class_check",
+           "default_cache_dir",
            "fetch_official", "load_data", "make_splits", "prepare", "prepare_cache", "summary",
            "write_splits_csv"]

@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: In the cache root: "<dataset>|<zip stamp (path, size, mtime)>" -> cache folder name.
 _MEMO = "sources.json"
+#: Called with a source's class names as soon as they are listed (see :func:`prepare`).
+ClassCheck = Callable[[list[str]], None]
 
 
 def default_cache_dir() -> Path:
@@ -112,21 +115,23 @@ def fetch_official(cache_dir: str | Path | None = None, *, progress: bool = True
 
 def prepare(source: str | Path | None = None, cache_dir: str | Path | None = None, *,
             dataset: str = "auto", workers: int | None = None, progress: bool = True,
-            url: str | None = None) -> Path:
+            url: str | None = None, check: ClassCheck | None = None) -> Path:
     """Build the image cache for ``source`` read as ``dataset`` (``auto``: found from its
     layout; see :mod:`neuralcodes.datasets`) and return its folder. Without a source the
     dataset's archive is downloaded from ``url`` if not there yet (:func:`fetch`).
 
     Does no work when a finished cache for the same source content exists. Files that do not
     decode are listed in the manifest and logged (a labelled folder: one error line instead).
+    ``check`` is called with the source's classes as soon as they are listed (before decoding).
     """
     return prepare_cache(source, cache_dir, dataset=dataset, workers=workers,
-                         progress=progress, url=url)[0]
+                         progress=progress, url=url, check=check)[0]
 
 
 def prepare_cache(source: str | Path | None, cache_dir: str | Path | None, *,
                   dataset: str = "auto", workers: int | None = None, progress: bool = True,
-                  url: str | None = None) -> tuple[Path, bool]:
+                  url: str | None = None, check: ClassCheck | None = None
+                  ) -> tuple[Path, bool]:
     """:func:`prepare`, also saying whether the cache was built now (True) or found (False)."""
     root = cache_root(cache_dir)
     if source is None:
@@ -138,12 +143,16 @@ def prepare_cache(source: str | Path | None, cache_dir: str | Path | None, *,
         return root / known, False
     src, spec = open_dataset(source, dataset)
     with src:
-        return _prepare_source(src, spec, root, stamp, workers=workers, progress=progress)
+        return _prepare_source(src, spec, root, stamp, workers=workers, progress=progress,
+                               check=check)
 
 
 def _prepare_source(src: Source, spec: DatasetSpec, root: Path, stamp: str | None, *,
-                    workers: int | None, progress: bool) -> tuple[Path, bool]:
+                    workers: int | None, progress: bool,
+                    check: ClassCheck | None = None) -> tuple[Path, bool]:
     listing = spec.listing(src)
+    if check is not None:
+        check(listing.classes)
     fp = lineage.cache_fingerprint(spec.name, src.checksum(listing.items, spec.meta_files),
                                    FORMAT_VERSION, IMAGE_SHAPE)
     key = lineage.digest(fp)

@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from neuralcodes.config import DataConfig
-from neuralcodes.data.cache import prepare
+from neuralcodes.data.cache import ClassCheck, prepare
 from neuralcodes.data.dataset import Dataset
-from neuralcodes.data.splits import SPLIT_NAMES, SPLITS_CSV_HEADER, Splits, split_arrays
+from neuralcodes.data.splits import (
+    SPLIT_NAMES,
+    SPLITS_CSV_HEADER,
+    Splits,
+    check_class_count,
+    split_arrays,
+)
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
 
@@ -48,6 +54,14 @@ def check_usable(dataset: Dataset, splits: Splits) -> None:
                 "needs at least 2 per class (a query and its match); add images to it")
 
 
+def class_check(cfg: DataConfig) -> ClassCheck:
+    """The check of a source's listed classes against ``cfg`` (:func:`check_class_count`), for
+    :func:`neuralcodes.data.cache.prepare`'s ``check``: it runs before any image is decoded."""
+    def check(classes: list[str]) -> None:
+        check_class_count(len(classes), cfg, str(cfg.source or cfg.dataset))
+    return check
+
+
 def load_data(cfg: DataConfig, progress: bool = True) -> tuple[Dataset, Splits]:
     """Prepare (if needed) and load the cache for ``cfg.source`` (read as ``cfg.dataset``), and
     split it by ``cfg``; a dataset that cannot be split so ends in one line saying what to do
@@ -56,7 +70,7 @@ def load_data(cfg: DataConfig, progress: bool = True) -> tuple[Dataset, Splits]:
     The splits are saved into the cache (``splits/<hash16>.npz``).
     """
     dataset = Dataset.load(prepare(cfg.source, cfg.cache_dir, dataset=cfg.dataset,
-                                   progress=progress, url=cfg.url))
+                                   progress=progress, url=cfg.url, check=class_check(cfg)))
     splits = make_splits(dataset, cfg)
     check_usable(dataset, splits)
     splits.save(dataset.root)

@@ -93,6 +93,7 @@ def split_arrays(labels: np.ndarray, wnids: Sequence[str], cfg: DataConfig) -> S
     Every index array is in that order (e.g. ``splits.ood[:10]`` are "the first 10 ood images").
     """
     n_classes = len(wnids)
+    check_class_count(n_classes, cfg)
     if cfg.max_classes is not None:
         n_classes = min(n_classes, cfg.max_classes)
     ood = _ood_class_list(list(wnids[:n_classes]), cfg)
@@ -113,6 +114,39 @@ def split_arrays(labels: np.ndarray, wnids: Sequence[str], cfg: DataConfig) -> S
     return _finish_splits(train, val, test, ood_idx, in_classes, ood)
 
 
+#: Training needs this many in-domain classes; retrieval at least one out-of-domain class.
+MIN_IN_CLASSES = 2
+
+
+def check_class_count(n_found: int, cfg: DataConfig, where: str = "the data") -> None:
+    """One line saying what to do when ``n_found`` classes (a source's listing, before
+    ``max_classes``) cannot be split by ``cfg`` into at least :data:`MIN_IN_CLASSES` in-domain
+    classes and one out-of-domain class. Cheap: run, plan, prepare and train call it right after
+    the classes are listed, before any image is decoded."""
+    n = min(n_found, cfg.max_classes) if cfg.max_classes is not None else n_found
+    need = MIN_IN_CLASSES + 1
+    noun = "class" if n == 1 else "classes"
+    used = f"{n} {noun}" if n == n_found else f"{n} {noun} used (data.max_classes={n})"
+    if n < need:
+        fix = ("raise data.max_classes" if n < n_found else "add class folders")
+        raise NeuralCodesError(
+            f"{where} has {used}: at least {need} are needed ({MIN_IN_CLASSES} in-domain to "
+            f"train on, 1 out of domain for retrieval): {fix}")
+    most = n - MIN_IN_CLASSES
+    if cfg.ood_wnids:
+        k = len(set(cfg.ood_wnids))
+        if k > most:
+            raise NeuralCodesError(
+                f"{where} has {used}; the {k} data.ood_wnids leave {n - k} in-domain; training "
+                f"needs at least {MIN_IN_CLASSES}: list at most {most} ood wnids")
+    elif cfg.ood_classes > most:
+        k = cfg.ood_classes
+        raise NeuralCodesError(
+            f"{where} has {used}; data.ood_classes={k} leaves {max(n - k, 0)} in-domain, and "
+            f"training needs at least {MIN_IN_CLASSES}: use --set data.ood_classes="
+            f"{max(1, n // 4)} (any N from 1 to {most})")
+
+
 def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:
     n = len(wnids)
     if cfg.ood_wnids:
@@ -128,10 +162,6 @@ def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:
                          .tolist())
         else:
             ood = list(range(n - min(k, n), n))
-    if len(ood) >= n:
-        raise NeuralCodesError(f"{len(ood)} out-of-domain classes leave no in-domain class "
-                               f"(only {n} classes used): set data.ood_classes below {n} "
-                               "(--set data.ood_classes=N) or add classes")
     return ood
 
 

@@ -41,7 +41,7 @@ def write_report(run: str | Path, config: Config | None = None) -> tuple[Path, P
     inputs = {name: lineage.digest(made) if made else  # written before fingerprints: its bytes
               hashlib.sha256((rd.root / name).read_bytes()).hexdigest()[:16]
               for name, made in facts["made_by"].items()}
-    for path in (rd.metrics, rd.train_state, rd.config):
+    for path in (rd.metrics, rd.train_state, rd.config, rd.timings):  # timings: its minutes
         if path.is_file():
             inputs[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     for other in facts["improved"]:

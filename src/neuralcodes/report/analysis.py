@@ -8,17 +8,19 @@ never states something the tables next to it contradict.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import shlex
-from pathlib import Path
 from typing import Any
 
-from neuralcodes.config import Config
-from neuralcodes.presets import preset_config
+from neuralcodes.report.commands import improve_command, run_time, train_longer_command
 from neuralcodes.retrieval.metrics import chance_map
-from neuralcodes.retrieval.scores import classification_chance, equal_class_sizes, labels_of_sizes
+from neuralcodes.retrieval.scores import (
+    classification_chance,
+    course_comparable,
+    equal_class_sizes,
+    labels_of_sizes,
+    top5_trivial,
+)
 from neuralcodes.runs import CHECKPOINTS
 
 #: The layer Babenko et al. found best for retrieval (ImageNet-trained network).
@@ -118,14 +120,13 @@ def comparability(facts: dict[str, Any]) -> dict[str, Any]:
     data = facts["saved"].get("data", {})
     run_classes = facts["architecture"]["num_classes"]
     chance = facts.get("chance") or {}
-    course_ood = ref.get("ood", {"classes": 10, "images": 5000})
+    same = course_comparable(run_classes, (chance.get("classes"), chance.get("images")), ref)
     return {"run_classes": run_classes, "course_classes": ref["num_classes"],
-            "same_classes": run_classes == ref["num_classes"],
+            "same_classes": same["classification"],
             "run_ood": {"classes": chance.get("classes") or len(data.get("ood_classes") or []),
                         "images": chance.get("images")},
-            "course_ood": course_ood,
-            "same_ood": (chance.get("classes"), chance.get("images")) == (
-                course_ood["classes"], course_ood["images"])}
+            "course_ood": ref.get("ood", {"classes": 10, "images": 5000}),
+            "same_ood": same["map"]}
 
 
 def _normalise(key: str, value: float | None, classes: int) -> float | None:
@@ -191,7 +192,7 @@ def results(facts: dict[str, Any]) -> dict[str, Any] | None:
             "chance_top1": chance1, "chance_top5": chance5, "at_chance": at_chance,
             "test": test, "train": train, "gap": gap, "gap_se": gap_se,
             "gap_significant": gap is not None and gap > 2 * gap_se, "side_by_side": side,
-            "like_for_like": cmp["same_classes"]}
+            "like_for_like": cmp["same_classes"], "top5_trivial": top5_trivial(n_cls)}
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -354,26 +355,5 @@ def techniques(facts: dict[str, Any]) -> dict[str, Any]:
     return {"measured": measured, "base": base,
             "per_class": data.get("sizes", {}).get("train", 0) // n_classes,
             "params": facts["architecture"]["total"], "command": improve_command(facts),
-            "minutes": sum((facts.get("timings") or {}).get("actual", {}).values()) / 60 or None}
-
-
-def improve_command(facts: dict[str, Any]) -> str:
-    """The command that trains this run's twin with the two techniques, next to it: the same
-    data, classes and epoch budget (the matching preset where this run is one)."""
-    cfg = Config.from_dict(facts["saved"]["config"])
-    source = cfg.data.source
-    data = f" --data {shlex.quote(source)}" if source else ""
-    twin = Path(facts["root"]).parent / f"{facts['run']}-improved"  # a sibling: found by the report
-    with contextlib.suppress(ValueError):
-        twin = twin.relative_to(Path.cwd())
-    out = shlex.quote(twin.as_posix())
-    for name, twin in (("quick", "quick-improved"), ("assignment", "improved")):
-        preset = Config.from_dict(preset_config(name))
-        budget = (preset.train.max_epochs, preset.train.patience) == (
-            cfg.train.max_epochs, cfg.train.patience)  # resumable, yet part of the comparison
-        if budget and not preset.differences(cfg) and not cfg.train.augment \
-                and not cfg.model.batch_norm:
-            return f"neuralcodes run --preset {twin}{data} --out {out}"
-    config = shlex.quote(f"{facts['root']}/config.json")
-    return (f"neuralcodes run --config {config} --set train.augment=true "
-            f"--set model.batch_norm=true --out {out}")
+            "longer": train_longer_command(facts),
+            **run_time(facts.get("timings") or {})}

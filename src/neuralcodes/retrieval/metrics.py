@@ -3,6 +3,7 @@ precision@k), the chance level of AP and a paired bootstrap interval for mAP dif
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -357,6 +358,22 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
 
+@functools.lru_cache(maxsize=2)
+def _resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each of ``resamples`` bootstrap resamples
+    (float64, ``(resamples, n)``): the draws of :func:`paired_bootstrap`, made once per size and
+    shared by all its calls (a study compares dozens of rows on the same queries)."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, n))
+    rows = max(1, 2**22 // n)  # about 32 MiB of indices at a time
+    for start in range(0, resamples, rows):
+        idx = rng.integers(0, n, (min(rows, resamples - start), n))
+        flat = (np.arange(len(idx))[:, None] * n + idx).ravel()
+        counts[start:start + len(idx)] = np.bincount(flat, minlength=idx.size).reshape(idx.shape)
+    counts.flags.writeable = False
+    return counts
+
+
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = BOOTSTRAP_SEED, confidence: float = 0.95) -> Difference:
     """mean(a) - mean(b) of paired per-query values (e.g. AP of two layers for the same
@@ -370,12 +387,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = BOOTSTRAP
     d = (a - b)[~(np.isnan(a) | np.isnan(b))]
     if len(d) == 0:
         raise NeuralCodesError("no paired values to compare")
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    rows = max(1, 2**22 // len(d))  # about 32 MiB of indices at a time
-    for start in range(0, resamples, rows):
-        idx = rng.integers(0, len(d), (min(rows, resamples - start), len(d)))
-        means[start:start + len(idx)] = d[idx].mean(axis=1)
+    means = _resample_counts(len(d), resamples, seed) @ d / len(d)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Difference(float(d.mean()), float(low), float(high))

@@ -32,6 +32,25 @@ def classification_chance(n_classes: int) -> dict[str, float]:
     return {"top1": 1 / n_classes, "top5": min(5, n_classes) / n_classes}
 
 
+def course_comparable(run_classes: int, run_ood: tuple[int | None, int | None],
+                      course: dict[str, Any]) -> dict[str, bool]:
+    """Whether a run's numbers are on the scale of the course's reference (``course``:
+    :func:`neuralcodes.course.course_reference`): ``classification`` (losses, top-1, top-5) with
+    the same number of in-domain classes; ``map`` with those and the same ood classes and
+    images (``run_ood``). The report and the web app both show raw numbers side by side only
+    so."""
+    course_ood = course.get("ood", {"classes": 10, "images": 5000})
+    same_classes = run_classes == course["num_classes"]
+    same_ood = tuple(run_ood) == (course_ood["classes"], course_ood["images"])
+    return {"classification": same_classes, "map": same_classes and same_ood}
+
+
+def top5_trivial(n_classes: int) -> bool:
+    """Whether top-5 accuracy says nothing: with at most 5 classes it is always 100% (shown as
+    n/a by the report and the web app)."""
+    return n_classes <= 5
+
+
 def precision_ks(n_images: int, ks: Sequence[int] = PRECISION_KS) -> tuple[int, ...]:
     """The null P@k rule: the ``ks`` whose precision@k a self-retrieval over ``n_images``
     images has (k at most the ``n_images - 1`` others)."""

@@ -14,9 +14,11 @@ from neuralcodes.files import read_json
 from neuralcodes.retrieval.scores import (
     chance_levels,
     classification_chance,
+    course_comparable,
     map_row,
     map_rows,
     precision_ks,
+    top5_trivial,
 )
 
 if TYPE_CHECKING:
@@ -77,9 +79,11 @@ def run_results(served: ServedRun) -> dict[str, Any]:
     n_classes = len(served.in_classes)
     return {"run": rd.root.name, "eval": eval_, "map": maps, "map_source": source,
             "relu": served.ood.relu, "n_classes": n_classes,
-            "chance": classification_chance(n_classes),
-            # the course's numbers only beside a run of the course's dataset
-            "reference": _reference() if served.dataset.spec.course else None,
+            "chance": {**classification_chance(n_classes), "top5_trivial": top5_trivial(n_classes)},
+            # the course's numbers only beside a run of the course's dataset, and each only
+            # where it is on this run's scale (the report's rule: course_comparable)
+            "reference": _reference(n_classes, (len(served.ood_classes), len(served)))
+            if served.dataset.spec.course else None,
             "curves_url": "api/curves.png" if rd.curves.is_file() else None,
             "figures": figures,
             "report_url": "report.html" if served.current(rd.report_html) else None,
@@ -105,9 +109,16 @@ def _computed_map(served: ServedRun) -> list[dict[str, Any]]:
     return [dict(row) for row in served.computed_map]
 
 
-def _reference() -> dict[str, Any]:
-    """The course's final numbers beside the run's: mAP per layer, test top-1 and top-5."""
+def _reference(n_classes: int, ood: tuple[int, int]) -> dict[str, Any] | None:
+    """The course's final numbers beside the run's where they are like for like
+    (:func:`neuralcodes.retrieval.scores.course_comparable`, as in the report): test top-1 and
+    top-5 with the course's number of classes, mAP per layer with its ood set too; None when
+    neither is."""
     ref = course_reference()
-    test = ref["evaluation"]["test"]
-    return {"map": ref["map"], "top1": test["top1"], "top5": test["top5"],
+    same = course_comparable(n_classes, ood, ref)
+    if not any(same.values()):
+        return None
+    test = ref["evaluation"]["test"] if same["classification"] else {"top1": None, "top5": None}
+    return {"map": ref["map"] if same["map"] else {}, "top1": test["top1"],
+            "top5": test["top5"],
             "source": f"{ref['source']['repository']}/{ref['source']['notebook']}"}

@@ -167,6 +167,8 @@ class Chance(BaseModel):
 
     top1: float
     top5: float
+    top5_trivial: bool = Field(False, description="at most 5 classes: top-5 is always 100% "
+                               "(shown as n/a)")
 
 
 class Reference(BaseModel):

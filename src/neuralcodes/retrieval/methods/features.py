@@ -51,9 +51,22 @@ def pooled_names(layer: str, gem_ps: Sequence[float] = ()) -> list[str]:
             + [gem_name(layer, p) for p in gem_ps])
 
 
+#: Images pooled at a time: a chunk's maps (32 x 288 x 16 x 16 floats, 9 MiB) stay in the
+#: CPU's cache through the several passes of the poolings (GeM's powers, R-MAC's bands): about
+#: twice as fast as pooling the whole batch, and the same numbers (each image is pooled alone).
+POOL_CHUNK = 32
+
+
 def _pool(maps: torch.Tensor, layer: str, gem_ps: Sequence[float],
           only: Collection[str] | None = None) -> dict[str, np.ndarray]:
-    """The pooled descriptors of one map (``only``: just those names)."""
+    """The pooled descriptors of one batch of maps (``only``: just those names)."""
+    parts = [_pool_chunk(maps[i:i + POOL_CHUNK], layer, gem_ps, only)
+             for i in range(0, len(maps), POOL_CHUNK)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _pool_chunk(maps: torch.Tensor, layer: str, gem_ps: Sequence[float],
+                only: Collection[str] | None = None) -> dict[str, np.ndarray]:
     maps = maps.float().contiguous()
     makers: dict[str, Callable[[], np.ndarray]] = {
         f"{layer}/mac": lambda: pooling.mac(maps), f"{layer}/spoc": lambda: pooling.spoc(maps),

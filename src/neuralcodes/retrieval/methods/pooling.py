@@ -67,8 +67,9 @@ def centring_prior(height: int, width: int) -> torch.Tensor:
 def spoc(maps: Any, centre: bool = False) -> np.ndarray:
     """Sum of each channel (``centre``: weighted by the centring prior), L2-normalised."""
     x = _tensor(maps)
-    if centre:
-        x = x * centring_prior(*x.shape[-2:]).float()
+    if centre:  # the weighted sum as one product over the cells: no weighted copy of the maps
+        weights = centring_prior(*x.shape[-2:]).float().reshape(-1)
+        return _unit(x.flatten(2) @ weights)
     return _unit(x.sum(dim=(2, 3)))
 
 

@@ -155,12 +155,13 @@ def methods_study(
     # the training images beyond GeM's: only the descriptors that are whitened or re-ranked
     train = _train_features(model, data["train"], head, whitened, gem_p, kw)
     extract_seconds += time.perf_counter() - began
+    fits = {b: FitData(train.codes[b], train.labels, "train") for b in whitened}  # one PCA each
     if "whitening" in families:
         for base in whitened:
-            rows += _whitening_rows(measure, train, val, base, dims)
+            rows += _whitening_rows(measure, fits[base], val, base, dims)
     chosen = max(rows, key=lambda r: r.val_map or 0)
     if "reranking" in families:
-        rows += _rerank_rows(measure, train, val, chosen, rerankers)
+        rows += _rerank_rows(measure, train, fits, val, chosen, rerankers)
     return _table(rows, ood, {
         "relu": relu, "n_queries": len(ood), "maps": list(maps), "families": list(families),
         "fit": {"train_images": len(train), "val_images": len(val),
@@ -266,10 +267,11 @@ def _metrics(codes: np.ndarray, labels: np.ndarray, rerank: Callable[..., np.nda
     return reranking.score_metrics(scores, labels, ks=ks)
 
 
-def _whitening_rows(measure: _Measure, train: Features, val: Features, base: str,
+def _whitening_rows(measure: _Measure, fit: FitData, val: Features, base: str,
                     dims: Sequence[int]) -> list[_Row]:
+    """PCA, PCA-whitening and learned whitening of ``base`` fitted on its training codes
+    ``fit`` (whose PCA and decompositions every size shares)."""
     rows = []
-    fit = FitData(train.codes[base], train.labels, "train")
     cap = min(fit.codes.shape[1], len(fit.codes) - 1)
     sizes = [d for d in dims if d <= cap] or [cap]  # shorter codes: whitened at their size
     n, d = fit.codes.shape
@@ -292,16 +294,16 @@ def _whitening_rows(measure: _Measure, train: Features, val: Features, base: str
     return rows
 
 
-def _rerank_rows(measure: _Measure, train: Features, val: Features, chosen: _Row,
-                 names: Sequence[str]) -> list[_Row]:
+def _rerank_rows(measure: _Measure, train: Features, fits: dict[str, FitData], val: Features,
+                 chosen: _Row, names: Sequence[str]) -> list[_Row]:
     """Re-ranking of the chosen descriptor (with its whitening, refitted the same way)."""
     base, _, kind = chosen.name.partition("+")
     transform: Callable[[np.ndarray], np.ndarray] = lambda x: x  # noqa: E731
     if kind:
         dims = chosen.dims or 0
         spec = get(kind.rstrip("0123456789"), "whitening")
-        w = spec.fn(dims, **chosen.params).fit(FitData(train.codes[base], train.labels,
-                                                        "train"))
+        fit = fits.get(base) or FitData(train.codes[base], train.labels, "train")
+        w = spec.fn(dims, **chosen.params).fit(fit)
         transform = w.transform
     tune_data = FitData(transform(val.codes[base]), val.labels, "val")
     rows = []

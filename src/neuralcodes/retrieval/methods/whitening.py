@@ -119,29 +119,44 @@ class LearnedWhitening:
     matrix: np.ndarray | None = field(default=None, repr=False)  # (dims, D)
 
     def fit(self, data: FitData) -> LearnedWhitening:
-        x = data.codes.astype(np.float64)
-        pre = None
-        if x.shape[1] > self.max_input:
-            pre = data.pca(min(self.max_input, len(x) - 1))
-            components = pre.components[:min(self.max_input, len(x) - 1)].astype(np.float64)
-            x = (x - pre.mean) @ components.T
-        d = x.shape[1]
-        if self.dims > d:
+        rotate, whiten, mean, pre = self._decomposition(data)
+        if self.dims > len(rotate):
             raise NeuralCodesError(f"learned whitening to {self.dims} dimensions needs codes of "
-                                   f"at least that length, got {d}")
-        same, other = pair_covariances(x, data.labels)
+                                   f"at least that length, got {len(rotate)}")
+        matrix = rotate[:self.dims] @ whiten
+        if pre is not None:  # fold the PCA in: one matrix from the raw codes
+            matrix = matrix @ pre
+        self.mean, self.matrix = mean.astype(np.float32), matrix.astype(np.float32)
+        return self
+
+    def _decomposition(self, data: FitData
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The rotation (all axes, largest first), the whitening, the mean and the PCA
+        reduction (None: none), computed once per (data, shrinkage, max_input) and shared by
+        every size: the sizes differ only in how many rotated axes they keep."""
+        key = f"lw-{self.shrinkage!r}-{self.max_input}"
+        if key in data._cache:
+            return data._cache[key]  # type: ignore[no-any-return]
+        x = data.codes.astype(np.float64)
+        pre, mean = None, None
+        if x.shape[1] > self.max_input:
+            reduced = data.pca(min(self.max_input, len(x) - 1))
+            pre = reduced.components[:min(self.max_input, len(x) - 1)].astype(np.float64)
+            x = (x - reduced.mean) @ pre.T
+            mean = reduced.mean.astype(np.float64)
+        d = x.shape[1]
+        pairs_key = f"lw-pairs-{self.max_input}"
+        if pairs_key not in data._cache:  # independent of the shrinkage
+            data._cache[pairs_key] = pair_covariances(x, data.labels)
+        same, other = data._cache[pairs_key]
         c_s = (1 - self.shrinkage) * same + self.shrinkage * np.trace(same) / d * np.eye(d)
         values, vectors = np.linalg.eigh(c_s)
         whiten = (vectors / np.sqrt(np.maximum(values, 1e-12 * values.max()))) @ vectors.T
         values, vectors = np.linalg.eigh(whiten @ other @ whiten.T)
-        rotate = vectors[:, np.argsort(values)[::-1][:self.dims]].T
-        matrix = rotate @ whiten
-        mean = x.mean(axis=0)
-        if pre is not None:  # fold the PCA in: one matrix from the raw codes
-            matrix = matrix @ components
-            mean = pre.mean.astype(np.float64)
-        self.mean, self.matrix = mean.astype(np.float32), matrix.astype(np.float32)
-        return self
+        rotate = vectors[:, np.argsort(values)[::-1]].T
+        out = (rotate, whiten, x.mean(axis=0) if mean is None else mean, pre)
+        data._cache[key] = out
+        return out
 
     def project(self, codes: np.ndarray) -> np.ndarray:
         if self.mean is None or self.matrix is None:

@@ -971,11 +971,15 @@ async function renderResults() {
   const parts = [];
   parts.push(el("h2", { text: "Classification: does the network name the right class?" }));
   parts.push(el("p", { text: `The network was trained on ${r.n_classes} classes. Top-1: how often its first guess is right; ` +
-    `top-5: how often the right class is among its five best guesses. Guessing at random gives ${pct(r.chance.top1)} and ${pct(r.chance.top5)}.` }));
+    (r.chance.top5_trivial
+      ? `top-5 is n/a: with ${r.n_classes} classes the five best guesses include every class, so it is trivially 100%. Guessing at random gives ${pct(r.chance.top1)}.`
+      : `top-5: how often the right class is among its five best guesses. Guessing at random gives ${pct(r.chance.top1)} and ${pct(r.chance.top5)}.`) }));
+  // top-5 of at most 5 classes is always 100%: n/a (the report's rule)
+  const top5 = (v) => r.chance.top5_trivial ? "n/a" : pct(v);
   if (r.eval) {
     const rows = Object.entries(r.eval.splits).map(([name, m]) =>
-      [name, String(m.n), pct(m.top1), pct(m.top5), num(m.loss)]);
-    const foot = [["chance", "", pct(r.chance.top1), pct(r.chance.top5), ""]];
+      [name, String(m.n), pct(m.top1), top5(m.top5), num(m.loss)]);
+    const foot = [["chance", "", pct(r.chance.top1), top5(r.chance.top5), ""]];
     if (ref && ref.top1 !== null) foot.push(["course (test)", "", pct(ref.top1), pct(ref.top5), ""]);
     parts.push(table("eval-table", ["split", "images", "top-1", "top-5", "loss"], rows, foot));
     parts.push(el("p", { class: "muted", text: `Weights: the ${r.eval.checkpoint} checkpoint (epoch ${r.eval.epoch}); loss is the mean cross-entropy.` }));

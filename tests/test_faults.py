@@ -335,7 +335,8 @@ def test_no_space_while_writing_results(base: Path, tmp_path: Path, command: str
 @pytest.mark.parametrize("target", ["images.npy", "labels.npy"])
 def test_no_space_while_building_the_cache(base: Path, tmp_path: Path, target: str) -> None:
     cache = tmp_path / "cache"
-    argv = ["prepare", "--source", source(base), "--cache-dir", str(cache), "--no-progress"]
+    argv = ["prepare", "--source", source(base), "--cache-dir", str(cache), "--set",
+            "data.ood_classes=2", "--no-progress"]
     code, out, err = finish(start(base, argv, NC_FAULT_ENOSPC=target,
                                   NC_FAULT_ENOSPC_AFTER="64"))
     line = assert_one_line(code, out, err, cache)

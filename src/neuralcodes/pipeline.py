@@ -113,6 +113,7 @@ class _Timings:
         self.path = rd.timings
         self.data = read_json(self.path) if self.path.is_file() else {"estimate": {},
                                                                         "actual": {}}
+        self.ran = False  # whether any stage did its work in this invocation
 
     def estimated(self, speeds: dict[str, Any], stages: dict[str, float]) -> None:
         self.data["probe"] = speeds
@@ -121,9 +122,11 @@ class _Timings:
 
     def whole_run(self, seconds: float) -> None:
         """This invocation of ``run`` from reading the data to the report (the report reads it
-        as the whole run's time; stages it skipped took no time)."""
-        self.data["whole_run"] = round(seconds, 2)
-        write_json(self.path, self.data)
+        as the whole run's time; stages it skipped took no time); kept as it was when every
+        stage was skipped, so that an unchanged run leaves its report unchanged too."""
+        if self.ran or "whole_run" not in self.data:
+            self.data["whole_run"] = round(seconds, 2)
+            write_json(self.path, self.data)
 
     @contextlib.contextmanager
     def stage(self, name: str, outputs: list[Path] | None = None) -> Iterator[None]:
@@ -133,6 +136,7 @@ class _Timings:
         began = time.perf_counter()
         yield
         if outputs is None or before != [lineage.recorded(p) for p in outputs]:
+            self.ran = True
             self.data["actual"][name] = round(time.perf_counter() - began, 2)
             write_json(self.path, self.data)
 

@@ -286,6 +286,16 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
+def settle(pg: Any) -> None:
+    """Wait until the app's page has drawn its current address: a pending hashchange first gets
+    one round through the page's task queue (a MessageChannel, which ``page.clock`` leaves real),
+    then no view may be loading."""
+    pg.evaluate("() => new Promise(r => { const c = new MessageChannel(); "
+                "c.port1.onmessage = () => r(); c.port2.postMessage(0); })")
+    pg.wait_for_function("() => document.querySelector('#run-name').textContent && "
+                         "!document.querySelector('.busy')")
+
+
 def random_jpeg(side: int = 80, **kwargs: Any) -> bytes:
     """A ``side`` x ``side`` JPEG of random pixels (``kwargs``: Pillow's save options, e.g.
     ``progressive=True``)."""

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import settle
 from neuralcodes.runs import RunDir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,6 +79,7 @@ def browser(server: str) -> Iterator[object]:
             b.close()
 
 
+
 class Page:
     """A fresh page that records page errors, console errors and failed requests."""
 
@@ -110,8 +112,7 @@ class Page:
         self.settle()
 
     def settle(self) -> None:
-        self.pg.wait_for_function("() => document.querySelector('#run-name').textContent && "
-                                  "!document.querySelector('.busy')")
+        settle(self.pg)
 
 
 def _open_page(browser: object, server: str, size: object) -> Iterator[Page]:
@@ -648,6 +649,7 @@ def test_22_first_load_shows_its_loading_state_then_recovers_when_the_server_ret
     held: list = []
     down = {"on": False}
     page.pg.route("**/api/info", lambda route: route.abort() if down["on"] else held.append(route))
+    page.pg.clock.install()  # the automatic retry waits for the test: only its button retries
     page.pg.goto(page.base + "#/results")
     while not held:
         page.pg.wait_for_timeout(20)

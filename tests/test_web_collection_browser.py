@@ -12,15 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
-from helpers import chromium, serving
+from helpers import chromium, serving, settle
 from neuralcodes.runs import TrainedRun
+
+expect.set_options(timeout=15_000)  # a loaded CI machine renders slowly
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SIZES = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
 PHOTOS = ["beach.png", "dog.png", "trip/hill.png", "trip/lake.png", "trip/copy of dog.png"]
+
 
 
 def _pixels(name: str) -> np.ndarray:
@@ -54,11 +58,6 @@ def browser(base: str) -> Iterator[object]:
         yield b
 
 
-def _settle(pg: object) -> None:
-    pg.wait_for_function("() => document.querySelector('#run-name').textContent && "
-                         "!document.querySelector('.busy')")
-
-
 def _fits(pg: object) -> None:
     """No sideways scrolling; the main navigation on one row."""
     assert pg.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
@@ -83,9 +82,9 @@ def test_browse_your_photos_filter_and_click_to_search(browser, base, size):
     pg.on("response", lambda r: r.status >= 400 and problems.append(f"{r.status} {r.url}"))
     try:
         pg.goto(base + "#/gallery")
-        _settle(pg)
+        settle(pg)
         pg.get_by_role("link", name="Your photos").click()
-        _settle(pg)
+        settle(pg)
         grid = pg.get_by_test_id("collection").locator("a.thumb")
         assert grid.count() == 5 and pg.get_by_text("0 folders").count() == 0
         ARTIFACTS.mkdir(exist_ok=True)
@@ -94,21 +93,22 @@ def test_browse_your_photos_filter_and_click_to_search(browser, base, size):
         assert _serious(pg) == []
         pg.select_option("#collection-folder", "trip")
         pg.wait_for_url("**folder=trip*")
-        _settle(pg)
-        assert grid.count() == 3
+        settle(pg)
+        expect(grid).to_have_count(3)
         pg.fill("#collection-q", "LAKE")
         pg.press("#collection-q", "Enter")
         pg.wait_for_url("**q=LAKE*")
-        _settle(pg)
-        assert [grid.nth(0).get_attribute("title")] == ["trip/lake.png"]
+        settle(pg)
+        expect(grid).to_have_count(1)
+        expect(grid.nth(0)).to_have_attribute("title", "trip/lake.png")
         pg.goto(base + "#/collection?q=dog")
-        _settle(pg)
-        assert grid.count() == 2
+        settle(pg)
+        expect(grid).to_have_count(2)
         grid.filter(has_text="dog.png").first.click()  # the top folder's dog.png
         pg.wait_for_url("**#/item/*")
-        _settle(pg)
+        settle(pg)
         me = pg.url.rsplit("/", 1)[1].split("?")[0]
-        assert pg.locator("#item-caption").inner_text() == "dog.png"
+        expect(pg.locator("#item-caption")).to_have_text("dog.png")
         assert pg.get_by_test_id("original").get_attribute("href") == f"api/original/{me}"
         first = pg.locator("[data-testid=item-results] .layer").first.get_by_test_id("hit")
         assert first.nth(0).get_by_test_id("same").inner_text() == "same file"
@@ -122,18 +122,20 @@ def test_browse_your_photos_filter_and_click_to_search(browser, base, size):
             == "image/png"
         first.nth(1).locator("a").first.click()  # click-to-search from a hit
         pg.wait_for_function(f"() => /#\\/item\\/(?!{me}\\b)/.test(location.hash)")
-        _settle(pg)
-        assert pg.locator("#item-caption").inner_text() == "trip/copy of dog.png"
+        settle(pg)
+        expect(pg.locator("#item-caption")).to_have_text("trip/copy of dog.png")
         pg.get_by_test_id("folder").click()
         pg.wait_for_url("**#/collection?folder=trip")
-        _settle(pg)
-        assert grid.count() == 3 and pg.locator("#collection-folder").input_value() == "trip"
+        settle(pg)
+        expect(grid).to_have_count(3)
+        expect(pg.locator("#collection-folder")).to_have_value("trip")
         pg.goto(base + f"#/item/{me}")  # dog.png, in the top folder
-        _settle(pg)
+        settle(pg)
         pg.get_by_test_id("folder").click()
         pg.wait_for_url("**#/collection?folder=.")
-        _settle(pg)
-        assert grid.count() == 2 and pg.locator("#collection-folder").input_value() == "."
+        settle(pg)
+        expect(grid).to_have_count(2)
+        expect(pg.locator("#collection-folder")).to_have_value(".")
         assert not problems, problems
     finally:
         pg.close()
@@ -144,13 +146,13 @@ def test_upload_hits_in_your_photos_lead_to_the_photo_and_its_original(browser, 
     pg = browser.new_page(viewport=SIZES[size])
     try:
         pg.goto(base + "#/upload?db=index")
-        _settle(pg)
+        settle(pg)
         buf = io.BytesIO()
         Image.fromarray(_pixels("dog.png")).save(buf, format="PNG")
         pg.set_input_files("#upload-file", files=[{"name": "q.png", "mimeType": "image/png",
                                                    "buffer": buf.getvalue()}])
         pg.wait_for_url("**#/upload/*")
-        _settle(pg)
+        settle(pg)
         hit = pg.locator("[data-testid=upload-results] [data-testid=hit]").first
         assert hit.get_by_test_id("same").inner_text() == "identical code"
         assert hit.get_by_test_id("hit-original").get_attribute("href").startswith(
@@ -161,7 +163,7 @@ def test_upload_hits_in_your_photos_lead_to_the_photo_and_its_original(browser, 
         _fits(pg)
         hit.locator("a").first.click()
         pg.wait_for_url("**#/item/*")
-        _settle(pg)
+        settle(pg)
         assert pg.locator("#item-caption").inner_text() in ("dog.png", "trip/copy of dog.png")
     finally:
         pg.close()

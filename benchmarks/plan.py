@@ -32,7 +32,8 @@ def _one_run(zip_path: Path, root: Path) -> dict[str, Any]:
     if cli.main(argv) != 0:
         raise SystemExit("the quick run failed")
     timings = json.loads((out / "timings.json").read_text())
-    epochs = [json.loads(line)["seconds"] for line in (out / "metrics.jsonl").read_text().split()]
+    lines = (out / "metrics.jsonl").read_text().splitlines()  # one JSON object per line
+    epochs = [json.loads(line)["seconds"] for line in lines if line.strip()]
     ratios: dict[str, Any] = {stage: round(timings["estimate"][stage] / seconds, 3)
                               for stage, seconds in timings["actual"].items() if seconds > 0}
     warm = epochs[1:] or epochs

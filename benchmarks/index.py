@@ -4,6 +4,7 @@ FAISS recall and the mAP cost of the compact codes. Prints one JSON object.
     python benchmarks/index.py --run runs/quick --images 2000            # memory, disk, re-index
     python benchmarks/index.py --run runs/quick --sections map           # mAP cost on the ood set
     python benchmarks/index.py --tiny --images 50000 --sections memory,recall
+    python benchmarks/index.py --run runs/quick --sections recall --index photos  # an index
     python benchmarks/index.py --run runs/quick --sections search        # 1 vs 10 queries
 
 ``--tiny`` trains a tiny generated run first (narrow layers: the full model would take hours
@@ -84,14 +85,14 @@ def memory(run: Path, n: int, work: Path) -> dict[str, Any]:
             "after_adding_10": again}
 
 
-def recall(run: Path, queries: int = 200, k: int = 10) -> dict[str, Any]:
+def recall(run: Path, index: str = "bench", queries: int = 200, k: int = 10) -> dict[str, Any]:
     """recall@k of the FAISS search against the exact one, per layer (stored codes as
-    queries, each excluding itself)."""
+    queries, each excluding itself), in the run's index ``index``."""
     from neuralcodes.retrieval import Searcher
     from neuralcodes.retrieval.collection import blocked_top_k
     from neuralcodes.runs import TrainedRun
 
-    s = Searcher(TrainedRun.open(run, device="cpu", progress=False), index="bench")
+    s = Searcher(TrainedRun.open(run, device="cpu", progress=False), index=index)
     assert s.folder is not None
     out: dict[str, Any] = {"approximate": sorted(s.folder._approx), "images": len(s)}
     rows = np.sort(np.random.default_rng(0).choice(len(s), queries, replace=False))
@@ -158,6 +159,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="train a tiny generated run first")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--sections", default="memory,search", help="memory,recall,map,search")
+    p.add_argument("--index", default="bench",
+                   help="the run's index that recall measures (default: the one memory builds)")
     args = p.parse_args()
     sections = args.sections.split(",")
     result: dict[str, Any] = {"before": cpu()}
@@ -176,7 +179,7 @@ def main() -> None:
         if "memory" in sections:
             result["memory"] = memory(run, args.images, work)
         if "recall" in sections:
-            result["recall"] = recall(run)
+            result["recall"] = recall(run, args.index)
         if "map" in sections:
             result["map"] = map_cost(run)
         if "search" in sections:

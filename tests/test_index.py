@@ -222,7 +222,10 @@ def test_index_refusals_are_one_line(run, tmp_path, capsys):
 
 def test_large_indexes_search_through_faiss_with_exact_reranking(run, tmp_path):
     folder = _folder(tmp_path / "big", 30)
-    build_index(folder, _cpu(run), name="big", approx_min=20)
+    r = _cpu(run)
+    build_index(folder, r, name="big", approx_min=20)
+    assert r._model is None  # released before FAISS training (the peak); loaded again on use
+    assert r.model is not None
     where = RunDir(run).index("big")
     assert sorted(p.name for p in where.glob("*.faiss")) == [
         "g1-ivfpq5.faiss", "g1-ivfpq6.faiss", "g1-ivfpq7.faiss"]

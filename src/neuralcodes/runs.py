@@ -309,6 +309,10 @@ class TrainedRun:
         assert self._model is not None
         return self._model
 
+    def release_model(self) -> None:
+        """Drop the loaded network (its memory goes back); the next use loads it again."""
+        self._model = None
+
     @property
     def epoch(self) -> int:
         self.model  # noqa: B018

@@ -20,6 +20,7 @@ bounds bf16 training at ~75 img/s on two such cores (6.1 GFLOP per training imag
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -57,9 +58,10 @@ def keep_freed_memory() -> bool:
 
 
 def return_freed_memory() -> None:
-    """Undo :func:`keep_freed_memory` for a long-lived server: large blocks become fresh
-    mappings again and free heap above 128 KiB goes back to the OS (glibc's initial defaults),
-    so a burst of requests does not leave the process at its peak."""
+    """Undo :func:`keep_freed_memory` for a long-lived server or a last memory-hungry step:
+    large blocks become fresh mappings again, free heap above 128 KiB goes back to the OS
+    (glibc's initial defaults) and what is free now is returned at once, so a burst of
+    requests (or the forward passes before it) does not leave the process at its peak."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -70,6 +72,8 @@ def return_freed_memory() -> None:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
     mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    with contextlib.suppress(AttributeError):
+        libc.malloc_trim(0)  # and what is free now goes back at once
     keep_freed_memory.cache_clear()  # a later configure() keeps memory again
 
 

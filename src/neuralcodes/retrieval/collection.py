@@ -38,6 +38,7 @@ import numpy as np
 from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open, atomic_path, read_json
+from neuralcodes.kernels.cpu import return_freed_memory
 from neuralcodes.retrieval.codes import l2_normalize
 from neuralcodes.retrieval.index import exact_top_k
 
@@ -49,10 +50,16 @@ CENTRE_OWN = "mean code of the indexed images"  #: without the run's training im
 PCA5_DIMS = 256  #: layer 5 (16,384 values) is stored as its first 256 principal components
 FIT_IMAGES = 1000  #: training images the transform (mean, PCA) is fitted on
 APPROX_MIN = 20_000  #: from this many images on, search goes through a FAISS IVF-PQ index
-APPROX_TRAIN = 16_384  #: codes the FAISS index is trained on (a sample)
+#: codes the FAISS index is trained on (a sample): FAISS asks 39 points per centroid, so
+#: 10,000 suits 8-bit PQ (256 centroids); 160 MB of float32 for a 4096-value layer, about
+#: 2.9x that while training (the residuals and PQ's copies)
+APPROX_TRAIN = 10_000
 IDENTICAL = 0.999  #: a stored code this close to the query's is the query itself (float16)
 STORE_DTYPE = np.float16
 BLOCK_BYTES = 64 * 2**20  #: database rows read at once by the exact search
+#: rows given to FAISS's add at once: it holds about ten times a block's float32 size while
+#: it encodes (a 64 MB block peaked at +660 MB, 16 MB at +190 MB; benchmarks/index.py)
+ADD_BYTES = 16 * 2**20
 
 
 def data_file(gen: int, what: str, layer: str | None = None) -> str:
@@ -327,20 +334,21 @@ def write_approx(path: Path, codes: Path) -> None:
     block), written atomically."""
     import faiss
 
+    return_freed_memory()  # the training below is the peak: what the arenas hold free goes first
     reader = RowReader(codes)
     try:
         n, d = reader.n, reader.dims
-        n_train = min(n, APPROX_TRAIN)  # bounded: ~130 MB of float32 for layer 6
+        n_train = min(n, APPROX_TRAIN)
         nlist = max(1, min(int(4 * np.sqrt(n)), n_train // 39))
         m = max(x for x in range(1, min(64, d) + 1) if d % x == 0)
         sample = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
         train = reader.rows(sample).astype(np.float32)
-        nbits = int(min(8, np.log2(max(len(train), 2) // 4 or 1) or 1))
+        nbits = int(min(8, max(1, np.floor(np.log2(max(len(train) // 39, 2))))))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
         index.train(train)
         del train
-        step = max(1, BLOCK_BYTES // (4 * d))
+        step = max(1, ADD_BYTES // (4 * d))
         for a in range(0, n, step):
             index.add(reader.rows(np.arange(a, min(n, a + step))).astype(np.float32))
     finally:

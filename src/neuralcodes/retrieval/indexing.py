@@ -22,6 +22,7 @@ import numpy as np
 
 from neuralcodes import lineage
 from neuralcodes.errors import NeuralCodesError
+from neuralcodes.kernels.cpu import return_freed_memory
 from neuralcodes.progress import bar as progress_bar
 from neuralcodes.retrieval.codes import extract_codes
 from neuralcodes.retrieval.collection import (
@@ -157,6 +158,9 @@ def build_index(folder: str | Path, run: TrainedRun, *, name: str | None = None,
                                + (f" ({len(update.failed)} unreadable)" if update.failed else ""))
     if old is not None and not (update.new or update.changed or update.gone):
         return update  # nothing changed: nothing written
+    if len(sources) >= approx_min:  # FAISS training is the peak: the network's memory goes first
+        r.release_model()
+        return_freed_memory()
     _write(dest, fp, str(root), old, sources, approx_min)
     return update
 

@@ -649,7 +649,10 @@ def test_22_first_load_shows_its_loading_state_then_recovers_when_the_server_ret
     held: list = []
     down = {"on": False}
     page.pg.route("**/api/info", lambda route: route.abort() if down["on"] else held.append(route))
-    page.pg.clock.install()  # the automatic retry waits for the test: only its button retries
+    # the page's clock stands still (install alone lets it run): the automatic retry, due in
+    # 5 s, never fires however slow the machine, so only the button retries
+    page.pg.clock.install(time=0)
+    page.pg.clock.pause_at(1000)
     page.pg.goto(page.base + "#/results")
     while not held:
         page.pg.wait_for_timeout(20)
@@ -662,8 +665,12 @@ def test_22_first_load_shows_its_loading_state_then_recovers_when_the_server_ret
     assert "did not answer" in error.inner_text() and "neuralcodes serve" in error.inner_text()
     assert status.is_hidden()
     # navigation while the server is down keeps saying so (no dead link, no blank view)
+    # (the link boots the app again: its attempt must fail and redraw the error, marked new,
+    # before the server comes back)
+    page.pg.evaluate("document.querySelector('#error .error-text').dataset.old = '1'")
     page.pg.click("nav[aria-label=Main] >> text=Gallery")
     page.pg.wait_for_url("**#/gallery")
+    page.pg.locator("#error .error-text:not([data-old])").wait_for()
     assert page.pg.locator("#error [data-testid=retry]").is_visible()
     page.pg.unroute("**/api/info")  # the server is back: the retry starts the app
     page.pg.click("#error [data-testid=retry]")

@@ -66,6 +66,9 @@ def test_overrides_are_typed():
     ("model.dropout=1", r"model\.dropout: .*less than 1"),
     ("data.fractions=[0.5,0.1,0.1]", r"data\.fractions: .*sum to 1"),
     ("data.max_classes=10", r"max_classes \(10\) must leave in-domain classes"),
+    # one ood class: every retrieved image would be relevant, mAP 100% whatever the codes
+    ("data.ood_classes=1", r"data\.ood_classes: .*greater than or equal to 2"),
+    ('data.ood_wnids=["n1","n1"]', r"ood_wnids must name at least 2 classes"),
 ])
 def test_each_bad_setting_fails_with_one_line_naming_it(bad, match):
     with pytest.raises(NeuralCodesError, match=match) as e:

@@ -22,7 +22,7 @@ from neuralcodes.data.dataset import FORMAT_VERSION
 from neuralcodes.datasets.imagefolder import read_image
 from neuralcodes.plan import planned_sizes
 
-N_CLASSES, PER_CLASS = 4, 6
+N_CLASSES, PER_CLASS = 5, 6
 
 #: For each registered dataset: a generated source and its class ids (sorted).
 SOURCES: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
@@ -59,11 +59,12 @@ def test_dataset_contract(name: str, tmp_path: Path) -> None:
     assert np.array_equal(ds.labels, np.repeat(np.arange(N_CLASSES), PER_CLASS))
     assert len(set(ds.paths)) == len(ds) and ds.images.std() > 10  # decoded, not blank
     # the course's splits; the plan reads the same sizes from the listing alone
-    cfg = DataConfig(source=str(source), ood_classes=1)
+    cfg = DataConfig(source=str(source), ood_classes=2)
     sp = make_splits(ds, cfg)
-    assert sp.sizes() == {"train": 14, "val": 2, "test": 2, "ood": 6, "in_classes": 3,
-                          "ood_classes": 1}
-    assert sp.ood_classes == [N_CLASSES - 1] and set(ds.labels[sp.ood]) == {N_CLASSES - 1}
+    assert sp.sizes() == {"train": 14, "val": 2, "test": 2, "ood": 12, "in_classes": 3,
+                          "ood_classes": 2}
+    ood = [N_CLASSES - 2, N_CLASSES - 1]
+    assert sp.ood_classes == ood and set(ds.labels[sp.ood]) == set(ood)
     assert planned_sizes(cfg)[0] == sp.sizes()
 
 
@@ -99,7 +100,7 @@ def _thin_ood(p: Path) -> None:
 @pytest.mark.parametrize(("change", "settings", "says"), [
     (lambda p: [f.unlink() for d in p.iterdir() for f in d.iterdir()], [],
      "wrong layout in"),
-    (None, ["data.ood_classes=3"], "data.ood_classes=3 leaves 0 in-domain"),
+    (None, ["data.ood_classes=4"], "data.ood_classes=4 leaves 0 in-domain"),
     (_garbage, [], "cannot be read as images, e.g. a-ants/broken.jpg"),
     (_thin_ood, [], "out-of-domain class c-cats"),
     (None, ["data.max_per_class=2", "retrieval.k=1", "retrieval.figure_queries=2"], "split of"),
@@ -108,11 +109,11 @@ def _thin_ood(p: Path) -> None:
 def test_a_folder_that_cannot_work_says_what_to_do(tmp_path: Path, change, settings: list[str],
                                                    says: str, capsys: pytest.CaptureFixture
                                                    ) -> None:
-    source = make_image_folder(tmp_path, 3, 6)
+    source = make_image_folder(tmp_path, 4, 6)
     if change:
         change(source)
     argv = ["prepare", "--data", str(source), "--cache-dir", str(tmp_path / "cache"),
-            "--set", "data.ood_classes=1", "--no-progress"]
+            "--set", "data.ood_classes=2", "--no-progress"]
     for s in settings:
         argv += ["--set", s]
     assert main(argv) == 2
@@ -140,7 +141,7 @@ def test_too_few_in_domain_classes_are_refused_before_any_work(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, (argv, err)
         assert "has 6 classes; data.ood_classes=5 leaves 1 in-domain" in err[0], err
-        assert "--set data.ood_classes=1 (any N from 1 to 4)" in err[0], err
+        assert "--set data.ood_classes=2 (any N from 2 to 4)" in err[0], err
         assert _no_cache_built(cache) and not (tmp_path / "r").exists(), argv
     assert main(["prepare", *common, "--set", "data.ood_classes=4", "--no-progress"]) == 0
 
@@ -152,8 +153,8 @@ def test_a_folder_of_one_class_says_how_many_are_needed(
         assert main(["run", "--preset", "quick", "--data", str(source), "--cache-dir",
                      str(tmp_path / "cache"), "--out", str(tmp_path / "r"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "has 1 class: at least 3 are needed (2 in-domain to train on, "\
-            "1 out of domain for retrieval): add class folders" in err[0], err
+        assert len(err) == 1 and "has 1 class: at least 4 are needed (2 in-domain to train on, "\
+            "2 out of domain for retrieval): add class folders" in err[0], err
         assert "below 1" not in err[0] and _no_cache_built(tmp_path / "cache")
 
 
@@ -175,17 +176,17 @@ def test_dataset_setting_is_validated_with_the_registry(tmp_path: Path,
 def test_quick_run_on_a_labelled_folder_end_to_end(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     """`neuralcodes run --preset quick --data FOLDER` on JPEGs and PNGs of mixed sizes."""
-    source = make_image_folder(tmp_path, 4, 10)
+    source = make_image_folder(tmp_path, 5, 10)
     run = tmp_path / "run"
     assert main(["run", "--preset", "quick", "--data", str(source), "--cache-dir",
                  str(tmp_path / "cache"), "--out", str(run), "--no-progress",
                  "--set", "model.conv_widths=[4,4,4,4,4]", "--set", "model.fc_width=16",
-                 "--set", "train.max_epochs=1", "--set", "data.ood_classes=1",
+                 "--set", "train.max_epochs=1", "--set", "data.ood_classes=2",
                  "--set", "retrieval.pca_dims=[4]", "--set", "retrieval.figure_queries=4"]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.md")
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["dataset"] == "image-folder"
-    assert saved["data"]["ood_classes"] == [{"wnid": "d-dogs", "name": "d-dogs"}]
+    assert saved["data"]["ood_classes"] == [{"wnid": c, "name": c} for c in ("d-dogs", "e-eels")]
     md = (run / "report.md").read_text()
     assert "labelled image folder" in md
     assert "course reference" not in md and "course's model reached" not in md

@@ -166,6 +166,7 @@ def test_search_marks_the_query_itself_and_duplicates_are_grouped(run, tmp_path,
     assert all(h["same"] is None for h in hits[2:])
     scores = [h["score"] for h in hits]
     assert scores[0] == pytest.approx(1, abs=2e-3)
+    assert max(scores) <= 1  # float16 rows score a little over 1 with themselves: capped
     # centred by the mean training code, the scores spread more than the plain cosine
     s = Searcher(_cpu(run), index="d")
     raw = s.query_codes(np.stack([s.image(i) for i in range(len(s))]), "6")

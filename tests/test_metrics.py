@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score
 
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.retrieval.metrics import (
+    capped,
     chance_average_precision,
     chance_map,
     chance_precision,
@@ -46,6 +47,17 @@ def test_rank_order_is_score_descending_then_index_ascending():
     for row, got in zip(scores, order, strict=True):
         expected = np.lexsort((np.arange(len(row)), -row))
         np.testing.assert_array_equal(got, expected)
+
+
+def test_scores_of_float16_unit_codes_are_capped_at_one_without_reordering():
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(50, 64)).astype(np.float32)
+    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+    stored = codes.astype(np.float16).astype(np.float32)  # an index's rows
+    raw = stored @ stored.T
+    assert raw.max() > 1  # rounding: some code scores over 1 with itself
+    scores = capped(raw.copy())
+    assert scores.max() == 1 and np.array_equal(scores[raw < 1], raw[raw < 1])
 
 
 def test_negative_zero_ties_with_zero():

@@ -204,6 +204,14 @@ def test_a_weak_model_is_too_weak_to_test_the_papers_claim(tmp_path):
     assert "**This model is too weak to test the paper's claim:** its test top-1 accuracy is " \
         "12.0%" in md
     assert "below the 25% this report asks" in md.split("## Answers")[0]
+    # above the bar but at chance (4 classes, 27% on 100 images): the reason given is chance
+    run = _fake_run(tmp_path / "r3", {"5": 0.21, "6": 0.333, "7": 0.30}, top1=0.37,
+                    extra_map=SIGNIFICANT_6)
+    _set_data(run, num_classes=4)
+    md = write_report(run)[0].read_text()
+    assert "27.0% (1.1× the\nchance level of 25.0%), within two " \
+        "standard errors of that chance level on 100 test images: it has not learnt its classes" in md
+    assert "(test top-1 27.0%, no better than chance)" in md and "below the 25%" not in md
     # a model above the bar gets the verdict, qualified by what the intervals cover
     md = write_report(_fake_run(tmp_path / "r2", {"5": 0.21, "6": 0.333, "7": 0.30},
                                 extra_map=SIGNIFICANT_6))[0].read_text()

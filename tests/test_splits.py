@@ -230,7 +230,7 @@ def test_ood_options_and_subsampling(tmp_path: Path) -> None:
     assert explicit.ood_classes == [0, 5] and len(explicit.in_classes) == 10
     assert set(ds.labels[explicit.ood].tolist()) == {0, 5}
     with pytest.raises(NeuralCodesError, match="n99999999"):
-        make_splits(ds, DataConfig(ood_wnids=["n99999999"]))
+        make_splits(ds, DataConfig(ood_wnids=[w[0], "n99999999"]))
     r1 = make_splits(ds, DataConfig(ood_classes=3, ood_random=True, seed=1))
     r1b = make_splits(ds, DataConfig(ood_classes=3, ood_random=True, seed=1))
     assert r1.ood_classes == r1b.ood_classes and len(r1.ood_classes) == 3
@@ -245,7 +245,7 @@ def test_ood_options_and_subsampling(tmp_path: Path) -> None:
     assert sorted(used.tolist()) == first_two
     with pytest.raises(NeuralCodesError, match="data.ood_classes=12 leaves 0 in-domain"):
         make_splits(ds, DataConfig(ood_classes=12))
-    with pytest.raises(NeuralCodesError, match=r"ood_classes=4 leaves 1 in-domain.*=1 \(any N"):
+    with pytest.raises(NeuralCodesError, match=r"ood_classes=4 leaves 1 in-domain.*=2 \(any N from 2 to 3\)"):
         make_splits(ds, DataConfig(max_classes=5, ood_classes=4))  # 1 class cannot be trained
     with pytest.raises(ValueError, match="fractions"):  # refused by the config itself
         DataConfig(fractions=(0.5, 0.1, 0.1))

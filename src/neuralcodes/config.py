@@ -50,6 +50,9 @@ CPU_CONVS: tuple[str, ...] = ("auto", *sorted(KERNELS))
 CpuConv = Literal[CPU_CONVS]  # type: ignore[valid-type]
 #: Upload limits of ``neuralcodes serve`` (serve.max_upload_mb, serve.max_megapixels): their
 #: defaults (the pixel limit is the decoder's own, imageio.DEFAULT_MAX_PIXELS).
+#: fewer out-of-domain classes than this make retrieval trivial: with one, every retrieved
+#: image is relevant and mAP is 100% whatever the codes
+MIN_OOD_CLASSES = 2
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 #: Families of the methods study (neuralcodes.retrieval.methods.FAMILIES reads this).
@@ -76,7 +79,7 @@ class DataConfig:
     # checked either way); None: $NEURALCODES_URL, else the cs231n address
     url: Annotated[str | None, RESUMABLE] = None
     # the last N classes in sorted wnid order are out-of-domain
-    ood_classes: Annotated[int, Field(ge=1, strict=True)] = 10
+    ood_classes: Annotated[int, Field(ge=MIN_OOD_CLASSES, strict=True)] = 10
     # explicit out-of-domain wnids (overrides ood_classes)
     ood_wnids: list[Annotated[str, Field(pattern=r"^\S+$")]] | None = None
     ood_random: bool = False  # draw the ood classes at random with `seed` instead of the last N
@@ -113,7 +116,10 @@ class DataConfig:
         if spec is not None and self.source is None and spec.remote is None:
             raise ValueError(f"the {spec.title} dataset cannot be downloaded: set data.source "
                              "(--data FOLDER)")
-        n_ood = len(self.ood_wnids) if self.ood_wnids else self.ood_classes
+        n_ood = len(set(self.ood_wnids)) if self.ood_wnids else self.ood_classes
+        if n_ood < MIN_OOD_CLASSES:
+            raise ValueError(f"ood_wnids must name at least {MIN_OOD_CLASSES} classes (with one, "
+                             "every retrieved image is relevant: mAP is 100% whatever the codes)")
         if self.max_classes is not None and self.max_classes <= n_ood:
             raise ValueError(f"max_classes ({self.max_classes}) must leave in-domain classes "
                              f"beside the {n_ood} ood classes")
@@ -336,7 +342,7 @@ def _describe(e: pydantic.ValidationError) -> str:
 def parse_override(assignment: str) -> tuple[str, str, Any]:
     """``SECTION.KEY=VALUE`` -> (section, key, value); VALUE is JSON if it parses, else a string.
 
-    Examples: ``train.lr=3e-4``, ``model.conv_widths=[8,8,8,8,8]``, ``data.ood_wnids=["n1"]``.
+    Examples: ``train.lr=3e-4``, ``model.conv_widths=[8,8,8,8,8]``, ``data.ood_wnids=["n1","n2"]``.
     """
     key, sep, raw = assignment.partition("=")
     section, _, name = key.strip().partition(".")

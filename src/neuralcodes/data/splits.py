@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from neuralcodes.config import DataConfig
+from neuralcodes.config import MIN_OOD_CLASSES, DataConfig
 from neuralcodes.errors import NeuralCodesError
 from neuralcodes.files import atomic_open
 
@@ -121,17 +121,17 @@ MIN_IN_CLASSES = 2
 def check_class_count(n_found: int, cfg: DataConfig, where: str = "the data") -> None:
     """One line saying what to do when ``n_found`` classes (a source's listing, before
     ``max_classes``) cannot be split by ``cfg`` into at least :data:`MIN_IN_CLASSES` in-domain
-    classes and one out-of-domain class. Cheap: run, plan, prepare and train call it right after
-    the classes are listed, before any image is decoded."""
+    classes and :data:`MIN_OOD_CLASSES` out-of-domain ones. Cheap: run, plan, prepare and train
+    call it right after the classes are listed, before any image is decoded."""
     n = min(n_found, cfg.max_classes) if cfg.max_classes is not None else n_found
-    need = MIN_IN_CLASSES + 1
+    need = MIN_IN_CLASSES + MIN_OOD_CLASSES
     noun = "class" if n == 1 else "classes"
     used = f"{n} {noun}" if n == n_found else f"{n} {noun} used (data.max_classes={n})"
     if n < need:
         fix = ("raise data.max_classes" if n < n_found else "add class folders")
         raise NeuralCodesError(
             f"{where} has {used}: at least {need} are needed ({MIN_IN_CLASSES} in-domain to "
-            f"train on, 1 out of domain for retrieval): {fix}")
+            f"train on, {MIN_OOD_CLASSES} out of domain for retrieval): {fix}")
     most = n - MIN_IN_CLASSES
     if cfg.ood_wnids:
         k = len(set(cfg.ood_wnids))
@@ -144,7 +144,7 @@ def check_class_count(n_found: int, cfg: DataConfig, where: str = "the data") ->
         raise NeuralCodesError(
             f"{where} has {used}; data.ood_classes={k} leaves {max(n - k, 0)} in-domain, and "
             f"training needs at least {MIN_IN_CLASSES}: use --set data.ood_classes="
-            f"{max(1, n // 4)} (any N from 1 to {most})")
+            f"{max(MIN_OOD_CLASSES, n // 4)} (any N from {MIN_OOD_CLASSES} to {most})")
 
 
 def _ood_class_list(wnids: list[str], cfg: DataConfig) -> list[int]:

@@ -147,7 +147,7 @@ def quality(facts: dict[str, Any]) -> dict[str, Any] | None:
     se = math.sqrt(chance * (1 - chance) / max(1, test.get("n") or 1))
     at_chance = test["top1"] <= chance + 2 * se
     return {"top1": test["top1"], "chance": chance, "times_chance": test["top1"] * n,
-            "at_chance": at_chance, "threshold": MIN_TOP1_FOR_CLAIMS,
+            "n": test.get("n"), "at_chance": at_chance, "threshold": MIN_TOP1_FOR_CLAIMS,
             "weak": at_chance or test["top1"] < MIN_TOP1_FOR_CLAIMS,
             "course_top1": facts["course"]["evaluation"]["test"]["top1"]}
 

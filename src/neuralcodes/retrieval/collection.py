@@ -41,6 +41,7 @@ from neuralcodes.files import atomic_open, atomic_path, read_json
 from neuralcodes.kernels.cpu import return_freed_memory
 from neuralcodes.retrieval.codes import l2_normalize
 from neuralcodes.retrieval.index import exact_top_k
+from neuralcodes.retrieval.metrics import capped
 
 MANIFEST = "manifest.json"
 PENDING = "pending"
@@ -272,8 +273,10 @@ class FolderIndex:
                exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best (scores, ids) per query (stored-code space, float32 unit rows)."""
         if layer in self._approx:
-            return self._approx_top_k(layer, queries, k, exclude)
-        return blocked_top_k(queries, self.layers[layer], k, exclude)
+            scores, ids = self._approx_top_k(layer, queries, k, exclude)
+        else:
+            scores, ids = blocked_top_k(queries, self.layers[layer], k, exclude)
+        return capped(scores), ids
 
     def _approx_top_k(self, layer: str, queries: np.ndarray, k: int,
                       exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from neuralcodes.errors import NeuralCodesError
-from neuralcodes.retrieval.metrics import CHUNK_BYTES, finite_scores, rank_keys
+from neuralcodes.retrieval.metrics import CHUNK_BYTES, capped, finite_scores, rank_keys
 
 KINDS: tuple[str, ...] = ("exact", "ivf", "hnsw")
 
@@ -128,7 +128,8 @@ class CodeIndex:
         if k < 1:
             raise NeuralCodesError(f"k must be positive, got {k}")
         if self.kind == "exact":
-            return exact_top_k(queries, self._codes, k, exclude)
+            scores, ids = exact_top_k(queries, self._codes, k, exclude)
+            return capped(scores), ids
         n = len(self)
         want = min(n, k + (0 if exclude is None else 1))
         if want == 0:
@@ -147,4 +148,4 @@ class CodeIndex:
             pad = k - ids.shape[1]
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
+        return capped(scores), ids

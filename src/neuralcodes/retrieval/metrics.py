@@ -90,6 +90,13 @@ def finite_scores(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+def capped(scores: np.ndarray) -> np.ndarray:
+    """Cosine ``scores`` of unit codes capped at 1 (in place): codes kept at reduced precision
+    (an index's float16 rows) have norms a little off 1, so a code's score with itself can
+    read 1.000005. Order is kept: only ties at the top are created, after ranking."""
+    return np.minimum(scores, np.float32(1.0), out=scores)
+
+
 def rank_keys(scores: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
     """int64 sort keys of finite ``scores`` whose ascending order is the ranking rule.
 

@@ -85,7 +85,8 @@ def test_a_labelled_collection_is_measured_reported_and_recomputed_when_it_chang
     assert cli(["retrieval", str(run), "--index", "pets", "--no-progress"]) == 0
     out = capsys.readouterr().out
     where = RunDir(run).index("pets")
-    assert "pets: 12 images, 3 classes" in out and f"report: {where / REPORT_MD}" in out
+    assert "pets: 12 images, 3 classes" in out
+    assert f"report: {where / REPORT_MD} and {where / REPORT_HTML}" in out
     result = json.loads((where / RESULT).read_text())
     labels = np.repeat(np.arange(3), 4)
     assert result["unlabelled"] == 1 and result["ks"] == [5, 10]

@@ -205,7 +205,7 @@ def test_plan_states_the_measured_bf16_gain_only_where_it_was_measured():
     assert not any("bf16" in line for line in plan_lines(cfg, stages, fp32))
     both = dataclasses.replace(fp32, bf16_train_ips=90.0)
     assert plan_lines(cfg, stages, both)[-1].startswith(
-        "This CPU has native bf16: --set train.precision=bf16 trains 2.2x as fast here")
+        "This CPU has native bf16: --precision bf16 trains 2.2x as fast here")
     # the methods study: its own stage, grown with the ood set, gone when turned off
     methods = next(e for e in stages if e.name == "methods")
     small = next(e for e in estimate_stages(cfg, {**sizes, "ood": 500}, fp32)

@@ -209,8 +209,8 @@ def test_a_weak_model_is_too_weak_to_test_the_papers_claim(tmp_path):
                     extra_map=SIGNIFICANT_6)
     _set_data(run, num_classes=4)
     md = write_report(run)[0].read_text()
-    assert "27.0% (1.1× the\nchance level of 25.0%), within two " \
-        "standard errors of that chance level on 100 test images: it has not learnt its classes" in md
+    assert "27.0% (1.1× the\nchance level of 25.0%), within two standard errors of that " \
+        "chance level on 100 test images: it has not learnt its classes" in md
     assert "(test top-1 27.0%, no better than chance)" in md and "below the 25%" not in md
     # a model above the bar gets the verdict, qualified by what the intervals cover
     md = write_report(_fake_run(tmp_path / "r2", {"5": 0.21, "6": 0.333, "7": 0.30},

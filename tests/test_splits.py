@@ -245,7 +245,8 @@ def test_ood_options_and_subsampling(tmp_path: Path) -> None:
     assert sorted(used.tolist()) == first_two
     with pytest.raises(NeuralCodesError, match="data.ood_classes=12 leaves 0 in-domain"):
         make_splits(ds, DataConfig(ood_classes=12))
-    with pytest.raises(NeuralCodesError, match=r"ood_classes=4 leaves 1 in-domain.*=2 \(any N from 2 to 3\)"):
+    with pytest.raises(NeuralCodesError,
+                       match=r"ood_classes=4 leaves 1 in-domain.*=2 \(any N from 2 to 3\)"):
         make_splits(ds, DataConfig(max_classes=5, ood_classes=4))  # 1 class cannot be trained
     with pytest.raises(ValueError, match="fractions"):  # refused by the config itself
         DataConfig(fractions=(0.5, 0.1, 0.1))

@@ -5,7 +5,7 @@ evaluation uses), one ranking of random codes and one PCA fit on this machine wi
 settings (seconds in all); :func:`estimate_stages` turns those speeds and the data sizes into an
 expected wall time per stage, counting the work each stage really does. On a CPU with native
 bf16 arithmetic the probe also times bf16 training, so the plan can say what
-``--set train.precision=bf16`` would gain, measured rather than guessed. Building the probe's
+``--precision bf16`` would gain, measured rather than guessed. Building the probe's
 models chooses the CPU convolution kernels for training and for inference (measured once per
 machine: :mod:`neuralcodes.kernels.choice`); the plan says which.
 """
@@ -266,7 +266,7 @@ def plan_lines(cfg: Config, estimates: list[StageEstimate], speeds: Speeds) -> l
     lines += [f"Convolution kernels, {mode}: {text}" for mode, text in speeds.kernels.items()]
     if speeds.bf16_train_ips:
         gain = speeds.bf16_train_ips / speeds.train_ips
-        lines.append(f"This CPU has native bf16: --set train.precision=bf16 trains {gain:.1f}x "
+        lines.append(f"This CPU has native bf16: --precision bf16 trains {gain:.1f}x "
                      f"as fast here (probe: {speeds.bf16_train_ips:.0f} vs "
                      f"{speeds.train_ips:.0f} img/s).")
     return lines

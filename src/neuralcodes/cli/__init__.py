@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("neuralcodes.cli.evaluate", "cross-entropy, top-1 and top-5 on train/val/test"),
     "codes": ("neuralcodes.cli.codes", "compute the unit-length neural codes of a trained run"),
     "retrieval": ("neuralcodes.cli.retrieval",
-                  "ood retrieval study: figures, mAP, PCA study, layer evidence"),
+                  "ood retrieval study: figures, mAP, PCA and methods studies, layer "
+                  "evidence; --index NAME: mAP of a labelled collection"),
     "index": ("neuralcodes.cli.index", "index a folder of your own images for `search`"),
     "search": ("neuralcodes.cli.search", "find the images most similar to IMAGE"),
     "duplicates": ("neuralcodes.cli.duplicates", "list near-duplicate images in an index"),

@@ -30,7 +30,8 @@ def register(p: argparse.ArgumentParser) -> None:
         "-3 gone, 0 changed, 5,985 kept); an interrupted run resumes where it stopped.")
     p.add_argument("folder", help="the folder of images to index, subfolders included: every "
                    f"file ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case); the index "
-                   "keeps their absolute paths, which `neuralcodes search` prints")
+                   "keeps each one's path relative to the folder's absolute root, and "
+                   "`neuralcodes search` prints them absolute")
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--name", help="the index's name, for `search --index NAME` (default: the "
                    "folder's name)")

@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
 def _collection(args: argparse.Namespace, rd: RunDir, cfg: Config) -> int:
     """``--index NAME``: the retrieval of a labelled collection, one line per layer."""
     from neuralcodes.report.collection import collection_report
-    from neuralcodes.retrieval.labelled import REPORT_MD
+    from neuralcodes.retrieval.labelled import REPORT_HTML, REPORT_MD
     from neuralcodes.runs import TrainedRun
     from neuralcodes.text import printable
 
@@ -103,5 +103,5 @@ def _collection(args: argparse.Namespace, rd: RunDir, cfg: Config) -> int:
     for layer, row in result["layers"].items():
         print(f"layer {layer}: " + "  ".join(f"{n} {row[k]:.4f}" for k, n in names.items()))
     print("chance:   " + "  ".join(f"{n} {result['chance'][k]:.4f}" for k, n in names.items()))
-    print(f"report: {printable(folder / REPORT_MD)}")
+    print(f"report: {printable(folder / REPORT_MD)} and {printable(folder / REPORT_HTML)}")
     return 0

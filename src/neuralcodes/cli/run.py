@@ -13,8 +13,8 @@ def register(p: argparse.ArgumentParser) -> None:
     """The ``run`` command's description and arguments (its summary: ``cli.COMMANDS``)."""
     p.description = (
         "Run the whole study (prepare -> train -> evaluate -> codes, figures, mAP, "
-        "PCA -> report). Finished stages are skipped, so the same command continues an "
-        "interrupted run.")
+        "PCA, methods beyond the paper (retrieval.methods) -> report). Finished stages are "
+        "skipped, so the same command continues an interrupted run.")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default: runs/<preset>)")
     p.add_argument("--preset", choices=list(PRESETS), default="assignment",

@@ -181,6 +181,21 @@ def test_search_marks_the_query_itself_and_duplicates_are_grouped(run, tmp_path,
     assert [len(g) for g in groups] == [2]
 
 
+def test_hits_deleted_since_indexing_are_marked_with_how_to_update(run, tmp_path, capsys):
+    folder = _folder(tmp_path / "gone", 4)
+    assert cli(["index", str(folder), "--run", str(run), "--no-progress"]) == 0
+    (folder / "img001.png").unlink()
+    capsys.readouterr()
+    assert cli(["search", str(folder / "img002.png"), "--run", str(run), "--index", "gone",
+                "-k", "4", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if "img0" in line]
+    assert len(lines) == 4 and [line for line in lines if "[gone]" in line] == \
+        [line for line in lines if "img001.png" in line]
+    assert f"1 of these files are no longer there (marked [gone]); `neuralcodes index {folder} " \
+        f"--run {run}` brings the index up to date" in err
+
+
 def test_search_several_images_and_a_glob_with_one_model_load(run, tmp_path, capsys,
                                                                monkeypatch):
     from neuralcodes.runs import TrainedRun

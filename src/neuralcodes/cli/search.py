@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
+from collections.abc import Set
 from typing import Any
 
 from neuralcodes import features
@@ -90,6 +93,13 @@ def main(args: argparse.Namespace) -> int:
         flag = "retrieval.k" if args.k is None else "-k"
         print(f"neuralcodes: note: {flag} {k} is more than the {len(searcher)} {what} images; "
               f"showing all {len(searcher)}", file=sys.stderr, flush=True)
+    gone = {h.path for row in hits for h in row if args.index and not os.path.lexists(h.path)}
+    if gone:  # the folder changed since it was indexed
+        root = searcher.folder.root  # type: ignore[union-attr]
+        print(f"neuralcodes: note: {len(gone)} of these files are no longer there (marked "
+              f"[gone]); `neuralcodes index {shlex.quote(printable(root))} --run "
+              f"{shlex.quote(printable(args.run))}` brings the index up to date",
+              file=sys.stderr, flush=True)
     variant = "post" if searcher.relu else "pre"
     if args.json:
         print(json.dumps({
@@ -106,18 +116,18 @@ def main(args: argparse.Namespace) -> int:
     for image, row in zip(images, hits, strict=True):
         if len(images) > 1:
             print(f"query {printable(image)}:")
-        _print_hits(row)
+        _print_hits(row, gone)
     if args.figure:
         print(f"figure: {printable(args.figure)}")
 
 
-def _print_hits(hits: list[Any]) -> None:
+def _print_hits(hits: list[Any], gone: Set[str] = frozenset()) -> None:
     """One line per hit; names escaped (a file name cannot drive the terminal), the query
-    itself marked."""
+    itself and files deleted since indexing marked."""
     for h in hits:
         print(f"{h.rank:>3}  {h.score:.4f}  {printable(h.path)}"
               + (f"  ({printable(h.label)})" if h.label else "")
-              + (f"  [{h.same}]" if h.same else ""))
+              + (f"  [{h.same}]" if h.same else "") + ("  [gone]" if h.path in gone else ""))
 
 
 def _method_search(args: argparse.Namespace, cfg: Any, images: list[str], k: int) -> int:

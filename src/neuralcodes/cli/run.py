@@ -23,8 +23,9 @@ def register(p: argparse.ArgumentParser) -> None:
                         "quick-improved: quick + the same two techniques (compare it with quick "
                         "in minutes)")
     p.add_argument("--plan", action="store_true",
-                   help="print the plan (data sizes, expected time of every stage on this "
-                        "machine from a short probe) and exit without creating anything")
+                   help="print the plan (data sizes; the expected time of training, "
+                        "evaluation, retrieval and the methods study on this machine, from a "
+                        "short probe) and exit without creating anything")
     add_progress_option(p)
     add_config_options(p, "--data", "--cache-dir", "--url", "--epochs", "--device", "--precision")
     p.set_defaults(func=main)

@@ -194,6 +194,10 @@ def test_hits_deleted_since_indexing_are_marked_with_how_to_update(run, tmp_path
         [line for line in lines if "img001.png" in line]
     assert f"1 of these files are no longer there (marked [gone]); `neuralcodes index {folder} " \
         f"--run {run}` brings the index up to date" in err
+    assert cli(["search", str(folder / "img002.png"), "--run", str(run), "--index", "gone",
+                "-k", "4", "--device", "cpu", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["queries"][0]["hits"]
+    assert {Path(h["path"]).name for h in hits if h["gone"]} == {"img001.png"}
 
 
 def test_search_several_images_and_a_glob_with_one_model_load(run, tmp_path, capsys,

@@ -219,6 +219,17 @@ def test_a_weak_model_is_too_weak_to_test_the_papers_claim(tmp_path):
     assert "variance between training runs was not\nmeasured" in md
 
 
+def test_a_report_is_written_again_by_other_report_code_only(tmp_path, monkeypatch):
+    import neuralcodes.report as report
+
+    run = _fake_run(tmp_path / "r1", {"5": 0.21, "6": 0.333, "7": 0.30})
+    md = write_report(run)[0]
+    md.write_text(md.read_text().replace("## Answers", "## Stale answers"))
+    assert "## Stale answers" in write_report(run)[0].read_text()  # same code: kept
+    monkeypatch.setattr(report, "code_digest", lambda: "another version")
+    assert "## Stale answers" not in write_report(run)[0].read_text()
+
+
 def test_answers_come_first_numbered_as_the_assignment_with_links_to_their_evidence(tmp_path):
     from PIL import Image
 

@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
             "score": "cosine" if not args.index else "centred cosine",
             "queries": [{"image": printable(image), "notes": n, "hits": [
                 {"rank": h.rank, "score": h.score, "path": printable(h.path),
-                 "label": h.label, "same": h.same} for h in row]}
+                 "label": h.label, "same": h.same, "gone": h.path in gone} for h in row]}
                 for image, n, row in zip(images, notes, hits, strict=True)]}, indent=1))
         return 0
     # every name is escaped (printable): a file name cannot drive the terminal

@@ -10,6 +10,7 @@ turns it into one HTML page with its images embedded (:func:`to_html`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def write_report(run: str | Path, config: Config | None = None) -> tuple[Path, P
             inputs[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     for other in facts["improved"]:
         inputs[f"../{other['name']}/eval.json"] = lineage.digest(other["eval"])
+    inputs["report code"] = code_digest()  # a report another version wrote is written again
     fp = lineage.report_fingerprint(facts["weights"], inputs)
     if not lineage.needs_run("report", [rd.report_md, rd.report_html], fp):
         return rd.report_md, rd.report_html
@@ -54,3 +56,15 @@ def write_report(run: str | Path, config: Config | None = None) -> tuple[Path, P
     write_text(rd.report_md, markdown + lineage.text_line(fp) + "\n")
     write_text(rd.report_html, html.rstrip() + "\n" + lineage.text_line(fp) + "\n")
     return rd.report_md, rd.report_html
+
+
+@functools.cache
+def code_digest() -> str:
+    """A short sha256 of the code that writes the report (this package's modules and its
+    template): the report's wording is derived from the numbers by it, so a report written by
+    other code is written again, like one of other numbers."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted([*here.glob("*.py"), *here.glob("templates/*")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
